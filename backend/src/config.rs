@@ -1,0 +1,475 @@
+//! Settings: read once from `.env` and the process environment, validated, and passed down.
+//!
+//! Nothing else in the workspace reads the environment. Connect options are built with sqlx's
+//! builder from explicit values, never by gluing a URL, so any password works.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+/// Variables that libpq defines and that `PgConnectOptions` silently reads for every field we do
+/// not set (and for some we cannot unset, such as a client certificate or server options).
+pub const LIBPQ_VARIABLES: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGAPPNAME",
+    "PGOPTIONS",
+];
+
+/// Every variable the project reads; `doctor` uses it to spot typos.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "POSTGRES_SERVER",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_SSLMODE",
+    "POSTGRES_SSLROOTCERT",
+    "FIRST_SUPERUSER",
+    "FIRST_SUPERUSER_PASSWORD",
+    "ENVIRONMENT",
+    "BACKEND_BIND",
+    "KUBERNETES_SERVICE_HOST",
+];
+
+/// A configuration mistake the user can fix by editing `.env` or the environment.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError(message.into())
+    }
+}
+
+fn config_error(message: impl Into<String>) -> ConfigError {
+    ConfigError::new(message)
+}
+
+/// Where the variables were read from, for messages and for `doctor`.
+#[derive(Debug, Clone)]
+pub struct EnvSource {
+    /// The `.env` file that was read, when it existed.
+    pub file: Option<PathBuf>,
+    /// The file that was looked for.
+    pub looked_for: PathBuf,
+}
+
+/// The merged variables: the process environment wins over the file.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    /// Names that came from the process environment rather than the file.
+    from_process: Vec<String>,
+}
+
+impl Env {
+    /// Reads `file` (a missing file is fine) and overlays the process environment.
+    pub fn load(
+        file: &Path,
+        process: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<(Self, EnvSource), ConfigError> {
+        let file_vars = read_env_file(file)?;
+        let found = file_vars.is_some();
+        let mut vars = file_vars.unwrap_or_default();
+        let mut from_process = Vec::new();
+        for (key, value) in process {
+            let (Ok(key), Ok(value)) = (key.into_string(), value.into_string()) else {
+                continue;
+            };
+            from_process.push(key.clone());
+            vars.insert(key, value);
+        }
+        let source = EnvSource { file: found.then(|| file.to_path_buf()), looked_for: file.to_path_buf() };
+        Ok((Env { vars, from_process }, source))
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Env { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(), from_process: Vec::new() }
+    }
+
+    /// The value, or `None` when unset or empty (compose turns `KEY=` into an empty string).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn is_from_process(&self, key: &str) -> bool {
+        self.from_process.iter().any(|k| k == key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
+    fn require(&self, key: &str) -> Result<&str, ConfigError> {
+        self.get(key).ok_or_else(|| {
+            config_error(format!("{key} is not set: set it in .env or the environment (see .env.example)"))
+        })
+    }
+}
+
+/// Reads a dotenv file without touching the process environment. A parse error names the file,
+/// the line number and the key, never the line itself: it may hold a password.
+fn read_env_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
+    let iter = match dotenvy::from_path_iter(path) {
+        Ok(iter) => iter,
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(env_file_error(path, e)),
+    };
+    let mut vars = BTreeMap::new();
+    for item in iter {
+        let (key, value) = item.map_err(|e| env_file_error(path, e))?;
+        vars.insert(key, value);
+    }
+    Ok(Some(vars))
+}
+
+fn env_file_error(path: &Path, error: dotenvy::Error) -> ConfigError {
+    match error {
+        dotenvy::Error::LineParse(line, _) => {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let number =
+                text.lines().position(|l| l.trim_end() == line.trim_end() || l.contains(line.trim())).map(|i| i + 1);
+            let key = line.split('=').next().unwrap_or("").trim();
+            let at = number.map(|n| format!(" line {n}")).unwrap_or_default();
+            config_error(format!(
+                "{}{at}: cannot parse the line for `{key}`: quote values that contain spaces, quotes or `#` (KEY='value')",
+                path.display()
+            ))
+        }
+        dotenvy::Error::Io(e) => config_error(format!("cannot read {}: {e}", path.display())),
+        other => config_error(format!("cannot read {}: {other}", path.display())),
+    }
+}
+
+/// The environment the stack runs in; `local` relaxes some checks.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub first_superuser: Option<FirstSuperuser>,
+    pub environment: String,
+    /// `KUBERNETES_SERVICE_HOST` is set: we run in a pod.
+    pub in_kubernetes: bool,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Settings {
+            database: DatabaseSettings::from_env(env)?,
+            first_superuser: FirstSuperuser::from_env(env)?,
+            environment: env.get("ENVIRONMENT").unwrap_or("local").to_owned(),
+            in_kubernetes: env.get("KUBERNETES_SERVICE_HOST").is_some(),
+        })
+    }
+}
+
+/// The account `init_db` creates on first run.
+#[derive(Clone)]
+pub struct FirstSuperuser {
+    pub email: String,
+    pub password: Secret,
+}
+
+impl fmt::Debug for FirstSuperuser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FirstSuperuser").field("email", &self.email).field("password", &self.password).finish()
+    }
+}
+
+impl FirstSuperuser {
+    fn from_env(env: &Env) -> Result<Option<Self>, ConfigError> {
+        match (env.get("FIRST_SUPERUSER"), env.get("FIRST_SUPERUSER_PASSWORD")) {
+            (None, None) => Ok(None),
+            (Some(email), Some(password)) => {
+                if !email.contains('@') {
+                    return Err(config_error("FIRST_SUPERUSER must be an email address (admin@example.com)"));
+                }
+                Ok(Some(FirstSuperuser { email: email.trim().to_owned(), password: Secret(password.to_owned()) }))
+            }
+            (Some(_), None) => Err(config_error("FIRST_SUPERUSER_PASSWORD is not set: set it next to FIRST_SUPERUSER")),
+            (None, Some(_)) => Err(config_error("FIRST_SUPERUSER is not set: set it next to FIRST_SUPERUSER_PASSWORD")),
+        }
+    }
+}
+
+/// A value that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+/// Which variables the connection settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseSource {
+    DatabaseUrl,
+    PostgresVariables,
+}
+
+/// Where and how to connect. `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    options: PgConnectOptions,
+    /// Kept beside the options, which cannot give it back, for `dev-db` to create a matching role.
+    password: Option<Secret>,
+    pub source: DatabaseSource,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("host", &self.host())
+            .field("port", &self.port())
+            .field("user", &self.user())
+            .field("database", &self.database())
+            .field("ssl_mode", &self.options.get_ssl_mode())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for DatabaseSettings {
+    /// `user@host:port/database`, for log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user(), self.host(), self.port(), self.database())
+    }
+}
+
+impl DatabaseSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        if let Some(url) = env.get("DATABASE_URL") {
+            return Self::from_url(url);
+        }
+        let host = env.require("POSTGRES_SERVER")?.trim();
+        let port = match env.get("POSTGRES_PORT") {
+            Some(port) => parse_port(port)?,
+            None => 5432,
+        };
+        let user = env.require("POSTGRES_USER")?;
+        let database = env.require("POSTGRES_DB")?;
+        let ssl_mode = match env.get("POSTGRES_SSLMODE") {
+            Some(mode) => parse_ssl_mode(mode)?,
+            None => PgSslMode::Prefer,
+        };
+        // Every field is set explicitly so nothing is filled in from PG* variables; the ones the
+        // builder cannot clear are removed from the process by `isolate_from_libpq_environment`.
+        let mut options = PgConnectOptions::new_without_pgpass()
+            .host(host)
+            .port(port)
+            .username(user)
+            .database(database)
+            .ssl_mode(ssl_mode);
+        let password = env.vars.get("POSTGRES_PASSWORD").map(|p| Secret(p.clone()));
+        if let Some(password) = &password {
+            options = options.password(password.expose());
+        }
+        if let Some(cert) = env.get("POSTGRES_SSLROOTCERT") {
+            options = options.ssl_root_cert(cert);
+        }
+        Ok(DatabaseSettings { options, password, source: DatabaseSource::PostgresVariables })
+    }
+
+    fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let url = url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(config_error("DATABASE_URL must start with postgres:// or postgresql://"));
+        }
+        // The parse error describes the part that is wrong; the URL itself may hold a password and
+        // is never repeated.
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            config_error(format!(
+                "DATABASE_URL is not a valid PostgreSQL URL ({}); percent-encode special characters in the password",
+                describe_url_error(&e)
+            ))
+        })?;
+        if options.get_database().is_none() {
+            return Err(config_error(
+                "DATABASE_URL names no database: add it after the host (postgres://user:password@host:5432/app)",
+            ));
+        }
+        let password = url::Url::parse(url)
+            .ok()
+            .and_then(|u| {
+                u.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+            })
+            .map(Secret);
+        Ok(DatabaseSettings { options, password, source: DatabaseSource::DatabaseUrl })
+    }
+
+    /// Connect options for one connection, tagged so `pg_stat_activity` shows who we are.
+    pub fn connect_options(&self, application_name: &str) -> PgConnectOptions {
+        self.options.clone().application_name(application_name)
+    }
+
+    pub fn host(&self) -> &str {
+        self.options.get_host()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.options.get_port()
+    }
+
+    pub fn user(&self) -> &str {
+        self.options.get_username()
+    }
+
+    pub fn database(&self) -> &str {
+        self.options.get_database().unwrap_or_default()
+    }
+
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    pub fn ssl_mode(&self) -> PgSslMode {
+        self.options.get_ssl_mode()
+    }
+
+    /// The variable a user edits to change the host, for hints.
+    pub fn host_variable(&self) -> &'static str {
+        match self.source {
+            DatabaseSource::DatabaseUrl => "DATABASE_URL",
+            DatabaseSource::PostgresVariables => "POSTGRES_SERVER",
+        }
+    }
+
+    /// The variable a user edits to change the password, for hints.
+    pub fn password_variable(&self) -> &'static str {
+        match self.source {
+            DatabaseSource::DatabaseUrl => "DATABASE_URL",
+            DatabaseSource::PostgresVariables => "POSTGRES_PASSWORD",
+        }
+    }
+
+    /// A copy that connects to another database on the same server, for maintenance commands.
+    pub fn with_database(&self, database: &str) -> Self {
+        DatabaseSettings { options: self.options.clone().database(database), ..self.clone() }
+    }
+
+    /// A copy that connects to another host, for `cargo xtask dev` falling back to a local cluster.
+    pub fn with_host(&self, host: &str) -> Self {
+        DatabaseSettings { options: self.options.clone().host(host), ..self.clone() }
+    }
+}
+
+fn describe_url_error(error: &sqlx::Error) -> String {
+    // sqlx's configuration errors carry the url crate's description, which never quotes the input.
+    match error {
+        sqlx::Error::Configuration(source) => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, ConfigError> {
+    match value.trim().parse::<u32>() {
+        Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
+        Ok(_) => Err(config_error(format!(
+            "POSTGRES_PORT={value} is out of range: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
+        ))),
+        Err(_) => Err(config_error(format!(
+            "POSTGRES_PORT={value} is not a number: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
+        ))),
+    }
+}
+
+fn parse_ssl_mode(value: &str) -> Result<PgSslMode, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "disable" => Ok(PgSslMode::Disable),
+        "allow" => Ok(PgSslMode::Allow),
+        "prefer" => Ok(PgSslMode::Prefer),
+        "require" => Ok(PgSslMode::Require),
+        "verify-ca" => Ok(PgSslMode::VerifyCa),
+        "verify-full" => Ok(PgSslMode::VerifyFull),
+        _ => Err(config_error(format!(
+            "POSTGRES_SSLMODE={value} is not a known mode: use disable, prefer, require, verify-ca or verify-full"
+        ))),
+    }
+}
+
+/// Removes the libpq variables from this process so sqlx cannot pick them up behind our back.
+///
+/// Call it first thing in `main`, while the process has a single thread: changing the environment
+/// is only sound then.
+#[allow(unsafe_code)]
+pub fn isolate_from_libpq_environment() {
+    for name in LIBPQ_VARIABLES {
+        // SAFETY: called at the start of `main`, before any other thread exists.
+        unsafe { std::env::remove_var(name) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_characters_in_the_password_survive() {
+        let env = Env::from_pairs([
+            ("POSTGRES_SERVER", "db"),
+            ("POSTGRES_USER", "app"),
+            ("POSTGRES_DB", "app"),
+            ("POSTGRES_PASSWORD", "p@ss:w/rd%#é x"),
+        ]);
+        let settings = DatabaseSettings::from_env(&env).expect("valid settings");
+        assert_eq!(settings.to_string(), "app@db:5432/app");
+        assert!(!format!("{settings:?}").contains("p@ss"));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (key, value) in [("POSTGRES_PORT", "abc"), ("POSTGRES_PORT", "70000"), ("POSTGRES_SSLMODE", "sometimes")] {
+            let env = Env::from_pairs([
+                ("POSTGRES_SERVER", "db"),
+                ("POSTGRES_USER", "u"),
+                ("POSTGRES_DB", "d"),
+                (key, value),
+            ]);
+            let error = DatabaseSettings::from_env(&env).expect_err("invalid value");
+            assert!(error.to_string().starts_with(&format!("{key}={value}")), "{error}");
+        }
+        let env = Env::from_pairs([("POSTGRES_SERVER", " "), ("POSTGRES_USER", "u"), ("POSTGRES_DB", "d")]);
+        let error = DatabaseSettings::from_env(&env).expect_err("empty server");
+        assert!(error.to_string().starts_with("POSTGRES_SERVER is not set"), "{error}");
+    }
+
+    #[test]
+    fn database_url_wins_and_its_errors_do_not_repeat_it() {
+        let env = Env::from_pairs([("DATABASE_URL", "postgres://u:secret@other:6543/x"), ("POSTGRES_SERVER", "db")]);
+        let settings = DatabaseSettings::from_env(&env).expect("valid url");
+        assert_eq!(settings.to_string(), "u@other:6543/x");
+        let env = Env::from_pairs([("DATABASE_URL", "postgres://u:secret@other:notaport/x")]);
+        let error = DatabaseSettings::from_env(&env).expect_err("bad url");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}

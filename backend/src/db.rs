@@ -1,0 +1,381 @@
+//! Connecting: one attempt with a bounded time, the classification of what went wrong, and the
+//! wait loop that retries only what waiting can fix.
+//!
+//! Every command uses this one classification, so `wait-for-db`, `migrate`, the backend and
+//! `doctor` agree on what a failure means.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::DatabaseSettings;
+
+/// The longest one connection attempt may take, so a host that drops packets costs seconds.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between cheap attempts (refused, starting up): the server answers them at once, and readiness
+/// must be noticed within 50 ms.
+const CHEAP_POLL: Duration = Duration::from_millis(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why an attempt failed in a way that waiting can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// Nothing listens on the port (or the socket file is missing).
+    Refused,
+    /// The connection was reset or closed mid-handshake: a server restarting.
+    Reset,
+    /// The host name does not resolve (yet: compose creates names when containers start).
+    NameNotResolved,
+    /// No answer within the attempt timeout: firewall, wrong address, or a packet-dropping host.
+    TimedOut,
+    /// No route to the host or network.
+    Unreachable,
+    /// SQLSTATE 57P03: starting up, shutting down, or a standby not accepting connections.
+    NotAccepting,
+    /// SQLSTATE 57P01/57P02: the server was shut down or crashed during the attempt.
+    ServerShutdown,
+    /// SQLSTATE 53300: `max_connections` reached.
+    TooManyConnections,
+    /// Any other SQLSTATE class 08 (connection exception).
+    ConnectionException,
+    /// Another I/O error on the way to the server.
+    Network,
+}
+
+impl RetryKind {
+    /// The server (or the kernel) answers these at once, so polling fast costs it nothing.
+    fn is_cheap(self) -> bool {
+        matches!(self, RetryKind::Refused | RetryKind::Reset | RetryKind::NotAccepting | RetryKind::ServerShutdown)
+    }
+
+    /// A short stable name, for logs and JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            RetryKind::Refused => "connection_refused",
+            RetryKind::Reset => "connection_reset",
+            RetryKind::NameNotResolved => "name_not_resolved",
+            RetryKind::TimedOut => "timed_out",
+            RetryKind::Unreachable => "unreachable",
+            RetryKind::NotAccepting => "not_accepting_connections",
+            RetryKind::ServerShutdown => "server_shutdown",
+            RetryKind::TooManyConnections => "too_many_connections",
+            RetryKind::ConnectionException => "connection_exception",
+            RetryKind::Network => "network_error",
+        }
+    }
+}
+
+/// A failure that waiting can fix, with what the server or the system said.
+#[derive(Debug, Clone)]
+pub struct Retryable {
+    pub kind: RetryKind,
+    pub detail: String,
+}
+
+impl fmt::Display for Retryable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Why the server refused us for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FatalKind {
+    /// 28P01.
+    BadPassword,
+    /// 28000 with "no pg_hba.conf entry".
+    RejectedByHba,
+    /// 28000 "role does not exist".
+    UnknownRole,
+    /// 3D000.
+    DatabaseMissing,
+    /// 42501: no CONNECT privilege.
+    PermissionDenied,
+    /// TLS negotiation or certificate problems.
+    Tls,
+    /// The peer does not speak the PostgreSQL protocol, or the settings cannot work.
+    Other,
+}
+
+/// A failure that waiting cannot fix: what happened and how to fix it.
+#[derive(Debug, Clone)]
+pub struct Fatal {
+    pub kind: FatalKind,
+    /// What the server or the driver said.
+    pub detail: String,
+    /// SQLSTATE, when the server sent one.
+    pub code: Option<String>,
+    /// The fix, in one or two sentences.
+    pub hint: String,
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{} (SQLSTATE {code})", self.detail)?,
+            None => f.write_str(&self.detail)?,
+        }
+        write!(f, "\n  hint: {}", self.hint)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// One failed attempt, classified.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    Retry(Retryable),
+    Fatal(Fatal),
+}
+
+impl Failure {
+    /// Sorts a connect error into what waiting can fix and what it cannot.
+    pub fn classify(error: &sqlx::Error, settings: &DatabaseSettings) -> Failure {
+        match error {
+            sqlx::Error::Io(e) => Failure::Retry(classify_io(e)),
+            sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>() {
+                Some(pg) => classify_sqlstate(pg.code(), pg.message(), settings),
+                None => classify_sqlstate(e.code().as_deref().unwrap_or(""), e.message(), settings),
+            },
+            sqlx::Error::Tls(e) => Failure::Fatal(tls_failure(&e.to_string(), settings)),
+            sqlx::Error::Protocol(message) => Failure::Fatal(Fatal {
+                kind: FatalKind::Other,
+                detail: format!(
+                    "the server at {}:{} does not speak the PostgreSQL protocol as expected: {message}",
+                    settings.host(),
+                    settings.port()
+                ),
+                code: None,
+                hint: "check that POSTGRES_SERVER and POSTGRES_PORT point at PostgreSQL, not at another service".into(),
+            }),
+            other => Failure::Fatal(Fatal {
+                kind: FatalKind::Other,
+                detail: other.to_string(),
+                code: None,
+                hint: "check the database settings in .env".into(),
+            }),
+        }
+    }
+}
+
+fn classify_io(error: &io::Error) -> Retryable {
+    use io::ErrorKind as K;
+    let text = error.to_string();
+    let kind = match error.kind() {
+        K::ConnectionRefused | K::NotFound => RetryKind::Refused,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => RetryKind::Reset,
+        K::TimedOut => RetryKind::TimedOut,
+        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => RetryKind::Unreachable,
+        _ if is_resolution_failure(&text) => RetryKind::NameNotResolved,
+        _ => RetryKind::Network,
+    };
+    let detail = match kind {
+        RetryKind::Refused => "connection refused".to_owned(),
+        RetryKind::NameNotResolved => "host name does not resolve".to_owned(),
+        _ => text,
+    };
+    Retryable { kind, detail }
+}
+
+/// tokio reports resolver failures as uncategorised I/O errors; their text is getaddrinfo's.
+fn is_resolution_failure(text: &str) -> bool {
+    [
+        "failed to lookup address",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "No address associated",
+        "nodename nor servname",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> Failure {
+    let retry = |kind| Failure::Retry(Retryable { kind, detail: format!("{message} (SQLSTATE {code})") });
+    let fatal = |kind, hint: String| {
+        Failure::Fatal(Fatal { kind, detail: message.to_owned(), code: Some(code.to_owned()), hint })
+    };
+    let user = settings.user();
+    let database = settings.database();
+    match code {
+        "57P03" => retry(RetryKind::NotAccepting),
+        "57P01" | "57P02" => retry(RetryKind::ServerShutdown),
+        "53300" => retry(RetryKind::TooManyConnections),
+        "28P01" => fatal(
+            FatalKind::BadPassword,
+            format!(
+                "the password for role \"{user}\" is wrong: fix {} in .env, or set the role's password on the server \
+                 (ALTER ROLE \"{user}\" PASSWORD '...'); a PostgreSQL data volume keeps the password it was first \
+                 created with, whatever POSTGRES_PASSWORD says now",
+                settings.password_variable()
+            ),
+        ),
+        "28000" if message.contains("pg_hba.conf") => fatal(
+            FatalKind::RejectedByHba,
+            format!(
+                "pg_hba.conf on the server has no rule that lets role \"{user}\" reach database \"{database}\" from this \
+                 address: add a `host {database} {user} <this client's network> scram-sha-256` line to pg_hba.conf and \
+                 reload PostgreSQL (SELECT pg_reload_conf())"
+            ),
+        ),
+        "28000" if message.contains("does not exist") => fatal(
+            FatalKind::UnknownRole,
+            format!("create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...') or fix POSTGRES_USER"),
+        ),
+        "3D000" => fatal(
+            FatalKind::DatabaseMissing,
+            format!(
+                "create it (createdb -h {} -p {} -U {user} {database}, or CREATE DATABASE \"{database}\") or fix POSTGRES_DB",
+                settings.host(),
+                settings.port()
+            ),
+        ),
+        "42501" => fatal(
+            FatalKind::PermissionDenied,
+            format!("grant the role access (GRANT CONNECT ON DATABASE \"{database}\" TO \"{user}\")"),
+        ),
+        _ if code.starts_with("08") => retry(RetryKind::ConnectionException),
+        _ if message.contains("SSL") || message.contains("encryption") => {
+            Failure::Fatal(tls_failure(message, settings))
+        }
+        _ => fatal(FatalKind::Other, "see the server's message above and its log".into()),
+    }
+}
+
+fn tls_failure(detail: &str, settings: &DatabaseSettings) -> Fatal {
+    let hint = if detail.contains("does not support TLS") {
+        "the server has TLS turned off while POSTGRES_SSLMODE requires it: turn on ssl in postgresql.conf, or use \
+         POSTGRES_SSLMODE=prefer (or disable) for a server on a trusted network"
+            .to_owned()
+    } else {
+        format!(
+            "the server's certificate cannot be verified for \"{}\": set POSTGRES_SSLROOTCERT to the CA certificate that \
+             signed it, or use POSTGRES_SSLMODE=require to encrypt without verifying",
+            settings.host()
+        )
+    };
+    Fatal { kind: FatalKind::Tls, detail: format!("TLS failed: {detail}"), code: None, hint }
+}
+
+/// A ready connection and the server process behind it.
+pub struct Ready {
+    pub conn: PgConnection,
+    /// `pg_backend_pid()`, so a second connection can cancel what this one runs.
+    pub backend_pid: i32,
+}
+
+/// One attempt: connect within `timeout` and prove the server answers a query.
+pub async fn connect_once(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<Ready, Failure> {
+    let options = quiet(settings.connect_options(application_name));
+    let attempt = async {
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let backend_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+        Ok::<_, sqlx::Error>(Ready { conn, backend_pid })
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(ready)) => Ok(ready),
+        Ok(Err(error)) => Err(Failure::classify(&error, settings)),
+        Err(_) => Err(Failure::Retry(Retryable {
+            kind: RetryKind::TimedOut,
+            detail: format!("no answer within {} s", timeout.as_secs_f32()),
+        })),
+    }
+}
+
+/// Our own logs say what a statement did; sqlx's per-statement log lines would only repeat it.
+fn quiet(options: PgConnectOptions) -> PgConnectOptions {
+    options.disable_statement_logging()
+}
+
+/// Progress of a wait, passed to the caller after each failed attempt.
+pub struct WaitProgress<'a> {
+    pub reason: &'a Retryable,
+    /// The reason differs from the previous attempt's.
+    pub reason_changed: bool,
+    pub attempts: u32,
+    pub elapsed: Duration,
+    pub remaining: Duration,
+}
+
+/// Why waiting ended without a connection.
+#[derive(Debug)]
+pub enum WaitError {
+    Fatal(Fatal),
+    Deadline { last: Retryable, attempts: u32, waited: Duration },
+}
+
+/// Connects, retrying what waiting can fix until `deadline` has passed.
+pub async fn wait_for_database(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    deadline: Duration,
+    mut on_retry: impl FnMut(&WaitProgress<'_>),
+) -> Result<Ready, WaitError> {
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let mut previous: Option<RetryKind> = None;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_sub(started.elapsed());
+        let timeout = ATTEMPT_TIMEOUT.min(remaining).max(Duration::from_millis(100));
+        let reason = match connect_once(settings, application_name, timeout).await {
+            Ok(ready) => return Ok(ready),
+            Err(Failure::Fatal(fatal)) => return Err(WaitError::Fatal(fatal)),
+            Err(Failure::Retry(reason)) => reason,
+        };
+        let elapsed = started.elapsed();
+        let remaining = deadline.saturating_sub(elapsed);
+        let reason_changed = previous != Some(reason.kind);
+        if reason_changed {
+            backoff = FIRST_BACKOFF;
+        }
+        previous = Some(reason.kind);
+        on_retry(&WaitProgress { reason: &reason, reason_changed, attempts, elapsed, remaining });
+        if remaining.is_zero() {
+            return Err(WaitError::Deadline { last: reason, attempts, waited: elapsed });
+        }
+        let pause = if reason.kind.is_cheap() {
+            CHEAP_POLL
+        } else {
+            let pause = backoff;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            pause
+        };
+        tokio::time::sleep(pause.min(remaining)).await;
+    }
+}
+
+/// Stops what `backend_pid` is doing, from a second connection: sqlx cannot send a CancelRequest.
+///
+/// Terminating (rather than only cancelling the statement) also rolls back the open transaction
+/// and releases the session's locks, advisory ones included, before we exit.
+pub async fn terminate_backend(
+    settings: &DatabaseSettings,
+    backend_pid: i32,
+    timeout: Duration,
+) -> Result<bool, Failure> {
+    let mut ready = connect_once(settings, "prestart-cancel", timeout).await?;
+    // Since PostgreSQL 14 the call can wait until the process is gone, so its locks are released
+    // by the time we exit.
+    let sql = match ready.conn.server_version_num() {
+        Some(version) if version >= 140_000 => "SELECT pg_terminate_backend($1, 2000)",
+        _ => "SELECT pg_terminate_backend($1)",
+    };
+    let stopped =
+        tokio::time::timeout(timeout, sqlx::query_scalar::<_, bool>(sql).bind(backend_pid).fetch_one(&mut ready.conn))
+            .await;
+    match stopped {
+        Ok(Ok(stopped)) => Ok(stopped),
+        Ok(Err(error)) => Err(Failure::classify(&error, settings)),
+        Err(_) => Err(Failure::Retry(Retryable { kind: RetryKind::TimedOut, detail: "cancel timed out".into() })),
+    }
+}

@@ -1,0 +1,9 @@
+//! The backend's shared core: settings, connections, the schema check, the seed and the job queue.
+//! `xtask` builds on the same code, so prestart and the services agree on every rule.
+
+pub mod config;
+pub mod db;
+#[cfg(feature = "server")]
+pub mod jobs;
+pub mod schema;
+pub mod seed;

@@ -1,0 +1,302 @@
+//! The migrations a build knows, the ones a database has applied, and how the two compare.
+//!
+//! `xtask` reads the folder at run time (as sqlx-cli does); backend and worker embed it at build
+//! time. Both compare against the database the same way, with sqlx-cli's table and checksums.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::config::ConfigError;
+
+/// The migration settings of `sqlx.toml` that sqlx 0.9 reads, with sqlx's defaults.
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    pub table_name: String,
+    pub ignored_chars: BTreeSet<char>,
+    pub create_schemas: Vec<String>,
+    /// `migrations-dir`, relative to the folder holding `sqlx.toml`.
+    pub migrations_dir: String,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            table_name: "_sqlx_migrations".into(),
+            ignored_chars: BTreeSet::new(),
+            create_schemas: Vec::new(),
+            migrations_dir: "migrations".into(),
+        }
+    }
+}
+
+impl MigrationSettings {
+    /// Reads `sqlx.toml` in `root` if it exists.
+    pub fn load(root: &Path) -> Result<Self, ConfigError> {
+        let path = root.join("sqlx.toml");
+        let config = sqlx::_unstable::config::Config::try_from_path_or_default(path.clone())
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+        let migrate = config.migrate;
+        Ok(MigrationSettings {
+            table_name: migrate.table_name().to_owned(),
+            migrations_dir: migrate.migrations_dir().to_owned(),
+            ignored_chars: migrate.ignored_chars,
+            create_schemas: migrate.create_schemas.into_iter().map(String::from).collect(),
+        })
+    }
+
+    /// The checksum sqlx-cli records for `sql` under these settings.
+    pub fn checksum(&self, sql: &str) -> Vec<u8> {
+        use sha2::{Digest, Sha384};
+        // sqlx hashes the text with the ignored characters left out, fragment by fragment.
+        let mut digest = Sha384::new();
+        for fragment in sql.split(|c| self.ignored_chars.contains(&c)) {
+            digest.update(fragment);
+        }
+        digest.finalize().to_vec()
+    }
+}
+
+/// One migration to apply, and the file it came from (none when embedded in the binary).
+#[derive(Debug, Clone)]
+pub struct MigrationFile {
+    pub migration: Migration,
+    pub path: Option<PathBuf>,
+}
+
+impl MigrationFile {
+    /// The file name, or `<version>_<description>` for an embedded migration.
+    pub fn name(&self) -> String {
+        match &self.path {
+            Some(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => format!("{}_{}", self.migration.version, self.migration.description.replace(' ', "_")),
+        }
+    }
+}
+
+/// The forward migrations of one source, in version order.
+#[derive(Debug, Clone)]
+pub struct MigrationSet {
+    pub files: Vec<MigrationFile>,
+}
+
+impl MigrationSet {
+    /// Reads a migrations folder the way sqlx-cli does.
+    pub fn read_dir(dir: &Path, settings: &MigrationSettings) -> Result<Self, ConfigError> {
+        if !dir.is_dir() {
+            return Err(ConfigError::new(format!(
+                "migrations folder {} does not exist: pass --source DIR, or run from the workspace",
+                dir.display()
+            )));
+        }
+        let mut resolve = sqlx::migrate::ResolveConfig::new();
+        resolve.ignore_chars(settings.ignored_chars.iter().copied());
+        let resolved = sqlx::migrate::resolve_blocking_with_config(dir, &resolve)
+            .map_err(|e| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display())))?;
+        let files = resolved.into_iter().map(|(migration, path)| MigrationFile { migration, path: Some(path) });
+        Self::forward_only(files)
+    }
+
+    /// The migrations a binary embeds, with checksums under the run-time settings (which may
+    /// ignore characters that the build did not).
+    pub fn from_migrator(migrator: &Migrator, settings: &MigrationSettings) -> Result<Self, ConfigError> {
+        let files = migrator.iter().map(|m| {
+            let mut migration = m.clone();
+            migration.checksum = Cow::Owned(settings.checksum(migration.sql.as_str()));
+            MigrationFile { migration, path: None }
+        });
+        Self::forward_only(files)
+    }
+
+    fn forward_only(files: impl Iterator<Item = MigrationFile>) -> Result<Self, ConfigError> {
+        let mut by_version: BTreeMap<i64, MigrationFile> = BTreeMap::new();
+        for file in files.filter(|f| !f.migration.migration_type.is_down_migration()) {
+            if let Some(existing) = by_version.get(&file.migration.version) {
+                return Err(ConfigError::new(format!(
+                    "two migrations share version {}: {} and {}; rename one with a new version (cargo xtask new-migration)",
+                    file.migration.version,
+                    existing.name(),
+                    file.name()
+                )));
+            }
+            by_version.insert(file.migration.version, file);
+        }
+        Ok(MigrationSet { files: by_version.into_values().collect() })
+    }
+
+    pub fn is_reversible(&self) -> bool {
+        self.files.iter().any(|f| f.migration.migration_type == MigrationType::ReversibleUp)
+    }
+}
+
+/// One row of the migrations table.
+#[derive(Debug, Clone)]
+pub struct AppliedRow {
+    pub version: i64,
+    pub description: String,
+    /// UTC, RFC 3339.
+    pub installed_on: String,
+    pub success: bool,
+    pub checksum: Vec<u8>,
+}
+
+/// The rows of the migrations table; none when the table does not exist yet.
+pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<Vec<AppliedRow>, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table_name).fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
+         success, checksum FROM {table_name} ORDER BY version"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AppliedRow {
+                version: row.try_get("version")?,
+                description: row.try_get("description")?,
+                installed_on: row.try_get("installed_on")?,
+                success: row.try_get("success")?,
+                checksum: row.try_get("checksum")?,
+            })
+        })
+        .collect()
+}
+
+/// Where one migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Applied,
+    Pending,
+    /// Applied, but the file has changed since.
+    Changed,
+    /// A row with `success = false`: a `-- no-transaction` migration that stopped halfway.
+    Failed,
+    /// Applied in the database, unknown to this code: a newer release ran, or this is a rollback.
+    Unknown,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Applied => "applied",
+            State::Pending => "pending",
+            State::Changed => "changed",
+            State::Failed => "failed",
+            State::Unknown => "unknown",
+        }
+    }
+}
+
+/// One line of `migrate status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub version: i64,
+    pub description: String,
+    pub state: State,
+    pub installed_on: Option<String>,
+    pub file: Option<String>,
+}
+
+/// The code's migrations against the database's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub entries: Vec<Entry>,
+}
+
+impl Status {
+    pub fn compare(set: &MigrationSet, applied: &[AppliedRow]) -> Status {
+        let rows: BTreeMap<i64, &AppliedRow> = applied.iter().map(|r| (r.version, r)).collect();
+        let mut entries: Vec<Entry> = set
+            .files
+            .iter()
+            .map(|file| {
+                let m = &file.migration;
+                let row = rows.get(&m.version);
+                let state = match row {
+                    None => State::Pending,
+                    Some(row) if !row.success => State::Failed,
+                    Some(row) if row.checksum != *m.checksum => State::Changed,
+                    Some(_) => State::Applied,
+                };
+                Entry {
+                    version: m.version,
+                    description: m.description.to_string(),
+                    state,
+                    installed_on: row.map(|r| r.installed_on.clone()),
+                    file: file.path.as_ref().map(|_| file.name()),
+                }
+            })
+            .collect();
+        let known: BTreeSet<i64> = set.files.iter().map(|f| f.migration.version).collect();
+        entries.extend(applied.iter().filter(|r| !known.contains(&r.version)).map(|row| Entry {
+            version: row.version,
+            description: row.description.clone(),
+            state: if row.success { State::Unknown } else { State::Failed },
+            installed_on: Some(row.installed_on.clone()),
+            file: None,
+        }));
+        entries.sort_by_key(|e| e.version);
+        Status { entries }
+    }
+
+    pub fn with_state(&self, state: State) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| e.state == state)
+    }
+
+    /// Every migration the code has is applied with a matching checksum. Newer versions in the
+    /// database do not make it stale: that is a rolling deploy.
+    pub fn is_up_to_date(&self) -> bool {
+        self.entries.iter().all(|e| matches!(e.state, State::Applied | State::Unknown))
+    }
+
+    /// One sentence naming what keeps the schema from being up to date, for errors.
+    pub fn describe_problems(&self) -> String {
+        let list = |state| self.with_state(state).map(|e| e.version.to_string()).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        for (state, what) in
+            [(State::Pending, "not applied"), (State::Changed, "changed since applied"), (State::Failed, "failed")]
+        {
+            let versions = list(state);
+            if !versions.is_empty() {
+                parts.push(format!("{what}: {versions}"));
+            }
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(feature = "server")]
+pub mod embedded {
+    //! The migrations this build of backend and worker was compiled against.
+
+    use super::*;
+
+    pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+    /// Refuses a database that lacks migrations this build needs.
+    pub async fn check(conn: &mut PgConnection, settings: &MigrationSettings) -> Result<(), String> {
+        let set = MigrationSet::from_migrator(&MIGRATOR, settings).map_err(|e| e.to_string())?;
+        let applied = applied_rows(conn, &settings.table_name)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", settings.table_name))?;
+        let status = Status::compare(&set, &applied);
+        if status.is_up_to_date() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the database schema is not the one this build needs ({}): run `cargo xtask prestart` \
+                 (or `docker compose run --rm prestart`) first",
+                status.describe_problems()
+            ))
+        }
+    }
+}

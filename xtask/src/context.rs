@@ -1,0 +1,86 @@
+//! What every database command starts from: the workspace, the settings, the migrations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backend::config::{Env, Settings};
+use backend::schema::{MigrationSet, MigrationSettings};
+
+use crate::exit::{Failure, fail};
+
+/// Options shared by the commands that talk to the database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    /// Read settings from this file instead of the workspace's `.env` (a missing file is fine;
+    /// variables already in the environment win)
+    #[arg(long, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    /// Give up waiting for the database after this many seconds
+    #[arg(long, value_name = "SECS")]
+    pub wait_timeout: Option<u64>,
+}
+
+impl DbArgs {
+    pub fn wait_timeout_or(&self, default_secs: u64) -> Duration {
+        Duration::from_secs(self.wait_timeout.unwrap_or(default_secs))
+    }
+
+    /// Reads `.env` and the environment once; every later step gets what it needs from here.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let root = root();
+        let file = self.env_file.clone().unwrap_or_else(|| root.join(".env"));
+        let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
+        let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
+        Ok(Loaded { root, settings })
+    }
+}
+
+pub struct Loaded {
+    pub root: PathBuf,
+    pub settings: Settings,
+}
+
+/// Options of the commands that read migrations.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// The migrations folder (default: `migrations/` of the workspace, or beside the binary)
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The migrations and the `sqlx.toml` settings they are applied with.
+    pub fn load(&self, root: &Path) -> anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)> {
+        let settings = MigrationSettings::load(root).map_err(|e| fail(Failure::Config, e))?;
+        let dir = self.source.clone().unwrap_or_else(|| root.join(&settings.migrations_dir));
+        let set = MigrationSet::read_dir(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;
+        Ok((set, settings, dir))
+    }
+}
+
+/// The folder holding `.env`, `sqlx.toml` and `migrations/`: beside the binary in the image
+/// (`/app/xtask`, `/app/migrations`), else the workspace this binary was built from.
+pub fn root() -> PathBuf {
+    let beside_binary = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    if let Some(dir) = beside_binary.filter(|dir| dir.join("migrations").is_dir()) {
+        return dir;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if workspace.join("Cargo.toml").is_file() {
+        return workspace.canonicalize().unwrap_or(workspace);
+    }
+    PathBuf::from(".")
+}
+
+/// Shows a path relative to the current folder when it is inside it.
+pub fn display_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    let shown = cwd.as_deref().and_then(|cwd| path.strip_prefix(cwd).ok()).unwrap_or(path);
+    shown.display().to_string()
+}
+
+/// A tokio runtime for one command: current-thread, since each command does one thing at a time.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}

@@ -1,0 +1,277 @@
+//! `cargo xtask dev-db start|stop|status|destroy`: a PostgreSQL cluster for this workspace under
+//! `target/dev-db/`, made from the server binaries installed on this machine, matching `.env`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use backend::config::DatabaseSettings;
+use xshell::{Shell, cmd};
+
+use crate::context::{DbArgs, root, runtime};
+use crate::exit::{Failure, fail};
+use crate::ui;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone, Copy)]
+enum Action {
+    /// Create the cluster if needed and start it on POSTGRES_PORT, with the user, password and
+    /// database of `.env`
+    Start,
+    /// Stop the cluster
+    Stop,
+    /// Say whether the cluster exists and runs
+    Status,
+    /// Stop the cluster and delete its data
+    Destroy,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let loaded = args.db.load()?;
+    let sh = Shell::new()?;
+    let cluster = DevCluster::new(&sh)?;
+    match args.action {
+        Action::Start => cluster.start(&loaded.settings.database),
+        Action::Stop => cluster.stop(),
+        Action::Status => {
+            println!("{}", cluster.status()?);
+            Ok(())
+        }
+        Action::Destroy => cluster.destroy(),
+    }
+}
+
+/// The cluster of `target/dev-db/`.
+pub struct DevCluster<'a> {
+    sh: &'a Shell,
+    dir: PathBuf,
+    bin: PathBuf,
+    /// Set when we are root: PostgreSQL refuses to run as root, so it runs as this OS user.
+    run_as: Option<&'static str>,
+}
+
+const SERVER_USER: &str = "postgres";
+
+impl<'a> DevCluster<'a> {
+    pub fn new(sh: &'a Shell) -> anyhow::Result<Self> {
+        let bin = ensure_server_bindir(sh)?;
+        let is_root = cmd!(sh, "id -u").quiet().read().map(|uid| uid.trim() == "0").unwrap_or(false);
+        Ok(DevCluster { sh, dir: root().join("target").join("dev-db"), bin, run_as: is_root.then_some(SERVER_USER) })
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// Runs a server binary, as the `postgres` OS user when we are root.
+    fn server_cmd(&self, program: &str) -> xshell::Cmd<'a> {
+        let program = self.bin.join(program);
+        match self.run_as {
+            Some(user) => cmd!(self.sh, "runuser -u {user} -- {program}"),
+            None => cmd!(self.sh, "{program}"),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.data().join("PG_VERSION").is_file()
+    }
+
+    pub fn is_running(&self) -> bool {
+        let data = self.data();
+        self.exists()
+            && self.server_cmd("pg_ctl").args(["status", "-D"]).arg(&data).quiet().ignore_stdout().run().is_ok()
+    }
+
+    pub fn status(&self) -> anyhow::Result<String> {
+        Ok(match (self.exists(), self.is_running()) {
+            (false, _) => format!("no cluster at {} (cargo xtask dev-db start creates one)", self.dir.display()),
+            (true, false) => format!("cluster at {} is stopped", self.dir.display()),
+            (true, true) => format!("cluster at {} is running", self.dir.display()),
+        })
+    }
+
+    /// Creates (once) and starts the cluster, then makes sure the database exists.
+    pub fn start(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
+        if !self.exists() {
+            self.init(db)?;
+        }
+        if self.is_running() {
+            ui::line(format!("local cluster already running on port {}", db.port()));
+        } else {
+            ui::step(format!("start the local cluster on 127.0.0.1:{}", db.port()));
+            self.write_port(db.port())?;
+            let (data, log) = (self.data(), self.log());
+            let started = self
+                .server_cmd("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .quiet()
+                .ignore_stdout()
+                .run();
+            if started.is_err() {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!(
+                    "the local cluster did not start (is port {} taken by another server?); its log says:\n  {}",
+                    db.port(),
+                    tail.join("\n  ")
+                );
+            }
+        }
+        runtime()?.block_on(create_database(db))
+    }
+
+    fn init(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
+        ui::step(format!("create a local cluster in {} (user {})", self.dir.display(), db.user()));
+        self.sh.create_dir(&self.dir)?;
+        // initdb reads the password from a file; it is deleted right after.
+        let password_file = self.dir.join(".initdb-password");
+        self.sh.write_file(&password_file, db.password().map(|p| p.expose()).unwrap_or_default())?;
+        if let Some(user) = self.run_as {
+            let dir = &self.dir;
+            cmd!(self.sh, "chown -R {user} {dir}").quiet().run()?;
+        }
+        let (data, user) = (self.data(), db.user());
+        let initialised = self
+            .server_cmd("initdb")
+            .args(["--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions", "-U"])
+            .arg(user)
+            .arg(format!("--pwfile={}", password_file.display()))
+            .arg("-D")
+            .arg(&data)
+            .quiet()
+            .ignore_stdout()
+            .run();
+        let _ = std::fs::remove_file(&password_file);
+        initialised.context("initdb failed")?;
+        Ok(())
+    }
+
+    /// Listens on loopback only, with its socket inside the cluster folder.
+    fn write_port(&self, port: u16) -> anyhow::Result<()> {
+        let conf = self.data().join("postgresql.auto.conf");
+        let socket_dir = self.dir.display();
+        let settings = format!(
+            "# Written by cargo xtask dev-db start.\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{socket_dir}'\n"
+        );
+        std::fs::write(&conf, settings).with_context(|| format!("cannot write {}", conf.display()))
+    }
+
+    pub fn stop(&self) -> anyhow::Result<()> {
+        if !self.is_running() {
+            ui::line(self.status()?);
+            return Ok(());
+        }
+        let data = self.data();
+        self.server_cmd("pg_ctl").args(["stop", "-w", "-m", "fast", "-D"]).arg(&data).quiet().ignore_stdout().run()?;
+        ui::line("local cluster stopped");
+        Ok(())
+    }
+
+    pub fn destroy(&self) -> anyhow::Result<()> {
+        self.stop()?;
+        if self.dir.exists() {
+            self.sh.remove_path(&self.dir)?;
+            ui::line(format!("deleted {}", self.dir.display()));
+        }
+        Ok(())
+    }
+}
+
+async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
+    let maintenance = db.with_database("postgres");
+    let mut ready = backend::db::connect_once(&maintenance, "prestart-dev-db", Duration::from_secs(10))
+        .await
+        .map_err(|e| fail(Failure::Refused, anyhow!("{e:?}")))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(db.database())
+        .fetch_one(&mut ready.conn)
+        .await?;
+    if !exists {
+        let name = db.database().replace('"', "\"\"");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
+        ui::line(format!("created database {}", db.database()));
+    }
+    Ok(())
+}
+
+/// Where `initdb` and `pg_ctl` live. Where they are missing and we are root with apt, installs
+/// them (and says so); elsewhere the error gives the install command for this platform.
+pub fn ensure_server_bindir(sh: &Shell) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = find_server_bindir(sh) {
+        return Ok(bin);
+    }
+    let is_root = cmd!(sh, "id -u").quiet().read().is_ok_and(|uid| uid.trim() == "0");
+    let has_apt = cmd!(sh, "which apt-get").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    if !(is_root && has_apt) {
+        bail!("PostgreSQL server binaries (initdb, pg_ctl) not found: {}", install_hint(Path::new("/etc/os-release")));
+    }
+    ui::step(
+        "install the PostgreSQL server binaries: apt-get install postgresql (they are missing and we run as root)",
+    );
+    // Debian's package would create and start a `main` cluster on port 5432; we only want the
+    // binaries, and that port may be the one `.env` names.
+    sh.create_dir("/etc/postgresql-common")?;
+    if !Path::new("/etc/postgresql-common/createcluster.conf").exists() {
+        sh.write_file("/etc/postgresql-common/createcluster.conf", "create_main_cluster = false\n")?;
+    }
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    cmd!(sh, "apt-get update -qq").run().context("apt-get update failed")?;
+    cmd!(sh, "apt-get install -y -qq --no-install-recommends postgresql")
+        .run()
+        .context("apt-get install postgresql failed")?;
+    find_server_bindir(sh)
+        .ok_or_else(|| anyhow!("apt-get installed postgresql but initdb and pg_ctl are still not found"))
+}
+
+/// PATH first, then Debian's versioned folders, newest first.
+fn find_server_bindir(sh: &Shell) -> Option<PathBuf> {
+    if let Ok(path) = cmd!(sh, "which pg_ctl").quiet().ignore_stderr().read() {
+        let resolved = std::fs::canonicalize(path.trim()).unwrap_or_else(|_| PathBuf::from(path.trim()));
+        if let Some(dir) = resolved.parent().filter(|dir| dir.join("initdb").is_file()) {
+            return Some(dir.to_path_buf());
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("pg_ctl").is_file() && bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// The exact install command for this platform.
+fn install_hint(os_release: &Path) -> String {
+    let release = std::fs::read_to_string(os_release).unwrap_or_default();
+    let like =
+        |name: &str| release.lines().any(|l| (l.starts_with("ID=") || l.starts_with("ID_LIKE=")) && l.contains(name));
+    if cfg!(target_os = "macos") {
+        "install them with `brew install postgresql@17`".into()
+    } else if like("debian") || like("ubuntu") {
+        "install them with `sudo apt-get install postgresql` (as root, the README's commands do it for you)".into()
+    } else if like("fedora") || like("rhel") {
+        "install them with `sudo dnf install postgresql-server`".into()
+    } else if like("arch") {
+        "install them with `sudo pacman -S postgresql`".into()
+    } else if like("alpine") {
+        "install them with `apk add postgresql`".into()
+    } else {
+        "install the PostgreSQL server package of your system (it provides initdb and pg_ctl)".into()
+    }
+}

@@ -1,0 +1,122 @@
+//! Likely causes of a failure to connect, judged from where we run and where the settings point.
+//!
+//! From inside a container "refused" cannot be told apart from "server down", so these are
+//! likely causes, most likely first, not verdicts.
+
+use std::path::Path;
+
+use backend::config::{DatabaseSettings, Settings};
+use backend::db::RetryKind;
+
+/// Where this process runs; it decides what `localhost` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeContext {
+    Host,
+    Container,
+    Kubernetes,
+}
+
+impl RuntimeContext {
+    pub fn detect(settings: &Settings) -> Self {
+        if settings.in_kubernetes {
+            return RuntimeContext::Kubernetes;
+        }
+        let marker = Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists();
+        let cgroup = std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default();
+        if marker || ["docker", "containerd", "kubepods", "libpod"].iter().any(|name| cgroup.contains(name)) {
+            RuntimeContext::Container
+        } else {
+            RuntimeContext::Host
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host.starts_with('/')
+}
+
+const DOCKER_HOST_NAME: &str = "host.docker.internal";
+
+/// The likely causes of `reason`, most likely first.
+pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeContext) -> Vec<String> {
+    let host = db.host();
+    let port = db.port();
+    let var = db.host_variable();
+    let to_host = host.eq_ignore_ascii_case(DOCKER_HOST_NAME);
+    let mut causes = Vec::new();
+    match reason {
+        RetryKind::Refused => match context {
+            RuntimeContext::Container if is_loopback(host) => {
+                causes.push(format!(
+                    "{var}={host} inside a container points at the container itself; use the compose service name `db`, \
+                     or `{DOCKER_HOST_NAME}` for a database on the host"
+                ));
+            }
+            RuntimeContext::Kubernetes if is_loopback(host) => {
+                causes.push(format!(
+                    "nothing listens on {host}:{port} in this pod: a sidecar (cloud SQL proxy, pgbouncer) may not be up yet; \
+                     without one, set {var} to the database Service's name"
+                ));
+            }
+            RuntimeContext::Container if to_host => {
+                causes.push(
+                    "the PostgreSQL server on the host may listen only on 127.0.0.1: set listen_addresses = '*' in \
+                     postgresql.conf, allow the Docker network in pg_hba.conf, and restart it"
+                        .into(),
+                );
+                causes.push(format!("the server on the host may be stopped, or listen on another port than {port}"));
+            }
+            RuntimeContext::Container | RuntimeContext::Kubernetes => {
+                causes.push(format!(
+                    "the database at {host} may still be starting or may be down (docker compose ps; docker compose logs {host})"
+                ));
+                causes.push(format!("it may listen on another port than {port} (POSTGRES_PORT)"));
+            }
+            RuntimeContext::Host => {
+                causes.push(format!(
+                    "no PostgreSQL server listens on {host}:{port}: start it (for a local one: cargo xtask dev-db start), \
+                     or fix {var} and POSTGRES_PORT"
+                ));
+            }
+        },
+        RetryKind::NameNotResolved => match context {
+            RuntimeContext::Host if to_host => causes.push(format!(
+                "{DOCKER_HOST_NAME} resolves only inside containers (and on Docker Desktop): on this machine use {var}=localhost"
+            )),
+            RuntimeContext::Container if to_host => causes.push(format!(
+                "the compose service lacks `extra_hosts: [\"{DOCKER_HOST_NAME}:host-gateway\"]`, which Linux needs for this name"
+            )),
+            RuntimeContext::Container | RuntimeContext::Kubernetes => causes.push(format!(
+                "`{host}` is not a known name yet: compose and Kubernetes create a service's name when it starts; if it \
+                 never resolves, check {var} against the service names"
+            )),
+            RuntimeContext::Host => causes.push(format!(
+                "`{host}` does not resolve on this machine: check {var}; compose service names resolve only inside containers"
+            )),
+        },
+        RetryKind::TimedOut | RetryKind::Unreachable => causes.push(format!(
+            "packets to {host}:{port} get no answer: a firewall or security group drops them, or the address is wrong"
+        )),
+        RetryKind::NotAccepting => causes.push(
+            "the server is starting up, recovering or shutting down, or it is a standby that accepts no connections \
+             (hot_standby = off) until it is promoted"
+                .into(),
+        ),
+        RetryKind::ServerShutdown => causes.push("the server was shut down or restarted during the attempt".into()),
+        RetryKind::TooManyConnections => causes.push(
+            "all max_connections slots are taken by other clients: close idle ones, raise max_connections, or use a pooler".into(),
+        ),
+        RetryKind::Reset | RetryKind::ConnectionException | RetryKind::Network => causes.push(
+            "the connection broke during the handshake: the server may be restarting, or a proxy in between drops it".into(),
+        ),
+    }
+    causes
+}
+
+/// `likely cause: A`, `or: B`: the lines that present causes, most likely first.
+pub fn cause_lines(causes: &[String]) -> impl Iterator<Item = String> + '_ {
+    causes.iter().enumerate().map(|(i, cause)| format!("{} {cause}", if i == 0 { "likely cause:" } else { "or:" }))
+}

@@ -1,0 +1,83 @@
+//! Exit codes: one per kind of failure, so compose, Kubernetes and scripts can tell them apart.
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// Shown at the end of `--help`; the README has the same table.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+    0    success
+    1    unexpected error (a bug, or this machine's files or tools)
+    2    usage error (unknown command or option)
+    3    configuration error (.env, environment, migrations folder, sqlx.toml)
+    4    database not reachable before the wait deadline
+    5    database refused us (password, pg_hba.conf, missing database or role, permission, TLS)
+    6    migration failed (SQL error, changed or failed migration, lock not acquired)
+    7    seed failed
+    8    schema not up to date (migrate status)
+    130  interrupted by SIGINT (Ctrl-C)
+    143  interrupted by SIGTERM";
+
+/// The kind of a failure, attached to an `anyhow::Error` as its outermost context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Config,
+    Unreachable,
+    Refused,
+    Migration,
+    Seed,
+    NotUpToDate,
+    Interrupted(Signal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Failure {
+    fn code(self) -> u8 {
+        match self {
+            Failure::Config => 3,
+            Failure::Unreachable => 4,
+            Failure::Refused => 5,
+            Failure::Migration => 6,
+            Failure::Seed => 7,
+            Failure::NotUpToDate => 8,
+            Failure::Interrupted(Signal::Interrupt) => 130,
+            Failure::Interrupted(Signal::Terminate) => 143,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failure::Config => "configuration error",
+            Failure::Unreachable => "database not reachable",
+            Failure::Refused => "database refused the connection",
+            Failure::Migration => "migration failed",
+            Failure::Seed => "seed failed",
+            Failure::NotUpToDate => "schema not up to date",
+            Failure::Interrupted(Signal::Interrupt) => "interrupted by SIGINT",
+            Failure::Interrupted(Signal::Terminate) => "interrupted by SIGTERM",
+        })
+    }
+}
+
+/// Shortcut: `Err(fail(Failure::Seed, error))`.
+pub fn fail(kind: Failure, error: impl Into<anyhow::Error>) -> anyhow::Error {
+    error.into().context(kind)
+}
+
+/// Prints the error as `error: <kind>: <causes>` on stderr and turns it into the exit code.
+pub fn report(result: anyhow::Result<()>) -> ExitCode {
+    let Err(error) = result else {
+        return ExitCode::SUCCESS;
+    };
+    let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.code());
+    let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
+    eprintln!("error: {}", causes.join(": "));
+    ExitCode::from(code)
+}

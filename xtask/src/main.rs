@@ -1,0 +1,56 @@
+//! `cargo xtask`: gets the database ready before the services start, and the tools around it.
+//!
+//! This file only parses the command line and dispatches; each command lives in its own module.
+
+mod context;
+mod dev;
+mod dev_db;
+mod diagnose;
+mod exit;
+mod interrupt;
+mod migrate;
+mod prestart;
+mod seed;
+mod ui;
+mod wait;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Get the database ready before the services start", after_help = exit::EXIT_CODES_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Wait for PostgreSQL, apply pending migrations, seed initial data; exit 0 when all succeed
+    Prestart(prestart::Args),
+    /// Wait until PostgreSQL accepts connections and answers a query
+    WaitForDb(wait::Args),
+    /// Apply pending migrations (`migrate status` to compare files and database)
+    Migrate(migrate::Args),
+    /// Create the first superuser and default settings if they are missing
+    Seed(seed::Args),
+    /// Run the whole stack on this machine without Docker: database, prestart, backend and worker
+    Dev(dev::Args),
+    /// Manage the local PostgreSQL cluster under target/dev-db/
+    DevDb(dev_db::Args),
+}
+
+fn main() -> ExitCode {
+    backend::config::isolate_from_libpq_environment();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Prestart(args) => prestart::run(args),
+        Command::WaitForDb(args) => wait::run(args),
+        Command::Migrate(args) => migrate::run(args),
+        Command::Seed(args) => seed::run(args),
+        Command::Dev(args) => dev::run(args),
+        Command::DevDb(args) => dev_db::run(args),
+    };
+    exit::report(result)
+}

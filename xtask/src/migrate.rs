@@ -1,0 +1,367 @@
+//! `cargo xtask migrate` and `migrate status`, and the migrate step of prestart.
+//!
+//! sqlx's Migrator takes a blocking `pg_advisory_lock` with no timeout and leaks it on errors.
+//! We take the same key with a polling try-lock (so sqlx-cli and sqlx's Migrator still exclude
+//! us), release it on every path, and apply each migration through sqlx's `Migrate` so the table,
+//! the checksums and the transaction handling stay sqlx-cli's.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use backend::schema::{MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
+use sqlx::Row;
+use sqlx::migrate::{Migrate, MigrateError};
+use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
+
+use crate::context::{DbArgs, SourceArgs, display_path, runtime};
+use crate::exit::{Failure, fail};
+use crate::interrupt::{ActiveBackend, interruptible};
+use crate::ui;
+use crate::wait::{DEFAULT_WAIT_SECS, wait_step};
+
+/// Between two tries of the lock; cheap for the server.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+/// How often to say who holds the lock while we wait for it.
+const LOCK_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    options: MigrateOptions,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// List migrations with their state; exit 0 when the database is up to date, 8 when not
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Print one JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+/// How the migrate step behaves; shared by `migrate` and `prestart`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MigrateOptions {
+    /// Give up waiting for another session's migration lock after this many seconds (default: the
+    /// wait timeout, so replicas wait while one of them migrates)
+    #[arg(long, value_name = "SECS")]
+    pub lock_timeout: Option<u64>,
+    /// Fail when the database has applied versions this code does not know (default: warn, as a
+    /// newer release or a rollback leaves them)
+    #[arg(long)]
+    pub strict: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Action::Status(status)) = args.action {
+        return run_status(status);
+    }
+    let loaded = args.db.load()?;
+    let (set, settings, dir) = args.source.load(&loaded.root)?;
+    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
+    let lock_timeout = args.options.lock_timeout.map_or(wait, Duration::from_secs);
+    let plan = Plan { set: &set, settings: &settings, dir: &dir, lock_timeout, strict: args.options.strict };
+    let db = &loaded.settings.database;
+    let active = ActiveBackend::default();
+    runtime()?.block_on(interruptible(db, &active, async {
+        let mut ready = wait_step(&loaded.settings, wait).await?;
+        active.set(Some(ready.backend_pid));
+        migrate_step(&mut ready.conn, &plan).await
+    }))
+}
+
+/// What to apply and how.
+pub struct Plan<'a> {
+    pub set: &'a MigrationSet,
+    pub settings: &'a MigrationSettings,
+    pub dir: &'a Path,
+    pub lock_timeout: Duration,
+    pub strict: bool,
+}
+
+/// Applies pending migrations under the migration lock, which is released on every path.
+pub async fn migrate_step(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<()> {
+    ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
+    let started = Instant::now();
+    let key = lock_key(conn).await.map_err(|e| fail(Failure::Migration, e))?;
+    acquire_lock(conn, key, plan.lock_timeout).await?;
+    let result = apply_pending(conn, plan).await;
+    // After a failed statement sqlx has queued the ROLLBACK, which runs before this. If the
+    // connection itself is gone, so is the lock.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await;
+    let applied = result?;
+    let total = plan.set.files.len();
+    ui::line(match applied {
+        0 => format!("up to date: all {total} migrations were already applied ({})", ui::duration(started.elapsed())),
+        n => format!("applied {n}, {} were already applied, in {}", total - n, ui::duration(started.elapsed())),
+    });
+    Ok(())
+}
+
+/// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant.
+async fn lock_key(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *conn).await?;
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    Ok(0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes())))
+}
+
+async fn acquire_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| fail(Failure::Migration, e))?;
+        if locked {
+            if last_report.is_some() {
+                ui::line(format!("got the migration lock after {}", ui::duration(started.elapsed())));
+            }
+            return Ok(());
+        }
+        let holder = lock_holder(conn, key).await.unwrap_or_else(|e| format!("unknown session ({e})"));
+        if started.elapsed() >= timeout {
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "the migration lock is still held after {} by {holder}: wait for it to finish, or end that session \
+                     (SELECT pg_terminate_backend(pid)) if it is stuck; --lock-timeout SECS waits longer",
+                    ui::duration(started.elapsed())
+                ),
+            ));
+        }
+        if last_report.is_none_or(|at| at.elapsed() >= LOCK_REPORT_EVERY) {
+            last_report = Some(Instant::now());
+            ui::line(format!(
+                "waiting for the migration lock held by {holder} ({} s left)",
+                timeout.saturating_sub(started.elapsed()).as_secs()
+            ));
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
+}
+
+/// Who holds the advisory lock `key`: pid, application name, since when.
+pub async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<String, sqlx::Error> {
+    // A bigint advisory key shows in pg_locks as classid (high half) and objid (low half).
+    let row = sqlx::query(
+        "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no application name') AS app, \
+                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since, \
+                coalesce(a.state, 'unknown') AS state \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.classid = ((($1::bigint >> 32) & 4294967295))::oid \
+           AND l.objid = (($1::bigint & 4294967295))::oid \
+         LIMIT 1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(row) => format!(
+            "pid {} ({}, connected since {}, {})",
+            row.try_get::<i32, _>("pid")?,
+            row.try_get::<String, _>("app")?,
+            row.try_get::<String, _>("since")?,
+            row.try_get::<String, _>("state")?
+        ),
+        None => "a session that has just released it".to_owned(),
+    })
+}
+
+/// Checks what is applied, then applies what is pending; returns how many were applied.
+async fn apply_pending(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<usize> {
+    let table = plan.settings.table_name.as_str();
+    let prepare = async {
+        for schema in &plan.settings.create_schemas {
+            conn.create_schema_if_not_exists(schema).await?;
+        }
+        conn.ensure_migrations_table(table).await?;
+        Ok::<_, MigrateError>(applied_rows(conn, table).await?)
+    };
+    let applied = prepare.await.map_err(|e| fail(Failure::Migration, e))?;
+    let status = Status::compare(plan.set, &applied);
+    refuse_inconsistent(&status, plan)?;
+
+    let pending: Vec<&MigrationFile> = plan
+        .set
+        .files
+        .iter()
+        .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
+        .collect();
+    for file in &pending {
+        ui::line(format!("applying {}", file.name()));
+        let elapsed =
+            conn.apply(table, &file.migration).await.map_err(|e| fail(Failure::Migration, explain_failure(e, file)))?;
+        ui::line(format!(
+            "applied {} {} ({})",
+            file.migration.version,
+            file.migration.description,
+            ui::duration(elapsed)
+        ));
+    }
+    Ok(pending.len())
+}
+
+/// Changed files and failed rows stop the run; versions unknown to this code warn (or stop,
+/// with `--strict`).
+fn refuse_inconsistent(status: &Status, plan: &Plan<'_>) -> anyhow::Result<()> {
+    let table = &plan.settings.table_name;
+    if let Some(failed) = status.with_state(State::Failed).next() {
+        return Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "migration {} ({}) is recorded as failed in {table}: a `-- no-transaction` migration stopped halfway; \
+                 finish or undo its statements by hand, then delete its row (DELETE FROM {table} WHERE version = {}) and rerun",
+                failed.version,
+                failed.description,
+                failed.version
+            ),
+        ));
+    }
+    let changed: Vec<String> =
+        status.with_state(State::Changed).map(|e| e.file.clone().unwrap_or_else(|| e.version.to_string())).collect();
+    if !changed.is_empty() {
+        return Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "{} changed after {} applied (the checksum differs): restore the applied version (git checkout -- {}) \
+                 and put the change in a new migration (cargo xtask new-migration NAME); CRLF line endings or a BOM \
+                 also change the checksum",
+                changed.join(", "),
+                if changed.len() == 1 { "it was" } else { "they were" },
+                changed.iter().map(|f| format!("{}/{f}", display_path(plan.dir))).collect::<Vec<_>>().join(" ")
+            ),
+        ));
+    }
+    let unknown: Vec<String> =
+        status.with_state(State::Unknown).map(|e| format!("{} ({})", e.version, e.description)).collect();
+    if !unknown.is_empty() {
+        let message = format!(
+            "the database has applied {} that this code does not have: {}; a newer release ran against it, or this is a rollback",
+            if unknown.len() == 1 { "a migration" } else { "migrations" },
+            unknown.join(", ")
+        );
+        if plan.strict {
+            return Err(fail(Failure::Migration, anyhow!("{message} (--strict)")));
+        }
+        ui::warn(message);
+    }
+    Ok(())
+}
+
+/// Names the file, Postgres's message and SQLSTATE, and the line when Postgres gives a position.
+fn explain_failure(error: MigrateError, file: &MigrationFile) -> anyhow::Error {
+    let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
+    let partial = if file.migration.no_tx {
+        "\n  note: this migration runs without a transaction: statements before the failing one stay applied; \
+         make the file safe to rerun (IF NOT EXISTS) or undo them by hand"
+    } else {
+        "\n  nothing of it was applied: its transaction rolled back"
+    };
+    let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = &error else {
+        return anyhow!("{name}: {error}{partial}");
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return anyhow!("{name}: {db}{partial}");
+    };
+    let sql = file.migration.sql.as_str();
+    let line = match pg.position() {
+        Some(PgErrorPosition::Original(position)) => Some(line_of(sql, position)),
+        _ => None,
+    };
+    let mut message = match line {
+        Some(line) => format!("{name}:{line}: {} (SQLSTATE {})", pg.message(), pg.code()),
+        None => format!("{name}: {} (SQLSTATE {})", pg.message(), pg.code()),
+    };
+    if let Some(detail) = pg.detail() {
+        message.push_str(&format!("\n  detail: {detail}"));
+    }
+    if let Some(hint) = pg.hint() {
+        message.push_str(&format!("\n  hint: {hint}"));
+    }
+    message.push_str(partial);
+    anyhow!(message)
+}
+
+/// The 1-based line of a 1-based character position, as Postgres reports it.
+fn line_of(sql: &str, position: usize) -> usize {
+    sql.chars().take(position.saturating_sub(1)).filter(|&c| c == '\n').count() + 1
+}
+
+fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let loaded = args.db.load()?;
+    let (set, settings, _) = args.source.load(&loaded.root)?;
+    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
+    let db = &loaded.settings.database;
+    let active = ActiveBackend::default();
+    let status = runtime()?.block_on(interruptible(db, &active, async {
+        let mut ready = wait_step(&loaded.settings, wait).await?;
+        applied_rows(&mut ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
+    }))?;
+    let status = Status::compare(&set, &status);
+    if args.json {
+        let document = serde_json::json!({
+            "database": db.to_string(),
+            "table": settings.table_name,
+            "up_to_date": status.is_up_to_date(),
+            "migrations": status.entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print_table(&status);
+    }
+    if status.is_up_to_date() {
+        Ok(())
+    } else {
+        Err(fail(
+            Failure::NotUpToDate,
+            anyhow!("{}: run `cargo xtask migrate` (or prestart)", status.describe_problems()),
+        ))
+    }
+}
+
+fn print_table(status: &Status) {
+    println!("{:<16} {:<8} {:<21} DESCRIPTION", "VERSION", "STATE", "APPLIED AT");
+    for entry in &status.entries {
+        let state = entry.state.name();
+        println!(
+            "{:<16} {:<8} {:<21} {}",
+            entry.version,
+            state,
+            entry.installed_on.as_deref().unwrap_or("-"),
+            entry.description
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    #[test]
+    fn positions_map_to_lines() {
+        let sql = "-- comment\nCREATE TABLE a ();\nSELEC 1;\n";
+        assert_eq!(line_of(sql, 1), 1);
+        assert_eq!(line_of(sql, 12), 2);
+        assert_eq!(line_of(sql, sql.find("SELEC").expect("present") + 1), 3);
+    }
+}

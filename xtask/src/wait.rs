@@ -1,0 +1,77 @@
+//! `cargo xtask wait-for-db`, and the wait step of prestart.
+
+use std::time::{Duration, Instant};
+
+use backend::config::Settings;
+use backend::db::{Ready, WaitError, WaitProgress};
+
+use crate::context::{DbArgs, runtime};
+use crate::diagnose::{RuntimeContext, cause_lines, likely_causes};
+use crate::exit::{Failure, fail};
+use crate::interrupt::{ActiveBackend, interruptible};
+use crate::ui;
+
+/// While the reason stays the same, repeat the wait line this often rather than per attempt.
+const REPEAT_EVERY: Duration = Duration::from_secs(5);
+pub const DEFAULT_WAIT_SECS: u64 = 300;
+/// The name other sessions see in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "prestart";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let loaded = args.db.load()?;
+    let deadline = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
+    runtime()?.block_on(async {
+        let db = &loaded.settings.database;
+        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded.settings, deadline).await.map(drop) })
+            .await
+    })
+}
+
+/// Waits for the database, logging why while it waits, and returns the ready connection.
+pub async fn wait_step(settings: &Settings, deadline: Duration) -> anyhow::Result<Ready> {
+    let db = &settings.database;
+    let context = RuntimeContext::detect(settings);
+    ui::step(format!("wait for the database at {db} (deadline {} s)", deadline.as_secs()));
+    let started = Instant::now();
+    let mut last_line: Option<Instant> = None;
+    let mut report = |progress: &WaitProgress<'_>| {
+        let due = last_line.is_none_or(|at| at.elapsed() >= REPEAT_EVERY);
+        if !(progress.reason_changed || due) {
+            return;
+        }
+        last_line = Some(Instant::now());
+        ui::line(format!(
+            "waiting: {} (attempt {}, {} elapsed, {} s left)",
+            progress.reason,
+            progress.attempts,
+            ui::duration(progress.elapsed),
+            progress.remaining.as_secs()
+        ));
+        for cause in cause_lines(&likely_causes(progress.reason.kind, db, context)) {
+            ui::line(format!("  {cause}"));
+        }
+    };
+    match backend::db::wait_for_database(db, APPLICATION_NAME, deadline, &mut report).await {
+        Ok(ready) => {
+            ui::line(format!("ready in {}", ui::duration(started.elapsed())));
+            Ok(ready)
+        }
+        Err(WaitError::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow::anyhow!("{db}: {fatal}"))),
+        Err(WaitError::Deadline { last, attempts, waited }) => {
+            let mut message = format!(
+                "{db} did not become ready within {} ({attempts} attempts); last: {last}",
+                ui::duration(waited)
+            );
+            for cause in cause_lines(&likely_causes(last.kind, db, context)) {
+                message.push_str(&format!("\n  {cause}"));
+            }
+            Err(fail(Failure::Unreachable, anyhow::anyhow!(message)))
+        }
+    }
+}

@@ -170,6 +170,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub first_superuser: Option<FirstSuperuser>,
     pub environment: String,
+    /// `BACKEND_BIND`: where the API listens.
+    pub backend_bind: String,
     /// `KUBERNETES_SERVICE_HOST` is set: we run in a pod.
     pub in_kubernetes: bool,
 }
@@ -180,6 +182,7 @@ impl Settings {
             database: DatabaseSettings::from_env(env)?,
             first_superuser: FirstSuperuser::from_env(env)?,
             environment: env.get("ENVIRONMENT").unwrap_or("local").to_owned(),
+            backend_bind: env.get("BACKEND_BIND").unwrap_or("0.0.0.0:8000").to_owned(),
             in_kubernetes: env.get("KUBERNETES_SERVICE_HOST").is_some(),
         })
     }

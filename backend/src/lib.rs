@@ -7,3 +7,5 @@ pub mod db;
 pub mod jobs;
 pub mod schema;
 pub mod seed;
+#[cfg(feature = "server")]
+pub mod service;

@@ -79,11 +79,25 @@ fn is_local(host: &str) -> bool {
 /// the whole process group, children included).
 fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
     ui::step("build backend and worker");
-    cmd!(sh, "cargo build --quiet --package backend --features server --bins").run().context("cargo build failed")?;
+    // `cargo run` gave us the package variables of xtask (CARGO_PKG_NAME, ...); ring's build script
+    // watches them, and would make this build start over from ring up.
+    let mut build = cmd!(sh, "cargo build --quiet --package backend --features server --bins");
+    for (name, _) in std::env::vars_os() {
+        let is_package_variable = name.to_str().is_some_and(|name| {
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        });
+        if is_package_variable {
+            build = build.env_remove(name);
+        }
+    }
+    build.run().context("cargo build failed")?;
     let bin = root().join("target").join("debug");
     let mut children = Vec::new();
     for name in ["backend", "worker"] {
         let mut command = Command::new(bin.join(name));
+        command.current_dir(root());
         if let Some(file) = &db_args.env_file {
             command.arg("--env-file").arg(file);
         }

@@ -1,1 +1,114 @@
-fn main() {}
+//! The HTTP API. Refuses to start on a schema that lacks this build's migrations.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backend::jobs;
+use backend::schema::{MigrationSettings, embedded};
+use backend::service::{self, Service};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgPool;
+
+struct App {
+    pool: PgPool,
+    migrations: MigrationSettings,
+}
+
+fn main() -> ExitCode {
+    backend::config::isolate_from_libpq_environment();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: backend: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> ExitCode {
+    let Service { settings, migrations, pool } = match service::start("backend", std::env::args().skip(1)).await {
+        Ok(service) => service,
+        Err(e) => return e.report("backend"),
+    };
+    let app = Arc::new(App { pool, migrations });
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/api/jobs", post(create_job))
+        .route("/api/jobs/{id}", get(show_job))
+        .with_state(app);
+    let listener = match tokio::net::TcpListener::bind(&settings.backend_bind).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: backend: cannot listen on {} (BACKEND_BIND): {e}", settings.backend_bind);
+            return ExitCode::from(service::EXIT_CONFIG);
+        }
+    };
+    eprintln!("backend: listening on {}", settings.backend_bind);
+    match axum::serve(listener, router).with_graceful_shutdown(service::shutdown_signal()).await {
+        Ok(()) => {
+            eprintln!("backend: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// 200 while the process runs.
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 when the database answers and has this build's migrations; 503 with the reason otherwise.
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let checked = async {
+        let mut conn = app.pool.acquire().await.map_err(|e| format!("database not reachable: {e}"))?;
+        embedded::check(&mut conn, &app.migrations).await
+    };
+    match checked.await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason })))
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewJob {
+    kind: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Response {
+    if job.kind.trim().is_empty() {
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "kind must not be empty" }))).into_response();
+    }
+    let payload = if job.payload.is_null() { json!({}) } else { job.payload };
+    match jobs::enqueue(&app.pool, &job.kind, &payload).await {
+        Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
+        Err(e) => database_error(e),
+    }
+}
+
+async fn show_job(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    match jobs::get(&app.pool, id).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no job {id}") }))).into_response(),
+        Err(e) => database_error(e),
+    }
+}
+
+fn database_error(error: sqlx::Error) -> Response {
+    eprintln!("backend: database error: {error}");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "database unavailable" }))).into_response()
+}

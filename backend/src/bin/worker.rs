@@ -1,1 +1,87 @@
-fn main() {}
+//! The job worker: claims queued jobs with `FOR UPDATE SKIP LOCKED`, runs them, records the
+//! outcome, and stops cleanly on SIGTERM (after the job in hand).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use backend::jobs::{self, Job};
+use backend::service::{self, Service};
+use serde_json::{Value, json};
+
+/// Idle polling interval; a claimed job is followed at once by the next claim.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// A job `running` for longer than this belonged to a worker that died.
+const ABANDONED_AFTER_SECS: i64 = 300;
+
+fn main() -> ExitCode {
+    backend::config::isolate_from_libpq_environment();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: worker: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(work())
+}
+
+async fn work() -> ExitCode {
+    let Service { pool, .. } = match service::start("worker", std::env::args().skip(1)).await {
+        Ok(service) => service,
+        Err(e) => return e.report("worker"),
+    };
+    match jobs::requeue_abandoned(&pool, ABANDONED_AFTER_SECS).await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("worker: put {n} abandoned jobs back in the queue"),
+        Err(e) => eprintln!("worker: cannot requeue abandoned jobs: {e}"),
+    }
+    eprintln!("worker: waiting for jobs");
+    let shutdown = service::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        // The signal is only looked at between jobs, so the job in hand always finishes.
+        let claimed = tokio::select! {
+            _ = &mut shutdown => break,
+            claimed = jobs::claim(&pool) => claimed,
+        };
+        match claimed {
+            Ok(Some(job)) => {
+                let outcome = run(&job).await;
+                let failed = outcome.as_ref().err().cloned();
+                if let Err(e) = jobs::finish(&pool, job.id, outcome).await {
+                    eprintln!("worker: cannot record job {}: {e}", job.id);
+                }
+                match failed {
+                    None => eprintln!("worker: job {} ({}) done", job.id, job.kind),
+                    Some(error) => eprintln!("worker: job {} ({}) failed: {error}", job.id, job.kind),
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+            }
+            Err(e) => {
+                eprintln!("worker: cannot claim a job: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    eprintln!("worker: stopped");
+    ExitCode::SUCCESS
+}
+
+/// The job kinds this worker knows.
+async fn run(job: &Job) -> Result<Value, String> {
+    match job.kind.as_str() {
+        "echo" => Ok(job.payload.clone()),
+        "sleep" => {
+            let ms = job.payload.get("ms").and_then(Value::as_u64).unwrap_or(100).min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({ "slept_ms": ms }))
+        }
+        "fail" => Err(job.payload.get("message").and_then(Value::as_str).unwrap_or("failed on purpose").to_owned()),
+        other => Err(format!("unknown job kind `{other}`: use echo, sleep or fail")),
+    }
+}

@@ -1,0 +1,101 @@
+//! What backend and worker share at start-up: settings, a pool, and the refusal to run on a
+//! schema that prestart has not brought up to date.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+use crate::config::{Env, Settings};
+use crate::schema::{MigrationSettings, embedded};
+
+/// Exit codes of backend and worker, the same numbers as xtask's for the same causes.
+pub const EXIT_CONFIG: u8 = 3;
+pub const EXIT_UNREACHABLE: u8 = 4;
+pub const EXIT_REFUSED: u8 = 5;
+pub const EXIT_NOT_UP_TO_DATE: u8 = 8;
+
+/// How long a starting service waits for the database before giving up; prestart has waited
+/// already, so this only covers a database restarting at that moment.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    pub settings: Settings,
+    pub migrations: MigrationSettings,
+    pub pool: PgPool,
+}
+
+/// A start-up failure: the message for stderr and the exit code.
+pub struct StartError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl StartError {
+    pub fn report(self, name: &str) -> ExitCode {
+        eprintln!("error: {name}: {}", self.message);
+        ExitCode::from(self.code)
+    }
+}
+
+/// Reads settings (`--env-file PATH`, else `.env` in the current folder), connects, and checks
+/// that the database has every migration this build embeds.
+pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Service, StartError> {
+    let env_file = env_file_argument(args)?;
+    let config = |e: crate::config::ConfigError| StartError { message: e.to_string(), code: EXIT_CONFIG };
+    let (env, _) = Env::load(&env_file, std::env::vars_os()).map_err(config)?;
+    let settings = Settings::from_env(&env).map_err(config)?;
+    let migrations = MigrationSettings::load(&PathBuf::from(".")).map_err(config)?;
+    let db = &settings.database;
+
+    let mut ready = crate::db::wait_for_database(db, name, STARTUP_WAIT, |_| {}).await.map_err(|e| match e {
+        crate::db::WaitError::Fatal(fatal) => StartError { message: format!("{db}: {fatal}"), code: EXIT_REFUSED },
+        crate::db::WaitError::Deadline { last, .. } => {
+            StartError { message: format!("{db} is not reachable: {last}"), code: EXIT_UNREACHABLE }
+        }
+    })?;
+    embedded::check(&mut ready.conn, &migrations)
+        .await
+        .map_err(|message| StartError { message, code: EXIT_NOT_UP_TO_DATE })?;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(db.connect_options(name));
+    eprintln!("{name}: connected to {db}; schema up to date");
+    Ok(Service { settings, migrations, pool })
+}
+
+fn env_file_argument(mut args: impl Iterator<Item = String>) -> Result<PathBuf, StartError> {
+    let mut file = PathBuf::from(".env");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--env-file" => match args.next() {
+                Some(path) => file = PathBuf::from(path),
+                None => return Err(StartError { message: "--env-file needs a path".into(), code: 2 }),
+            },
+            other => {
+                return Err(StartError {
+                    message: format!("unknown argument {other}; usage: [--env-file PATH]"),
+                    code: 2,
+                });
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

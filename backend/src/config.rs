@@ -149,10 +149,16 @@ fn read_env_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, Config
 fn env_file_error(path: &Path, error: dotenvy::Error) -> ConfigError {
     match error {
         dotenvy::Error::LineParse(line, _) => {
+            // A quoted value may run over several lines, so find the line by its key.
+            let key = line.split('=').next().unwrap_or("").trim().trim_start_matches("export ").trim();
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let number =
-                text.lines().position(|l| l.trim_end() == line.trim_end() || l.contains(line.trim())).map(|i| i + 1);
-            let key = line.split('=').next().unwrap_or("").trim();
+            let number = text
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start().trim_start_matches("export ").trim_start();
+                    !key.is_empty() && l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                })
+                .map(|i| i + 1);
             let at = number.map(|n| format!(" line {n}")).unwrap_or_default();
             config_error(format!(
                 "{}{at}: cannot parse the line for `{key}`: quote values that contain spaces, quotes or `#` (KEY='value')",

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use backend::config::{Env, Settings};
 use backend::schema::{MigrationSet, MigrationSettings};
 
+use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};
 
 /// Options shared by the commands that talk to the database.
@@ -19,6 +20,18 @@ pub struct DbArgs {
     /// Give up waiting for the database after this many seconds
     #[arg(long, value_name = "SECS")]
     pub wait_timeout: Option<u64>,
+    /// Where this runs, which decides what `localhost` means in diagnoses
+    #[arg(long, value_enum, default_value_t = ContextArg::Auto)]
+    pub context: ContextArg,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextArg {
+    /// Look at /.dockerenv, /run/.containerenv, cgroups and KUBERNETES_SERVICE_HOST
+    Auto,
+    Host,
+    Container,
+    Kubernetes,
 }
 
 impl DbArgs {
@@ -32,13 +45,20 @@ impl DbArgs {
         let file = self.env_file.clone().unwrap_or_else(|| root.join(".env"));
         let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
         let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
-        Ok(Loaded { root, settings })
+        let context = match self.context {
+            ContextArg::Auto => RuntimeContext::detect(&settings),
+            ContextArg::Host => RuntimeContext::Host,
+            ContextArg::Container => RuntimeContext::Container,
+            ContextArg::Kubernetes => RuntimeContext::Kubernetes,
+        };
+        Ok(Loaded { root, settings, context })
     }
 }
 
 pub struct Loaded {
     pub root: PathBuf,
     pub settings: Settings,
+    pub context: RuntimeContext,
 }
 
 /// Options of the commands that read migrations.

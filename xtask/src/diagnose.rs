@@ -17,6 +17,7 @@ pub enum RuntimeContext {
 }
 
 impl RuntimeContext {
+    /// Looks at the markers container engines and Kubernetes leave.
     pub fn detect(settings: &Settings) -> Self {
         if settings.in_kubernetes {
             return RuntimeContext::Kubernetes;

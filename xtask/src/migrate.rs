@@ -80,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let db = &loaded.settings.database;
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded.settings, wait).await?;
+        let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
         migrate_step(&mut ready.conn, &plan).await
     }))
@@ -314,7 +314,7 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let db = &loaded.settings.database;
     let active = ActiveBackend::default();
     let status = runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded.settings, wait).await?;
+        let mut ready = wait_step(&loaded, wait).await?;
         applied_rows(&mut ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
     }))?;
     let status = Status::compare(&set, &status);

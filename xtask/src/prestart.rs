@@ -32,7 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
         // One dedicated connection serves all three steps: no pool, and no second handshake.
-        let mut ready = wait_step(&loaded.settings, wait).await?;
+        let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
         migrate_step(&mut ready.conn, &plan).await?;
         seed_step(&mut ready.conn, superuser).await

@@ -25,7 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
-        let mut ready = wait_step(&loaded.settings, wait).await?;
+        let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
         seed_step(&mut ready.conn, superuser).await
     }))

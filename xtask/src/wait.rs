@@ -2,11 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use backend::config::Settings;
 use backend::db::{Ready, WaitError, WaitProgress};
 
-use crate::context::{DbArgs, runtime};
-use crate::diagnose::{RuntimeContext, cause_lines, likely_causes};
+use crate::context::{DbArgs, Loaded, runtime};
+use crate::diagnose::{cause_lines, likely_causes};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
@@ -28,15 +27,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let deadline = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
     runtime()?.block_on(async {
         let db = &loaded.settings.database;
-        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded.settings, deadline).await.map(drop) })
-            .await
+        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded, deadline).await.map(drop) }).await
     })
 }
 
 /// Waits for the database, logging why while it waits, and returns the ready connection.
-pub async fn wait_step(settings: &Settings, deadline: Duration) -> anyhow::Result<Ready> {
-    let db = &settings.database;
-    let context = RuntimeContext::detect(settings);
+pub async fn wait_step(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Ready> {
+    let db = &loaded.settings.database;
+    let context = loaded.context;
     ui::step(format!("wait for the database at {db} (deadline {} s)", deadline.as_secs()));
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;

@@ -1,0 +1,423 @@
+//! The one harness for throwaway PostgreSQL clusters, shared by every test file.
+//!
+//! Each cluster lives in its own temp folder on a free port; as root, the server runs as the
+//! `postgres` OS user. `initdb` runs once per test binary; each cluster starts from a copy of it.
+//! Every run of the binary goes through [`Run`], which fails the test if the password shows up
+//! in any output.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The superuser's password in every test cluster: every test also proves that such a password
+/// works and never leaks.
+pub const PASSWORD: &str = "p@ss:w/rd%#é x";
+pub const SUPERUSER: &str = "postgres";
+const SERVER_OS_USER: &str = "postgres";
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Where initdb and pg_ctl are: PATH first, then Debian's versioned folders.
+fn server_bindir() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(out) = Command::new("which").arg("pg_ctl").output()
+            && out.status.success()
+        {
+            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            if let Some(dir) = path.parent().filter(|d| d.join("initdb").exists()) {
+                return dir.to_path_buf();
+            }
+        }
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries not found: run `cargo xtask test`, which installs them")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions.pop().expect("PostgreSQL server binaries not found: run `cargo xtask test`, which installs them")
+    })
+}
+
+/// Runs a server program, as the postgres OS user when we are root.
+fn server_command(program: &str) -> Command {
+    let path = server_bindir().join(program);
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", SERVER_OS_USER, "--"]).arg(path);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn chown_to_server_user(path: &Path) {
+    if is_root() {
+        run_ok(Command::new("chown").arg("-R").arg(SERVER_OS_USER).arg(path));
+    }
+}
+
+/// A cluster made by initdb once per test binary, copied for each test.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new().prefix("prestart-template-").tempdir().expect("temp dir");
+            let password_file = dir.path().join("pw");
+            std::fs::write(&password_file, PASSWORD).expect("write password file");
+            chown_to_server_user(dir.path());
+            run_ok(
+                server_command("initdb")
+                    .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync", "-U"])
+                    .arg(SUPERUSER)
+                    .arg(format!("--pwfile={}", password_file.display()))
+                    .arg("-D")
+                    .arg(dir.path().join("data")),
+            );
+            dir
+        })
+        .path()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A throwaway cluster, stopped and deleted when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// A new cluster, not started.
+    pub fn new() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("prestart-test-").tempdir().expect("temp dir");
+        run_ok(Command::new("cp").arg("-a").arg(template().join("data")).arg(dir.path().join("data")));
+        chown_to_server_user(dir.path());
+        let cluster = Cluster { dir, port: free_port() };
+        cluster.write_conf("");
+        cluster
+    }
+
+    /// A new cluster, started, with the database `app`.
+    pub fn started() -> Cluster {
+        let cluster = Cluster::new();
+        cluster.start();
+        cluster.create_database("app");
+        cluster
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A folder for the test's own files, readable by the server's OS user.
+    pub fn scratch(&self) -> PathBuf {
+        let dir = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// Rewrites postgresql.auto.conf: the harness's settings, then `extra` lines.
+    pub fn write_conf(&self, extra: &str) {
+        let conf = format!(
+            "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 60\nshared_buffers = 16MB\n{extra}\n",
+            self.port,
+            self.dir.path().display()
+        );
+        let path = self.data().join("postgresql.auto.conf");
+        std::fs::write(&path, conf).expect("write postgresql.auto.conf");
+        chown_to_server_user(&path);
+    }
+
+    pub fn start(&self) {
+        let log = self.log_path();
+        run_ok(server_command("pg_ctl").args(["start", "-w", "-t", "30", "-D"]).arg(self.data()).arg("-l").arg(&log));
+    }
+
+    /// `pg_ctl start` without waiting (for a standby that will not accept connections).
+    pub fn start_no_wait(&self) {
+        let log = self.log_path();
+        run_ok(server_command("pg_ctl").args(["start", "-W", "-D"]).arg(self.data()).arg("-l").arg(&log));
+    }
+
+    pub fn stop(&self) {
+        run_ok(server_command("pg_ctl").args(["stop", "-w", "-m", "fast", "-D"]).arg(self.data()));
+    }
+
+    pub fn reload(&self) {
+        run_ok(server_command("pg_ctl").args(["reload", "-D"]).arg(self.data()));
+    }
+
+    pub fn promote(&self) {
+        run_ok(server_command("pg_ctl").args(["promote", "-w", "-D"]).arg(self.data()));
+    }
+
+    /// Turns the (stopped) cluster into a standby that refuses every connection with 57P03.
+    pub fn make_standby_without_hot_standby(&self) {
+        self.write_conf("hot_standby = off");
+        let signal = self.data().join("standby.signal");
+        std::fs::write(&signal, "").expect("standby.signal");
+        chown_to_server_user(&signal);
+    }
+
+    /// Runs SQL as the superuser over the Unix socket (trusted) and returns psql's unaligned output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        run_ok(self.psql_command(database).args(["-c", sql])).trim().to_owned()
+    }
+
+    pub fn psql_command(&self, database: &str) -> Command {
+        let mut command = server_command("psql");
+        command.args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h"]).arg(self.dir.path()).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+        ]);
+        command
+    }
+
+    pub fn create_database(&self, name: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    }
+
+    /// `pg_dump --schema-only` plus the rows of the migrations table, to compare two states.
+    pub fn dump(&self, database: &str) -> String {
+        let mut command = server_command("pg_dump");
+        command.args(["-h"]).arg(self.dir.path()).args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
+        let dump = run_ok(&mut command);
+        // pg_dump 15.14 and later print a random `\restrict` key on every run.
+        dump.lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Settings for the binary: POSTGRES_* for the superuser over TCP, and a first superuser.
+    pub fn env(&self, database: &str) -> Vec<(String, String)> {
+        [
+            ("POSTGRES_SERVER", "127.0.0.1".to_owned()),
+            ("POSTGRES_PORT", self.port.to_string()),
+            ("POSTGRES_DB", database.to_owned()),
+            ("POSTGRES_USER", SUPERUSER.to_owned()),
+            ("POSTGRES_PASSWORD", PASSWORD.to_owned()),
+            ("POSTGRES_SSLMODE", "disable".to_owned()),
+            ("FIRST_SUPERUSER", "admin@example.com".to_owned()),
+            ("FIRST_SUPERUSER_PASSWORD", "first superuser secret".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> u32 {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("pid")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = server_command("pg_ctl")
+            .args(["stop", "-w", "-m", "immediate", "-D"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Secrets that must never appear in any output.
+fn secrets() -> Vec<String> {
+    let encoded: String = PASSWORD
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    vec![PASSWORD.to_owned(), encoded, "first superuser secret".to_owned()]
+}
+
+/// One run of the xtask binary with exactly the given environment (no `.env` of the workspace).
+pub struct Run {
+    command: Command,
+}
+
+/// A migrations folder in a temp dir, with the workspace's migrations or custom files.
+pub struct Migrations {
+    pub dir: tempfile::TempDir,
+}
+
+impl Migrations {
+    /// A copy of the workspace's migrations.
+    pub fn workspace() -> Migrations {
+        let migrations = Migrations::empty();
+        for entry in std::fs::read_dir(workspace().join("migrations")).expect("migrations").flatten() {
+            std::fs::copy(entry.path(), migrations.path().join(entry.file_name())).expect("copy migration");
+        }
+        migrations
+    }
+
+    pub fn empty() -> Migrations {
+        Migrations { dir: tempfile::Builder::new().prefix("prestart-migrations-").tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, sql: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, sql).expect("write migration");
+        path
+    }
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Run {
+    pub fn new(args: &[&str], env: &[(String, String)]) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command.args(args);
+        // The tests run on hosts and in containers alike; diagnoses are asserted for a host.
+        if !args.contains(&"--context") && args.first() != Some(&"dev-db") {
+            command.args(["--context", "host"]);
+        }
+        command.env_clear();
+        for key in ["PATH", "HOME", "LANG"] {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Never the workspace's .env: a test's settings are exactly its environment.
+        if !args.contains(&"--env-file") {
+            command.arg("--env-file").arg("/nonexistent/.env");
+        }
+        Run { command }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Run {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn output(mut self) -> Outcome {
+        let started = Instant::now();
+        let output = self.command.output().expect("run xtask");
+        Outcome::new(output, started.elapsed())
+    }
+
+    pub fn spawn(mut self) -> Running {
+        let child = self.command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn xtask");
+        Running { child, started: Instant::now() }
+    }
+}
+
+pub struct Running {
+    pub child: Child,
+    started: Instant,
+}
+
+impl Running {
+    pub fn signal(&self, name: &str) {
+        run_ok(Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()));
+    }
+
+    pub fn wait(self) -> Outcome {
+        let started = self.started;
+        let output = self.child.wait_with_output().expect("wait for xtask");
+        Outcome::new(output, started.elapsed())
+    }
+}
+
+/// What a run printed and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    fn new(output: Output, elapsed: Duration) -> Outcome {
+        let outcome = Outcome {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
+        };
+        for secret in secrets() {
+            assert!(
+                !outcome.stdout.contains(&secret) && !outcome.stderr.contains(&secret),
+                "a secret appeared in the output:\n{}\n{}",
+                outcome.stdout,
+                outcome.stderr
+            );
+        }
+        outcome
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_contains(&self, needle: &str) -> &Self {
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_lacks(&self, needle: &str) -> &Self {
+        assert!(!self.stderr.contains(needle), "stderr has {needle:?}:\n{}", self.stderr);
+        self
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
+}

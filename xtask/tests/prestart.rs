@@ -1,0 +1,227 @@
+//! `cargo xtask prestart` against real PostgreSQL clusters, broken for real.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Migrations, Run, eventually};
+
+fn prestart(cluster: &Cluster, migrations: &Migrations, extra: &[&str]) -> Run {
+    let source = migrations.path().to_str().expect("utf-8 path").to_owned();
+    let mut args = vec!["prestart", "--source", &source];
+    args.extend_from_slice(extra);
+    Run::new(&args, &cluster.env("app"))
+}
+
+#[test]
+fn prepares_a_fresh_database_and_a_rerun_changes_nothing() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let first = prestart(&cluster, &migrations, &[]).output();
+    first
+        .assert_code(0)
+        .assert_stderr_contains("==> wait for the database")
+        .assert_stderr_contains("applied 20261125090000 create users")
+        .assert_stderr_contains("created the first superuser admin@example.com");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "3");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM users WHERE is_superuser"), "1");
+    let hash = cluster.psql("app", "SELECT hashed_password FROM users");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    let before = cluster.dump("app");
+    let data_before =
+        cluster.psql("app", "SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM app_settings");
+    let second = prestart(&cluster, &migrations, &[]).output();
+    second
+        .assert_code(0)
+        .assert_stderr_contains("up to date: all 3 migrations were already applied")
+        .assert_stderr_contains("first superuser admin@example.com already exists; 0 default settings inserted");
+    assert_eq!(cluster.dump("app"), before);
+    assert_eq!(cluster.psql("app", "SELECT hashed_password FROM users"), hash, "the password hash was rewritten");
+    assert_eq!(
+        cluster.psql("app", "SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM app_settings"),
+        data_before
+    );
+}
+
+#[test]
+fn waits_for_a_server_that_starts_later() {
+    let cluster = Cluster::started();
+    cluster.stop();
+    let migrations = Migrations::workspace();
+    let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.start();
+    let outcome = running.wait();
+    outcome
+        .assert_code(0)
+        .assert_stderr_contains("waiting: connection refused (attempt 1,")
+        .assert_stderr_contains("likely cause: no PostgreSQL server listens on 127.0.0.1");
+}
+
+#[test]
+fn waits_while_a_standby_refuses_connections_then_proceeds_once_promoted() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    cluster.stop();
+    cluster.make_standby_without_hot_standby();
+    cluster.start_no_wait();
+    let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || cluster.log().contains("database system is ready to accept read-only")
+            || cluster.log().contains("entering standby mode")),
+        "standby did not start:\n{}",
+        cluster.log()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.promote();
+    let outcome = running.wait();
+    outcome
+        .assert_code(0)
+        .assert_stderr_contains("(SQLSTATE 57P03)")
+        .assert_stderr_contains("a standby that accepts no connections (hot_standby = off) until it is promoted")
+        .assert_stderr_contains("applied 20261125090200 create jobs");
+}
+
+#[test]
+fn gives_up_at_the_deadline_with_the_likely_cause() {
+    let cluster = Cluster::new();
+    let migrations = Migrations::workspace();
+    let outcome = prestart(&cluster, &migrations, &["--wait-timeout", "2"]).output();
+    outcome
+        .assert_code(4)
+        .assert_stderr_contains("error: database not reachable: postgres@127.0.0.1:")
+        .assert_stderr_contains("did not become ready within")
+        .assert_stderr_contains("likely cause: no PostgreSQL server listens on 127.0.0.1");
+    assert!(outcome.elapsed < Duration::from_secs(10), "took {:?}", outcome.elapsed);
+}
+
+#[test]
+fn a_wrong_password_fails_at_once_without_retrying() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let outcome = prestart(&cluster, &migrations, &[]).env("POSTGRES_PASSWORD", "not the password").output();
+    outcome
+        .assert_code(5)
+        .assert_stderr_contains("password authentication failed for user \"postgres\" (SQLSTATE 28P01)")
+        .assert_stderr_contains("a PostgreSQL data volume keeps the password it was first created with")
+        .assert_stderr_lacks("waiting:");
+    let attempts = cluster.log().matches("password authentication failed").count();
+    assert_eq!(attempts, 1, "expected exactly one attempt, the server saw {attempts}:\n{}", cluster.log());
+}
+
+#[test]
+fn a_missing_database_fails_at_once_with_the_command_that_creates_it() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let outcome = prestart(&cluster, &migrations, &[]).env("POSTGRES_DB", "nosuchdb").output();
+    outcome
+        .assert_code(5)
+        .assert_stderr_contains("database \"nosuchdb\" does not exist (SQLSTATE 3D000)")
+        .assert_stderr_contains("createdb -h 127.0.0.1")
+        .assert_stderr_lacks("waiting:");
+}
+
+#[test]
+fn a_pg_hba_rejection_fails_at_once() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let hba = cluster.data().join("pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\nhost all all 127.0.0.1/32 reject\n").expect("write pg_hba.conf");
+    cluster.reload();
+    let outcome = prestart(&cluster, &migrations, &[]).output();
+    outcome.assert_code(5).assert_stderr_contains("pg_hba.conf").assert_stderr_contains("(SQLSTATE 28000)");
+}
+
+#[test]
+fn libpq_variables_in_the_environment_are_ignored() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    // PGHOST and PGPORT point nowhere; they must not matter.
+    prestart(&cluster, &migrations, &[])
+        .env("PGHOST", "nowhere.invalid")
+        .env("PGPORT", "1")
+        .env("PGSSLMODE", "require")
+        .output()
+        .assert_code(0);
+    // The right password in PGPASSWORD must not rescue a wrong POSTGRES_PASSWORD.
+    prestart(&cluster, &migrations, &[])
+        .env("POSTGRES_PASSWORD", "wrong")
+        .env("PGPASSWORD", common::PASSWORD)
+        .output()
+        .assert_code(5);
+}
+
+#[test]
+fn a_database_url_with_an_encoded_password_works() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let encoded: String = common::PASSWORD
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    let url = format!("postgres://postgres:{encoded}@127.0.0.1:{}/app?sslmode=disable", cluster.port);
+    let env = [
+        ("DATABASE_URL".to_owned(), url),
+        ("FIRST_SUPERUSER".to_owned(), "admin@example.com".to_owned()),
+        ("FIRST_SUPERUSER_PASSWORD".to_owned(), "first superuser secret".to_owned()),
+    ];
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    Run::new(&["prestart", "--source", &source], &env).output().assert_code(0);
+}
+
+#[test]
+fn configuration_errors_name_the_variable_and_exit_3() {
+    let cluster = Cluster::new();
+    let migrations = Migrations::workspace();
+    for (key, value, expected) in [
+        ("POSTGRES_PORT", "abc", "POSTGRES_PORT=abc is not a number"),
+        ("POSTGRES_PORT", "70000", "POSTGRES_PORT=70000 is out of range"),
+        ("POSTGRES_SERVER", "", "POSTGRES_SERVER is not set"),
+        ("POSTGRES_SSLMODE", "sometimes", "POSTGRES_SSLMODE=sometimes is not a known mode"),
+        ("FIRST_SUPERUSER", "", "FIRST_SUPERUSER is not set"),
+    ] {
+        let outcome = prestart(&cluster, &migrations, &[]).env(key, value).output();
+        outcome.assert_code(3).assert_stderr_contains(expected).assert_stderr_lacks("==> wait");
+    }
+}
+
+#[test]
+fn a_malformed_env_file_names_file_and_line_but_not_the_value() {
+    let cluster = Cluster::new();
+    let migrations = Migrations::workspace();
+    let env_file = cluster.scratch().join(".env");
+    std::fs::write(&env_file, format!("POSTGRES_DB=app\nPOSTGRES_PASSWORD='{}\nOTHER=1\n", common::PASSWORD))
+        .expect("write .env");
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let file = env_file.to_str().expect("utf-8").to_owned();
+    let outcome = Run::new(&["prestart", "--source", &source, "--env-file", &file], &[]).output();
+    outcome.assert_code(3).assert_stderr_contains(".env line 2: cannot parse the line for `POSTGRES_PASSWORD`");
+}
+
+#[test]
+fn sigterm_while_waiting_stops_within_a_second() {
+    let cluster = Cluster::new();
+    let migrations = Migrations::workspace();
+    let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    std::thread::sleep(Duration::from_millis(700));
+    let sent = std::time::Instant::now();
+    running.signal("TERM");
+    let outcome = running.wait();
+    outcome.assert_code(143).assert_stderr_contains("error: interrupted by SIGTERM");
+    assert!(sent.elapsed() < Duration::from_secs(2), "took {:?} to stop", sent.elapsed());
+}
+
+#[test]
+fn eight_prestarts_at_once_all_succeed_and_apply_each_migration_once() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let runs: Vec<_> = (0..8).map(|_| prestart(&cluster, &migrations, &[]).spawn()).collect();
+    for outcome in runs.into_iter().map(common::Running::wait) {
+        outcome.assert_code(0);
+    }
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "3");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "1");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM app_settings"), "2");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), "0");
+}

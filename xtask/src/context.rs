@@ -80,10 +80,11 @@ impl SourceArgs {
 }
 
 /// The folder holding `.env`, `sqlx.toml` and `migrations/`: beside the binary in the image
-/// (`/app/xtask`, `/app/migrations`), else the workspace this binary was built from.
+/// (`/app/xtask`, `/app/migrations`, or `/app/sqlx.toml`), else the workspace this binary was
+/// built from.
 pub fn root() -> PathBuf {
     let beside_binary = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
-    if let Some(dir) = beside_binary.filter(|dir| dir.join("migrations").is_dir()) {
+    if let Some(dir) = beside_binary.filter(|dir| dir.join("migrations").is_dir() || dir.join("sqlx.toml").is_file()) {
         return dir;
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -105,3 +105,20 @@ pub fn display_path(path: &Path) -> String {
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
+
+/// `cargo ARGS`, without the package variables `cargo run` gave us (CARGO_PKG_NAME, ...): ring's
+/// build script watches them, and would make every build started from xtask begin again at ring.
+pub fn cargo<'a>(sh: &'a xshell::Shell, args: &[&str]) -> xshell::Cmd<'a> {
+    let mut command = xshell::cmd!(sh, "cargo {args...}");
+    for (name, _) in std::env::vars_os() {
+        let is_package_variable = name.to_str().is_some_and(|name| {
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        });
+        if is_package_variable {
+            command = command.env_remove(name);
+        }
+    }
+    command
+}

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use backend::db::Failure as ConnectFailure;
 use xshell::{Shell, cmd};
 
-use crate::context::{DbArgs, SourceArgs, root, runtime};
+use crate::context::{DbArgs, SourceArgs, cargo, root, runtime};
 use crate::dev_db::DevCluster;
 use crate::exit::{Failure, fail};
 use crate::migrate::MigrateOptions;
@@ -79,20 +79,9 @@ fn is_local(host: &str) -> bool {
 /// the whole process group, children included).
 fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
     ui::step("build backend and worker");
-    // `cargo run` gave us the package variables of xtask (CARGO_PKG_NAME, ...); ring's build script
-    // watches them, and would make this build start over from ring up.
-    let mut build = cmd!(sh, "cargo build --quiet --package backend --features server --bins");
-    for (name, _) in std::env::vars_os() {
-        let is_package_variable = name.to_str().is_some_and(|name| {
-            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
-                .iter()
-                .any(|p| name.starts_with(p))
-        });
-        if is_package_variable {
-            build = build.env_remove(name);
-        }
-    }
-    build.run().context("cargo build failed")?;
+    cargo(sh, &["build", "--quiet", "--package", "backend", "--features", "server", "--bins"])
+        .run()
+        .context("cargo build failed")?;
     let bin = root().join("target").join("debug");
     let mut children = Vec::new();
     for name in ["backend", "worker"] {

@@ -11,6 +11,7 @@ mod interrupt;
 mod migrate;
 mod prestart;
 mod seed;
+mod test;
 mod ui;
 mod wait;
 
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Get the database ready before the services start", after_help = exit::EXIT_CODES_HELP)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Get the database ready before the services start", after_help = exit::EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +40,8 @@ enum Command {
     Dev(dev::Args),
     /// Manage the local PostgreSQL cluster under target/dev-db/
     DevDb(dev_db::Args),
+    /// Run the whole test suite (installs the PostgreSQL server binaries where missing, as root)
+    Test(test::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => seed::run(args),
         Command::Dev(args) => dev::run(args),
         Command::DevDb(args) => dev_db::run(args),
+        Command::Test(args) => test::run(args),
     };
     exit::report(result)
 }

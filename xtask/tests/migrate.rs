@@ -1,28 +1,30 @@
 //! `cargo xtask migrate` and `migrate status`: sqlx-cli's files and table, checked and applied
 //! under a lock that is bounded and always released.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, Migrations, Run, eventually};
+use testkit::{Cluster, Migrations, Run, eventually};
+
+fn xtask(args: &[&str], env: &[(String, String)]) -> Run {
+    Run::xtask(env!("CARGO_BIN_EXE_xtask"), args, env)
+}
 
 fn migrate(cluster: &Cluster, migrations: &Migrations, extra: &[&str]) -> Run {
     let source = migrations.path().to_str().expect("utf-8 path").to_owned();
     let mut args = vec!["migrate", "--source", &source];
     args.extend_from_slice(extra);
-    Run::new(&args, &cluster.env("app"))
+    xtask(&args, &cluster.env("app"))
 }
 
-fn status(cluster: &Cluster, migrations: &Migrations, json: bool) -> common::Outcome {
+fn status(cluster: &Cluster, migrations: &Migrations, json: bool) -> testkit::Outcome {
     let source = migrations.path().to_str().expect("utf-8 path").to_owned();
     let mut args = vec!["migrate", "status", "--source", &source];
     if json {
         args.push("--json");
     }
-    Run::new(&args, &cluster.env("app")).output()
+    xtask(&args, &cluster.env("app")).output()
 }
 
 /// The advisory lock key of sqlx's Migrator for a database name.
@@ -59,10 +61,9 @@ fn status_reports_pending_then_up_to_date_and_newer_versions_do_not_make_it_stal
     let with_newer = status(&cluster, &migrations, true);
     with_newer.assert_code(0);
     assert!(with_newer.stdout.contains("\"unknown\""), "{}", with_newer.stdout);
-    migrate(&cluster, &migrations, &[])
-        .output()
-        .assert_code(0)
-        .assert_stderr_contains("warning: the database has applied a migration that this code does not have: 20990101000000");
+    migrate(&cluster, &migrations, &[]).output().assert_code(0).assert_stderr_contains(
+        "warning: the database has applied a migration that this code does not have: 20990101000000",
+    );
     migrate(&cluster, &migrations, &["--strict"]).output().assert_code(6).assert_stderr_contains("(--strict)");
 }
 
@@ -89,7 +90,8 @@ fn a_failing_migration_names_file_line_and_sqlstate_and_applies_nothing_of_itsel
     let cluster = Cluster::started();
     let migrations = Migrations::empty();
     migrations.write("1_good.sql", "CREATE TABLE good (id int);\n");
-    migrations.write("2_bad.sql", "-- a typo on line 3\nCREATE TABLE half (id int);\nINSERT INTO nowhere VALUES (1);\n");
+    migrations
+        .write("2_bad.sql", "-- a typo on line 3\nCREATE TABLE half (id int);\nINSERT INTO nowhere VALUES (1);\n");
     migrations.write("3_never.sql", "CREATE TABLE never (id int);\n");
     let outcome = migrate(&cluster, &migrations, &[]).output();
     outcome
@@ -102,7 +104,10 @@ fn a_failing_migration_names_file_line_and_sqlstate_and_applies_nothing_of_itsel
 
     // Fixed, the rerun applies the rest.
     migrations.write("2_bad.sql", "-- fixed\nCREATE TABLE half (id int);\n");
-    migrate(&cluster, &migrations, &[]).output().assert_code(0).assert_stderr_contains("applied 2, 1 were already applied");
+    migrate(&cluster, &migrations, &[])
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("applied 2, 1 were already applied");
 }
 
 #[test]

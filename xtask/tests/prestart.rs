@@ -1,16 +1,18 @@
 //! `cargo xtask prestart` against real PostgreSQL clusters, broken for real.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Migrations, Run, eventually};
+use testkit::{Cluster, Migrations, Run, eventually};
+
+fn xtask(args: &[&str], env: &[(String, String)]) -> Run {
+    Run::xtask(env!("CARGO_BIN_EXE_xtask"), args, env)
+}
 
 fn prestart(cluster: &Cluster, migrations: &Migrations, extra: &[&str]) -> Run {
     let source = migrations.path().to_str().expect("utf-8 path").to_owned();
     let mut args = vec!["prestart", "--source", &source];
     args.extend_from_slice(extra);
-    Run::new(&args, &cluster.env("app"))
+    xtask(&args, &cluster.env("app"))
 }
 
 #[test]
@@ -85,7 +87,7 @@ fn waits_while_a_standby_refuses_connections_then_proceeds_once_promoted() {
 
 #[test]
 fn gives_up_at_the_deadline_with_the_likely_cause() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     let outcome = prestart(&cluster, &migrations, &["--wait-timeout", "2"]).output();
     outcome
@@ -147,7 +149,7 @@ fn libpq_variables_in_the_environment_are_ignored() {
     // The right password in PGPASSWORD must not rescue a wrong POSTGRES_PASSWORD.
     prestart(&cluster, &migrations, &[])
         .env("POSTGRES_PASSWORD", "wrong")
-        .env("PGPASSWORD", common::PASSWORD)
+        .env("PGPASSWORD", testkit::PASSWORD)
         .output()
         .assert_code(5);
 }
@@ -156,10 +158,7 @@ fn libpq_variables_in_the_environment_are_ignored() {
 fn a_database_url_with_an_encoded_password_works() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
-    let encoded: String = common::PASSWORD
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
+    let encoded = testkit::url_encoded(testkit::PASSWORD);
     let url = format!("postgres://postgres:{encoded}@127.0.0.1:{}/app?sslmode=disable", cluster.port);
     let env = [
         ("DATABASE_URL".to_owned(), url),
@@ -167,12 +166,12 @@ fn a_database_url_with_an_encoded_password_works() {
         ("FIRST_SUPERUSER_PASSWORD".to_owned(), "first superuser secret".to_owned()),
     ];
     let source = migrations.path().to_str().expect("utf-8").to_owned();
-    Run::new(&["prestart", "--source", &source], &env).output().assert_code(0);
+    xtask(&["prestart", "--source", &source], &env).output().assert_code(0);
 }
 
 #[test]
 fn configuration_errors_name_the_variable_and_exit_3() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     for (key, value, expected) in [
         ("POSTGRES_PORT", "abc", "POSTGRES_PORT=abc is not a number"),
@@ -188,20 +187,20 @@ fn configuration_errors_name_the_variable_and_exit_3() {
 
 #[test]
 fn a_malformed_env_file_names_file_and_line_but_not_the_value() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     let env_file = cluster.scratch().join(".env");
-    std::fs::write(&env_file, format!("POSTGRES_DB=app\nPOSTGRES_PASSWORD='{}\nOTHER=1\n", common::PASSWORD))
+    std::fs::write(&env_file, format!("POSTGRES_DB=app\nPOSTGRES_PASSWORD='{}\nOTHER=1\n", testkit::PASSWORD))
         .expect("write .env");
     let source = migrations.path().to_str().expect("utf-8").to_owned();
     let file = env_file.to_str().expect("utf-8").to_owned();
-    let outcome = Run::new(&["prestart", "--source", &source, "--env-file", &file], &[]).output();
+    let outcome = xtask(&["prestart", "--source", &source, "--env-file", &file], &[]).output();
     outcome.assert_code(3).assert_stderr_contains(".env line 2: cannot parse the line for `POSTGRES_PASSWORD`");
 }
 
 #[test]
 fn sigterm_while_waiting_stops_within_a_second() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
     std::thread::sleep(Duration::from_millis(700));
@@ -217,7 +216,7 @@ fn eight_prestarts_at_once_all_succeed_and_apply_each_migration_once() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
     let runs: Vec<_> = (0..8).map(|_| prestart(&cluster, &migrations, &[]).spawn()).collect();
-    for outcome in runs.into_iter().map(common::Running::wait) {
+    for outcome in runs.into_iter().map(testkit::Running::wait) {
         outcome.assert_code(0);
     }
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "3");

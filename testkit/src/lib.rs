@@ -5,8 +5,6 @@
 //! Every run of the binary goes through [`Run`], which fails the test if the password shows up
 //! in any output.
 
-#![allow(dead_code, reason = "each test file uses a different part of the harness")]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -109,8 +107,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A new cluster, not started.
-    pub fn new() -> Cluster {
+    /// A new cluster, not started yet.
+    pub fn stopped() -> Cluster {
         let dir = tempfile::Builder::new().prefix("prestart-test-").tempdir().expect("temp dir");
         run_ok(Command::new("cp").arg("-a").arg(template().join("data")).arg(dir.path().join("data")));
         chown_to_server_user(dir.path());
@@ -121,7 +119,7 @@ impl Cluster {
 
     /// A new cluster, started, with the database `app`.
     pub fn started() -> Cluster {
-        let cluster = Cluster::new();
+        let cluster = Cluster::stopped();
         cluster.start();
         cluster.create_database("app");
         cluster
@@ -259,15 +257,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Secrets that must never appear in any output.
-fn secrets() -> Vec<String> {
-    let encoded: String = PASSWORD
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
-    vec![PASSWORD.to_owned(), encoded, "first superuser secret".to_owned()]
-}
-
 /// One run of the xtask binary with exactly the given environment (no `.env` of the workspace).
 pub struct Run {
     command: Command,
@@ -307,14 +296,23 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Secrets that must never appear in any output.
+fn secrets() -> Vec<String> {
+    vec![PASSWORD.to_owned(), url_encoded(PASSWORD), "first superuser secret".to_owned()]
+}
+
+/// Percent-encodes every byte but ASCII letters and digits, as a DATABASE_URL needs.
+pub fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 impl Run {
-    pub fn new(args: &[&str], env: &[(String, String)]) -> Run {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    /// `program args` with exactly the environment `env` (plus PATH, HOME and LANG).
+    pub fn program(program: impl AsRef<Path>, args: &[&str], env: &[(String, String)]) -> Run {
+        let mut command = Command::new(program.as_ref());
         command.args(args);
-        // The tests run on hosts and in containers alike; diagnoses are asserted for a host.
-        if !args.contains(&"--context") && args.first() != Some(&"dev-db") {
-            command.args(["--context", "host"]);
-        }
         command.env_clear();
         for key in ["PATH", "HOME", "LANG"] {
             if let Some(value) = std::env::var_os(key) {
@@ -322,11 +320,21 @@ impl Run {
             }
         }
         command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        // Never the workspace's .env: a test's settings are exactly its environment.
-        if !args.contains(&"--env-file") {
-            command.arg("--env-file").arg("/nonexistent/.env");
-        }
         Run { command }
+    }
+
+    /// The xtask binary, never reading the workspace's `.env` (a test's settings are exactly its
+    /// environment) and judging diagnoses as on a host, since tests run on hosts and in
+    /// containers alike.
+    pub fn xtask(binary: &str, args: &[&str], env: &[(String, String)]) -> Run {
+        let mut run = Run::program(binary, args, env);
+        if !args.contains(&"--context") {
+            run.command.args(["--context", "host"]);
+        }
+        if !args.contains(&"--env-file") {
+            run.command.args(["--env-file", "/nonexistent/.env"]);
+        }
+        run
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Run {
@@ -420,4 +428,27 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         std::thread::sleep(Duration::from_millis(50));
     }
     condition()
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection; returns the status code and the body.
+pub fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    free_port()
 }

@@ -1,0 +1,94 @@
+//! backend and worker against a real cluster: they refuse a schema prestart has not brought up to
+//! date, serve `/health` and `/ready`, and run jobs sent to the API.
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use testkit::{Cluster, Run, eventually, free_tcp_port, http};
+
+fn service(name: &str, cluster: &Cluster, bind: &str) -> Run {
+    let binary = match name {
+        "backend" => env!("CARGO_BIN_EXE_backend"),
+        _ => env!("CARGO_BIN_EXE_worker"),
+    };
+    let mut env = cluster.env("app");
+    env.push(("BACKEND_BIND".into(), bind.into()));
+    Run::program(binary, &["--env-file", "/nonexistent/.env"], &env)
+}
+
+/// Applies the migrations the binaries embed, as prestart would.
+fn migrate(cluster: &Cluster) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let options = PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(cluster.port)
+            .username(testkit::SUPERUSER)
+            .password(testkit::PASSWORD)
+            .database("app")
+            .ssl_mode(PgSslMode::Disable);
+        let mut conn = PgConnection::connect_with(&options).await.expect("connect");
+        backend::schema::embedded::MIGRATOR.run(&mut conn).await.expect("migrate");
+        conn.close().await.expect("close");
+    });
+}
+
+#[test]
+fn both_refuse_a_database_without_their_migrations() {
+    let cluster = Cluster::started();
+    let bind = format!("127.0.0.1:{}", free_tcp_port());
+    for name in ["backend", "worker"] {
+        service(name, &cluster, &bind)
+            .output()
+            .assert_code(8)
+            .assert_stderr_contains("the database schema is not the one this build needs (not applied: 20261125090000")
+            .assert_stderr_contains("run `cargo xtask prestart`");
+    }
+}
+
+#[test]
+fn the_api_is_ready_on_an_up_to_date_schema_and_the_worker_runs_its_jobs() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    // A newer release's migration in the database is fine: that is a rolling deploy.
+    cluster.psql(
+        "app",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20990101000000, 'from the future', true, '\\x00', 0)",
+    );
+    let bind = format!("127.0.0.1:{}", free_tcp_port());
+    let api = service("backend", &cluster, &bind).spawn();
+    assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/health", None).is_ok_and(|(s, _)| s == 200)));
+    let (status, body) = http("GET", &bind, "/ready", None).expect("ready");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) =
+        http("POST", &bind, "/api/jobs", Some(r#"{"kind":"echo","payload":{"n":7}}"#)).expect("enqueue");
+    assert_eq!(status, 201, "{body}");
+    let job: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
+    assert_eq!(job["status"], "queued");
+    let path = format!("/api/jobs/{}", job["id"]);
+
+    let worker = service("worker", &cluster, &bind).spawn();
+    let done = eventually(Duration::from_secs(20), || {
+        http("GET", &bind, &path, None).is_ok_and(|(_, body)| body.contains("\"status\":\"done\""))
+    });
+    let (_, body) = http("GET", &bind, &path, None).expect("job");
+    assert!(done, "the job did not finish: {body}");
+    let job: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
+    assert_eq!(job["result"], serde_json::json!({ "n": 7 }));
+    assert_eq!(http("GET", &bind, "/api/jobs/999999", None).expect("missing job").0, 404);
+
+    // A migration removed behind the API's back: /ready says why, /health still answers.
+    cluster.psql("app", "DELETE FROM _sqlx_migrations WHERE version = 20261125090200");
+    let (status, body) = http("GET", &bind, "/ready", None).expect("ready");
+    assert_eq!(status, 503);
+    assert!(body.contains("not applied: 20261125090200"), "{body}");
+    assert_eq!(http("GET", &bind, "/health", None).expect("health").0, 200);
+
+    worker.signal("TERM");
+    api.signal("TERM");
+    worker.wait().assert_code(0).assert_stderr_contains("worker: stopped");
+    api.wait().assert_code(0).assert_stderr_contains("backend: stopped");
+}

@@ -1,6 +1,7 @@
 //! What backend and worker share at start-up: settings, a pool, and the refusal to run on a
 //! schema that prestart has not brought up to date.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -84,6 +85,22 @@ fn env_file_argument(mut args: impl Iterator<Item = String>) -> Result<PathBuf, 
         }
     }
     Ok(file)
+}
+
+/// Runs a binary's async `main` on a fresh runtime; `threads` 0 means a current-thread runtime.
+pub fn block_on(name: &str, threads: usize, main: impl Future<Output = ExitCode>) -> ExitCode {
+    crate::config::isolate_from_libpq_environment();
+    let built = match threads {
+        0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    match built {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("error: {name}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -81,3 +81,16 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     eprintln!("error: {}", causes.join(": "));
     ExitCode::from(code)
 }
+
+/// A panic is a bug: print one line saying so (with where it happened) instead of a backtrace,
+/// and end with exit code 1 like any unexpected error.
+pub fn report_panics_as_bugs() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error{location}: this is a bug in prestart, please report it");
+    }));
+}
+
+pub fn bug() -> anyhow::Error {
+    anyhow::anyhow!("stopped after an internal error")
+}

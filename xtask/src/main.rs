@@ -46,8 +46,14 @@ enum Command {
 
 fn main() -> ExitCode {
     backend::config::isolate_from_libpq_environment();
+    exit::report_panics_as_bugs();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = std::panic::catch_unwind(|| dispatch(cli)).unwrap_or_else(|_| Err(exit::bug()));
+    exit::report(result)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Prestart(args) => prestart::run(args),
         Command::WaitForDb(args) => wait::run(args),
         Command::Migrate(args) => migrate::run(args),
@@ -55,6 +61,5 @@ fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args),
         Command::DevDb(args) => dev_db::run(args),
         Command::Test(args) => test::run(args),
-    };
-    exit::report(result)
+    }
 }

@@ -21,15 +21,8 @@ struct App {
 }
 
 fn main() -> ExitCode {
-    backend::config::isolate_from_libpq_environment();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: backend: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve())
+    // Two threads: requests keep being answered while a slow one waits on the database.
+    service::block_on("backend", 2, serve())
 }
 
 async fn serve() -> ExitCode {

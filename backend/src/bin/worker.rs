@@ -14,15 +14,8 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 const ABANDONED_AFTER_SECS: i64 = 300;
 
 fn main() -> ExitCode {
-    backend::config::isolate_from_libpq_environment();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: worker: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(work())
+    // One job at a time: a current-thread runtime is enough.
+    service::block_on("worker", 0, work())
 }
 
 async fn work() -> ExitCode {

@@ -87,7 +87,12 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
 pub fn report_panics_as_bugs() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: internal error{location}: this is a bug in prestart, please report it");
+        let payload = info.payload();
+        let message = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        eprintln!(
+            "error: internal error{location}: {}; this is a bug in prestart, please report it",
+            message.unwrap_or("panic")
+        );
     }));
 }
 

@@ -106,6 +106,10 @@ impl Env {
         Ok((Env { vars, from_process }, source))
     }
 
+    pub fn from_map(vars: BTreeMap<String, String>) -> Self {
+        Env { vars, from_process: Vec::new() }
+    }
+
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Env { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(), from_process: Vec::new() }
     }
@@ -113,6 +117,13 @@ impl Env {
     /// The value, or `None` when unset or empty (compose turns `KEY=` into an empty string).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.vars.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A copy without `key`, to judge the settings the other variables make.
+    pub fn without(&self, key: &str) -> Env {
+        let mut copy = self.clone();
+        copy.vars.remove(key);
+        copy
     }
 
     pub fn is_from_process(&self, key: &str) -> bool {
@@ -132,7 +143,7 @@ impl Env {
 
 /// Reads a dotenv file without touching the process environment. A parse error names the file,
 /// the line number and the key, never the line itself: it may hold a password.
-fn read_env_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
+pub fn read_env_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
     let iter = match dotenvy::from_path_iter(path) {
         Ok(iter) => iter,
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

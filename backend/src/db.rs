@@ -214,6 +214,12 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
                 settings.password_variable()
             ),
         ),
+        "28000" if message.contains("no encryption") => fatal(
+            FatalKind::Tls,
+            "the server accepts only encrypted connections from this address (hostssl in pg_hba.conf) while \
+             POSTGRES_SSLMODE=disable: set POSTGRES_SSLMODE=require (or verify-full with POSTGRES_SSLROOTCERT)"
+                .into(),
+        ),
         "28000" if message.contains("pg_hba.conf") => fatal(
             FatalKind::RejectedByHba,
             format!(

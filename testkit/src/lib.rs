@@ -452,3 +452,75 @@ pub fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> std:
 pub fn free_tcp_port() -> u16 {
     free_port()
 }
+
+/// A project folder of its own: a link to the xtask binary beside `migrations/`, `.env`,
+/// `.env.example` and whatever else a test writes, so the binary takes it as its root.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// A project with the workspace's migrations and `.env.example`.
+    pub fn new(xtask_binary: &str) -> Project {
+        let dir = tempfile::Builder::new().prefix("prestart-project-").tempdir().expect("temp dir");
+        let link = dir.path().join("xtask");
+        if std::fs::hard_link(xtask_binary, &link).is_err() {
+            std::fs::copy(xtask_binary, &link).expect("copy xtask");
+        }
+        let project = Project { dir };
+        std::fs::create_dir_all(project.path().join("migrations")).expect("migrations dir");
+        for entry in std::fs::read_dir(workspace().join("migrations")).expect("migrations").flatten() {
+            std::fs::copy(entry.path(), project.path().join("migrations").join(entry.file_name()))
+                .expect("copy migration");
+        }
+        std::fs::copy(workspace().join(".env.example"), project.path().join(".env.example"))
+            .expect("copy .env.example");
+        project
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file relative to the project, creating folders; returns its path.
+    pub fn write(&self, relative: &str, content: &str) -> PathBuf {
+        let path = self.path().join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create folder");
+        }
+        std::fs::write(&path, content).expect("write file");
+        path
+    }
+
+    /// A `.env` with every key of `.env.example`, pointing at `cluster`, readable by its owner only.
+    pub fn write_env(&self, cluster: &Cluster, overrides: &[(&str, &str)]) -> PathBuf {
+        let mut vars: Vec<(String, String)> = vec![
+            ("ENVIRONMENT".into(), "local".into()),
+            ("POSTGRES_SSLROOTCERT".into(), String::new()),
+            ("BACKEND_BIND".into(), "127.0.0.1:8000".into()),
+        ];
+        vars.extend(cluster.env("app"));
+        for (key, value) in overrides {
+            vars.retain(|(k, _)| k != key);
+            vars.push(((*key).to_owned(), (*value).to_owned()));
+        }
+        let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+        let path = self.write(".env", &text);
+        set_mode(&path, 0o600);
+        path
+    }
+
+    /// The project's binary with its own `.env` (unless `--env-file` is given) and nothing else.
+    pub fn run(&self, args: &[&str], env: &[(String, String)]) -> Run {
+        let mut run = Run::program(self.path().join("xtask"), args, env);
+        if !args.contains(&"--context") {
+            run.command.args(["--context", "host"]);
+        }
+        run
+    }
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}

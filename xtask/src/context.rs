@@ -10,19 +10,42 @@ use backend::schema::{MigrationSet, MigrationSettings};
 use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};
 
-/// Options shared by the commands that talk to the database.
+/// Where settings come from and where we run: every command that reads settings has these.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DbArgs {
+pub struct SettingsArgs {
     /// Read settings from this file instead of the workspace's `.env` (a missing file is fine;
     /// variables already in the environment win)
     #[arg(long, value_name = "PATH")]
     pub env_file: Option<PathBuf>,
-    /// Give up waiting for the database after this many seconds
-    #[arg(long, value_name = "SECS")]
-    pub wait_timeout: Option<u64>,
     /// Where this runs, which decides what `localhost` means in diagnoses
     #[arg(long, value_enum, default_value_t = ContextArg::Auto)]
     pub context: ContextArg,
+}
+
+impl SettingsArgs {
+    /// The `.env` file to read.
+    pub fn env_file(&self) -> PathBuf {
+        self.env_file.clone().unwrap_or_else(|| root().join(".env"))
+    }
+
+    pub fn runtime_context(&self, in_kubernetes: bool) -> RuntimeContext {
+        match self.context {
+            ContextArg::Auto => RuntimeContext::detect(in_kubernetes),
+            ContextArg::Host => RuntimeContext::Host,
+            ContextArg::Container => RuntimeContext::Container,
+            ContextArg::Kubernetes => RuntimeContext::Kubernetes,
+        }
+    }
+}
+
+/// Options shared by the commands that talk to the database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Give up waiting for the database after this many seconds
+    #[arg(long, value_name = "SECS")]
+    pub wait_timeout: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +64,11 @@ impl DbArgs {
 
     /// Reads `.env` and the environment once; every later step gets what it needs from here.
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        let root = root();
-        let file = self.env_file.clone().unwrap_or_else(|| root.join(".env"));
-        let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
+        let (env, _) =
+            Env::load(&self.settings.env_file(), std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
         let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
-        let context = match self.context {
-            ContextArg::Auto => RuntimeContext::detect(&settings),
-            ContextArg::Host => RuntimeContext::Host,
-            ContextArg::Container => RuntimeContext::Container,
-            ContextArg::Kubernetes => RuntimeContext::Kubernetes,
-        };
-        Ok(Loaded { root, settings, context })
+        let context = self.settings.runtime_context(settings.in_kubernetes);
+        Ok(Loaded { root: root(), settings, context })
     }
 }
 
@@ -73,9 +90,20 @@ impl SourceArgs {
     /// The migrations and the `sqlx.toml` settings they are applied with.
     pub fn load(&self, root: &Path) -> anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)> {
         let settings = MigrationSettings::load(root).map_err(|e| fail(Failure::Config, e))?;
-        let dir = self.source.clone().unwrap_or_else(|| root.join(&settings.migrations_dir));
+        let dir = self.dir_for(root, &settings);
         let set = MigrationSet::read_dir(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;
         Ok((set, settings, dir))
+    }
+}
+
+impl SourceArgs {
+    /// The migrations folder, even when `sqlx.toml` does not parse.
+    pub fn dir(&self, root: &Path) -> PathBuf {
+        self.dir_for(root, &MigrationSettings::load(root).unwrap_or_default())
+    }
+
+    fn dir_for(&self, root: &Path, settings: &MigrationSettings) -> PathBuf {
+        self.source.clone().unwrap_or_else(|| root.join(&settings.migrations_dir))
     }
 }
 

@@ -32,10 +32,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let root = root();
-    let env_file = args.db.env_file.clone().unwrap_or_else(|| root.join(".env"));
+    let env_file = args.db.settings.env_file();
     let example = root.join(".env.example");
-    if args.db.env_file.is_none() && !env_file.exists() && example.exists() {
+    if args.db.settings.env_file.is_none() && !env_file.exists() && example.exists() {
         sh.copy_file(&example, &env_file)?;
+        // It holds passwords: readable by its owner only.
+        std::fs::set_permissions(&env_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         ui::step(format!("created {} from .env.example: edit it to change the settings", env_file.display()));
     }
     let loaded = args.db.load()?;
@@ -87,7 +89,7 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
     for name in ["backend", "worker"] {
         let mut command = Command::new(bin.join(name));
         command.current_dir(root());
-        if let Some(file) = &db_args.env_file {
+        if let Some(file) = &db_args.settings.env_file {
             command.arg("--env-file").arg(file);
         }
         children.push((name, spawn_prefixed(command, name)?));

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use backend::config::{DatabaseSettings, Settings};
+use backend::config::DatabaseSettings;
 use backend::db::RetryKind;
 
 /// Where this process runs; it decides what `localhost` means.
@@ -18,8 +18,8 @@ pub enum RuntimeContext {
 
 impl RuntimeContext {
     /// Looks at the markers container engines and Kubernetes leave.
-    pub fn detect(settings: &Settings) -> Self {
-        if settings.in_kubernetes {
+    pub fn detect(in_kubernetes: bool) -> Self {
+        if in_kubernetes {
             return RuntimeContext::Kubernetes;
         }
         let marker = Path::new("/.dockerenv").exists() || Path::new("/run/.containerenv").exists();
@@ -32,7 +32,7 @@ impl RuntimeContext {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -55,6 +55,7 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
                     "{var}={host} inside a container points at the container itself; use the compose service name `db`, \
                      or `{DOCKER_HOST_NAME}` for a database on the host"
                 ));
+                causes.push(format!("a server inside this container is not running, or listens on another port than {port}"));
             }
             RuntimeContext::Kubernetes if is_loopback(host) => {
                 causes.push(format!(

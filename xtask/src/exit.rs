@@ -7,7 +7,7 @@ use std::process::ExitCode;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
     0    success
-    1    unexpected error (a bug, or this machine's files or tools)
+    1    unexpected error (a bug, or this machine's files or tools); doctor: a check failed
     2    usage error (unknown command or option)
     3    configuration error (.env, environment, migrations folder, sqlx.toml)
     4    database not reachable before the wait deadline
@@ -21,6 +21,8 @@ Exit codes:
 /// The kind of a failure, attached to an `anyhow::Error` as its outermost context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
+    /// `doctor` found problems; it has printed them.
+    ChecksFailed,
     Config,
     Unreachable,
     Refused,
@@ -39,6 +41,7 @@ pub enum Signal {
 impl Failure {
     fn code(self) -> u8 {
         match self {
+            Failure::ChecksFailed => 1,
             Failure::Config => 3,
             Failure::Unreachable => 4,
             Failure::Refused => 5,
@@ -54,6 +57,7 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Failure::ChecksFailed => "checks failed",
             Failure::Config => "configuration error",
             Failure::Unreachable => "database not reachable",
             Failure::Refused => "database refused the connection",
@@ -88,7 +92,8 @@ pub fn report_panics_as_bugs() {
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         let payload = info.payload();
-        let message = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        let message =
+            payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
         eprintln!(
             "error: internal error{location}: {}; this is a bug in prestart, please report it",
             message.unwrap_or("panic")

@@ -6,6 +6,7 @@ mod context;
 mod dev;
 mod dev_db;
 mod diagnose;
+mod doctor;
 mod exit;
 mod interrupt;
 mod migrate;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Wait for PostgreSQL, apply pending migrations, seed initial data; exit 0 when all succeed
     Prestart(prestart::Args),
+    /// Find what keeps prestart from working, and say how to fix it
+    Doctor(doctor::Args),
     /// Wait until PostgreSQL accepts connections and answers a query
     WaitForDb(wait::Args),
     /// Apply pending migrations (`migrate status` to compare files and database)
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prestart(args) => prestart::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::WaitForDb(args) => wait::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Seed(args) => seed::run(args),

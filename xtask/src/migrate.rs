@@ -115,7 +115,7 @@ pub async fn migrate_step(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::R
 }
 
 /// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant.
-async fn lock_key(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+pub async fn lock_key(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *conn).await?;
     const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     Ok(0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes())))

@@ -69,6 +69,7 @@ pub async fn wait_step(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Re
             for cause in cause_lines(&likely_causes(last.kind, db, context)) {
                 message.push_str(&format!("\n  {cause}"));
             }
+            message.push_str("\n  for a full diagnosis: cargo xtask doctor (with the same settings)");
             Err(fail(Failure::Unreachable, anyhow::anyhow!(message)))
         }
     }

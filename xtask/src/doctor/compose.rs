@@ -1,0 +1,381 @@
+//! docker compose: the model the compose tool resolves (overrides, interpolation and profiles
+//! count), and the checks that the prestart service gates backend and worker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_yaml_ng::Value;
+use xshell::{Shell, cmd};
+
+use super::{Area, Doctor, Inputs, Outcome};
+
+const FILE_NAMES: &[&str] = &["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"];
+pub const DOCKER_HOST_NAME: &str = "host.docker.internal";
+
+/// One service, as far as the checks need it.
+#[derive(Debug, Default, Clone)]
+pub struct Service {
+    pub image: Option<String>,
+    /// The build context, when the service builds its image.
+    pub build: Option<String>,
+    /// Entrypoint and command, joined.
+    pub command: String,
+    /// `env_file` entries, resolved against the project folder (from the file as written: the
+    /// resolved model folds them into `environment`).
+    pub env_files: Vec<PathBuf>,
+    /// The environment the container gets.
+    pub environment: BTreeMap<String, String>,
+    /// Service name to condition.
+    pub depends_on: BTreeMap<String, String>,
+    pub extra_hosts: Vec<String>,
+    pub healthcheck: Option<String>,
+    pub restart: Option<String>,
+}
+
+impl Service {
+    pub fn maps_docker_host(&self) -> bool {
+        self.extra_hosts.iter().any(|entry| {
+            let entry = entry.replace('=', ":");
+            entry.starts_with(&format!("{DOCKER_HOST_NAME}:")) && entry.ends_with("host-gateway")
+        })
+    }
+
+    /// The database host this container will use.
+    pub fn database_host(&self) -> Option<String> {
+        if let Some(url) = self.environment.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            return url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned));
+        }
+        self.environment.get("POSTGRES_SERVER").filter(|h| !h.is_empty()).cloned()
+    }
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub file: PathBuf,
+    /// The tool that resolved the model, or `None` when the YAML was read as written.
+    pub resolved_by: Option<&'static str>,
+    /// The compose tool rejected the file; the model is then the YAML as written.
+    pub rejected: Option<String>,
+    pub services: BTreeMap<String, Service>,
+}
+
+impl Model {
+    /// `Ok(None)` when the project has no compose file.
+    pub fn load(inputs: &Inputs) -> Result<Option<Model>, String> {
+        let Some(file) = FILE_NAMES.iter().map(|name| inputs.root.join(name)).find(|path| path.is_file()) else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let written: Value =
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{} does not parse: {e}", file.display()))?;
+        let project = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let (resolved_by, resolved, rejected) = match resolve_with_tool(&file, &project) {
+            Ok(Some((tool, resolved))) => (Some(tool), resolved, None),
+            Ok(None) => (None, written.clone(), None),
+            Err(rejected) => (None, written.clone(), Some(rejected)),
+        };
+        let mut services = parse_services(&resolved, &project);
+        // env_file as written; without a tool, also fold the files into the environment.
+        for (name, written_service) in parse_services(&written, &project) {
+            if let Some(service) = services.get_mut(&name) {
+                if resolved_by.is_none() {
+                    for env_file in &written_service.env_files {
+                        if let Ok(Some(vars)) = backend::config::read_env_file(env_file) {
+                            for (key, value) in vars {
+                                service.environment.entry(key).or_insert(value);
+                            }
+                        }
+                    }
+                }
+                service.env_files = written_service.env_files;
+            }
+        }
+        Ok(Some(Model { file, resolved_by, rejected, services }))
+    }
+
+    /// The service feeds `env_file` (our `.env`) to its container.
+    pub fn feeds_env_file(&self, service: &str, env_file: &Path) -> bool {
+        let wanted = env_file.canonicalize().unwrap_or_else(|_| env_file.to_path_buf());
+        self.services
+            .get(service)
+            .is_some_and(|s| s.env_files.iter().any(|f| f.canonicalize().unwrap_or_else(|_| f.clone()) == wanted))
+    }
+}
+
+/// `docker compose config` (the plugin) or Debian's `docker-compose config`, whichever is
+/// installed; `None` when neither is.
+fn resolve_with_tool(file: &Path, project: &Path) -> Result<Option<(&'static str, Value)>, String> {
+    let sh = Shell::new().map_err(|e| e.to_string())?;
+    let plugin = cmd!(sh, "docker compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    let output = if plugin {
+        // Services under a profile are part of the project too.
+        cmd!(sh, "docker compose -f {file} --project-directory {project} --profile * config")
+            .quiet()
+            .ignore_status()
+            .output()
+    } else if cmd!(sh, "docker-compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        cmd!(sh, "docker-compose -f {file} --project-directory {project} config").quiet().ignore_status().output()
+    } else {
+        return Ok(None);
+    };
+    let output = output.map_err(|e| e.to_string())?;
+    let tool = if plugin { "docker compose" } else { "docker-compose" };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(format!("`{tool} config` rejects {}: {first}", file.display()));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value = serde_yaml_ng::from_str(&text).map_err(|e| format!("cannot read `{tool} config` output: {e}"))?;
+    Ok(Some((tool, value)))
+}
+
+fn parse_services(document: &Value, project: &Path) -> BTreeMap<String, Service> {
+    let Some(services) = document.get("services").and_then(Value::as_mapping) else {
+        return BTreeMap::new();
+    };
+    services
+        .iter()
+        .filter_map(|(name, service)| Some((name.as_str()?.to_owned(), parse_service(service, project))))
+        .collect()
+}
+
+fn parse_service(service: &Value, project: &Path) -> Service {
+    let text = |key: &str| service.get(key).map(words).filter(|s| !s.is_empty());
+    Service {
+        image: service.get("image").and_then(Value::as_str).map(str::to_owned),
+        build: service.get("build").map(|b| b.get("context").map_or_else(|| words(b), words)),
+        command: [text("entrypoint"), text("command")].into_iter().flatten().collect::<Vec<_>>().join(" "),
+        env_files: list(service.get("env_file")).into_iter().map(|f| project.join(f)).collect(),
+        environment: key_values(service.get("environment")),
+        depends_on: depends_on(service.get("depends_on")),
+        extra_hosts: match service.get("extra_hosts") {
+            Some(Value::Mapping(map)) => {
+                map.iter().filter_map(|(k, v)| Some(format!("{}:{}", k.as_str()?, scalar(v)?))).collect()
+            }
+            other => list(other),
+        },
+        healthcheck: service.get("healthcheck").and_then(|h| h.get("test")).map(words),
+        restart: service.get("restart").and_then(Value::as_str).map(str::to_owned),
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A string, or a list of strings (of an `env_file` entry: its `path`).
+fn list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Sequence(items)) => {
+            items.iter().filter_map(|item| scalar(item).or_else(|| item.get("path").and_then(scalar))).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A command in either form, as one line.
+fn words(value: &Value) -> String {
+    match value {
+        Value::Sequence(items) => items.iter().filter_map(scalar).collect::<Vec<_>>().join(" "),
+        other => scalar(other).unwrap_or_default(),
+    }
+}
+
+fn key_values(value: Option<&Value>) -> BTreeMap<String, String> {
+    match value {
+        Some(Value::Mapping(map)) => {
+            map.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v).unwrap_or_default()))).collect()
+        }
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.as_str()?.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn depends_on(value: Option<&Value>) -> BTreeMap<String, String> {
+    match value {
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .filter_map(|(k, v)| {
+                let condition = v.get("condition").and_then(Value::as_str).unwrap_or("service_started");
+                Some((k.as_str()?.to_owned(), condition.to_owned()))
+            })
+            .collect(),
+        Some(Value::Sequence(items)) => {
+            items.iter().filter_map(|i| Some((i.as_str()?.to_owned(), "service_started".to_owned()))).collect()
+        }
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The compose checks.
+pub fn run(doctor: &mut Doctor, inputs: &Inputs, model: &Result<Option<Model>, String>) {
+    let model = match model {
+        Ok(Some(model)) => model,
+        Ok(None) => {
+            doctor.check(Area::Compose, "compose.file", || {
+                Ok(Outcome::skipped(format!("no compose file in {}", inputs.root.display())))
+            });
+            return;
+        }
+        Err(error) => {
+            doctor.check(Area::Compose, "compose.file", || {
+                Ok(Outcome::fail(
+                    error.clone(),
+                    "fix the compose file; `docker compose config` shows what compose reads",
+                ))
+            });
+            return;
+        }
+    };
+    doctor.check(Area::Compose, "compose.file", || {
+        if let Some(rejected) = &model.rejected {
+            return Ok(Outcome::fail(rejected.clone(), "fix the compose file; the checks below read it as written"));
+        }
+        Ok(Outcome::ok(match model.resolved_by {
+            Some(tool) => {
+                format!("{} resolved by `{tool} config` ({} services)", model.file.display(), model.services.len())
+            }
+            None => format!(
+                "{} read as written: no compose tool installed ({} services)",
+                model.file.display(),
+                model.services.len()
+            ),
+        }))
+    });
+
+    let prestart = model.services.get("prestart");
+    doctor.check(Area::Compose, "compose.prestart_service", || {
+        Ok(match prestart {
+            None => Outcome::fail(
+                "no `prestart` service",
+                "add a one-shot `prestart` service with the backend's image that runs `xtask prestart`",
+            ),
+            Some(service) if !service.command.contains("prestart") => Outcome::fail(
+                format!("the `prestart` service runs `{}`, not the prestart task", service.command),
+                "set its command to [\"/app/xtask\", \"prestart\"]",
+            ),
+            Some(service) if matches!(service.restart.as_deref(), Some("always" | "unless-stopped")) => Outcome::fail(
+                format!("the `prestart` service has restart: {}", service.restart.as_deref().unwrap_or_default()),
+                "a one-shot task must not restart: remove `restart` (or set restart: \"no\"), or compose runs it in a loop",
+            ),
+            Some(service) => Outcome::ok(format!("`prestart` runs `{}`", service.command)),
+        })
+    });
+
+    for name in ["backend", "worker"] {
+        let id = if name == "backend" { "compose.backend_waits" } else { "compose.worker_waits" };
+        doctor.check(Area::Compose, id, || {
+            let Some(service) = model.services.get(name) else {
+                return Ok(Outcome::skipped(format!("no `{name}` service")));
+            };
+            Ok(match service.depends_on.get("prestart").map(String::as_str) {
+                Some("service_completed_successfully") => {
+                    Outcome::ok(format!("`{name}` starts only after prestart exits 0"))
+                }
+                Some(other) => Outcome::fail(
+                    format!(
+                        "`{name}` depends on prestart with condition {other}: it starts before the database is ready"
+                    ),
+                    "use depends_on: { prestart: { condition: service_completed_successfully } }",
+                ),
+                None => Outcome::fail(
+                    format!("`{name}` does not depend on prestart: it may start on a database without its migrations"),
+                    "add depends_on: { prestart: { condition: service_completed_successfully } }",
+                ),
+            })
+        });
+    }
+
+    doctor.check(Area::Compose, "compose.same_image", || {
+        let (Some(prestart), Some(backend)) = (prestart, model.services.get("backend")) else {
+            return Ok(Outcome::skipped("needs both a prestart and a backend service"));
+        };
+        let same_image = prestart.image.is_some() && prestart.image == backend.image;
+        let same_build = prestart.build.is_some() && prestart.build == backend.build;
+        Ok(if same_image || same_build {
+            Outcome::ok("prestart uses the backend's image, so it applies the migrations backend was built with")
+        } else {
+            Outcome::fail(
+                format!("prestart uses {} but backend uses {}", describe_image(prestart), describe_image(backend)),
+                "give prestart the backend's image (or build), so both agree on the migrations",
+            )
+        })
+    });
+
+    doctor.check(Area::Compose, "compose.same_env_file", || {
+        let (Some(prestart), Some(backend)) = (prestart, model.services.get("backend")) else {
+            return Ok(Outcome::skipped("needs both a prestart and a backend service"));
+        };
+        Ok(if prestart.env_files == backend.env_files {
+            Outcome::ok("prestart and backend read the same env_file")
+        } else {
+            Outcome::fail(
+                format!("prestart reads {:?} but backend reads {:?}", prestart.env_files, backend.env_files),
+                "give both `env_file: .env`, so they connect to the same database",
+            )
+        })
+    });
+
+    doctor.check(Area::Compose, "compose.extra_hosts", || {
+        let missing: Vec<&str> = model
+            .services
+            .iter()
+            .filter(|(_, s)| s.database_host().as_deref() == Some(DOCKER_HOST_NAME) && !s.maps_docker_host())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Ok(if missing.is_empty() {
+            Outcome::ok(format!("every service that uses {DOCKER_HOST_NAME} maps it"))
+        } else {
+            Outcome::fail(
+                format!(
+                    "{} {} {DOCKER_HOST_NAME} without mapping it; on Linux the name does not resolve",
+                    missing.join(", "),
+                    if missing.len() == 1 { "uses" } else { "use" }
+                ),
+                format!("add extra_hosts: [\"{DOCKER_HOST_NAME}:host-gateway\"] to {}", missing.join(", ")),
+            )
+        })
+    });
+
+    doctor.check(Area::Compose, "compose.db_healthcheck", || {
+        let postgres: Vec<(&String, &Service)> =
+            model.services.iter().filter(|(_, s)| s.image.as_deref().is_some_and(|i| i.contains("postgres"))).collect();
+        if postgres.is_empty() {
+            return Ok(Outcome::skipped("no postgres service"));
+        }
+        let socket_only: Vec<&str> = postgres
+            .iter()
+            .filter(|(_, s)| s.healthcheck.as_deref().is_some_and(|t| t.contains("pg_isready") && !t.contains("-h")))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        Ok(if socket_only.is_empty() {
+            Outcome::ok("postgres healthchecks go over TCP (or there are none)")
+        } else {
+            Outcome::fail(
+                format!("the healthcheck of {} runs pg_isready over the Unix socket, which answers during the image's init phase", socket_only.join(", ")),
+                "check over TCP: pg_isready -h 127.0.0.1 -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\"",
+            )
+        })
+    });
+}
+
+fn describe_image(service: &Service) -> String {
+    match (&service.image, &service.build) {
+        (Some(image), _) => format!("image {image}"),
+        (None, Some(build)) => format!("a build of {build}"),
+        (None, None) => "no image".into(),
+    }
+}

@@ -1,0 +1,172 @@
+//! Settings: the `.env` file and the environment.
+
+use std::os::unix::fs::PermissionsExt;
+
+use backend::config::{DatabaseSettings, KNOWN_VARIABLES};
+
+use super::{Area, Doctor, Inputs, Outcome};
+
+/// The placeholder `.env.example` ships for every secret.
+const PLACEHOLDER_SECRET: &str = "changethis";
+const SECRET_VARIABLES: &[&str] = &["POSTGRES_PASSWORD", "FIRST_SUPERUSER_PASSWORD"];
+
+pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
+    let file = inputs.env_file.display().to_string();
+    let file_vars = match &inputs.file_vars {
+        Ok(vars) => vars.as_ref(),
+        Err(_) => None,
+    };
+    // A container or pod gets its settings from the environment; no file is then fine.
+    let environment_only = matches!(inputs.file_vars, Ok(None)) && inputs.settings.is_ok();
+
+    doctor.check(Area::Env, "env.file", || {
+        Ok(match &inputs.file_vars {
+            Ok(Some(_)) => Outcome::ok(format!("{file} found")),
+            Err(_) => Outcome::ok(format!("{file} found")),
+            Ok(None) if environment_only => {
+                Outcome::skipped(format!("no {file}: the settings come from the environment"))
+            }
+            Ok(None) => Outcome::fail(
+                format!("{file} does not exist and the environment does not hold the settings"),
+                "copy the example and edit it: cp .env.example .env",
+            ),
+        })
+    });
+
+    doctor.check(Area::Env, "env.parse", || {
+        Ok(match &inputs.file_vars {
+            Ok(Some(vars)) => Outcome::ok(format!("{file} parses ({} variables)", vars.keys().count())),
+            Ok(None) => Outcome::skipped("no .env file"),
+            Err(error) => Outcome::fail(error.to_string(), "fix that line; quote values with spaces, quotes or #"),
+        })
+    });
+
+    doctor.check(Area::Env, "env.example_keys", || {
+        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file to compare")) };
+        let example = inputs.root.join(".env.example");
+        let Ok(Some(example_vars)) = backend::config::read_env_file(&example) else {
+            return Ok(Outcome::skipped("no .env.example to compare with"));
+        };
+        let missing: Vec<String> = example_vars
+            .into_keys()
+            .filter(|key| !vars.keys().any(|k| k == key) && !inputs.env.is_from_process(key))
+            .collect();
+        Ok(if missing.is_empty() {
+            Outcome::ok("every key of .env.example is set")
+        } else {
+            Outcome::warn(
+                format!("keys of .env.example missing from .env: {}", missing.join(", ")),
+                "copy them from .env.example",
+            )
+        })
+    });
+
+    doctor.check(Area::Env, "env.typos", || {
+        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file")) };
+        let typos: Vec<String> = vars
+            .keys()
+            .filter(|key| !KNOWN_VARIABLES.contains(key))
+            .filter_map(|key| closest_known(key).map(|known| format!("{key} (did you mean {known}?)")))
+            .collect();
+        Ok(if typos.is_empty() {
+            Outcome::ok("no misspelt variable names")
+        } else {
+            Outcome::warn(
+                format!("unknown variables that look like typos: {}", typos.join(", ")),
+                "rename them; unknown names are ignored",
+            )
+        })
+    });
+
+    doctor.check(Area::Env, "env.settings", || {
+        Ok(match &inputs.settings {
+            Ok(settings) => Outcome::ok(format!("database settings are complete: {}", settings.database)),
+            Err(error) => {
+                Outcome::fail(error.to_string(), "fix the variable in .env or the environment (see .env.example)")
+            }
+        })
+    });
+
+    doctor.check(Area::Env, "env.url_vs_variables", || {
+        if inputs.env.get("DATABASE_URL").is_none() || inputs.env.get("POSTGRES_SERVER").is_none() {
+            return Ok(Outcome::skipped("DATABASE_URL and POSTGRES_* are not both set"));
+        }
+        let url = DatabaseSettings::from_env(&inputs.env)?;
+        let variables = DatabaseSettings::from_env(&inputs.env.without("DATABASE_URL"))?;
+        Ok(if url.to_string() == variables.to_string() {
+            Outcome::ok(format!("DATABASE_URL and POSTGRES_* agree ({url})"))
+        } else {
+            Outcome::warn(
+                format!("DATABASE_URL ({url}) and POSTGRES_* ({variables}) disagree; DATABASE_URL wins"),
+                "remove one of them, so nobody edits the one that is not used",
+            )
+        })
+    });
+
+    doctor.check(Area::Env, "env.default_secrets", || {
+        let environment = inputs.env.get("ENVIRONMENT").unwrap_or("local");
+        let defaults: Vec<&str> =
+            SECRET_VARIABLES.iter().copied().filter(|key| inputs.env.get(key) == Some(PLACEHOLDER_SECRET)).collect();
+        Ok(match (defaults.is_empty(), environment == "local") {
+            (true, _) => Outcome::ok("no secret is left at the example's placeholder"),
+            (false, true) => Outcome::ok(format!("{} keep the example's placeholder, which is fine for ENVIRONMENT=local", defaults.join(", "))),
+            (false, false) => Outcome::fail(
+                format!("{} still hold the placeholder of .env.example while ENVIRONMENT={environment}", defaults.join(", ")),
+                "set real secrets (for example: openssl rand -base64 24); a PostgreSQL volume keeps the password it was created with, so change it on the server too (ALTER ROLE ... PASSWORD)",
+            ),
+        })
+    });
+
+    doctor.check(Area::Env, "env.permissions", || {
+        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file")) };
+        let holds_secret = SECRET_VARIABLES.iter().chain(["DATABASE_URL"].iter()).any(|key| vars.get(key).is_some());
+        let mode = std::fs::metadata(&inputs.env_file)?.permissions().mode();
+        Ok(if holds_secret && mode & 0o004 != 0 {
+            Outcome::warn(
+                format!("{file} holds a password and every user of this machine can read it (mode {:o})", mode & 0o777),
+                format!("chmod 600 {file}"),
+            )
+        } else {
+            Outcome::ok(format!("{file} is not readable by other users, or holds no password"))
+        })
+    });
+}
+
+/// The known variable within two edits of `key`, if any.
+fn closest_known(key: &str) -> Option<&'static str> {
+    KNOWN_VARIABLES
+        .iter()
+        .copied()
+        .map(|known| (edit_distance(key, known), known))
+        .filter(|(distance, _)| *distance > 0 && *distance <= 2)
+        .min()
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_matched_to_the_known_name() {
+        assert_eq!(closest_known("POSTGRES_SERVR"), Some("POSTGRES_SERVER"));
+        assert_eq!(closest_known("POSTGRES_PORTS"), Some("POSTGRES_PORT"));
+        assert_eq!(closest_known("PATH"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,253 @@
+//! Migrations: the files, and the files against the database.
+
+use std::collections::BTreeMap;
+
+use backend::schema::{MigrationSet, State, Status, applied_rows};
+use sqlx::postgres::PgConnection;
+
+use super::{Area, Doctor, Inputs, Outcome};
+use crate::context::display_path;
+use crate::migrate::{lock_holder, lock_key};
+
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
+    let loaded = inputs.source.load(&inputs.root);
+    let dir = inputs.source.dir(&inputs.root);
+    doctor.check(Area::Migrations, "migrations.files", || {
+        Ok(match &loaded {
+            Ok((set, _, dir)) => {
+                let ignored = ignored_files(dir);
+                if ignored.is_empty() {
+                    Outcome::ok(format!("{} migrations in {}/, versions unique", set.files.len(), display_path(dir)))
+                } else {
+                    Outcome::warn(
+                        format!("sqlx ignores these files, whose names lack `<version>_<name>.sql`: {}", ignored.join(", ")),
+                        "rename them (cargo xtask new-migration NAME makes a correct name), or move them out of the folder",
+                    )
+                }
+            }
+            Err(error) => Outcome::fail(format!("{error:#}"), "fix the file names: <version>_<name>.sql, each version once"),
+        })
+    });
+
+    doctor.check(Area::Migrations, "migrations.line_endings", || {
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Outcome::skipped("no migrations folder")) };
+        let mut crlf = Vec::new();
+        let mut bom = Vec::new();
+        for entry in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "sql")) {
+            let bytes = std::fs::read(entry.path())?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if bytes.starts_with(b"\xEF\xBB\xBF") {
+                bom.push(name.clone());
+            }
+            if bytes.windows(2).any(|w| w == b"\r\n") {
+                crlf.push(name);
+            }
+        }
+        Ok(if crlf.is_empty() && bom.is_empty() {
+            Outcome::ok("no CRLF line endings or byte-order marks")
+        } else {
+            let mut found = Vec::new();
+            if !crlf.is_empty() {
+                found.push(format!("CRLF line endings in {}", crlf.join(", ")));
+            }
+            if !bom.is_empty() {
+                found.push(format!("a byte-order mark in {}", bom.join(", ")));
+            }
+            Outcome::warn(
+                format!("{}: the checksum differs from another checkout's", found.join("; ")),
+                "store them with LF and no BOM (.gitattributes: `*.sql text eol=lf`), or set ignored-chars in sqlx.toml",
+            )
+        })
+    });
+
+    doctor.check(Area::Migrations, "migrations.reversible_pairs", || {
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Outcome::skipped("no migrations folder")) };
+        let mut halves: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".up.sql") {
+                halves.entry(stem.to_owned()).or_default().0 = true;
+            } else if let Some(stem) = name.strip_suffix(".down.sql") {
+                halves.entry(stem.to_owned()).or_default().1 = true;
+            }
+        }
+        let incomplete: Vec<String> = halves
+            .iter()
+            .filter(|(_, (up, down))| up != down)
+            .map(|(stem, (up, _))| format!("{stem}.{}.sql", if *up { "down" } else { "up" }))
+            .collect();
+        Ok(if halves.is_empty() {
+            Outcome::ok("no reversible migrations")
+        } else if incomplete.is_empty() {
+            Outcome::ok(format!("{} reversible pairs complete", halves.len()))
+        } else {
+            Outcome::fail(
+                format!("missing halves of reversible migrations: {}", incomplete.join(", ")),
+                "add the missing files",
+            )
+        })
+    });
+
+    let ids = [
+        "migrations.pending",
+        "migrations.changed",
+        "migrations.failed",
+        "migrations.unknown",
+        "migrations.out_of_order",
+        "migrations.invalid_indexes",
+        "migrations.lock",
+    ];
+    let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
+        for id in ids {
+            doctor.check(Area::Migrations, id, || Ok(Outcome::skipped("needs the database and readable migrations")));
+        }
+        return;
+    };
+    let table = settings.table_name.clone();
+    let applied = applied_rows(&mut conn, &table).await;
+    let status = match applied {
+        Ok(rows) => Status::compare(set, &rows),
+        Err(error) => {
+            let message = format!("cannot read {table}: {error}");
+            for id in ids {
+                doctor.check(Area::Migrations, id, || {
+                    Ok(Outcome::fail(message.clone(), "check the role's privileges on it"))
+                });
+            }
+            return;
+        }
+    };
+    state_checks(doctor, set, &status);
+
+    doctor
+        .check_async(Area::Migrations, "migrations.invalid_indexes", async {
+            let invalid: Vec<String> = sqlx::query_scalar(
+                "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+            )
+            .fetch_all(&mut conn)
+            .await?;
+            Ok(if invalid.is_empty() {
+                Outcome::ok("no INVALID indexes")
+            } else {
+                Outcome::fail(
+                    format!(
+                        "INVALID indexes, left by an interrupted CREATE INDEX CONCURRENTLY: {}",
+                        invalid.join(", ")
+                    ),
+                    format!(
+                        "drop them ({}), then rerun prestart, which creates them again",
+                        invalid.iter().map(|i| format!("DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join(" ")
+                    ),
+                )
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Migrations, "migrations.lock", async {
+            let key = lock_key(&mut conn).await?;
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                 AND classid = ((($1::bigint >> 32) & 4294967295))::oid AND objid = (($1::bigint & 4294967295))::oid \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            )
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+            Ok(if held {
+                let holder = lock_holder(&mut conn, key).await?;
+                Outcome::warn(
+                    format!("the migration lock is held by {holder}"),
+                    "prestart waits for it (up to --lock-timeout); if that session is stuck, end it: SELECT pg_terminate_backend(pid)",
+                )
+            } else {
+                Outcome::ok("the migration lock is free")
+            })
+        })
+        .await;
+}
+
+fn state_checks(doctor: &mut Doctor, set: &MigrationSet, status: &Status) {
+    let versions =
+        |state| status.with_state(state).map(|e| format!("{} {}", e.version, e.description)).collect::<Vec<_>>();
+    let newest_applied = status
+        .entries
+        .iter()
+        .filter(|e| matches!(e.state, State::Applied | State::Changed | State::Unknown))
+        .map(|e| e.version)
+        .max();
+
+    doctor.check(Area::Migrations, "migrations.pending", || {
+        let pending = versions(State::Pending);
+        Ok(if pending.is_empty() {
+            Outcome::ok(format!("all {} migrations are applied", set.files.len()))
+        } else {
+            Outcome::warn(
+                format!("{} pending: {}", pending.len(), pending.join(", ")),
+                "prestart applies them (cargo xtask prestart)",
+            )
+        })
+    });
+    doctor.check(Area::Migrations, "migrations.changed", || {
+        let changed: Vec<String> = status.with_state(State::Changed).filter_map(|e| e.file.clone()).collect();
+        Ok(if changed.is_empty() {
+            Outcome::ok("no applied migration has changed since")
+        } else {
+            Outcome::fail(
+                format!("changed since they were applied: {}", changed.join(", ")),
+                "restore the applied version (git checkout) and put the change in a new migration (cargo xtask new-migration NAME)",
+            )
+        })
+    });
+    doctor.check(Area::Migrations, "migrations.failed", || {
+        let failed = versions(State::Failed);
+        Ok(if failed.is_empty() {
+            Outcome::ok("no failed migration rows")
+        } else {
+            Outcome::fail(
+                format!("recorded as failed (a -- no-transaction migration stopped halfway): {}", failed.join(", ")),
+                "finish or undo its statements by hand, delete its row from the migrations table, and rerun prestart",
+            )
+        })
+    });
+    doctor.check(Area::Migrations, "migrations.unknown", || {
+        let unknown = versions(State::Unknown);
+        Ok(if unknown.is_empty() {
+            Outcome::ok("the database has no migration this code lacks")
+        } else {
+            Outcome::warn(
+                format!("applied but missing from the folder: {}", unknown.join(", ")),
+                "a newer release ran against this database, or this is a rollback: deploy the code that has them",
+            )
+        })
+    });
+    doctor.check(Area::Migrations, "migrations.out_of_order", || {
+        let Some(newest) = newest_applied else { return Ok(Outcome::ok("nothing applied yet")) };
+        let older: Vec<String> = status
+            .with_state(State::Pending)
+            .filter(|e| e.version < newest)
+            .map(|e| format!("{} {}", e.version, e.description))
+            .collect();
+        Ok(if older.is_empty() {
+            Outcome::ok("no pending migration is older than the newest applied one")
+        } else {
+            Outcome::warn(
+                format!("pending but older than the newest applied ({newest}): {}", older.join(", ")),
+                "they were merged after newer ones ran; prestart applies them out of order: check they do not depend on later ones",
+            )
+        })
+    });
+}
+
+/// `.sql` files that sqlx skips without a word: no `_` between version and name.
+fn ignored_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sql") && !name.contains('_'))
+        .collect()
+}

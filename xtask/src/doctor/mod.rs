@@ -1,0 +1,209 @@
+//! `cargo xtask doctor`: finds what keeps prestart from working and says how to fix it.
+//!
+//! Each check is a value with an area and a stable id that returns a status, one line of what it
+//! found and, for warn and fail, a hint. A check that errors or panics becomes a failed check and
+//! the run goes on. Areas, in the order a connection needs them: env, location, network,
+//! postgres, migrations, compose.
+
+mod compose;
+mod env;
+mod location;
+mod migrations;
+mod postgres;
+mod render;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+
+use backend::config::{ConfigError, Env, Settings};
+use futures_util::FutureExt;
+use serde::Serialize;
+
+use crate::context::{SettingsArgs, SourceArgs, root, runtime};
+use crate::diagnose::RuntimeContext;
+use crate::exit::{Failure, fail};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Print one JSON document (see the README for its fields) instead of the report
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Area {
+    Env,
+    Location,
+    Network,
+    Postgres,
+    Migrations,
+    Compose,
+}
+
+impl Area {
+    fn title(self) -> &'static str {
+        match self {
+            Area::Env => "settings (.env and environment)",
+            Area::Location => "where the database is",
+            Area::Network => "network",
+            Area::Postgres => "PostgreSQL",
+            Area::Migrations => "migrations",
+            Area::Compose => "docker compose",
+        }
+    }
+}
+
+/// What one check found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Outcome {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Outcome { status: Status::Ok, message: message.into(), hint: None }
+    }
+
+    pub fn warn(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Outcome { status: Status::Warn, message: message.into(), hint: Some(hint.into()) }
+    }
+
+    pub fn fail(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Outcome { status: Status::Fail, message: message.into(), hint: Some(hint.into()) }
+    }
+
+    pub fn skipped(reason: impl Into<String>) -> Self {
+        Outcome { status: Status::Skipped, message: reason.into(), hint: None }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub area: Area,
+    pub id: &'static str,
+    pub status: Status,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Everything the checks look at, read once.
+pub struct Inputs {
+    pub root: PathBuf,
+    pub env_file: PathBuf,
+    /// The file's variables: `Ok(None)` when there is no file.
+    pub file_vars: Result<Option<Env>, ConfigError>,
+    /// The process environment over the file (or alone, when the file does not parse).
+    pub env: Env,
+    pub settings: Result<Settings, ConfigError>,
+    pub context: RuntimeContext,
+    pub source: SourceArgs,
+}
+
+impl Inputs {
+    fn read(args: &Args) -> Inputs {
+        let env_file = args.settings.env_file();
+        let file_vars = backend::config::read_env_file(&env_file).map(|vars| vars.map(Env::from_map));
+        let env = match Env::load(&env_file, std::env::vars_os()) {
+            Ok((env, _)) => env,
+            Err(_) => Env::load(std::path::Path::new("/nonexistent/.env"), std::env::vars_os())
+                .map(|(env, _)| env)
+                .unwrap_or_default(),
+        };
+        let settings = Settings::from_env(&env);
+        let context = args.settings.runtime_context(env.get("KUBERNETES_SERVICE_HOST").is_some());
+        Inputs { root: root(), env_file, file_vars, env, settings, context, source: args.source.clone() }
+    }
+
+    /// The database settings, when they are valid.
+    pub fn settings(&self) -> Option<&Settings> {
+        self.settings.as_ref().ok()
+    }
+}
+
+/// Collects findings; runs each check so that an error or a panic fails that check only.
+#[derive(Default)]
+pub struct Doctor {
+    findings: Vec<Finding>,
+}
+
+impl Doctor {
+    pub fn check(&mut self, area: Area, id: &'static str, run: impl FnOnce() -> anyhow::Result<Outcome>) -> Status {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err(panicked()));
+        self.record(area, id, outcome)
+    }
+
+    pub async fn check_async(
+        &mut self,
+        area: Area,
+        id: &'static str,
+        run: impl Future<Output = anyhow::Result<Outcome>>,
+    ) -> Status {
+        let outcome = AssertUnwindSafe(run).catch_unwind().await.unwrap_or_else(|_| Err(panicked()));
+        self.record(area, id, outcome)
+    }
+
+    fn record(&mut self, area: Area, id: &'static str, outcome: anyhow::Result<Outcome>) -> Status {
+        let outcome = outcome.unwrap_or_else(|error| {
+            Outcome::fail(
+                format!("the check itself failed: {error:#}"),
+                "this is a bug in doctor if the cause is not clear",
+            )
+        });
+        let status = outcome.status;
+        self.findings.push(Finding { area, id, status, message: outcome.message, hint: outcome.hint });
+        status
+    }
+
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+}
+
+fn panicked() -> anyhow::Error {
+    anyhow::anyhow!("it panicked")
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let inputs = Inputs::read(&args);
+    let mut doctor = Doctor::default();
+    let compose = compose::Model::load(&inputs);
+    env::run(&mut doctor, &inputs);
+    runtime()?.block_on(async {
+        let target = location::run(&mut doctor, &inputs, compose.as_ref().ok().and_then(Option::as_ref)).await;
+        let conn = postgres::run(&mut doctor, &inputs, &target).await;
+        migrations::run(&mut doctor, &inputs, conn).await;
+    });
+    compose::run(&mut doctor, &inputs, &compose);
+
+    if args.json {
+        println!("{}", render::json(&doctor, inputs.context));
+    } else {
+        print!("{}", render::human(&doctor, render::use_color()));
+    }
+    let failed = doctor.findings().iter().filter(|f| f.status == Status::Fail).count();
+    if failed > 0 {
+        return Err(fail(
+            Failure::ChecksFailed,
+            anyhow::anyhow!("{failed} {} found", if failed == 1 { "problem" } else { "problems" }),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! PostgreSQL: connecting as the settings say, and what the server must allow.
+
+use std::time::Duration;
+
+use backend::db::{Failure, connect_once};
+use sqlx::postgres::PgConnection;
+
+use super::location::Target;
+use super::{Area, Doctor, Inputs, Outcome};
+use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The oldest major version the PostgreSQL project still supports.
+const OLDEST_SUPPORTED_MAJOR: u32 = 14;
+
+/// Runs the checks; returns the connection when there is one, for the migration checks.
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<PgConnection> {
+    let ids = [
+        "postgres.connect",
+        "postgres.version",
+        "postgres.listen_addresses",
+        "postgres.create_privilege",
+        "postgres.tls",
+    ];
+    let skip_all = |doctor: &mut Doctor, reason: &str| {
+        for id in ids {
+            doctor.check(Area::Postgres, id, || Ok(Outcome::skipped(reason)));
+        }
+    };
+    let Some(database) = target.database.as_ref().filter(|_| target.reachable) else {
+        skip_all(doctor, "the server cannot be reached");
+        return None;
+    };
+
+    let mut connection = None;
+    doctor
+        .check_async(Area::Postgres, "postgres.connect", async {
+            Ok(match connect_once(database, "prestart-doctor", CONNECT_TIMEOUT).await {
+                Ok(ready) => {
+                    connection = Some(ready.conn);
+                    Outcome::ok(format!("connected to {database}"))
+                }
+                Err(Failure::Fatal(fatal)) => {
+                    let detail = match &fatal.code {
+                        Some(code) => format!("{} (SQLSTATE {code})", fatal.detail),
+                        None => fatal.detail.clone(),
+                    };
+                    Outcome::fail(detail, fatal.hint)
+                }
+                Err(Failure::Retry(reason)) => Outcome::fail(
+                    reason.detail.clone(),
+                    likely_causes(reason.kind, database, inputs.context).join("; or "),
+                ),
+            })
+        })
+        .await;
+    let Some(mut conn) = connection else {
+        for id in &ids[1..] {
+            doctor.check(Area::Postgres, id, || Ok(Outcome::skipped("not connected")));
+        }
+        return None;
+    };
+
+    doctor
+        .check_async(Area::Postgres, "postgres.version", async {
+            let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
+            let major: u32 = version.split(['.', ' ']).next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            Ok(if major >= OLDEST_SUPPORTED_MAJOR {
+                Outcome::ok(format!("PostgreSQL {version}"))
+            } else {
+                Outcome::warn(
+                    format!("PostgreSQL {version} no longer gets security fixes"),
+                    format!("upgrade to PostgreSQL {OLDEST_SUPPORTED_MAJOR} or newer"),
+                )
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Postgres, "postgres.listen_addresses", async {
+            if !(target.containers_use_docker_host && inputs.context == RuntimeContext::Host) {
+                return Ok(Outcome::skipped("no container reaches this server through host.docker.internal"));
+            }
+            let listen: String = sqlx::query_scalar("SHOW listen_addresses").fetch_one(&mut conn).await?;
+            let loopback_only = listen.split(',').map(str::trim).all(is_loopback);
+            Ok(if loopback_only {
+                Outcome::fail(
+                    format!("listen_addresses = '{listen}': containers reaching this server through host.docker.internal are refused"),
+                    "set listen_addresses = '*' (or add the Docker bridge address, e.g. 172.17.0.1) in postgresql.conf, \
+                     allow the Docker networks in pg_hba.conf (host all all 172.16.0.0/12 scram-sha-256), and restart PostgreSQL",
+                )
+            } else {
+                Outcome::ok(format!("listen_addresses = '{listen}' lets containers in"))
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Postgres, "postgres.create_privilege", async {
+            let schema = migration_schema(inputs);
+            let (exists, allowed): (bool, Option<bool>) = sqlx::query_as(
+                "SELECT to_regnamespace($1) IS NOT NULL, \
+                        CASE WHEN to_regnamespace($1) IS NOT NULL THEN has_schema_privilege(current_user, $1, 'CREATE') END",
+            )
+            .bind(&schema)
+            .fetch_one(&mut conn)
+            .await?;
+            let user = database.user();
+            Ok(match (exists, allowed) {
+                (false, _) => {
+                    let can_create: bool = sqlx::query_scalar("SELECT has_database_privilege(current_user, current_database(), 'CREATE')")
+                        .fetch_one(&mut conn)
+                        .await?;
+                    if can_create {
+                        Outcome::ok(format!("schema {schema} does not exist yet; {user} may create it"))
+                    } else {
+                        Outcome::fail(
+                            format!("schema {schema} does not exist and {user} may not create schemas"),
+                            format!("GRANT CREATE ON DATABASE \"{}\" TO \"{user}\"", database.database()),
+                        )
+                    }
+                }
+                (true, Some(true)) => Outcome::ok(format!("{user} may create tables in schema {schema}")),
+                (true, _) => Outcome::fail(
+                    format!("{user} may not create tables in schema {schema}, where the migrations write"),
+                    format!(
+                        "as the database owner: GRANT CREATE ON SCHEMA {schema} TO \"{user}\" (PostgreSQL 15 no longer grants \
+                         it to everyone), or make {user} the owner of the database"
+                    ),
+                ),
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Postgres, "postgres.tls", async {
+            let row: Option<(bool, Option<String>)> =
+                sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_optional(&mut conn).await?;
+            let mode = format!("{:?}", database.ssl_mode()).to_lowercase();
+            Ok(match row {
+                Some((true, version)) => Outcome::ok(format!("encrypted with {} (sslmode {mode})", version.unwrap_or_default())),
+                _ if is_loopback(database.host()) => Outcome::ok(format!("not encrypted, which is fine on this machine (sslmode {mode})")),
+                _ => Outcome::warn(
+                    format!("the connection to {} is not encrypted (sslmode {mode})", database.host()),
+                    "on a network you do not control, turn on ssl in postgresql.conf and set POSTGRES_SSLMODE=require (or verify-full)",
+                ),
+            })
+        })
+        .await;
+    Some(conn)
+}
+
+/// The schema the migrations table lives in (and so where migrations write by default).
+fn migration_schema(inputs: &Inputs) -> String {
+    let settings = backend::schema::MigrationSettings::load(&inputs.root).unwrap_or_default();
+    match settings.table_name.split_once('.') {
+        Some((schema, _)) => schema.trim_matches('"').to_owned(),
+        None => settings.create_schemas.first().cloned().unwrap_or_else(|| "public".to_owned()),
+    }
+}

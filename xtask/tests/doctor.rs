@@ -1,0 +1,424 @@
+//! `cargo xtask doctor`: every check against the broken state it names, made for real.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use testkit::{Cluster, Outcome, Project, eventually, set_mode};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+/// One check of the JSON report.
+#[derive(Debug, Clone)]
+struct Check {
+    status: String,
+    message: String,
+    hint: String,
+}
+
+struct Report {
+    outcome: Outcome,
+    checks: BTreeMap<String, Check>,
+}
+
+impl Report {
+    #[track_caller]
+    fn get(&self, id: &str) -> &Check {
+        self.checks.get(id).unwrap_or_else(|| panic!("no check {id} in:\n{}", self.outcome.stdout))
+    }
+
+    /// Asserts the status of `id` and that its message and hint hold the given texts.
+    #[track_caller]
+    fn expect(&self, id: &str, status: &str, message: &str, hint: &str) -> &Self {
+        let check = self.get(id);
+        assert_eq!(check.status, status, "{id}: {check:?}");
+        assert!(check.message.contains(message), "{id} message lacks {message:?}: {check:?}");
+        assert!(check.hint.contains(hint), "{id} hint lacks {hint:?}: {check:?}");
+        self
+    }
+}
+
+fn doctor(project: &Project, args: &[&str], env: &[(String, String)]) -> Report {
+    let mut all = vec!["doctor", "--json"];
+    all.extend_from_slice(args);
+    let outcome = project.run(&all, env).output();
+    let document: serde_json::Value = serde_json::from_str(&outcome.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{}\n{}", outcome.stdout, outcome.stderr));
+    assert_eq!(document["schema_version"], 1);
+    let checks = document["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| {
+            let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+            (text("id"), Check { status: text("status"), message: text("message"), hint: text("hint") })
+        })
+        .collect();
+    let failures = document["summary"]["fail"].as_u64().expect("summary");
+    assert_eq!(outcome.code, Some(if failures > 0 { 1 } else { 0 }), "exit code vs summary: {}", outcome.stdout);
+    Report { outcome, checks }
+}
+
+/// A healthy project: cluster up, .env complete and private, migrations applied.
+fn healthy() -> (Cluster, Project) {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[]);
+    project.run(&["prestart"], &[]).output().assert_code(0);
+    (cluster, project)
+}
+
+#[test]
+fn a_healthy_setup_passes_with_no_warnings() {
+    let (_cluster, project) = healthy();
+    let report = doctor(&project, &[], &[]);
+    let bad: Vec<_> = report.checks.iter().filter(|(_, c)| c.status == "warn" || c.status == "fail").collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    report.outcome.assert_code(0);
+    // The human report ends with the summary.
+    let human = project.run(&["doctor"], &[]).output();
+    human.assert_code(0);
+    assert!(human.stdout.contains("  ✓ connected to postgres@127.0.0.1:"), "{}", human.stdout);
+    assert!(
+        human.stdout.trim_end().lines().last().unwrap_or_default().starts_with("no problems ("),
+        "{}",
+        human.stdout
+    );
+    assert!(!human.stdout.contains("\x1b["), "colour codes when not a terminal");
+}
+
+#[test]
+fn env_file_problems() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+
+    // No .env and nothing in the environment.
+    doctor(&project, &[], &[]).expect("env.file", "fail", "does not exist", "cp .env.example .env");
+
+    // No .env, settings from the environment (a container): the file checks are skipped.
+    let report = doctor(&project, &[], &cluster.env("app"));
+    report.expect("env.file", "skipped", "the settings come from the environment", "");
+    report.expect("env.example_keys", "skipped", "", "");
+
+    // A line that does not parse.
+    let env = project.write_env(&cluster, &[]);
+    let mut text = std::fs::read_to_string(&env).expect("read .env");
+    text.push_str("BROKEN='unterminated\n");
+    std::fs::write(&env, text).expect("write .env");
+    doctor(&project, &[], &[]).expect("env.parse", "fail", "line 12: cannot parse the line for `BROKEN`", "quote");
+
+    // A missing key of .env.example, a typo, a world-readable file with a password.
+    project.write(".env", &std::fs::read_to_string(project.path().join(".env.example")).expect("example"));
+    let env = project.write_env(&cluster, &[("POSTGRES_SERVR", "x")]);
+    let text = std::fs::read_to_string(&env).expect("read .env").replace("BACKEND_BIND='127.0.0.1:8000'\n", "");
+    std::fs::write(&env, text).expect("write .env");
+    set_mode(&env, 0o644);
+    let report = doctor(&project, &[], &[]);
+    report.expect("env.example_keys", "warn", "BACKEND_BIND", "copy them from .env.example");
+    report.expect("env.typos", "warn", "POSTGRES_SERVR (did you mean POSTGRES_SERVER?)", "rename");
+    report.expect("env.permissions", "warn", "every user of this machine can read it (mode 644)", "chmod 600");
+}
+
+#[test]
+fn settings_problems() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[("POSTGRES_PORT", "abc")]);
+    doctor(&project, &[], &[]).expect("env.settings", "fail", "POSTGRES_PORT=abc is not a number", "");
+    project.write_env(&cluster, &[("POSTGRES_DB", "")]);
+    doctor(&project, &[], &[]).expect("env.settings", "fail", "POSTGRES_DB is not set", "");
+
+    let url = format!("postgres://postgres:x@127.0.0.1:{}/other", cluster.port);
+    project.write_env(&cluster, &[("DATABASE_URL", &url)]);
+    doctor(&project, &[], &[]).expect("env.url_vs_variables", "warn", "disagree; DATABASE_URL wins", "remove one");
+
+    project.write_env(&cluster, &[("ENVIRONMENT", "production"), ("FIRST_SUPERUSER_PASSWORD", "changethis")]);
+    let report = doctor(&project, &[], &[]);
+    report.expect("env.default_secrets", "fail", "FIRST_SUPERUSER_PASSWORD still hold", "openssl rand");
+    assert!(!report.outcome.stdout.contains("changethis"), "the placeholder secret is not repeated");
+}
+
+#[test]
+fn where_the_database_is() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    cluster.stop();
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "localhost")]);
+    let report = doctor(&project, &["--context", "container"], &[]);
+    report.expect(
+        "location.host",
+        "fail",
+        "POSTGRES_SERVER=localhost inside a container points at the container itself",
+        "`db`",
+    );
+    report.expect("network.tcp", "fail", "refused: nothing listens there", "inside a container");
+    report.expect("postgres.connect", "skipped", "cannot be reached", "");
+    doctor(&project, &["--context", "kubernetes"], &[]).expect("location.host", "warn", "sidecar", "Service");
+
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal")]);
+    doctor(&project, &["--context", "host"], &[]).expect(
+        "location.host",
+        "fail",
+        "does not resolve on a Linux host",
+        "POSTGRES_SERVER=localhost",
+    );
+
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "db.does-not-exist.invalid")]);
+    let report = doctor(&project, &["--context", "host"], &[]);
+    report.expect("location.resolve", "fail", "does not resolve", "does not resolve on this machine");
+    report.expect("network.tcp", "skipped", "", "");
+}
+
+#[test]
+fn postgres_refusals() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[("POSTGRES_PASSWORD", "wrong")]);
+    doctor(&project, &[], &[]).expect(
+        "postgres.connect",
+        "fail",
+        "password authentication failed",
+        "data volume keeps the password",
+    );
+    project.write_env(&cluster, &[("POSTGRES_DB", "missing")]);
+    doctor(&project, &[], &[]).expect("postgres.connect", "fail", "database \"missing\" does not exist", "createdb");
+    project.write_env(&cluster, &[("POSTGRES_SSLMODE", "require")]);
+    doctor(&project, &[], &[]).expect("postgres.connect", "fail", "TLS", "turn on ssl in postgresql.conf");
+
+    std::fs::write(cluster.data().join("pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 reject\n")
+        .expect("pg_hba");
+    cluster.reload();
+    project.write_env(&cluster, &[]);
+    doctor(&project, &[], &[]).expect("postgres.connect", "fail", "pg_hba.conf", "pg_hba.conf");
+}
+
+#[test]
+fn a_role_without_create_on_the_schema() {
+    let cluster = Cluster::started();
+    cluster.psql("postgres", "CREATE ROLE app_user LOGIN PASSWORD 'app user pw'");
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[("POSTGRES_USER", "app_user"), ("POSTGRES_PASSWORD", "app user pw")]);
+    doctor(&project, &[], &[]).expect(
+        "postgres.create_privilege",
+        "fail",
+        "app_user may not create tables in schema public",
+        "GRANT CREATE ON SCHEMA public TO \"app_user\"",
+    );
+    cluster.psql("app", "GRANT CREATE ON SCHEMA public TO app_user");
+    doctor(&project, &[], &[]).expect("postgres.create_privilege", "ok", "may create tables", "");
+}
+
+#[test]
+fn listen_addresses_too_narrow_for_containers() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    // On the host, prestart connects over 127.0.0.1; the compose containers use host.docker.internal.
+    project.write_env(&cluster, &[]);
+    project.write("compose.env", &format!("POSTGRES_SERVER=host.docker.internal\nPOSTGRES_PORT={}\n", cluster.port));
+    project.write(
+        "docker-compose.yml",
+        "services:\n  prestart:\n    image: app\n    command: [\"/app/xtask\", \"prestart\"]\n    env_file: [compose.env]\n    \
+         extra_hosts: [\"host.docker.internal:host-gateway\"]\n",
+    );
+    let report = doctor(&project, &[], &[]);
+    report.expect("postgres.listen_addresses", "fail", "listen_addresses = '127.0.0.1'", "listen_addresses = '*'");
+}
+
+#[test]
+fn migrations_on_disk() {
+    let (_cluster, project) = healthy();
+    let first = project.path().join("migrations/20261125090000_create_users.sql");
+    let text = std::fs::read_to_string(&first).expect("read");
+    std::fs::write(&first, format!("\u{feff}{}", text.replace('\n', "\r\n"))).expect("write");
+    project.write("migrations/20261201000000_pair.up.sql", "CREATE TABLE pair (id int);\n");
+    project.write("migrations/20261201000001.sql", "SELECT 1;\n");
+    let report = doctor(&project, &[], &[]);
+    report.expect("migrations.line_endings", "warn", "CRLF line endings in 20261125090000_create_users.sql", "eol=lf");
+    report.expect("migrations.line_endings", "warn", "a byte-order mark in 20261125090000_create_users.sql", "");
+    report.expect("migrations.reversible_pairs", "fail", "20261201000000_pair.down.sql", "add the missing files");
+    report.expect("migrations.files", "warn", "20261201000001.sql", "rename");
+    report.expect("migrations.changed", "fail", "20261125090000_create_users.sql", "new migration");
+    report.expect("migrations.pending", "warn", "1 pending: 20261201000000 pair", "prestart applies them");
+
+    project.write("migrations/20261201000002_dup.sql", "SELECT 1;\n");
+    project.write("migrations/20261201000002_again.sql", "SELECT 2;\n");
+    doctor(&project, &[], &[]).expect("migrations.files", "fail", "two migrations share version 20261201000002", "");
+}
+
+#[test]
+fn migrations_against_the_database() {
+    let (cluster, project) = healthy();
+    cluster.psql(
+        "app",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES \
+         (20990101000000, 'from the future', true, '\\x00', 0), (20990101000001, 'halfway', false, '\\x00', 0)",
+    );
+    project.write("migrations/20200101000000_late_merge.sql", "CREATE TABLE late (id int);\n");
+    // An interrupted CREATE INDEX CONCURRENTLY, for real: it fails on duplicates and stays INVALID.
+    cluster.psql("app", "CREATE TABLE dupes (x int); INSERT INTO dupes VALUES (1), (1)");
+    let _ = cluster.psql_command("app").args(["-c", "CREATE UNIQUE INDEX CONCURRENTLY dupes_x ON dupes (x)"]).output();
+    let report = doctor(&project, &[], &[]);
+    report.expect("migrations.unknown", "warn", "20990101000000 from the future", "newer release");
+    report.expect("migrations.failed", "fail", "20990101000001 halfway", "delete its row");
+    report.expect("migrations.out_of_order", "warn", "20200101000000 late merge", "out of order");
+    report.expect("migrations.invalid_indexes", "fail", "dupes_x", "DROP INDEX CONCURRENTLY dupes_x;");
+}
+
+#[test]
+fn a_held_migration_lock_is_named() {
+    let (cluster, project) = healthy();
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let key = 0x3d32_ad9e * i64::from(CRC.checksum(b"app"));
+    let mut holder = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
+    let stdin = holder.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "SET application_name = 'stuck-deploy'; SELECT pg_advisory_lock({key});").expect("send");
+    stdin.flush().expect("flush");
+    assert!(eventually(Duration::from_secs(10), || cluster
+        .psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        == "1"));
+    doctor(&project, &[], &[]).expect("migrations.lock", "warn", "stuck-deploy", "pg_terminate_backend");
+    drop(holder.stdin.take());
+    holder.wait().expect("psql exits");
+}
+
+const GOOD_COMPOSE: &str = r#"services:
+  prestart:
+    image: app
+    command: ["/app/xtask", "prestart"]
+    env_file: .env
+    extra_hosts: ["host.docker.internal:host-gateway"]
+  backend:
+    image: app
+    env_file: .env
+    depends_on:
+      prestart:
+        condition: service_completed_successfully
+  worker:
+    image: app
+    env_file: .env
+    depends_on:
+      prestart:
+        condition: service_completed_successfully
+  db:
+    image: postgres:17
+    profiles: [db]
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -h 127.0.0.1 -U postgres"]
+"#;
+
+#[test]
+fn compose_files_with_each_mistake() {
+    let (_cluster, project) = healthy();
+    project.write("docker-compose.yml", GOOD_COMPOSE);
+    let report = doctor(&project, &[], &[]);
+    for id in [
+        "compose.prestart_service",
+        "compose.backend_waits",
+        "compose.worker_waits",
+        "compose.same_image",
+        "compose.same_env_file",
+        "compose.extra_hosts",
+        "compose.db_healthcheck",
+    ] {
+        report.expect(id, "ok", "", "");
+    }
+    report.expect("compose.file", "ok", "resolved by `docker", "");
+    // The compose containers would get POSTGRES_SERVER=127.0.0.1 from .env: a warning on the host.
+    report.expect(
+        "location.containers_view",
+        "warn",
+        "POSTGRES_SERVER=127.0.0.1, which is the container itself",
+        "host.docker.internal",
+    );
+
+    let broken = |from: &str, to: &str| GOOD_COMPOSE.replacen(from, to, 1);
+    for (compose, id, message, hint) in [
+        (
+            broken("condition: service_completed_successfully", "condition: service_started"),
+            "compose.backend_waits",
+            "condition service_started",
+            "service_completed_successfully",
+        ),
+        (
+            broken(
+                "    depends_on:\n      prestart:\n        condition: service_completed_successfully\n  db:",
+                "  db:",
+            ),
+            "compose.worker_waits",
+            "does not depend on prestart",
+            "depends_on",
+        ),
+        (
+            broken("  backend:\n    image: app", "  backend:\n    image: other"),
+            "compose.same_image",
+            "backend uses image other",
+            "the backend's image",
+        ),
+        (
+            broken(
+                "  backend:\n    image: app\n    env_file: .env",
+                "  backend:\n    image: app\n    env_file: other.env",
+            ),
+            "compose.same_env_file",
+            "other.env",
+            "env_file: .env",
+        ),
+        (
+            broken("command: [\"/app/xtask\", \"prestart\"]", "command: [\"/app/backend\"]"),
+            "compose.prestart_service",
+            "not the prestart task",
+            "prestart",
+        ),
+        (
+            broken("    env_file: .env\n    extra_hosts", "    env_file: .env\n    restart: always\n    extra_hosts"),
+            "compose.prestart_service",
+            "restart: always",
+            "must not restart",
+        ),
+        (
+            broken("pg_isready -h 127.0.0.1 -U postgres", "pg_isready -U postgres"),
+            "compose.db_healthcheck",
+            "Unix socket",
+            "-h 127.0.0.1",
+        ),
+        (
+            broken("  prestart:\n    image: app", "  migrate:\n    image: app"),
+            "compose.prestart_service",
+            "no `prestart` service",
+            "one-shot",
+        ),
+        (
+            broken("  prestart:\n    image: app", "  migrate:\n    image: app"),
+            "compose.file",
+            "prestart",
+            "read it as written",
+        ),
+        ("services: [oops".to_owned(), "compose.file", "", "fix the compose file"),
+    ] {
+        project.write("other.env", "POSTGRES_SERVER=db\n");
+        project.write("docker-compose.yml", &compose);
+        doctor(&project, &[], &[]).expect(id, "fail", message, hint);
+    }
+}
+
+#[test]
+fn compose_without_a_compose_tool_reads_the_yaml() {
+    let (cluster, project) = healthy();
+    project.write("compose.env", &format!("POSTGRES_SERVER=host.docker.internal\nPOSTGRES_PORT={}\n", cluster.port));
+    project.write(
+        "docker-compose.yml",
+        &GOOD_COMPOSE.replace(
+            "env_file: .env\n    extra_hosts: [\"host.docker.internal:host-gateway\"]",
+            "env_file: compose.env",
+        ),
+    );
+    let report = doctor(&project, &[], &[("PATH".to_owned(), "/nonexistent".to_owned())]);
+    report.expect("compose.file", "ok", "read as written", "");
+    report.expect(
+        "compose.extra_hosts",
+        "fail",
+        "prestart uses host.docker.internal without mapping it",
+        "host-gateway",
+    );
+}

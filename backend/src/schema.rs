@@ -22,6 +22,11 @@ pub struct MigrationSettings {
     pub create_schemas: Vec<String>,
     /// `migrations-dir`, relative to the folder holding `sqlx.toml`.
     pub migrations_dir: String,
+    /// `defaults.migration-type`: `Some(true)` reversible, `Some(false)` simple, `None` inferred.
+    pub reversible_by_default: Option<bool>,
+    /// `defaults.migration-versioning`: `Some(true)` sequential, `Some(false)` timestamps, `None`
+    /// inferred.
+    pub sequential_versions: Option<bool>,
 }
 
 impl Default for MigrationSettings {
@@ -31,6 +36,8 @@ impl Default for MigrationSettings {
             ignored_chars: BTreeSet::new(),
             create_schemas: Vec::new(),
             migrations_dir: "migrations".into(),
+            reversible_by_default: None,
+            sequential_versions: None,
         }
     }
 }
@@ -42,7 +49,20 @@ impl MigrationSettings {
         let config = sqlx::_unstable::config::Config::try_from_path_or_default(path.clone())
             .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
         let migrate = config.migrate;
+        use sqlx::_unstable::config::migrate::{DefaultMigrationType, DefaultVersioning};
+        let reversible_by_default = match migrate.defaults.migration_type {
+            DefaultMigrationType::Inferred => None,
+            DefaultMigrationType::Simple => Some(false),
+            DefaultMigrationType::Reversible => Some(true),
+        };
+        let sequential_versions = match migrate.defaults.migration_versioning {
+            DefaultVersioning::Inferred => None,
+            DefaultVersioning::Timestamp => Some(false),
+            DefaultVersioning::Sequential => Some(true),
+        };
         Ok(MigrationSettings {
+            reversible_by_default,
+            sequential_versions,
             table_name: migrate.table_name().to_owned(),
             migrations_dir: migrate.migrations_dir().to_owned(),
             ignored_chars: migrate.ignored_chars,

@@ -9,7 +9,9 @@ mod diagnose;
 mod doctor;
 mod exit;
 mod interrupt;
+mod lint;
 mod migrate;
+mod new_migration;
 mod prestart;
 mod seed;
 mod test;
@@ -37,6 +39,10 @@ enum Command {
     WaitForDb(wait::Args),
     /// Apply pending migrations (`migrate status` to compare files and database)
     Migrate(migrate::Args),
+    /// Create a migration file with a version greater than every existing one
+    NewMigration(new_migration::Args),
+    /// Report migration statements that lock or break a live database; exit 1 when one is found
+    LintMigrations(lint::command::Args),
     /// Create the first superuser and default settings if they are missing
     Seed(seed::Args),
     /// Run the whole stack on this machine without Docker: database, prestart, backend and worker
@@ -61,6 +67,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(args),
         Command::WaitForDb(args) => wait::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::NewMigration(args) => new_migration::run(args),
+        Command::LintMigrations(args) => lint::command::run(args),
         Command::Seed(args) => seed::run(args),
         Command::Dev(args) => dev::run(args),
         Command::DevDb(args) => dev_db::run(args),

@@ -233,13 +233,34 @@ fn migrations_on_disk() {
     std::fs::write(&first, format!("\u{feff}{}", text.replace('\n', "\r\n"))).expect("write");
     project.write("migrations/20261201000000_pair.up.sql", "CREATE TABLE pair (id int);\n");
     project.write("migrations/20261201000001.sql", "SELECT 1;\n");
+    project.write(
+        "migrations/20261201000003_index.sql",
+        "CREATE INDEX CONCURRENTLY users_created ON users (created_at);\n",
+    );
     let report = doctor(&project, &[], &[]);
+    report.expect(
+        "migrations.transactions",
+        "fail",
+        "20261201000003_index.sql:1: CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
+        "-- no-transaction",
+    );
+    report.expect(
+        "migrations.lint",
+        "warn",
+        "20261201000003_index.sql:1: needs-no-transaction",
+        "cargo xtask lint-migrations",
+    );
     report.expect("migrations.line_endings", "warn", "CRLF line endings in 20261125090000_create_users.sql", "eol=lf");
     report.expect("migrations.line_endings", "warn", "a byte-order mark in 20261125090000_create_users.sql", "");
     report.expect("migrations.reversible_pairs", "fail", "20261201000000_pair.down.sql", "add the missing files");
     report.expect("migrations.files", "warn", "20261201000001.sql", "rename");
     report.expect("migrations.changed", "fail", "20261125090000_create_users.sql", "new migration");
-    report.expect("migrations.pending", "warn", "1 pending: 20261201000000 pair", "prestart applies them");
+    report.expect(
+        "migrations.pending",
+        "warn",
+        "2 pending: 20261201000000 pair, 20261201000003 index",
+        "prestart applies them",
+    );
 
     project.write("migrations/20261201000002_dup.sql", "SELECT 1;\n");
     project.write("migrations/20261201000002_again.sql", "SELECT 2;\n");

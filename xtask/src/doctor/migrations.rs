@@ -7,6 +7,8 @@ use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::context::display_path;
+use crate::lint::command::lint_set;
+use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
 use crate::migrate::{lock_holder, lock_key};
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
@@ -88,7 +90,27 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         })
     });
 
+    doctor.check(Area::Migrations, "migrations.transactions", || {
+        let Ok((set, _, _)) = &loaded else { return Ok(Outcome::skipped("the migrations cannot be read")) };
+        // Statements the parser cannot read are the linter's to report, not this check's.
+        let mut findings = lint_set(set, &[&NeedsNoTransaction, &NoTransactionSingleStatement], |_| true);
+        findings.retain(|f| f.rule != UNPARSED);
+        Ok(if findings.is_empty() {
+            Outcome::ok("every statement can run the way its file runs it (in a transaction or not)")
+        } else {
+            Outcome::fail(
+                findings
+                    .iter()
+                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.why))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                findings.first().map(|f| f.safe.clone()).unwrap_or_default(),
+            )
+        })
+    });
+
     let ids = [
+        "migrations.lint",
         "migrations.pending",
         "migrations.changed",
         "migrations.failed",
@@ -118,6 +140,26 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         }
     };
     state_checks(doctor, set, &status);
+
+    doctor.check(Area::Migrations, "migrations.lint", || {
+        let pending: Vec<i64> = status.with_state(State::Pending).map(|e| e.version).collect();
+        if pending.is_empty() {
+            return Ok(Outcome::ok("no pending migration to lint"));
+        }
+        let findings = lint_set(set, RULES, |file| pending.contains(&file.migration.version));
+        Ok(if findings.is_empty() {
+            Outcome::ok(format!("the {} pending migrations are safe for a live database", pending.len()))
+        } else {
+            Outcome::warn(
+                findings
+                    .iter()
+                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.rule))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                "see `cargo xtask lint-migrations` for why each hurts a live database and the safe way",
+            )
+        })
+    });
 
     doctor
         .check_async(Area::Migrations, "migrations.invalid_indexes", async {

@@ -60,10 +60,30 @@ pub struct DevCluster<'a> {
 const SERVER_USER: &str = "postgres";
 
 impl<'a> DevCluster<'a> {
+    /// The cluster of `target/dev-db/`.
     pub fn new(sh: &'a Shell) -> anyhow::Result<Self> {
+        Self::in_dir(sh, root().join("target").join("dev-db"))
+    }
+
+    /// A cluster in `dir` (the benchmarks keep theirs apart from the developer's).
+    pub fn in_dir(sh: &'a Shell, dir: PathBuf) -> anyhow::Result<Self> {
         let bin = ensure_server_bindir(sh)?;
         let is_root = cmd!(sh, "id -u").quiet().read().map(|uid| uid.trim() == "0").unwrap_or(false);
-        Ok(DevCluster { sh, dir: root().join("target").join("dev-db"), bin, run_as: is_root.then_some(SERVER_USER) })
+        Ok(DevCluster { sh, dir, bin, run_as: is_root.then_some(SERVER_USER) })
+    }
+
+    /// Starts the server without waiting until it accepts connections.
+    pub fn start_in_background(&self) -> anyhow::Result<()> {
+        let (data, log) = (self.data(), self.log());
+        self.server_cmd("pg_ctl").args(["start", "-D"]).arg(&data).arg("-l").arg(&log).quiet().ignore_stdout().run()?;
+        Ok(())
+    }
+
+    /// `pg_isready` over TCP answers yes. It is a client: it runs as us, with no `runuser` in
+    /// between to slow the polling down.
+    pub fn is_ready(&self, port: u16) -> bool {
+        let (program, port) = (self.bin.join("pg_isready"), port.to_string());
+        cmd!(self.sh, "{program} -q -h 127.0.0.1 -p {port}").quiet().run().is_ok()
     }
 
     fn data(&self) -> PathBuf {

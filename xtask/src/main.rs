@@ -2,6 +2,7 @@
 //!
 //! This file only parses the command line and dispatches; each command lives in its own module.
 
+mod bench;
 mod context;
 mod dev;
 mod dev_db;
@@ -49,6 +50,8 @@ enum Command {
     Dev(dev::Args),
     /// Manage the local PostgreSQL cluster under target/dev-db/
     DevDb(dev_db::Args),
+    /// Print the speed figures: no-op prestart, wait detection, migrations, concurrency, build times
+    Bench(bench::Args),
     /// Run the whole test suite (installs the PostgreSQL server binaries where missing, as root)
     Test(test::Args),
 }
@@ -73,5 +76,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args),
         Command::DevDb(args) => dev_db::run(args),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

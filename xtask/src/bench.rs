@@ -1,0 +1,364 @@
+//! `cargo xtask bench`: the figures behind every speed claim, measured on the release binary
+//! against a real local cluster (kept under `target/bench-db/`, apart from `dev-db`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use backend::config::{DatabaseSettings, Env};
+use xshell::Shell;
+
+use crate::context::{cargo, root, runtime};
+use crate::dev_db::DevCluster;
+use crate::ui;
+
+const PASSWORD: &str = "bench password";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Runs of the no-op prestart
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Trials of the wait detection latency
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Leave out the build-time figures (they clean and rebuild xtask)
+    #[arg(long)]
+    skip_build: bool,
+}
+
+/// One line of the table.
+struct Figure {
+    name: String,
+    samples: Vec<f64>,
+    unit: &'static str,
+    target: Option<(f64, &'static str)>,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, mut samples: Vec<f64>, unit: &'static str) -> Self {
+        samples.sort_by(f64::total_cmp);
+        Figure { name: name.into(), samples, unit, target: None }
+    }
+
+    fn target(mut self, limit: f64, text: &'static str) -> Self {
+        self.target = Some((limit, text));
+        self
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let index = ((self.samples.len() as f64 - 1.0) * p).round() as usize;
+        self.samples.get(index).copied().unwrap_or(f64::NAN)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let _root = sh.push_dir(root());
+    ui::step("build the release binary");
+    cargo(&sh, &["build", "--release", "--quiet", "--package", "xtask"]).run()?;
+    let binary = root().join("target/release/xtask");
+
+    let dir = root().join("target/bench-db");
+    let cluster = DevCluster::in_dir(&sh, dir.clone())?;
+    let port = free_port()?;
+    let db = bench_settings(port, "bench")?;
+    if cluster.exists() {
+        cluster.destroy()?;
+    }
+    cluster.start(&db)?;
+    let bench = Bench { binary, port, work: dir.join("work") };
+    std::fs::create_dir_all(&bench.work)?;
+
+    let mut figures = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        figures.extend(bench.noop_prestart(args.runs)?);
+        figures.push(bench.detection_latency(&cluster, args.trials)?);
+        for count in [200, 1000] {
+            figures.push(bench.apply_migrations(count)?);
+        }
+        figures.push(bench.concurrent_prestarts(16)?);
+        if let Some(sqlx) = which("sqlx") {
+            figures.extend(bench.sqlx_cli(&sqlx)?);
+        } else {
+            ui::line("sqlx-cli is not on PATH: no side-by-side figures (cargo install sqlx-cli to get them)");
+        }
+        if !args.skip_build {
+            figures.extend(build_times(&sh)?);
+        }
+        Ok(())
+    })();
+    let _ = cluster.destroy();
+    result?;
+    print_table(&figures);
+    Ok(())
+}
+
+struct Bench {
+    binary: PathBuf,
+    port: u16,
+    work: PathBuf,
+}
+
+impl Bench {
+    fn env(&self, database: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("POSTGRES_SERVER", "127.0.0.1".into()),
+            ("POSTGRES_PORT", self.port.to_string()),
+            ("POSTGRES_DB", database.into()),
+            ("POSTGRES_USER", "postgres".into()),
+            ("POSTGRES_PASSWORD", PASSWORD.into()),
+            ("POSTGRES_SSLMODE", "disable".into()),
+            ("FIRST_SUPERUSER", "admin@example.com".into()),
+            ("FIRST_SUPERUSER_PASSWORD", "bench superuser".into()),
+        ]
+    }
+
+    fn command(&self, database: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.args(args).args(["--env-file", "/nonexistent/.env", "--context", "host"]);
+        command.envs(self.env(database)).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    fn fresh_database(&self, name: &str) -> anyhow::Result<()> {
+        let db = bench_settings(self.port, "postgres")?;
+        runtime()?.block_on(async {
+            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).execute(&mut ready.conn).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
+            Ok(())
+        })
+    }
+
+    fn noop_prestart(&self, runs: usize) -> anyhow::Result<Vec<Figure>> {
+        ui::step(format!("no-op prestart on an up-to-date, seeded database ({runs} runs)"));
+        self.fresh_database("noop")?;
+        let source = root().join("migrations");
+        let source = source.to_str().context("non-UTF-8 path")?;
+        let args = ["prestart", "--source", source];
+        let first = measured(&mut self.command("noop", &args))?;
+        if !first.success {
+            bail!("the first prestart failed");
+        }
+        let mut wall = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..runs {
+            let run = measured(&mut self.command("noop", &args))?;
+            if !run.success {
+                bail!("a no-op prestart failed");
+            }
+            wall.push(run.wall.as_secs_f64() * 1000.0);
+            rss.push(run.max_rss_kb as f64 / 1024.0);
+        }
+        Ok(vec![
+            Figure::new("no-op prestart: wall time", wall, "ms").target(50.0, "< 50 ms"),
+            Figure::new("no-op prestart: peak RSS", rss, "MB").target(20.0, "< 20 MB"),
+        ])
+    }
+
+    /// From the moment `pg_isready` first succeeds to the moment `wait-for-db` exits.
+    fn detection_latency(&self, cluster: &DevCluster<'_>, trials: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("wait detection latency ({trials} trials)"));
+        let mut samples = Vec::new();
+        for _ in 0..trials {
+            cluster.stop()?;
+            let mut child = self.command("postgres", &["wait-for-db", "--wait-timeout", "60"]).spawn()?;
+            std::thread::sleep(Duration::from_millis(300));
+            cluster.start_in_background()?;
+            let ready_at = loop {
+                if cluster.is_ready(self.port) {
+                    break Instant::now();
+                }
+            };
+            let status = child.wait()?;
+            let exited_at = Instant::now();
+            if !status.success() {
+                bail!("wait-for-db failed");
+            }
+            // Negative when prestart noticed readiness before the pg_isready loop did.
+            let latency = match exited_at.checked_duration_since(ready_at) {
+                Some(after) => after.as_secs_f64(),
+                None => -ready_at.duration_since(exited_at).as_secs_f64(),
+            };
+            samples.push(latency * 1000.0);
+        }
+        Ok(Figure::new("wait detection latency (max column: p95)", samples, "ms").target(50.0, "median < 50 ms"))
+    }
+
+    fn migrations_folder(&self, count: usize) -> anyhow::Result<PathBuf> {
+        let dir = self.work.join(format!("migrations-{count}"));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            for i in 1..=count {
+                std::fs::write(dir.join(format!("{i}_create_table_{i}.sql")), format!("CREATE TABLE t{i} (id int PRIMARY KEY, note text);\n"))?;
+            }
+        }
+        Ok(dir)
+    }
+
+    fn apply_migrations(&self, count: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("apply {count} small migrations to an empty database (3 runs)"));
+        let dir = self.migrations_folder(count)?;
+        let source = dir.to_str().context("non-UTF-8 path")?;
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            self.fresh_database("many")?;
+            let run = measured(&mut self.command("many", &["migrate", "--source", source]))?;
+            if !run.success {
+                bail!("migrate of {count} migrations failed");
+            }
+            samples.push(run.wall.as_secs_f64() * 1000.0);
+        }
+        Ok(Figure::new(format!("apply {count} migrations (prestart)"), samples, "ms"))
+    }
+
+    fn concurrent_prestarts(&self, count: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("{count} prestarts at once on a fresh database (3 runs)"));
+        let source = root().join("migrations");
+        let source = source.to_str().context("non-UTF-8 path")?;
+        let mut samples = Vec::new();
+        for _ in 0..3 {
+            self.fresh_database("crowd")?;
+            let started = Instant::now();
+            let children: Vec<_> =
+                (0..count).map(|_| self.command("crowd", &["prestart", "--source", source]).spawn()).collect::<Result<_, _>>()?;
+            for mut child in children {
+                if !child.wait()?.success() {
+                    bail!("one of the concurrent prestarts failed");
+                }
+            }
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(Figure::new(format!("{count} prestarts at once, until the last exits"), samples, "ms"))
+    }
+
+    fn sqlx_cli(&self, sqlx: &Path) -> anyhow::Result<Vec<Figure>> {
+        ui::step("the same with sqlx-cli");
+        let url = format!("postgres://postgres:{}@127.0.0.1:{}/", PASSWORD.replace(' ', "%20"), self.port);
+        let mut figures = Vec::new();
+        let migrate = |database: &str, source: &Path| {
+            let mut command = Command::new(sqlx);
+            command
+                .args(["migrate", "run", "--source"])
+                .arg(source)
+                .args(["--database-url", &format!("{url}{database}?sslmode=disable")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            measured(&mut command)
+        };
+        let source = root().join("migrations");
+        self.fresh_database("sqlx_noop")?;
+        migrate("sqlx_noop", &source)?;
+        let mut noop = Vec::new();
+        for _ in 0..10 {
+            noop.push(migrate("sqlx_noop", &source)?.wall.as_secs_f64() * 1000.0);
+        }
+        figures.push(Figure::new("sqlx migrate run, no-op", noop, "ms"));
+        for count in [200, 1000] {
+            let dir = self.migrations_folder(count)?;
+            let mut samples = Vec::new();
+            for _ in 0..3 {
+                self.fresh_database("sqlx_many")?;
+                samples.push(migrate("sqlx_many", &dir)?.wall.as_secs_f64() * 1000.0);
+            }
+            figures.push(Figure::new(format!("apply {count} migrations (sqlx migrate run)"), samples, "ms"));
+        }
+        Ok(figures)
+    }
+}
+
+fn build_times(sh: &Shell) -> anyhow::Result<Vec<Figure>> {
+    ui::step("build time of xtask (debug, as `cargo xtask` builds it)");
+    let time = |args: &[&str]| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        cargo(sh, args).quiet().ignore_stderr().run()?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    cargo(sh, &["clean", "--package", "xtask"]).quiet().ignore_stderr().run()?;
+    let cold = time(&["build", "--package", "xtask"])?;
+    let migration = root().join("migrations").read_dir()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "sql"));
+    if let Some(migration) = &migration {
+        let text = std::fs::read(migration)?;
+        std::fs::write(migration, &text)?;
+    }
+    let incremental = time(&["build", "--package", "xtask"])?;
+    Ok(vec![
+        Figure::new("cargo build -p xtask after cargo clean -p xtask", vec![cold], "s"),
+        Figure::new("cargo build -p xtask after touching a migration", vec![incremental], "s"),
+    ])
+}
+
+fn print_table(figures: &[Figure]) {
+    println!("{:<52} {:>10} {:>10} {:>10}  target", "benchmark", "median", "min", "max");
+    for figure in figures {
+        let median = figure.percentile(0.5);
+        let verdict = match figure.target {
+            Some((limit, text)) => format!("{text} {}", if median < limit { "✓" } else { "✗" }),
+            None => String::new(),
+        };
+        let max = if figure.name.starts_with("wait detection") { figure.percentile(0.95) } else { figure.percentile(1.0) };
+        println!(
+            "{:<52} {:>7.1} {:<2} {:>7.1} {:<2} {:>7.1} {:<2}  {verdict}",
+            figure.name,
+            median,
+            figure.unit,
+            figure.percentile(0.0),
+            figure.unit,
+            max,
+            figure.unit
+        );
+    }
+}
+
+/// Wall time, peak RSS and success of one run.
+struct Measured {
+    wall: Duration,
+    max_rss_kb: i64,
+    success: bool,
+}
+
+/// Runs `command` and reads its own peak RSS with wait4, which reports the child's usage alone.
+fn measured(command: &mut Command) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let child = command.spawn().context("cannot start the benchmarked program")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it and the status for our own
+    // child, which `child` (dropped unwaited) never reaps.
+    #[allow(unsafe_code)]
+    let (waited, usage) = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        (libc::wait4(pid, &mut status, 0, &mut usage), usage)
+    };
+    let wall = started.elapsed();
+    drop(child);
+    if waited != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(Measured { wall, max_rss_kb: usage.ru_maxrss, success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 })
+}
+
+fn bench_settings(port: u16, database: &str) -> anyhow::Result<DatabaseSettings> {
+    let port = port.to_string();
+    let env = Env::from_pairs([
+        ("POSTGRES_SERVER", "127.0.0.1"),
+        ("POSTGRES_PORT", port.as_str()),
+        ("POSTGRES_DB", database),
+        ("POSTGRES_USER", "postgres"),
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("POSTGRES_SSLMODE", "disable"),
+    ]);
+    Ok(DatabaseSettings::from_env(&env)?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}

@@ -24,6 +24,8 @@ pub struct Args {
     db: DbArgs,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    migrate: MigrateOptions,
     /// Prepare the database and stop: do not run backend and worker
     #[arg(long)]
     no_services: bool,
@@ -64,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    prestart::run(prestart::Args { db: args.db.clone(), source: args.source, migrate: MigrateOptions::default() })?;
+    prestart::run(prestart::Args { db: args.db.clone(), source: args.source, migrate: args.migrate })?;
     if args.no_services {
         return Ok(());
     }

@@ -14,7 +14,10 @@ use sqlx::Row;
 use sqlx::migrate::{Migrate, MigrateError};
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 
-use crate::context::{DbArgs, SourceArgs, display_path, runtime};
+use backend::config::DatabaseSettings;
+use backend::db::Ready;
+
+use crate::context::{DbArgs, Loaded, SourceArgs, display_path, runtime};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
@@ -56,7 +59,7 @@ struct StatusArgs {
 }
 
 /// How the migrate step behaves; shared by `migrate` and `prestart`.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct MigrateOptions {
     /// Give up waiting for another session's migration lock after this many seconds (default: the
     /// wait timeout, so replicas wait while one of them migrates)
@@ -66,6 +69,24 @@ pub struct MigrateOptions {
     /// newer release or a rollback leaves them)
     #[arg(long)]
     pub strict: bool,
+    /// Give up a migration statement that waits this many seconds for another session's lock,
+    /// naming that session, instead of hanging (and queueing every query behind it); 0 waits
+    /// forever; a migration that sets its own lock_timeout wins
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub statement_lock_timeout: u64,
+}
+
+impl MigrateOptions {
+    pub fn plan<'a>(&self, set: &'a MigrationSet, settings: &'a MigrationSettings, dir: &'a Path, wait: Duration) -> Plan<'a> {
+        Plan {
+            set,
+            settings,
+            dir,
+            lock_timeout: self.lock_timeout.map_or(wait, Duration::from_secs),
+            statement_lock_timeout: Duration::from_secs(self.statement_lock_timeout),
+            strict: self.strict,
+        }
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -75,14 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
-    let lock_timeout = args.options.lock_timeout.map_or(wait, Duration::from_secs);
-    let plan = Plan { set: &set, settings: &settings, dir: &dir, lock_timeout, strict: args.options.strict };
+    let plan = args.options.plan(&set, &settings, &dir, wait);
     let db = &loaded.settings.database;
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(db, &active, async {
         let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
-        migrate_step(&mut ready.conn, &plan).await
+        migrate_step(&mut ready, &plan, &Reconnect { loaded: &loaded, wait, active: &active }).await
     }))
 }
 
@@ -92,16 +112,46 @@ pub struct Plan<'a> {
     pub settings: &'a MigrationSettings,
     pub dir: &'a Path,
     pub lock_timeout: Duration,
+    /// `lock_timeout` for migration statements; zero turns it off.
+    pub statement_lock_timeout: Duration,
     pub strict: bool,
 }
 
+/// How to get a new connection when the server restarts before anything was applied.
+pub struct Reconnect<'a> {
+    pub loaded: &'a Loaded,
+    pub wait: Duration,
+    pub active: &'a ActiveBackend,
+}
+
+impl Reconnect<'_> {
+    /// Replaces `ready` with a new connection when `error` is one that waiting can fix.
+    async fn after(&self, ready: &mut Ready, error: sqlx::Error) -> anyhow::Result<()> {
+        match backend::db::Failure::classify(&error, &self.loaded.settings.database) {
+            backend::db::Failure::Retry(reason) => {
+                ui::line(format!("lost the connection before migrating ({reason}): connecting again"));
+                *ready = wait_step(self.loaded, self.wait).await?;
+                self.active.set(Some(ready.backend_pid));
+                Ok(())
+            }
+            backend::db::Failure::Fatal(_) => Err(fail(Failure::Migration, error)),
+        }
+    }
+}
+
 /// Applies pending migrations under the migration lock, which is released on every path.
-pub async fn migrate_step(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<()> {
+pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconnect<'_>) -> anyhow::Result<()> {
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
     let started = Instant::now();
-    let key = lock_key(conn).await.map_err(|e| fail(Failure::Migration, e))?;
-    acquire_lock(conn, key, plan.lock_timeout).await?;
-    let result = apply_pending(conn, plan).await;
+    let key = loop {
+        match lock_key(&mut ready.conn).await {
+            Ok(key) => break key,
+            Err(error) => reconnect.after(ready, error).await?,
+        }
+    };
+    acquire_lock(ready, key, plan.lock_timeout, reconnect).await?;
+    let result = apply_pending(ready, plan, &reconnect.loaded.settings.database).await;
+    let conn = &mut ready.conn;
     // After a failed statement sqlx has queued the ROLLBACK, which runs before this. If the
     // connection itself is gone, so is the lock.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await;
@@ -121,23 +171,35 @@ pub async fn lock_key(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
     Ok(0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes())))
 }
 
-async fn acquire_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> anyhow::Result<()> {
+/// Polls the lock until it is ours or `timeout` passes; a server restart while we wait (which
+/// also ends the holder's session) costs a reconnect.
+async fn acquire_lock(ready: &mut Ready, key: i64, timeout: Duration, reconnect: &Reconnect<'_>) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_report: Option<Instant> = None;
     loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| fail(Failure::Migration, e))?;
+        let attempt = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut ready.conn).await;
+        let locked: bool = match attempt {
+            Ok(locked) => locked,
+            Err(error) => {
+                reconnect.after(ready, error).await?;
+                continue;
+            }
+        };
+        let conn = &mut ready.conn;
         if locked {
             if last_report.is_some() {
                 ui::line(format!("got the migration lock after {}", ui::duration(started.elapsed())));
             }
             return Ok(());
         }
+        let timed_out = started.elapsed() >= timeout;
+        let report_due = last_report.is_none_or(|at| at.elapsed() >= LOCK_REPORT_EVERY);
+        if !(timed_out || report_due) {
+            tokio::time::sleep(LOCK_POLL).await;
+            continue;
+        }
         let holder = lock_holder(conn, key).await.unwrap_or_else(|e| format!("unknown session ({e})"));
-        if started.elapsed() >= timeout {
+        if timed_out {
             return Err(fail(
                 Failure::Migration,
                 anyhow!(
@@ -147,13 +209,11 @@ async fn acquire_lock(conn: &mut PgConnection, key: i64, timeout: Duration) -> a
                 ),
             ));
         }
-        if last_report.is_none_or(|at| at.elapsed() >= LOCK_REPORT_EVERY) {
-            last_report = Some(Instant::now());
-            ui::line(format!(
-                "waiting for the migration lock held by {holder} ({} s left)",
-                timeout.saturating_sub(started.elapsed()).as_secs()
-            ));
-        }
+        last_report = Some(Instant::now());
+        ui::line(format!(
+            "waiting for the migration lock held by {holder} ({} s left)",
+            timeout.saturating_sub(started.elapsed()).as_secs()
+        ));
         tokio::time::sleep(LOCK_POLL).await;
     }
 }
@@ -188,7 +248,9 @@ pub async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<String, sq
 }
 
 /// Checks what is applied, then applies what is pending; returns how many were applied.
-async fn apply_pending(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<usize> {
+async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings) -> anyhow::Result<usize> {
+    let backend_pid = ready.backend_pid;
+    let conn = &mut ready.conn;
     let table = plan.settings.table_name.as_str();
     let prepare = async {
         for schema in &plan.settings.create_schemas {
@@ -207,10 +269,28 @@ async fn apply_pending(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Resu
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
         .collect();
+    let lock_timeout = format!("SET lock_timeout = {}", plan.statement_lock_timeout.as_millis());
     for file in &pending {
         ui::line(format!("applying {}", file.name()));
-        let elapsed =
-            conn.apply(table, &file.migration).await.map_err(|e| fail(Failure::Migration, explain_failure(e, file)))?;
+        // Set before each migration: one that sets its own (SET, not SET LOCAL) would keep it.
+        sqlx::query(sqlx::AssertSqlSafe(lock_timeout.clone())).execute(&mut *conn).await.map_err(|e| fail(Failure::Migration, e))?;
+        let blockers = Blockers::default();
+        let applied = tokio::select! {
+            applied = conn.apply(table, &file.migration) => applied,
+            never = blockers.watch(db, backend_pid) => match never {},
+        };
+        let elapsed = match applied {
+            Ok(elapsed) => elapsed,
+            Err(error) => {
+                let mut explained = explain_failure(error, file, &blockers, plan);
+                if file.migration.no_tx
+                    && let Some(note) = invalid_indexes_note(conn).await
+                {
+                    explained = anyhow!("{explained}\n  note: {note}");
+                }
+                return Err(fail(Failure::Migration, explained));
+            }
+        };
         ui::line(format!(
             "applied {} {} ({})",
             file.migration.version,
@@ -269,7 +349,7 @@ fn refuse_inconsistent(status: &Status, plan: &Plan<'_>) -> anyhow::Result<()> {
 }
 
 /// Names the file, Postgres's message and SQLSTATE, and the line when Postgres gives a position.
-fn explain_failure(error: MigrateError, file: &MigrationFile) -> anyhow::Error {
+fn explain_failure(error: MigrateError, file: &MigrationFile, blockers: &Blockers, plan: &Plan<'_>) -> anyhow::Error {
     let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
     let partial = if file.migration.no_tx {
         "\n  note: this migration runs without a transaction: statements before the failing one stay applied; \
@@ -297,6 +377,14 @@ fn explain_failure(error: MigrateError, file: &MigrationFile) -> anyhow::Error {
     }
     if let Some(hint) = pg.hint() {
         message.push_str(&format!("\n  hint: {hint}"));
+    }
+    if pg.code() == "55P03" {
+        message.push_str(&format!(
+            "\n  it waited {} s (--statement-lock-timeout) for a lock held by {}: let that transaction finish or end it \
+             (SELECT pg_terminate_backend(pid)), then rerun; or raise --statement-lock-timeout",
+            plan.statement_lock_timeout.as_secs(),
+            blockers.describe()
+        ));
     }
     message.push_str(partial);
     anyhow!(message)
@@ -364,4 +452,71 @@ mod tests {
         assert_eq!(line_of(sql, 12), 2);
         assert_eq!(line_of(sql, sql.find("SELEC").expect("present") + 1), 3);
     }
+}
+
+/// The sessions that block our migration statement, watched from a second connection: once the
+/// statement gives up, the server no longer says who blocked it.
+#[derive(Default)]
+struct Blockers(std::cell::RefCell<Vec<String>>);
+
+impl Blockers {
+    /// Never returns: raced against the migration, it ends when the migration does.
+    async fn watch(&self, db: &DatabaseSettings, blocked_pid: i32) -> std::convert::Infallible {
+        // Most migrations finish before this; only slow ones pay for a second connection.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut watcher = backend::db::connect_once(db, "prestart-watch", Duration::from_secs(5)).await.ok();
+        loop {
+            if let Some(ready) = watcher.as_mut() {
+                let found: Result<Vec<(i32, String, String)>, _> = sqlx::query_as(
+                    "SELECT pid, coalesce(nullif(application_name, ''), 'no application name'), \
+                            coalesce(split_part(ltrim(query), E'\\n', 1), '') \
+                     FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))",
+                )
+                .bind(blocked_pid)
+                .fetch_all(&mut ready.conn)
+                .await;
+                if let Ok(found) = found
+                    && !found.is_empty()
+                {
+                    *self.0.borrow_mut() = found
+                        .into_iter()
+                        .map(|(pid, app, query)| format!("pid {pid} ({app}, running `{}`)", query.chars().take(80).collect::<String>()))
+                        .collect();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        let found = self.0.borrow();
+        if found.is_empty() { "another session".to_owned() } else { found.join(", ") }
+    }
+}
+
+/// An interrupted or failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index that makes the
+/// rerun fail with "already exists"; name it and the fix.
+async fn invalid_indexes_note(conn: &mut PgConnection) -> Option<String> {
+    let invalid = invalid_indexes(conn).await.ok()?;
+    (!invalid.is_empty()).then(|| {
+        format!("INVALID indexes are left behind ({}): {}", invalid.join(", "), drop_invalid_indexes_fix(&invalid))
+    })
+}
+
+/// Indexes left INVALID, by an interrupted or failed `CREATE INDEX CONCURRENTLY`.
+pub async fn invalid_indexes(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+pub fn drop_invalid_indexes_fix(invalid: &[String]) -> String {
+    format!(
+        "drop them ({}), then rerun prestart, which creates them again",
+        invalid.iter().map(|i| format!("DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join(" ")
+    )
 }

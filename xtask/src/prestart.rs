@@ -1,14 +1,14 @@
 //! `cargo xtask prestart`: wait for the database, migrate, seed. What the compose `prestart`
 //! service and the Kubernetes init container run; backend and worker start only after exit 0.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::context::{DbArgs, SourceArgs, runtime};
 use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::{MigrateOptions, Plan, migrate_step};
+use crate::migrate::{MigrateOptions, Reconnect, migrate_step};
 use crate::seed::{required_superuser, seed_step};
 use crate::ui;
-use crate::wait::{DEFAULT_WAIT_SECS, wait_step};
+use crate::wait::{DEFAULT_WAIT_SECS, still_ready, wait_step};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,14 +27,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let superuser = required_superuser(&loaded.settings)?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
-    let lock_timeout = args.migrate.lock_timeout.map_or(wait, Duration::from_secs);
-    let plan = Plan { set: &set, settings: &settings, dir: &dir, lock_timeout, strict: args.migrate.strict };
+    let plan = args.migrate.plan(&set, &settings, &dir, wait);
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
         // One dedicated connection serves all three steps: no pool, and no second handshake.
         let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
-        migrate_step(&mut ready.conn, &plan).await?;
+        let reconnect = Reconnect { loaded: &loaded, wait, active: &active };
+        migrate_step(&mut ready, &plan, &reconnect).await?;
+        let mut ready = still_ready(&loaded, ready, wait).await?;
+        active.set(Some(ready.backend_pid));
         seed_step(&mut ready.conn, superuser).await
     }))?;
     ui::step(format!("database ready in {}", ui::duration(started.elapsed())));

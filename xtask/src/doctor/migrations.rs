@@ -9,7 +9,7 @@ use super::{Area, Doctor, Inputs, Outcome};
 use crate::context::display_path;
 use crate::lint::command::lint_set;
 use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
-use crate::migrate::{lock_holder, lock_key};
+use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes, lock_holder, lock_key};
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
     let loaded = inputs.source.load(&inputs.root);
@@ -163,13 +163,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
 
     doctor
         .check_async(Area::Migrations, "migrations.invalid_indexes", async {
-            let invalid: Vec<String> = sqlx::query_scalar(
-                "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-            )
-            .fetch_all(&mut conn)
-            .await?;
+            let invalid = invalid_indexes(&mut conn).await?;
             Ok(if invalid.is_empty() {
                 Outcome::ok("no INVALID indexes")
             } else {
@@ -178,10 +172,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                         "INVALID indexes, left by an interrupted CREATE INDEX CONCURRENTLY: {}",
                         invalid.join(", ")
                     ),
-                    format!(
-                        "drop them ({}), then rerun prestart, which creates them again",
-                        invalid.iter().map(|i| format!("DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join(" ")
-                    ),
+                    drop_invalid_indexes_fix(&invalid),
                 )
             })
         })

@@ -1,0 +1,141 @@
+//! Faults injected for real: a killed server, a restarted one, a statement stuck behind another
+//! session's lock, an interrupted CREATE INDEX CONCURRENTLY. Nothing is lost or left half done.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use testkit::{Cluster, Migrations, Run, eventually};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+fn run(command: &str, cluster: &Cluster, migrations: &Migrations, extra: &[&str]) -> Run {
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let mut args = vec![command, "--source", &source];
+    args.extend_from_slice(extra);
+    Run::xtask(XTASK, &args, &cluster.env("app"))
+}
+
+/// A psql session kept open, fed `sql`; it holds whatever the SQL takes until dropped.
+struct Session(Child);
+
+impl Session {
+    fn open(cluster: &Cluster, sql: &str) -> Session {
+        let mut child = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("send");
+        stdin.flush().expect("flush");
+        Session(child)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+fn setup(cluster: &Cluster, sql: &str) {
+    cluster.psql("app", sql);
+}
+
+#[test]
+fn a_statement_stuck_behind_a_lock_fails_naming_the_blocking_session() {
+    let cluster = Cluster::started();
+    setup(&cluster, "CREATE TABLE accounts (id int)");
+    let migrations = Migrations::empty();
+    migrations.write("1_add_column.sql", "ALTER TABLE accounts ADD COLUMN note text;\n");
+    let _holder = Session::open(&cluster, "SET application_name = 'long-report'; BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE;");
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'long-report' AND state = 'idle in transaction'") == "1"
+    }));
+    let outcome = run("migrate", &cluster, &migrations, &["--statement-lock-timeout", "2"]).output();
+    outcome
+        .assert_code(6)
+        .assert_stderr_contains("canceling statement due to lock timeout (SQLSTATE 55P03)")
+        .assert_stderr_contains("it waited 2 s (--statement-lock-timeout) for a lock held by pid")
+        .assert_stderr_contains("(long-report, running `LOCK TABLE accounts IN ACCESS SHARE MODE;`)")
+        .assert_stderr_contains("nothing of it was applied");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts'"), "1");
+}
+
+#[test]
+fn a_server_restart_while_waiting_for_the_migration_lock_costs_a_reconnect() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let key = 0x3d32_ad9e * i64::from(CRC.checksum(b"app"));
+    let holder = Session::open(&cluster, &format!("SELECT pg_advisory_lock({key});"));
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1"
+    }));
+    let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart'") == "1"
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.stop();
+    drop(holder);
+    cluster.start();
+    let outcome = running.wait();
+    outcome
+        .assert_code(0)
+        .assert_stderr_contains("waiting for the migration lock held by pid")
+        .assert_stderr_contains("lost the connection before migrating");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "3");
+}
+
+#[test]
+fn a_server_killed_mid_migration_leaves_no_partial_schema_and_the_rerun_applies_it() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_slow.sql", "CREATE TABLE half (id int);\nSELECT pg_sleep(30);\n");
+    let running = run("migrate", &cluster, &migrations, &["--wait-timeout", "5"]).spawn();
+    assert!(eventually(Duration::from_secs(15), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND application_name = 'prestart'") == "1"
+    }));
+    let postmaster = cluster.postmaster_pid().to_string();
+    assert!(Command::new("kill").args(["-KILL", &postmaster]).status().expect("kill").success());
+    let outcome = running.wait();
+    outcome.assert_code(6).assert_stderr_contains("1_slow.sql").assert_stderr_contains("nothing of it was applied");
+    // The postmaster is gone; its children follow. Start it again: crash recovery runs.
+    assert!(eventually(Duration::from_secs(15), || !cluster.data().join("postmaster.pid").exists()
+        || Command::new("kill").args(["-0", &postmaster]).status().is_ok_and(|s| !s.success())));
+    let _ = std::fs::remove_file(cluster.data().join("postmaster.pid"));
+    cluster.start();
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('half') IS NULL"), "t", "a partial schema survived the crash");
+    migrations.write("1_slow.sql", "CREATE TABLE half (id int);\n");
+    run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "1");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('half') IS NOT NULL"), "t");
+}
+
+#[test]
+fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
+    let cluster = Cluster::started();
+    setup(&cluster, "CREATE TABLE events (x int); INSERT INTO events SELECT generate_series(1, 1000)");
+    let migrations = Migrations::empty();
+    migrations.write("1_index.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY events_x ON events (x);\n");
+    // An open transaction with a snapshot makes CREATE INDEX CONCURRENTLY wait after it has
+    // registered the (still INVALID) index.
+    let reader = Session::open(&cluster, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events;");
+    std::thread::sleep(Duration::from_millis(500));
+    let running = run("migrate", &cluster, &migrations, &[]).spawn();
+    assert!(eventually(Duration::from_secs(15), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = to_regclass('events_x')") == "1"
+    }));
+    running.signal("TERM");
+    running.wait().assert_code(143);
+    drop(reader);
+
+    let rerun = run("migrate", &cluster, &migrations, &[]).output();
+    rerun
+        .assert_code(6)
+        .assert_stderr_contains("relation \"events_x\" already exists")
+        .assert_stderr_contains("INVALID indexes are left behind (events_x)")
+        .assert_stderr_contains("DROP INDEX CONCURRENTLY events_x;");
+    cluster.psql("app", "DROP INDEX CONCURRENTLY events_x");
+    run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('events_x')"), "t");
+}

@@ -139,3 +139,50 @@ fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
     run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
     assert_eq!(cluster.psql("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('events_x')"), "t");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, installed in the cluster with ssl on.
+fn enable_tls(cluster: &Cluster) -> std::path::PathBuf {
+    let dir = cluster.scratch();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl (install it: apt-get install openssl)");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=prestart test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("san");
+    openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"]);
+    for file in ["server.crt", "server.key"] {
+        std::fs::copy(dir.join(file), cluster.data().join(file)).expect("copy into the data folder");
+    }
+    testkit::set_mode(&cluster.data().join("server.key"), 0o600);
+    let _ = Command::new("chown").args(["postgres"]).arg(cluster.data().join("server.key")).arg(cluster.data().join("server.crt")).status();
+    cluster.write_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
+    dir.join("ca.crt")
+}
+
+#[test]
+fn tls_with_a_self_signed_certificate() {
+    let cluster = Cluster::started();
+    cluster.stop();
+    let ca = enable_tls(&cluster);
+    cluster.start();
+    let wait = |mode: &str, root_cert: Option<&std::path::Path>| {
+        let mut run = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "5"], &cluster.env("app")).env("POSTGRES_SSLMODE", mode);
+        if let Some(cert) = root_cert {
+            run = run.env("POSTGRES_SSLROOTCERT", cert.to_str().expect("utf-8"));
+        }
+        run.output()
+    };
+    wait("require", None).assert_code(0);
+    wait("verify-full", None)
+        .assert_code(5)
+        .assert_stderr_contains("TLS failed")
+        .assert_stderr_contains("set POSTGRES_SSLROOTCERT to the CA certificate that signed it")
+        .assert_stderr_lacks("waiting:");
+    wait("verify-full", Some(&ca)).assert_code(0);
+
+    // A server that accepts only encrypted connections, and a client that turned TLS off.
+    std::fs::write(cluster.data().join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n").expect("pg_hba");
+    cluster.reload();
+    wait("disable", None).assert_code(5).assert_stderr_contains("accepts only encrypted connections").assert_stderr_contains("POSTGRES_SSLMODE=require");
+}

@@ -492,4 +492,27 @@ mod tests {
         let error = DatabaseSettings::from_env(&env).expect_err("bad url");
         assert!(!error.to_string().contains("secret"), "{error}");
     }
+
+    proptest::proptest! {
+        /// Any value of any variable gives settings or a clear error naming a variable, never a
+        /// panic, and never an error that repeats a password.
+        #[test]
+        fn arbitrary_values_never_panic(
+            server in ".{0,40}", port in ".{0,12}", mode in ".{0,12}", url in ".{0,80}", password in "[^\\x00]{1,30}"
+        ) {
+            let mut pairs = vec![
+                ("POSTGRES_SERVER", server.as_str()),
+                ("POSTGRES_PORT", port.as_str()),
+                ("POSTGRES_SSLMODE", mode.as_str()),
+                ("POSTGRES_USER", "u"),
+                ("POSTGRES_DB", "d"),
+                ("POSTGRES_PASSWORD", password.as_str()),
+            ];
+            if let Err(error) = DatabaseSettings::from_env(&Env::from_pairs(pairs.clone())) {
+                proptest::prop_assert!(error.to_string().contains("POSTGRES_"), "{}", error);
+            }
+            pairs.push(("DATABASE_URL", url.as_str()));
+            let _ = DatabaseSettings::from_env(&Env::from_pairs(pairs));
+        }
+    }
 }

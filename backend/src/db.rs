@@ -137,7 +137,9 @@ impl Failure {
     pub fn classify(error: &sqlx::Error, settings: &DatabaseSettings) -> Failure {
         match error {
             // rustls reports certificate problems as invalid data on the stream.
-            sqlx::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => Failure::Fatal(tls_failure(&e.to_string(), settings)),
+            sqlx::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Failure::Fatal(tls_failure(&e.to_string(), settings))
+            }
             sqlx::Error::Io(e) => Failure::Retry(classify_io(e)),
             sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>() {
                 Some(pg) => classify_sqlstate(pg.code(), pg.message(), settings),

@@ -128,7 +128,9 @@ impl Bench {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).execute(&mut ready.conn).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                .execute(&mut ready.conn)
+                .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
             Ok(())
         })
@@ -194,7 +196,10 @@ impl Bench {
         if !dir.exists() {
             std::fs::create_dir_all(&dir)?;
             for i in 1..=count {
-                std::fs::write(dir.join(format!("{i}_create_table_{i}.sql")), format!("CREATE TABLE t{i} (id int PRIMARY KEY, note text);\n"))?;
+                std::fs::write(
+                    dir.join(format!("{i}_create_table_{i}.sql")),
+                    format!("CREATE TABLE t{i} (id int PRIMARY KEY, note text);\n"),
+                )?;
             }
         }
         Ok(dir)
@@ -224,8 +229,9 @@ impl Bench {
         for _ in 0..3 {
             self.fresh_database("crowd")?;
             let started = Instant::now();
-            let children: Vec<_> =
-                (0..count).map(|_| self.command("crowd", &["prestart", "--source", source]).spawn()).collect::<Result<_, _>>()?;
+            let children: Vec<_> = (0..count)
+                .map(|_| self.command("crowd", &["prestart", "--source", source]).spawn())
+                .collect::<Result<_, _>>()?;
             for mut child in children {
                 if !child.wait()?.success() {
                     bail!("one of the concurrent prestarts failed");
@@ -280,7 +286,12 @@ fn build_times(sh: &Shell) -> anyhow::Result<Vec<Figure>> {
     };
     cargo(sh, &["clean", "--package", "xtask"]).quiet().ignore_stderr().run()?;
     let cold = time(&["build", "--package", "xtask"])?;
-    let migration = root().join("migrations").read_dir()?.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "sql"));
+    let migration = root()
+        .join("migrations")
+        .read_dir()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"));
     if let Some(migration) = &migration {
         let text = std::fs::read(migration)?;
         std::fs::write(migration, &text)?;
@@ -300,7 +311,8 @@ fn print_table(figures: &[Figure]) {
             Some((limit, text)) => format!("{text} {}", if median < limit { "✓" } else { "✗" }),
             None => String::new(),
         };
-        let max = if figure.name.starts_with("wait detection") { figure.percentile(0.95) } else { figure.percentile(1.0) };
+        let max =
+            if figure.name.starts_with("wait detection") { figure.percentile(0.95) } else { figure.percentile(1.0) };
         println!(
             "{:<52} {:>7.1} {:<2} {:>7.1} {:<2} {:>7.1} {:<2}  {verdict}",
             figure.name,
@@ -339,7 +351,11 @@ fn measured(command: &mut Command) -> anyhow::Result<Measured> {
     if waited != pid {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
-    Ok(Measured { wall, max_rss_kb: usage.ru_maxrss, success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 })
+    Ok(Measured {
+        wall,
+        max_rss_kb: usage.ru_maxrss,
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    })
 }
 
 fn bench_settings(port: u16, database: &str) -> anyhow::Result<DatabaseSettings> {

@@ -77,7 +77,13 @@ pub struct MigrateOptions {
 }
 
 impl MigrateOptions {
-    pub fn plan<'a>(&self, set: &'a MigrationSet, settings: &'a MigrationSettings, dir: &'a Path, wait: Duration) -> Plan<'a> {
+    pub fn plan<'a>(
+        &self,
+        set: &'a MigrationSet,
+        settings: &'a MigrationSettings,
+        dir: &'a Path,
+        wait: Duration,
+    ) -> Plan<'a> {
         Plan {
             set,
             settings,
@@ -273,7 +279,10 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
     for file in &pending {
         ui::line(format!("applying {}", file.name()));
         // Set before each migration: one that sets its own (SET, not SET LOCAL) would keep it.
-        sqlx::query(sqlx::AssertSqlSafe(lock_timeout.clone())).execute(&mut *conn).await.map_err(|e| fail(Failure::Migration, e))?;
+        sqlx::query(sqlx::AssertSqlSafe(lock_timeout.clone()))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| fail(Failure::Migration, e))?;
         let blockers = Blockers::default();
         let applied = tokio::select! {
             applied = conn.apply(table, &file.migration) => applied,
@@ -480,7 +489,9 @@ impl Blockers {
                 {
                     *self.0.borrow_mut() = found
                         .into_iter()
-                        .map(|(pid, app, query)| format!("pid {pid} ({app}, running `{}`)", query.chars().take(80).collect::<String>()))
+                        .map(|(pid, app, query)| {
+                            format!("pid {pid} ({app}, running `{}`)", query.chars().take(80).collect::<String>())
+                        })
                         .collect();
                 }
             }

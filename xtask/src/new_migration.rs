@@ -197,4 +197,15 @@ mod tests {
         assert_eq!(utc_timestamp(UNIX_EPOCH + std::time::Duration::from_secs(1_795_614_245)), 20261125134405);
         assert_eq!(utc_timestamp(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)), 20000229000000);
     }
+
+    proptest::proptest! {
+        /// Any name is refused with a reason or becomes a safe file name part.
+        #[test]
+        fn arbitrary_names_are_refused_or_made_safe(name in "\\PC{0,120}") {
+            if let Ok(snake) = snake_case(&name) {
+                proptest::prop_assert!(!snake.is_empty() && snake.len() <= MAX_NAME_LENGTH);
+                proptest::prop_assert!(snake.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+            }
+        }
+    }
 }

@@ -46,7 +46,10 @@ fn a_statement_stuck_behind_a_lock_fails_naming_the_blocking_session() {
     setup(&cluster, "CREATE TABLE accounts (id int)");
     let migrations = Migrations::empty();
     migrations.write("1_add_column.sql", "ALTER TABLE accounts ADD COLUMN note text;\n");
-    let _holder = Session::open(&cluster, "SET application_name = 'long-report'; BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE;");
+    let _holder = Session::open(
+        &cluster,
+        "SET application_name = 'long-report'; BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE;",
+    );
     assert!(eventually(Duration::from_secs(10), || {
         cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'long-report' AND state = 'idle in transaction'") == "1"
     }));
@@ -57,7 +60,10 @@ fn a_statement_stuck_behind_a_lock_fails_naming_the_blocking_session() {
         .assert_stderr_contains("it waited 2 s (--statement-lock-timeout) for a lock held by pid")
         .assert_stderr_contains("(long-report, running `LOCK TABLE accounts IN ACCESS SHARE MODE;`)")
         .assert_stderr_contains("nothing of it was applied");
-    assert_eq!(cluster.psql("app", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts'"), "1");
+    assert_eq!(
+        cluster.psql("app", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts'"),
+        "1"
+    );
 }
 
 #[test]
@@ -93,7 +99,10 @@ fn a_server_killed_mid_migration_leaves_no_partial_schema_and_the_rerun_applies_
     migrations.write("1_slow.sql", "CREATE TABLE half (id int);\nSELECT pg_sleep(30);\n");
     let running = run("migrate", &cluster, &migrations, &["--wait-timeout", "5"]).spawn();
     assert!(eventually(Duration::from_secs(15), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND application_name = 'prestart'") == "1"
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND application_name = 'prestart'",
+        ) == "1"
     }));
     let postmaster = cluster.postmaster_pid().to_string();
     assert!(Command::new("kill").args(["-KILL", &postmaster]).status().expect("kill").success());
@@ -123,7 +132,9 @@ fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
     std::thread::sleep(Duration::from_millis(500));
     let running = run("migrate", &cluster, &migrations, &[]).spawn();
     assert!(eventually(Duration::from_secs(15), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = to_regclass('events_x')") == "1"
+        cluster
+            .psql("app", "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = to_regclass('events_x')")
+            == "1"
     }));
     running.signal("TERM");
     running.wait().assert_code(143);
@@ -144,18 +155,67 @@ fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
 fn enable_tls(cluster: &Cluster) -> std::path::PathBuf {
     let dir = cluster.scratch();
     let openssl = |args: &[&str]| {
-        let output = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl (install it: apt-get install openssl)");
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (install it: apt-get install openssl)");
         assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     };
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=prestart test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=prestart test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
     std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("san");
-    openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
     for file in ["server.crt", "server.key"] {
         std::fs::copy(dir.join(file), cluster.data().join(file)).expect("copy into the data folder");
     }
     testkit::set_mode(&cluster.data().join("server.key"), 0o600);
-    let _ = Command::new("chown").args(["postgres"]).arg(cluster.data().join("server.key")).arg(cluster.data().join("server.crt")).status();
+    let _ = Command::new("chown")
+        .args(["postgres"])
+        .arg(cluster.data().join("server.key"))
+        .arg(cluster.data().join("server.crt"))
+        .status();
     cluster.write_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'");
     dir.join("ca.crt")
 }
@@ -167,7 +227,8 @@ fn tls_with_a_self_signed_certificate() {
     let ca = enable_tls(&cluster);
     cluster.start();
     let wait = |mode: &str, root_cert: Option<&std::path::Path>| {
-        let mut run = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "5"], &cluster.env("app")).env("POSTGRES_SSLMODE", mode);
+        let mut run = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "5"], &cluster.env("app"))
+            .env("POSTGRES_SSLMODE", mode);
         if let Some(cert) = root_cert {
             run = run.env("POSTGRES_SSLROOTCERT", cert.to_str().expect("utf-8"));
         }
@@ -182,7 +243,14 @@ fn tls_with_a_self_signed_certificate() {
     wait("verify-full", Some(&ca)).assert_code(0);
 
     // A server that accepts only encrypted connections, and a client that turned TLS off.
-    std::fs::write(cluster.data().join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n").expect("pg_hba");
+    std::fs::write(
+        cluster.data().join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .expect("pg_hba");
     cluster.reload();
-    wait("disable", None).assert_code(5).assert_stderr_contains("accepts only encrypted connections").assert_stderr_contains("POSTGRES_SSLMODE=require");
+    wait("disable", None)
+        .assert_code(5)
+        .assert_stderr_contains("accepts only encrypted connections")
+        .assert_stderr_contains("POSTGRES_SSLMODE=require");
 }

@@ -235,3 +235,28 @@ fn exemptions(sql: &str) -> Vec<(u64, String)> {
 pub fn table_key(name: &ObjectName) -> String {
     name.0.last().map(|part| part.to_string().trim_matches('"').to_lowercase()).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Arbitrary text is linted without a panic; what does not parse is reported.
+        #[test]
+        fn arbitrary_input_never_panics(sql in "\\PC{0,200}") {
+            let findings = Linter::default().lint(Path::new("x.sql"), &sql, RULES, true);
+            for finding in findings {
+                proptest::prop_assert!(finding.line >= 1);
+            }
+        }
+
+        /// SQL-shaped input, closer to what the rules look at.
+        #[test]
+        fn sql_shaped_input_never_panics(
+            words in proptest::collection::vec("(ALTER|TABLE|CREATE|INDEX|CONCURRENTLY|ON|ADD|COLUMN|DROP|NOT|NULL|VALID|CONSTRAINT|CHECK|t|x|;|\\(|\\)|,|--|\\n|\\$\\$)", 0..40)
+        ) {
+            let sql = words.join(" ");
+            let _ = Linter::default().lint(Path::new("x.sql"), &sql, RULES, true);
+        }
+    }
+}

@@ -254,3 +254,25 @@ fn tls_with_a_self_signed_certificate() {
         .assert_stderr_contains("accepts only encrypted connections")
         .assert_stderr_contains("POSTGRES_SSLMODE=require");
 }
+
+#[test]
+fn a_connection_dropped_during_the_seed_leaves_nothing_half_seeded() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
+    // An uncommitted settings row makes the seed wait inside its transaction, after it has
+    // inserted the superuser.
+    let holder = Session::open(&cluster, "BEGIN; INSERT INTO app_settings (key, value) VALUES ('jobs.max_attempts', '5');");
+    assert!(eventually(Duration::from_secs(10), || cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND granted") != "0"));
+    let running = run("prestart", &cluster, &migrations, &[]).spawn();
+    assert!(eventually(Duration::from_secs(15), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND wait_event_type = 'Lock'") == "1"
+    }));
+    cluster.psql("app", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'prestart'");
+    running.wait().assert_code(7).assert_stderr_contains("nothing was seeded");
+    drop(holder);
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "0", "the superuser survived a failed seed");
+    run("prestart", &cluster, &migrations, &[]).output().assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "1");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM app_settings"), "2");
+}

@@ -287,7 +287,9 @@ pub async fn connect_once(
     let options = quiet(settings.connect_options(application_name));
     let attempt = async {
         let mut conn = PgConnection::connect_with(&options).await?;
-        let backend_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+        // The simple protocol answers in one round trip; a prepared statement would take two.
+        let row = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+        let backend_pid: i32 = sqlx::Row::try_get(&row, 0)?;
         Ok::<_, sqlx::Error>(Ready { conn, backend_pid })
     };
     match tokio::time::timeout(timeout, attempt).await {

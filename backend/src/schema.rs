@@ -167,16 +167,16 @@ pub struct AppliedRow {
 
 /// The rows of the migrations table; none when the table does not exist yet.
 pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<Vec<AppliedRow>, sqlx::Error> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table_name).fetch_one(&mut *conn).await?;
-    if !exists {
-        return Ok(Vec::new());
-    }
     let sql = format!(
         "SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
          success, checksum FROM {table_name} ORDER BY version"
     );
-    let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await?;
+    // One round trip: a missing table (SQLSTATE 42P01) is a database nothing was applied to yet.
+    let rows = match sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     rows.iter()
         .map(|row| {
             Ok(AppliedRow {

@@ -48,10 +48,23 @@ impl From<sqlx::Error> for SeedError {
 /// Creates the first superuser if absent and the default settings rows, in one transaction, so an
 /// interrupted seed leaves nothing half done.
 pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>) -> Result<SeedReport, SeedError> {
+    // Every restart runs this: one query tells whether anything is missing at all.
+    let keys: Vec<&str> = DEFAULT_SETTINGS.iter().map(|(key, _)| *key).collect();
+    let (user_present, settings_present): (bool, i64) = sqlx::query_as(
+        "SELECT $1::text IS NULL OR EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1)), \
+                (SELECT count(*) FROM app_settings WHERE key = ANY($2))",
+    )
+    .bind(superuser.map(|u| u.email.as_str()))
+    .bind(&keys)
+    .fetch_one(&mut *conn)
+    .await?;
+    if user_present && settings_present == keys.len() as i64 {
+        return Ok(SeedReport::default());
+    }
     // Hash only when the account is missing: argon2's default costs 19 MiB and tens of
-    // milliseconds, which every restart would pay otherwise.
+    // milliseconds.
     let hashed_password = match superuser {
-        Some(user) if !user_exists(conn, &user.email).await? => Some(hash_password(user.password.expose())?),
+        Some(user) if !user_present => Some(hash_password(user.password.expose())?),
         _ => None,
     };
     let mut tx = conn.begin().await?;
@@ -78,13 +91,6 @@ pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>
     }
     tx.commit().await?;
     Ok(report)
-}
-
-async fn user_exists(conn: &mut PgConnection, email: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1))")
-        .bind(email)
-        .fetch_one(conn)
-        .await
 }
 
 fn hash_password(password: &str) -> Result<String, SeedError> {

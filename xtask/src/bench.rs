@@ -73,17 +73,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut figures = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        figures.extend(bench.noop_prestart(args.runs)?);
-        figures.push(bench.detection_latency(&cluster, args.trials)?);
-        for count in [200, 1000] {
-            figures.push(bench.apply_migrations(count)?);
-        }
-        figures.push(bench.concurrent_prestarts(16)?);
-        if let Some(sqlx) = which("sqlx") {
-            figures.extend(bench.sqlx_cli(&sqlx)?);
-        } else {
+        let sqlx = which("sqlx");
+        if sqlx.is_none() {
             ui::line("sqlx-cli is not on PATH: no side-by-side figures (cargo install sqlx-cli to get them)");
         }
+        figures.extend(bench.noop_prestart(args.runs, sqlx.as_deref())?);
+        figures.push(bench.detection_latency(&cluster, args.trials)?);
+        for count in [200, 1000] {
+            figures.extend(bench.apply_migrations(count, sqlx.as_deref())?);
+        }
+        figures.push(bench.concurrent_prestarts(16)?);
         if !args.skip_build {
             figures.extend(build_times(&sh)?);
         }
@@ -136,7 +135,21 @@ impl Bench {
         })
     }
 
-    fn noop_prestart(&self, runs: usize) -> anyhow::Result<Vec<Figure>> {
+    /// `sqlx migrate run --source DIR` against `database`.
+    fn sqlx_migrate(&self, sqlx: &Path, database: &str, source: &Path) -> Command {
+        let url = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
+            PASSWORD.replace(' ', "%20"),
+            self.port
+        );
+        let mut command = Command::new(sqlx);
+        command.args(["migrate", "run", "--source"]).arg(source).args(["--database-url", &url]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    /// Runs alternate between prestart and sqlx-cli, so both see the same machine state.
+    fn noop_prestart(&self, runs: usize, sqlx: Option<&Path>) -> anyhow::Result<Vec<Figure>> {
         ui::step(format!("no-op prestart on an up-to-date, seeded database ({runs} runs)"));
         self.fresh_database("noop")?;
         let source = root().join("migrations");
@@ -148,18 +161,38 @@ impl Bench {
         }
         let mut wall = Vec::new();
         let mut rss = Vec::new();
+        let (mut sqlx_wall, mut sqlx_rss) = (Vec::new(), Vec::new());
+        let migrations = root().join("migrations");
         for _ in 0..runs {
             let run = measured(&mut self.command("noop", &args))?;
             if !run.success {
                 bail!("a no-op prestart failed");
             }
             wall.push(run.wall.as_secs_f64() * 1000.0);
-            rss.push(run.max_rss_kb as f64 / 1024.0);
+            rss.extend(peak_rss(&self.command("noop", &args), &self.work)?);
+            if let Some(sqlx) = sqlx {
+                let run = measured(&mut self.sqlx_migrate(sqlx, "noop", &migrations))?;
+                if !run.success {
+                    bail!("sqlx migrate run failed on an up-to-date database");
+                }
+                sqlx_wall.push(run.wall.as_secs_f64() * 1000.0);
+                sqlx_rss.extend(peak_rss(&self.sqlx_migrate(sqlx, "noop", &migrations), &self.work)?);
+            }
         }
-        Ok(vec![
-            Figure::new("no-op prestart: wall time", wall, "ms").target(50.0, "< 50 ms"),
-            Figure::new("no-op prestart: peak RSS", rss, "MB").target(20.0, "< 20 MB"),
-        ])
+        if rss.is_empty() {
+            ui::line("no /usr/bin/time (apt-get install time): no peak RSS figures");
+        }
+        let mut figures = vec![Figure::new("no-op prestart: wall time", wall, "ms").target(50.0, "< 50 ms")];
+        if !rss.is_empty() {
+            figures.push(Figure::new("no-op prestart: peak RSS", rss, "MB").target(20.0, "< 20 MB"));
+        }
+        if sqlx.is_some() {
+            figures.push(Figure::new("no-op sqlx migrate run: wall time", sqlx_wall, "ms"));
+            if !sqlx_rss.is_empty() {
+                figures.push(Figure::new("no-op sqlx migrate run: peak RSS", sqlx_rss, "MB"));
+            }
+        }
+        Ok(figures)
     }
 
     /// From the moment `pg_isready` first succeeds to the moment `wait-for-db` exits.
@@ -205,20 +238,33 @@ impl Bench {
         Ok(dir)
     }
 
-    fn apply_migrations(&self, count: usize) -> anyhow::Result<Figure> {
+    /// Runs alternate between prestart and sqlx-cli (when present) on fresh databases.
+    fn apply_migrations(&self, count: usize, sqlx: Option<&Path>) -> anyhow::Result<Vec<Figure>> {
         ui::step(format!("apply {count} small migrations to an empty database (3 runs)"));
         let dir = self.migrations_folder(count)?;
         let source = dir.to_str().context("non-UTF-8 path")?;
-        let mut samples = Vec::new();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             self.fresh_database("many")?;
             let run = measured(&mut self.command("many", &["migrate", "--source", source]))?;
             if !run.success {
                 bail!("migrate of {count} migrations failed");
             }
-            samples.push(run.wall.as_secs_f64() * 1000.0);
+            ours.push(run.wall.as_secs_f64() * 1000.0);
+            if let Some(sqlx) = sqlx {
+                self.fresh_database("many")?;
+                let run = measured(&mut self.sqlx_migrate(sqlx, "many", &dir))?;
+                if !run.success {
+                    bail!("sqlx migrate run of {count} migrations failed");
+                }
+                theirs.push(run.wall.as_secs_f64() * 1000.0);
+            }
         }
-        Ok(Figure::new(format!("apply {count} migrations (prestart)"), samples, "ms"))
+        let mut figures = vec![Figure::new(format!("apply {count} migrations (prestart)"), ours, "ms")];
+        if sqlx.is_some() {
+            figures.push(Figure::new(format!("apply {count} migrations (sqlx migrate run)"), theirs, "ms"));
+        }
+        Ok(figures)
     }
 
     fn concurrent_prestarts(&self, count: usize) -> anyhow::Result<Figure> {
@@ -240,40 +286,6 @@ impl Bench {
             samples.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         Ok(Figure::new(format!("{count} prestarts at once, until the last exits"), samples, "ms"))
-    }
-
-    fn sqlx_cli(&self, sqlx: &Path) -> anyhow::Result<Vec<Figure>> {
-        ui::step("the same with sqlx-cli");
-        let url = format!("postgres://postgres:{}@127.0.0.1:{}/", PASSWORD.replace(' ', "%20"), self.port);
-        let mut figures = Vec::new();
-        let migrate = |database: &str, source: &Path| {
-            let mut command = Command::new(sqlx);
-            command
-                .args(["migrate", "run", "--source"])
-                .arg(source)
-                .args(["--database-url", &format!("{url}{database}?sslmode=disable")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            measured(&mut command)
-        };
-        let source = root().join("migrations");
-        self.fresh_database("sqlx_noop")?;
-        migrate("sqlx_noop", &source)?;
-        let mut noop = Vec::new();
-        for _ in 0..10 {
-            noop.push(migrate("sqlx_noop", &source)?.wall.as_secs_f64() * 1000.0);
-        }
-        figures.push(Figure::new("sqlx migrate run, no-op", noop, "ms"));
-        for count in [200, 1000] {
-            let dir = self.migrations_folder(count)?;
-            let mut samples = Vec::new();
-            for _ in 0..3 {
-                self.fresh_database("sqlx_many")?;
-                samples.push(migrate("sqlx_many", &dir)?.wall.as_secs_f64() * 1000.0);
-            }
-            figures.push(Figure::new(format!("apply {count} migrations (sqlx migrate run)"), samples, "ms"));
-        }
-        Ok(figures)
     }
 }
 
@@ -326,36 +338,40 @@ fn print_table(figures: &[Figure]) {
     }
 }
 
-/// Wall time, peak RSS and success of one run.
+/// Wall time and success of one run.
 struct Measured {
     wall: Duration,
-    max_rss_kb: i64,
     success: bool,
 }
 
-/// Runs `command` and reads its own peak RSS with wait4, which reports the child's usage alone.
 fn measured(command: &mut Command) -> anyhow::Result<Measured> {
     let started = Instant::now();
-    let child = command.spawn().context("cannot start the benchmarked program")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 fills it and the status for our own
-    // child, which `child` (dropped unwaited) never reaps.
-    #[allow(unsafe_code)]
-    let (waited, usage) = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        (libc::wait4(pid, &mut status, 0, &mut usage), usage)
-    };
-    let wall = started.elapsed();
-    drop(child);
-    if waited != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    let status = command.status().context("cannot start the benchmarked program")?;
+    Ok(Measured { wall: started.elapsed(), success: status.success() })
+}
+
+/// Peak RSS in MB, through GNU time: it forks its own small child, so the figure is the
+/// program's alone. (wait4 from this process would report at least our own size: a spawned
+/// child's peak includes the parent's memory it was cloned from.)
+fn peak_rss(command: &Command, work: &Path) -> anyhow::Result<Option<f64>> {
+    let time = Path::new("/usr/bin/time");
+    if !time.is_file() {
+        return Ok(None);
     }
-    Ok(Measured {
-        wall,
-        max_rss_kb: usage.ru_maxrss,
-        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-    })
+    let report = work.join("time.out");
+    let mut wrapped = Command::new(time);
+    wrapped.args(["-f", "%M", "-o"]).arg(&report).arg(command.get_program()).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if !wrapped.stdout(Stdio::null()).stderr(Stdio::null()).status()?.success() {
+        bail!("the run measured for its memory failed");
+    }
+    let kilobytes: f64 = std::fs::read_to_string(&report)?.trim().lines().last().unwrap_or_default().parse()?;
+    Ok(Some(kilobytes / 1024.0))
 }
 
 fn bench_settings(port: u16, database: &str) -> anyhow::Result<DatabaseSettings> {

@@ -75,7 +75,14 @@ impl<'a> DevCluster<'a> {
     /// Starts the server without waiting until it accepts connections.
     pub fn start_in_background(&self) -> anyhow::Result<()> {
         let (data, log) = (self.data(), self.log());
-        self.server_cmd("pg_ctl").args(["start", "-D"]).arg(&data).arg("-l").arg(&log).quiet().ignore_stdout().run()?;
+        self.server_cmd("pg_ctl")
+            .args(["start", "-W", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .quiet()
+            .ignore_stdout()
+            .run()?;
         Ok(())
     }
 

@@ -149,12 +149,25 @@ impl Reconnect<'_> {
 pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconnect<'_>) -> anyhow::Result<()> {
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
     let started = Instant::now();
-    let key = loop {
-        match lock_key(&mut ready.conn).await {
-            Ok(key) => break key,
+    // Most runs have nothing to apply: read the table without the lock, and take the lock only
+    // to apply (under it, apply_pending reads the table again).
+    let applied = loop {
+        match applied_rows(&mut ready.conn, &plan.settings.table_name).await {
+            Ok(rows) => break rows,
             Err(error) => reconnect.after(ready, error).await?,
         }
     };
+    let status = Status::compare(plan.set, &applied);
+    if status.with_state(State::Pending).next().is_none() {
+        refuse_inconsistent(&status, plan)?;
+        let total = plan.set.files.len();
+        ui::line(format!(
+            "up to date: all {total} migrations were already applied ({})",
+            ui::duration(started.elapsed())
+        ));
+        return Ok(());
+    }
+    let key = lock_key(reconnect.loaded.settings.database.database());
     acquire_lock(ready, key, plan.lock_timeout, reconnect).await?;
     let result = apply_pending(ready, plan, &reconnect.loaded.settings.database).await;
     let conn = &mut ready.conn;
@@ -164,17 +177,17 @@ pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconn
     let applied = result?;
     let total = plan.set.files.len();
     ui::line(match applied {
-        0 => format!("up to date: all {total} migrations were already applied ({})", ui::duration(started.elapsed())),
+        // Another prestart applied them while we waited for the lock.
+        0 => format!("up to date: all {total} migrations were applied meanwhile ({})", ui::duration(started.elapsed())),
         n => format!("applied {n}, {} were already applied, in {}", total - n, ui::duration(started.elapsed())),
     });
     Ok(())
 }
 
 /// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant.
-pub async fn lock_key(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *conn).await?;
+pub fn lock_key(database: &str) -> i64 {
     const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    Ok(0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes())))
+    0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes()))
 }
 
 /// Polls the lock until it is ours or `timeout` passes; a server restart while we wait (which

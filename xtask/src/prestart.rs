@@ -1,7 +1,7 @@
 //! `cargo xtask prestart`: wait for the database, migrate, seed. What the compose `prestart`
 //! service and the Kubernetes init container run; backend and worker start only after exit 0.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::context::{DbArgs, SourceArgs, runtime};
 use crate::interrupt::{ActiveBackend, interruptible};
@@ -34,8 +34,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut ready = wait_step(&loaded, wait).await?;
         active.set(Some(ready.backend_pid));
         let reconnect = Reconnect { loaded: &loaded, wait, active: &active };
+        let migrating = Instant::now();
         migrate_step(&mut ready, &plan, &reconnect).await?;
-        let mut ready = still_ready(&loaded, ready, wait).await?;
+        // After a long migration the server may have restarted; right after a short one, asking
+        // would only cost the no-op run a round trip.
+        if migrating.elapsed() > Duration::from_secs(1) {
+            ready = still_ready(&loaded, ready, wait).await?;
+        }
         active.set(Some(ready.backend_pid));
         seed_step(&mut ready.conn, superuser).await
     }))?;

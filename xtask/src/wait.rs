@@ -78,7 +78,7 @@ pub async fn wait_step(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Re
 /// The connection from an earlier step if it still answers, else a new one: a server that
 /// restarted between two steps costs a reconnect, not the run.
 pub async fn still_ready(loaded: &Loaded, mut ready: Ready, deadline: Duration) -> anyhow::Result<Ready> {
-    let ping = sqlx::query("SELECT 1").execute(&mut ready.conn).await;
+    let ping = sqlx::raw_sql("SELECT 1").execute(&mut ready.conn).await;
     let Err(error) = ping else { return Ok(ready) };
     match backend::db::Failure::classify(&error, &loaded.settings.database) {
         backend::db::Failure::Retry(reason) => {

@@ -180,7 +180,8 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
 
     doctor
         .check_async(Area::Migrations, "migrations.lock", async {
-            let key = lock_key(&mut conn).await?;
+            let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await?;
+            let key = lock_key(&database);
             let held: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
                  AND classid = ((($1::bigint >> 32) & 4294967295))::oid AND objid = (($1::bigint & 4294967295))::oid \

@@ -133,3 +133,36 @@ fn the_projects_own_migrations_are_clean() {
     let source = workspace.to_str().expect("utf-8").to_owned();
     Run::xtask(XTASK, &["lint-migrations", "--all", "--source", &source], &[]).output().assert_code(0);
 }
+
+#[test]
+fn without_a_database_the_migrations_added_since_the_default_branch_are_checked() {
+    let project = testkit::Project::new(XTASK);
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(project.path())
+            .output()
+            .expect("git");
+        assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    project.write("migrations/20261201000000_old_drop.sql", "ALTER TABLE users DROP COLUMN is_active;\n");
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "main"]);
+    git(&["checkout", "-qb", "feature"]);
+    project.write("migrations/20261202000000_committed.sql", "ALTER TABLE users RENAME COLUMN email TO mail;\n");
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "feature"]);
+    project.write("migrations/20261203000000_uncommitted.sql", "DROP TABLE app_settings;\n");
+
+    // No settings at all: the database cannot be asked, git is.
+    let outcome = project.run(&["lint-migrations", "--env-file", "/nonexistent/.env"], &[]).output();
+    outcome
+        .assert_code(1)
+        .assert_stderr_contains("lint 2 of 6 migrations")
+        .assert_stderr_contains("the merge-base with main");
+    assert!(outcome.stdout.contains("20261202000000_committed.sql:1: rename-column"), "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("20261203000000_uncommitted.sql:1: drop-table"), "{}", outcome.stdout);
+    assert!(!outcome.stdout.contains("old_drop"), "a migration of the default branch was linted:\n{}", outcome.stdout);
+}

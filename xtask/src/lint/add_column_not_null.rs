@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterTableOperation, ColumnOption, Statement};
 
-use super::{FileContext, Rule, Violation};
+use super::{FileContext, Rule, Violation, alter_of_existing};
 
 pub struct AddColumnNotNull;
 
@@ -12,10 +12,7 @@ impl Rule for AddColumnNotNull {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) {
-            return None;
-        }
+        let alter = alter_of_existing(statement, file)?;
         alter.operations.iter().find_map(|operation| {
             let AlterTableOperation::AddColumn { column_def, .. } = operation else { return None };
             let has = |wanted: fn(&ColumnOption) -> bool| column_def.options.iter().any(|o| wanted(&o.option));

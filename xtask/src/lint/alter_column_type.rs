@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, Statement};
 
-use super::{FileContext, Rule, Violation};
+use super::{FileContext, Rule, Violation, alter_of_existing};
 
 pub struct AlterColumnType;
 
@@ -12,10 +12,7 @@ impl Rule for AlterColumnType {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) {
-            return None;
-        }
+        let alter = alter_of_existing(statement, file)?;
         alter.operations.iter().find_map(|operation| match operation {
             AlterTableOperation::AlterColumn { column_name, op: AlterColumnOperation::SetDataType { .. } } => Some(Violation {
                 why: format!(

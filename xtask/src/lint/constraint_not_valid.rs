@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterTableOperation, Statement, TableConstraint};
 
-use super::{FileContext, Rule, Violation};
+use super::{FileContext, Rule, Violation, alter_of_existing};
 
 pub struct ConstraintWithoutNotValid;
 
@@ -12,10 +12,7 @@ impl Rule for ConstraintWithoutNotValid {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) {
-            return None;
-        }
+        let alter = alter_of_existing(statement, file)?;
         alter.operations.iter().find_map(|operation| {
             let AlterTableOperation::AddConstraint { constraint, not_valid: false } = operation else { return None };
             let kind = match constraint {

@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterTableOperation, Statement};
 
-use super::{FileContext, Rule, Violation};
+use super::{FileContext, Rule, Violation, alter_of_existing};
 
 pub struct DropColumn;
 
@@ -12,10 +12,7 @@ impl Rule for DropColumn {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) {
-            return None;
-        }
+        let alter = alter_of_existing(statement, file)?;
         alter.operations.iter().find_map(|operation| match operation {
             AlterTableOperation::DropColumn { column_names, .. } => Some(Violation {
                 why: format!(

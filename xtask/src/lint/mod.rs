@@ -19,7 +19,7 @@ mod set_not_null;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use sqlparser::ast::{ObjectName, Statement};
+use sqlparser::ast::{AlterTable, ObjectName, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::Token;
@@ -229,6 +229,14 @@ fn exemptions(sql: &str) -> Vec<(u64, String)> {
         }
     }
     allowed
+}
+
+/// The `ALTER TABLE` in `statement`, when it alters a table that existed before this migration.
+pub fn alter_of_existing<'s>(statement: &'s Statement, file: &FileContext<'_>) -> Option<&'s AlterTable> {
+    match statement {
+        Statement::AlterTable(alter) if file.is_existing(&alter.name) => Some(alter),
+        _ => None,
+    }
 }
 
 /// A table's name without schema or quotes, lower-cased, to compare names.

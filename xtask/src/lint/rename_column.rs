@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterTableOperation, Statement};
 
-use super::{FileContext, Rule, Violation};
+use super::{FileContext, Rule, Violation, alter_of_existing};
 
 pub struct RenameColumn;
 
@@ -12,10 +12,7 @@ impl Rule for RenameColumn {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) {
-            return None;
-        }
+        let alter = alter_of_existing(statement, file)?;
         alter.operations.iter().find_map(|operation| match operation {
             AlterTableOperation::RenameColumn { old_column_name, new_column_name } => Some(Violation {
                 why: format!(

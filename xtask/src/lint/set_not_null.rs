@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{AlterColumnOperation, AlterTableOperation, Statement};
 
-use super::{FileContext, Rule, Violation, table_key};
+use super::{FileContext, Rule, Violation, alter_of_existing, table_key};
 
 pub struct SetNotNull;
 
@@ -12,8 +12,8 @@ impl Rule for SetNotNull {
     }
 
     fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        let Statement::AlterTable(alter) = statement else { return None };
-        if !file.is_existing(&alter.name) || file.not_null_checked.contains(&table_key(&alter.name)) {
+        let alter = alter_of_existing(statement, file)?;
+        if file.not_null_checked.contains(&table_key(&alter.name)) {
             return None;
         }
         alter.operations.iter().find_map(|operation| match operation {

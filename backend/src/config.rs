@@ -194,6 +194,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The same settings, connecting to another database on the same server.
+    pub fn with_database(&self, database: &str) -> Settings {
+        Settings { database: self.database.with_database(database), ..self.clone() }
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Settings {
             database: DatabaseSettings::from_env(env)?,

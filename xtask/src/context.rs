@@ -79,7 +79,7 @@ pub struct Loaded {
 }
 
 /// Options of the commands that read migrations.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct SourceArgs {
     /// The migrations folder (default: `migrations/` of the workspace, or beside the binary)
     #[arg(long, value_name = "DIR")]

@@ -15,6 +15,7 @@ mod migrate;
 mod new_migration;
 mod prestart;
 mod seed;
+mod sqlx_prepare;
 mod test;
 mod ui;
 mod wait;
@@ -50,6 +51,8 @@ enum Command {
     Dev(dev::Args),
     /// Manage the local PostgreSQL cluster under target/dev-db/
     DevDb(dev_db::Args),
+    /// Record the offline data of `sqlx::query!` in .sqlx/ against a throwaway, migrated database
+    SqlxPrepare(sqlx_prepare::Args),
     /// Print the speed figures: no-op prestart, wait detection, migrations, concurrency, build times
     Bench(bench::Args),
     /// Run the whole test suite (installs the PostgreSQL server binaries where missing, as root)
@@ -77,5 +80,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::DevDb(args) => dev_db::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::SqlxPrepare(args) => sqlx_prepare::run(args),
     }
 }

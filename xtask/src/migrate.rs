@@ -23,6 +23,7 @@ use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
 use crate::wait::{DEFAULT_WAIT_SECS, wait_step};
 
+const DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS: u64 = 10;
 /// Between two tries of the lock; cheap for the server.
 const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How often to say who holds the lock while we wait for it.
@@ -72,11 +73,20 @@ pub struct MigrateOptions {
     /// Give up a migration statement that waits this many seconds for another session's lock,
     /// naming that session, instead of hanging (and queueing every query behind it); 0 waits
     /// forever; a migration that sets its own lock_timeout wins
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS)]
     pub statement_lock_timeout: u64,
 }
 
 impl MigrateOptions {
+    /// The options with every default, for commands that migrate on the way to something else.
+    pub fn defaults() -> Self {
+        MigrateOptions {
+            lock_timeout: None,
+            strict: false,
+            statement_lock_timeout: DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS,
+        }
+    }
+
     pub fn plan<'a>(
         &self,
         set: &'a MigrationSet,

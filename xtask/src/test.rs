@@ -1,11 +1,12 @@
 //! `cargo xtask test`: the whole test suite on a fresh machine. Makes sure the PostgreSQL server
-//! binaries the tests start clusters from are there (installing them as root with apt), then runs
-//! every test of the workspace, the services' included.
+//! binaries the tests start clusters from are there (installing them as root with apt) and that
+//! sqlx-cli is (installing the version Cargo.lock pins), then runs every test of the workspace.
 
 use xshell::Shell;
 
 use crate::context::cargo;
 use crate::dev_db::ensure_server_bindir;
+use crate::sqlx_prepare::ensure_sqlx_cli;
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -18,6 +19,8 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let bin = ensure_server_bindir(&sh)?;
+    // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
+    ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
     ui::step(format!("run the tests (PostgreSQL server binaries from {})", bin.display()));
     let _root = sh.push_dir(crate::context::root());
     let harness_args = &args.harness_args;

@@ -53,6 +53,7 @@ pub enum Area {
     Postgres,
     Migrations,
     Compose,
+    Tools,
 }
 
 impl Area {
@@ -64,6 +65,7 @@ impl Area {
             Area::Postgres => "PostgreSQL",
             Area::Migrations => "migrations",
             Area::Compose => "docker compose",
+            Area::Tools => "tools",
         }
     }
 }
@@ -192,6 +194,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         migrations::run(&mut doctor, &inputs, conn).await;
     });
     compose::run(&mut doctor, &inputs, &compose);
+    doctor.check(Area::Tools, "tools.sqlx_cli", || {
+        let sh = xshell::Shell::new()?;
+        let Some(wanted) = crate::sqlx_prepare::locked_sqlx_version(&inputs.root) else {
+            return Ok(Outcome::skipped("no Cargo.lock here: not a workspace checkout"));
+        };
+        Ok(match crate::sqlx_prepare::installed_sqlx_cli(&sh) {
+            None => Outcome::skipped("sqlx-cli is not installed; only `cargo xtask sqlx-prepare` needs it"),
+            Some(version) if version == wanted => Outcome::ok(format!("sqlx-cli {version} matches Cargo.lock")),
+            Some(version) => Outcome::warn(
+                format!("sqlx-cli {version} is installed but Cargo.lock has sqlx {wanted}: the query data it writes may differ"),
+                crate::sqlx_prepare::install_command(&inputs.root),
+            ),
+        })
+    });
 
     if args.json {
         println!("{}", render::json(&doctor, inputs.context));

@@ -443,3 +443,27 @@ fn compose_without_a_compose_tool_reads_the_yaml() {
         "host-gateway",
     );
 }
+
+#[test]
+fn the_projects_own_compose_file_passes_with_and_without_a_compose_tool() {
+    let (cluster, project) = healthy();
+    let compose = std::fs::read_to_string(testkit::workspace().join("docker-compose.yml")).expect("docker-compose.yml");
+    project.write("docker-compose.yml", &compose);
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal")]);
+    let ids = [
+        "compose.file",
+        "compose.prestart_service",
+        "compose.backend_waits",
+        "compose.worker_waits",
+        "compose.same_image",
+        "compose.same_env_file",
+        "compose.extra_hosts",
+        "compose.db_healthcheck",
+    ];
+    for env in [vec![], vec![("PATH".to_owned(), "/nonexistent".to_owned())]] {
+        let report = doctor(&project, &["--context", "container"], &env);
+        for id in ids {
+            report.expect(id, "ok", "", "");
+        }
+    }
+}

@@ -66,8 +66,10 @@ impl Model {
             return Ok(None);
         };
         let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let written: Value =
+        let mut written: Value =
             serde_yaml_ng::from_str(&text).map_err(|e| format!("{} does not parse: {e}", file.display()))?;
+        // `<<: *anchor` merge keys, as compose applies them.
+        written.apply_merge().map_err(|e| format!("{}: {e}", file.display()))?;
         let project = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         let (resolved_by, resolved, rejected) = match resolve_with_tool(&file, &project) {
             Ok(Some((tool, resolved))) => (Some(tool), resolved, None),

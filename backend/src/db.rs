@@ -173,11 +173,15 @@ fn classify_io(error: &io::Error) -> Retryable {
         K::ConnectionRefused | K::NotFound => RetryKind::Refused,
         K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => RetryKind::Reset,
         K::TimedOut => RetryKind::TimedOut,
-        K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => RetryKind::Unreachable,
+        // EADDRNOTAVAIL: `localhost` resolved to ::1 where there is no IPv6; for the user, as
+        // good as nothing listening there.
+        K::AddrNotAvailable => RetryKind::Refused,
+        K::HostUnreachable | K::NetworkUnreachable => RetryKind::Unreachable,
         _ if is_resolution_failure(&text) => RetryKind::NameNotResolved,
         _ => RetryKind::Network,
     };
     let detail = match kind {
+        RetryKind::Refused if error.kind() == K::AddrNotAvailable => "address not available on this machine".to_owned(),
         RetryKind::Refused => "connection refused".to_owned(),
         RetryKind::NameNotResolved => "host name does not resolve".to_owned(),
         _ => text,
@@ -218,20 +222,24 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
                 settings.password_variable()
             ),
         ),
-        "28000" if message.contains("no encryption") => fatal(
-            FatalKind::Tls,
-            "the server accepts only encrypted connections from this address (hostssl in pg_hba.conf) while \
-             POSTGRES_SSLMODE=disable: set POSTGRES_SSLMODE=require (or verify-full with POSTGRES_SSLROOTCERT)"
-                .into(),
-        ),
-        "28000" if message.contains("pg_hba.conf") => fatal(
-            FatalKind::RejectedByHba,
-            format!(
-                "pg_hba.conf on the server has no rule that lets role \"{user}\" reach database \"{database}\" from this \
-                 address: add a `host {database} {user} <this client's network> scram-sha-256` line to pg_hba.conf and \
-                 reload PostgreSQL (SELECT pg_reload_conf())"
-            ),
-        ),
+        "28000" if message.contains("pg_hba.conf") => {
+            // The server says ", no encryption" whenever the client did not encrypt: the rule may be
+            // missing altogether, or exist only as `hostssl`. Both fixes are named.
+            let without_tls = if message.contains("no encryption") {
+                "; if the server accepts only encrypted connections from here (hostssl lines), set \
+                 POSTGRES_SSLMODE=require instead"
+            } else {
+                ""
+            };
+            fatal(
+                FatalKind::RejectedByHba,
+                format!(
+                    "pg_hba.conf on the server has no rule that lets role \"{user}\" reach database \"{database}\" from \
+                     this address: add a `host {database} {user} <this client's network> scram-sha-256` line to \
+                     pg_hba.conf and reload PostgreSQL (SELECT pg_reload_conf()){without_tls}"
+                ),
+            )
+        }
         "28000" if message.contains("does not exist") => fatal(
             FatalKind::UnknownRole,
             format!("create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...') or fix POSTGRES_USER"),

@@ -44,7 +44,7 @@ pub struct DbArgs {
     #[command(flatten)]
     pub settings: SettingsArgs,
     /// Give up waiting for the database after this many seconds
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", env = "PRESTART_WAIT_TIMEOUT")]
     pub wait_timeout: Option<u64>,
 }
 

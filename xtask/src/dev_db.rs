@@ -130,14 +130,34 @@ impl<'a> DevCluster<'a> {
 
     /// Creates (once) and starts the cluster, then makes sure the database exists.
     pub fn start(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
+        self.start_listening_on(db, "127.0.0.1")
+    }
+
+    /// Like `start`, but listening on every address and accepting Docker's networks, so
+    /// containers reach it through `host.docker.internal` (the end-to-end test's server).
+    pub fn start_listening_everywhere(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
+        if !self.exists() {
+            self.init(db)?;
+        }
+        let hba = self.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba)?;
+        // Docker's default address pools: 172.17-31.x and 192.168.x.
+        let docker = "host all all 172.16.0.0/12 scram-sha-256\nhost all all 192.168.0.0/16 scram-sha-256";
+        if !rules.contains(docker) {
+            std::fs::write(&hba, format!("{rules}\n# Docker's networks, for containers on this host.\n{docker}\n"))?;
+        }
+        self.start_listening_on(db, "*")
+    }
+
+    fn start_listening_on(&self, db: &DatabaseSettings, listen: &str) -> anyhow::Result<()> {
         if !self.exists() {
             self.init(db)?;
         }
         if self.is_running() {
             ui::line(format!("local cluster already running on port {}", db.port()));
         } else {
-            ui::step(format!("start the local cluster on 127.0.0.1:{}", db.port()));
-            self.write_port(db.port())?;
+            ui::step(format!("start the local cluster on port {} (listen_addresses = '{listen}')", db.port()));
+            self.write_conf(db.port(), listen)?;
             let (data, log) = (self.data(), self.log());
             let started = self
                 .server_cmd("pg_ctl")
@@ -187,12 +207,12 @@ impl<'a> DevCluster<'a> {
         Ok(())
     }
 
-    /// Listens on loopback only, with its socket inside the cluster folder.
-    fn write_port(&self, port: u16) -> anyhow::Result<()> {
+    /// The port and addresses, with the socket inside the cluster folder.
+    fn write_conf(&self, port: u16, listen: &str) -> anyhow::Result<()> {
         let conf = self.data().join("postgresql.auto.conf");
         let socket_dir = self.dir.display();
         let settings = format!(
-            "# Written by cargo xtask dev-db start.\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{socket_dir}'\n"
+            "# Written by cargo xtask dev-db start.\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{socket_dir}'\n"
         );
         std::fs::write(&conf, settings).with_context(|| format!("cannot write {}", conf.display()))
     }

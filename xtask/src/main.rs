@@ -8,6 +8,7 @@ mod dev;
 mod dev_db;
 mod diagnose;
 mod doctor;
+mod e2e;
 mod exit;
 mod interrupt;
 mod lint;
@@ -53,6 +54,8 @@ enum Command {
     DevDb(dev_db::Args),
     /// Record the offline data of `sqlx::query!` in .sqlx/ against a throwaway, migrated database
     SqlxPrepare(sqlx_prepare::Args),
+    /// The compose stack against real containers and a PostgreSQL server on the host
+    E2e(e2e::Args),
     /// Print the speed figures: no-op prestart, wait detection, migrations, concurrency, build times
     Bench(bench::Args),
     /// Run the whole test suite (installs the PostgreSQL server binaries where missing, as root)
@@ -80,6 +83,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::DevDb(args) => dev_db::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::E2e(args) => e2e::run(args),
         Command::SqlxPrepare(args) => sqlx_prepare::run(args),
     }
 }

@@ -1,0 +1,448 @@
+//! `cargo xtask e2e`: the real compose file against real containers and a PostgreSQL server on
+//! the host, reached through `host.docker.internal`, with no registry: the base image is made
+//! from Debian packages (debootstrap of the host's release, so host-built binaries find their
+//! glibc), cached between runs.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use backend::config::{DatabaseSettings, Env};
+use xshell::{Shell, cmd};
+
+use crate::context::{cargo, root, runtime};
+use crate::dev_db::DevCluster;
+use crate::ui;
+
+const BASE_IMAGE: &str = "prestart-e2e-base";
+const APP_IMAGE: &str = "prestart-app:e2e";
+const PASSWORD: &str = "e2e p@ss:w/rd";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Keep the containers and the database after the run, to look at them
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let sh = Shell::new()?;
+    let root = root();
+    let _root = sh.push_dir(&root);
+    let server_version = "{{.Server.Version}}";
+    if cmd!(sh, "docker version --format {server_version}").quiet().ignore_stderr().read().is_err() {
+        ui::step("no Docker engine answers: the end-to-end test is skipped");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let compose = Compose::find(&sh)?;
+    let base = base_image(&sh, &root)?;
+    ui::step("build the release binaries and the runtime image (the Dockerfile's `prebuilt` target)");
+    cargo(
+        &sh,
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "--locked",
+            "-p",
+            "xtask",
+            "-p",
+            "backend",
+            "--features",
+            "backend/server",
+            "--bins",
+        ],
+    )
+    .run()?;
+    cmd!(
+        sh,
+        "docker build --quiet -f backend/Dockerfile --target prebuilt --build-arg RUNTIME_BASE={base} -t {APP_IMAGE} ."
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()?;
+
+    let work = root.join("target/e2e");
+    let cluster = DevCluster::in_dir(&sh, work.join("db"))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let db = settings(port)?;
+    if cluster.exists() {
+        cluster.destroy()?;
+    }
+    let project = Project {
+        sh: &sh,
+        compose: &compose,
+        dir: work.join("project"),
+        name: format!("prestart-e2e-{}", std::process::id()),
+        port,
+    };
+    let result = (|| {
+        cluster.start_listening_everywhere(&db)?;
+        project.prepare()?;
+        scenarios(&project, &cluster, &db)
+    })();
+    let size = inspect(&sh, APP_IMAGE, "{{.Size}}").unwrap_or_default();
+    if !args.keep {
+        // Containers, networks, volumes, the app image and the layers it left; the base image
+        // stays cached for the next run.
+        project.down();
+        let _ = cluster.destroy();
+        let _ = cmd!(sh, "docker rmi -f {APP_IMAGE}").quiet().ignore_stdout().ignore_stderr().run();
+        let _ = cmd!(sh, "docker image prune -f").quiet().ignore_stdout().ignore_stderr().run();
+    }
+    result?;
+    ui::step(format!(
+        "end-to-end: all scenarios passed in {} (runtime image {} MB)",
+        ui::duration(started.elapsed()),
+        size.trim().parse::<f64>().map(|b| format!("{:.1}", b / 1e6)).unwrap_or(size)
+    ));
+    Ok(())
+}
+
+fn settings(port: u16) -> anyhow::Result<DatabaseSettings> {
+    let port = port.to_string();
+    Ok(DatabaseSettings::from_env(&Env::from_pairs([
+        ("POSTGRES_SERVER", "127.0.0.1"),
+        ("POSTGRES_PORT", port.as_str()),
+        ("POSTGRES_DB", "app"),
+        ("POSTGRES_USER", "postgres"),
+        ("POSTGRES_PASSWORD", PASSWORD),
+        ("POSTGRES_SSLMODE", "disable"),
+    ]))?)
+}
+
+/// `docker compose` (the plugin) or Debian's `docker-compose`, whichever is installed.
+struct Compose {
+    program: Vec<&'static str>,
+}
+
+impl Compose {
+    fn find(sh: &Shell) -> anyhow::Result<Compose> {
+        if cmd!(sh, "docker compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+            return Ok(Compose { program: vec!["docker", "compose"] });
+        }
+        let version =
+            cmd!(sh, "docker-compose version --short").quiet().ignore_stderr().read().context(
+                "neither `docker compose` nor `docker-compose` is installed: apt-get install docker-compose",
+            )?;
+        // service_completed_successfully and profiles came in 1.29.
+        let parts: Vec<u32> = version.trim().split('.').filter_map(|p| p.parse().ok()).collect();
+        ensure!(
+            parts.as_slice() >= [1, 29].as_slice(),
+            "docker-compose {} is too old: 1.29 or newer understands service_completed_successfully",
+            version.trim()
+        );
+        Ok(Compose { program: vec!["docker-compose"] })
+    }
+}
+
+/// The base image from Debian packages, made once and cached as a local image.
+fn base_image(sh: &Shell, root: &Path) -> anyhow::Result<String> {
+    let release = std::fs::read_to_string("/etc/os-release")?
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(str::to_owned))
+        .context("no VERSION_CODENAME in /etc/os-release: the end-to-end test needs a Debian host")?;
+    let tag = format!("{BASE_IMAGE}:{release}");
+    if cmd!(sh, "docker image inspect {tag}").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        return Ok(tag);
+    }
+    ui::step(format!("make the base image {tag} from Debian packages (debootstrap; cached afterwards)"));
+    if cmd!(sh, "which debootstrap").quiet().ignore_stdout().run().is_err() {
+        cmd!(sh, "apt-get install -y -qq debootstrap")
+            .run()
+            .context("debootstrap is missing: apt-get install debootstrap")?;
+    }
+    let rootfs = root.join("target/e2e/rootfs");
+    if rootfs.exists() {
+        sh.remove_path(&rootfs)?;
+    }
+    let mirror = "http://deb.debian.org/debian";
+    cmd!(sh, "debootstrap --variant=minbase --include=ca-certificates {release} {rootfs} {mirror}")
+        .quiet()
+        .ignore_stdout()
+        .run()?;
+    let tarball = root.join("target/e2e/rootfs.tar");
+    cmd!(sh, "tar -C {rootfs} -cf {tarball} .").quiet().run()?;
+    cmd!(sh, "docker import {tarball} {tag}").quiet().ignore_stdout().run()?;
+    sh.remove_path(&rootfs)?;
+    sh.remove_path(&tarball)?;
+    Ok(tag)
+}
+
+/// One compose project in its own folder, with its own .env.
+struct Project<'a> {
+    sh: &'a Shell,
+    compose: &'a Compose,
+    dir: PathBuf,
+    name: String,
+    port: u16,
+}
+
+impl Project<'_> {
+    fn prepare(&self) -> anyhow::Result<()> {
+        self.sh.create_dir(&self.dir)?;
+        self.sh.copy_file(root().join("docker-compose.yml"), &self.dir)?;
+        self.write_env(&[])
+    }
+
+    /// `.env` for the containers: the host's server through host.docker.internal.
+    fn write_env(&self, overrides: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut vars = vec![
+            ("POSTGRES_SERVER", "host.docker.internal".to_owned()),
+            ("POSTGRES_PORT", self.port.to_string()),
+            ("POSTGRES_DB", "app".into()),
+            ("POSTGRES_USER", "postgres".into()),
+            ("POSTGRES_PASSWORD", PASSWORD.into()),
+            ("POSTGRES_SSLMODE", "disable".into()),
+            ("FIRST_SUPERUSER", "admin@example.com".into()),
+            ("FIRST_SUPERUSER_PASSWORD", "e2e superuser".into()),
+            ("APP_IMAGE", APP_IMAGE.into()),
+            ("BACKEND_PORT", self.backend_port().to_string()),
+        ];
+        for (key, value) in overrides {
+            vars.retain(|(k, _)| k != key);
+            vars.push((key, (*value).to_owned()));
+        }
+        let text: String = vars.iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+        self.sh.write_file(self.dir.join(".env"), text)?;
+        Ok(())
+    }
+
+    fn backend_port(&self) -> u16 {
+        self.port + 1
+    }
+
+    fn compose(&self, args: &[&str]) -> xshell::Cmd<'_> {
+        let (program, rest) = self.compose.program.split_first().expect("a compose program");
+        let dir = &self.dir;
+        let name = &self.name;
+        cmd!(self.sh, "{program} {rest...} --project-directory {dir} -f {dir}/docker-compose.yml -p {name} {args...}")
+    }
+
+    /// Starts `up -d` without waiting: compose itself waits for prestart before it starts
+    /// backend and worker.
+    fn start_up(&self) -> anyhow::Result<std::process::Child> {
+        let mut command: std::process::Command = self.compose(&["up", "-d", "--no-build"]).into();
+        Ok(command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?)
+    }
+
+    /// Waits for the `up` started by `start_up`; returns prestart's exit code, if it exited
+    /// before `timeout`.
+    fn finish_up(&self, mut up: std::process::Child, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if up.try_wait()?.is_some() {
+                return Ok(self.exit_code("prestart"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let _ = up.kill();
+        Ok(self.exit_code("prestart"))
+    }
+
+    /// `up -d` until compose returns; prestart's exit code.
+    fn up(&self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let up = self.start_up()?;
+        self.finish_up(up, timeout)
+    }
+
+    fn container(&self, service: &str) -> Option<String> {
+        let id = self.compose(&["ps", "-q", service]).quiet().ignore_stderr().read().ok()?;
+        let id = id.trim().to_owned();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// The exit code of a stopped service's container.
+    fn exit_code(&self, service: &str) -> Option<i32> {
+        let id = self.container(service)?;
+        let state = inspect(self.sh, &id, "{{.State.Status}}:{{.State.ExitCode}}")?;
+        let (status, code) = state.trim().split_once(':')?;
+        (status == "exited").then(|| code.parse().ok()).flatten()
+    }
+
+    fn is_running(&self, service: &str) -> bool {
+        self.container(service)
+            .is_some_and(|id| inspect(self.sh, &id, "{{.State.Running}}").is_some_and(|s| s == "true"))
+    }
+
+    fn logs(&self, service: &str) -> String {
+        self.compose(&["logs", "--no-color", service]).quiet().ignore_stderr().read().unwrap_or_default()
+    }
+
+    fn down(&self) {
+        let _ = self
+            .compose(&["down", "-v", "--remove-orphans", "--timeout", "5"])
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run();
+    }
+
+    fn http(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+        http(method, &format!("127.0.0.1:{}", self.backend_port()), path, body)
+    }
+}
+
+/// The scenarios of the issue, each asserted from exit codes, logs, HTTP and the database.
+fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSettings) -> anyhow::Result<()> {
+    scenario("1. happy path: prestart exits 0, the API answers, the worker runs a job", || {
+        ensure!(
+            project.up(Duration::from_secs(120))? == Some(0),
+            "prestart did not exit 0:\n{}",
+            project.logs("prestart")
+        );
+        wait_until(Duration::from_secs(60), || project.http("GET", "/ready", None).is_ok_and(|(s, _)| s == 200))
+            .with_context(|| format!("/ready never answered 200:\n{}", project.logs("backend")))?;
+        ensure!(project.http("GET", "/health", None)?.0 == 200, "/health");
+        let (status, body) = project.http("POST", "/api/jobs", Some(r#"{"kind":"echo","payload":{"n":1}}"#))?;
+        ensure!(status == 201, "POST /api/jobs: {status} {body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body)?["id"].as_i64().context("job id")?;
+        wait_until(Duration::from_secs(30), || {
+            project.http("GET", &format!("/api/jobs/{id}"), None).is_ok_and(|(_, b)| b.contains("\"status\":\"done\""))
+        })
+        .with_context(|| format!("the worker did not run the job:\n{}", project.logs("worker")))?;
+        ensure!(query(db, "SELECT count(*)::text FROM users")? == "1", "one superuser");
+        Ok(())
+    })?;
+
+    scenario("5. `run --rm prestart` on a running stack: exits 0, changes nothing, leaves no container", || {
+        let before = query(db, "SELECT count(*)::text || ':' || max(installed_on)::text FROM _sqlx_migrations")?;
+        project
+            .compose(&["run", "--rm", "prestart"])
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .context("run --rm prestart failed")?;
+        ensure!(
+            query(db, "SELECT count(*)::text || ':' || max(installed_on)::text FROM _sqlx_migrations")? == before,
+            "the rerun changed the migrations"
+        );
+        let leftovers = project.compose(&["ps", "-a", "-q"]).quiet().read()?.lines().count();
+        ensure!(leftovers == 3, "expected prestart, backend and worker containers, found {leftovers}");
+        Ok(())
+    })?;
+
+    scenario("6. restart backend does not run prestart; down then up does, as a no-op", || {
+        let prestart = project.container("prestart").context("prestart container")?;
+        let started_at = |id: &str| inspect(project.sh, id, "{{.State.StartedAt}}").context("docker inspect");
+        let before = started_at(&prestart)?;
+        project.compose(&["restart", "backend"]).quiet().ignore_stdout().ignore_stderr().run()?;
+        ensure!(project.container("prestart").as_deref() == Some(prestart.as_str()), "restart re-created prestart");
+        ensure!(started_at(&prestart)? == before, "restarting backend ran prestart again");
+        project.down();
+        ensure!(
+            project.up(Duration::from_secs(120))? == Some(0),
+            "prestart after down/up:\n{}",
+            project.logs("prestart")
+        );
+        ensure!(
+            project.logs("prestart").contains("up to date: all 3 migrations were already applied"),
+            "not a no-op:\n{}",
+            project.logs("prestart")
+        );
+        Ok(())
+    })?;
+
+    scenario("2. POSTGRES_SERVER=localhost: the diagnosis while waiting, non-zero exit, no backend", || {
+        project.down();
+        project.write_env(&[("POSTGRES_SERVER", "localhost"), ("PRESTART_WAIT_TIMEOUT", "15")])?;
+        let code = project.up(Duration::from_secs(90))?;
+        let logs = project.logs("prestart");
+        ensure!(code.is_some_and(|c| c != 0), "prestart exited {code:?}");
+        ensure!(
+            logs.contains("POSTGRES_SERVER=localhost inside a container points at the container itself"),
+            "no diagnosis:\n{logs}"
+        );
+        ensure!(!project.is_running("backend") && !project.is_running("worker"), "backend or worker started");
+        Ok(())
+    })?;
+
+    scenario("7. wrong password: fails fast with the authentication diagnosis", || {
+        project.down();
+        project.write_env(&[("POSTGRES_PASSWORD", "wrong")])?;
+        let started = Instant::now();
+        let code = project.up(Duration::from_secs(90))?;
+        ensure!(code == Some(5), "prestart exited {code:?}:\n{}", project.logs("prestart"));
+        ensure!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+        ensure!(project.logs("prestart").contains("password authentication failed"), "{}", project.logs("prestart"));
+        Ok(())
+    })?;
+
+    scenario("3. the host server listens only on 127.0.0.1: the diagnosis names listen_addresses", || {
+        project.down();
+        project.write_env(&[("PRESTART_WAIT_TIMEOUT", "15")])?;
+        cluster.stop()?;
+        cluster.start(db)?;
+        let code = project.up(Duration::from_secs(90))?;
+        let logs = project.logs("prestart");
+        ensure!(code.is_some_and(|c| c != 0), "prestart exited {code:?}");
+        ensure!(logs.contains("listen_addresses"), "no listen_addresses diagnosis:\n{logs}");
+        Ok(())
+    })?;
+
+    scenario("4. the server starts 10 s after `up`: prestart waits, then the stack comes up", || {
+        project.down();
+        project.write_env(&[])?;
+        cluster.stop()?;
+        let up = project.start_up()?;
+        std::thread::sleep(Duration::from_secs(10));
+        cluster.start_listening_everywhere(db)?;
+        ensure!(project.finish_up(up, Duration::from_secs(120))? == Some(0), "prestart:\n{}", project.logs("prestart"));
+        wait_until(Duration::from_secs(60), || project.http("GET", "/ready", None).is_ok_and(|(s, _)| s == 200))
+            .context("/ready never answered 200")?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `docker inspect --format FORMAT ID`, trimmed.
+fn inspect(sh: &Shell, id: &str, format: &str) -> Option<String> {
+    cmd!(sh, "docker inspect --format {format} {id}").quiet().ignore_stderr().read().ok().map(|s| s.trim().to_owned())
+}
+
+fn scenario(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    ui::step(name);
+    let started = Instant::now();
+    run().with_context(|| format!("scenario {name}"))?;
+    ui::line(format!("passed in {}", ui::duration(started.elapsed())));
+    Ok(())
+}
+
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("timed out after {timeout:?}")
+}
+
+fn query(db: &DatabaseSettings, sql: &str) -> anyhow::Result<String> {
+    runtime()?.block_on(async {
+        let mut ready = backend::db::connect_once(db, "prestart-e2e", Duration::from_secs(5))
+            .await
+            .map_err(|e| anyhow!("{e:?}"))?;
+        Ok(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut ready.conn).await?)
+    })
+}
+
+/// A minimal HTTP/1.1 request; the API is ours and answers small bodies.
+fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}

@@ -430,23 +430,11 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     condition()
 }
 
+#[path = "../../xtask/src/http.rs"]
+mod http_client;
+
 /// A minimal HTTP/1.1 request over a fresh connection; returns the status code and the body.
-pub fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    Ok((status, body))
-}
+pub use http_client::request as http;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {

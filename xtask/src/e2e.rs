@@ -280,7 +280,7 @@ impl Project<'_> {
     }
 
     fn http(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
-        http(method, &format!("127.0.0.1:{}", self.backend_port()), path, body)
+        Ok(crate::http::request(method, &format!("127.0.0.1:{}", self.backend_port()), path, body)?)
     }
 }
 
@@ -428,21 +428,4 @@ fn query(db: &DatabaseSettings, sql: &str) -> anyhow::Result<String> {
             .map_err(|e| anyhow!("{e:?}"))?;
         Ok(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut ready.conn).await?)
     })
-}
-
-/// A minimal HTTP/1.1 request; the API is ours and answers small bodies.
-fn http(method: &str, address: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }

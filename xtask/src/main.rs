@@ -10,6 +10,7 @@ mod diagnose;
 mod doctor;
 mod e2e;
 mod exit;
+mod http;
 mod interrupt;
 mod lint;
 mod migrate;

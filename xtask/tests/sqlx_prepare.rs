@@ -49,6 +49,17 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     run(&["sqlx-prepare", "--check"]).assert_code(0);
     assert_eq!(throwaway_databases(&cluster), "0");
 
+    // The committed .sqlx/ is all a build needs: no DATABASE_URL, SQLX_OFFLINE from .cargo/config.toml.
+    let offline = Command::new("cargo")
+        .args(["check", "--quiet", "-p", "backend", "--features", "server"])
+        .current_dir(copy.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("DATABASE_URL")
+        .env_remove("SQLX_OFFLINE")
+        .output()
+        .expect("cargo check");
+    assert!(offline.status.success(), "the offline build failed: {}", String::from_utf8_lossy(&offline.stderr));
+
     let jobs = copy.path().join("backend/src/jobs.rs");
     let edited = std::fs::read_to_string(&jobs)
         .expect("read")

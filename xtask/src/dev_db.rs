@@ -69,7 +69,12 @@ impl<'a> DevCluster<'a> {
     pub fn in_dir(sh: &'a Shell, dir: PathBuf) -> anyhow::Result<Self> {
         let bin = ensure_server_bindir(sh)?;
         let is_root = cmd!(sh, "id -u").quiet().read().map(|uid| uid.trim() == "0").unwrap_or(false);
-        Ok(DevCluster { sh, dir, bin, run_as: is_root.then_some(SERVER_USER) })
+        let run_as = is_root.then_some(SERVER_USER);
+        let dir = match run_as {
+            Some(user) => reachable_for(sh, user, dir)?,
+            None => dir,
+        };
+        Ok(DevCluster { sh, dir, bin, run_as })
     }
 
     /// Starts the server without waiting until it accepts connections.
@@ -253,6 +258,23 @@ async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
         ui::line(format!("created database {}", db.database()));
     }
     Ok(())
+}
+
+/// `dir` if `user` can reach it; else (a checkout under /root, say) a folder of its own under
+/// /var/tmp, named after `dir`, since the server runs as `user` and must open its data folder.
+fn reachable_for(sh: &Shell, user: &str, dir: PathBuf) -> anyhow::Result<PathBuf> {
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/")).to_path_buf();
+    if cmd!(sh, "runuser -u {user} -- test -x {existing}").quiet().ignore_stderr().run().is_ok() {
+        return Ok(dir);
+    }
+    let name: String = dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let fallback = PathBuf::from("/var/tmp").join(format!("prestart{name}"));
+    ui::line(format!(
+        "the {user} OS user cannot reach {}: keeping the cluster in {} instead",
+        dir.display(),
+        fallback.display()
+    ));
+    Ok(fallback)
 }
 
 /// Where `initdb` and `pg_ctl` live. Where they are missing and we are root with apt, installs

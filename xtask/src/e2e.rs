@@ -149,6 +149,8 @@ fn base_image(sh: &Shell, root: &Path) -> anyhow::Result<String> {
     }
     ui::step(format!("make the base image {tag} from Debian packages (debootstrap; cached afterwards)"));
     if cmd!(sh, "which debootstrap").quiet().ignore_stdout().run().is_err() {
+        // A new machine may have empty package lists.
+        cmd!(sh, "apt-get update -qq").run().context("apt-get update failed")?;
         cmd!(sh, "apt-get install -y -qq debootstrap")
             .run()
             .context("debootstrap is missing: apt-get install debootstrap")?;

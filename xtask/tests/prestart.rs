@@ -224,3 +224,13 @@ fn eight_prestarts_at_once_all_succeed_and_apply_each_migration_once() {
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM app_settings"), "2");
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), "0");
 }
+
+#[test]
+fn sigint_while_waiting_exits_130() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    std::thread::sleep(Duration::from_millis(700));
+    running.signal("INT");
+    running.wait().assert_code(130).assert_stderr_contains("error: interrupted by SIGINT");
+}

@@ -102,6 +102,7 @@ impl Env {
             let (Ok(key), Ok(value)) = (key.into_string(), value.into_string()) else {
                 continue;
             };
+            crate::redact::register_variable(&key, &value);
             from_process.push(key.clone());
             vars.insert(key, value);
         }
@@ -145,43 +146,71 @@ impl Env {
 }
 
 /// Reads a dotenv file without touching the process environment. A parse error names the file,
-/// the line number and the key, never the line itself: it may hold a password.
+/// the line number and the key, never any part of the value: it may hold a password.
 pub fn read_env_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
     let iter = match dotenvy::from_path_iter(path) {
         Ok(iter) => iter,
         Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(env_file_error(path, e)),
+        Err(e) => return Err(env_file_error(path, e, 0)),
     };
     let mut vars = BTreeMap::new();
     for item in iter {
-        let (key, value) = item.map_err(|e| env_file_error(path, e))?;
+        let (key, value) = item.map_err(|e| env_file_error(path, e, vars.len()))?;
+        crate::redact::register_variable(&key, &value);
         vars.insert(key, value);
     }
     Ok(Some(vars))
 }
 
-fn env_file_error(path: &Path, error: dotenvy::Error) -> ConfigError {
+/// dotenvy's parse error carries the text of the statement, or only of its value: it is never
+/// shown. The statement is found by counting: `parsed` statements came before it.
+fn env_file_error(path: &Path, error: dotenvy::Error, parsed: usize) -> ConfigError {
+    let fix = "quote values that contain spaces, quotes, `\\`, `$` or `#` with single quotes (KEY='value')";
     match error {
-        dotenvy::Error::LineParse(line, _) => {
-            // A quoted value may run over several lines, so find the line by its key.
-            let key = line.split('=').next().unwrap_or("").trim().trim_start_matches("export ").trim();
+        dotenvy::Error::LineParse(..) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let number = text
-                .lines()
-                .position(|l| {
-                    let l = l.trim_start().trim_start_matches("export ").trim_start();
-                    !key.is_empty() && l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-                })
-                .map(|i| i + 1);
-            let at = number.map(|n| format!(" line {n}")).unwrap_or_default();
-            config_error(format!(
-                "{}{at}: cannot parse the line for `{key}`: quote values that contain spaces, quotes or `#` (KEY='value')",
-                path.display()
-            ))
+            let at = match failing_statement(&text, parsed) {
+                Some((number, Some(key))) => format!(" line {number}: cannot parse the value of {key}"),
+                Some((number, None)) => format!(" line {number}: not a KEY=value line"),
+                None => ": a line cannot be parsed".to_owned(),
+            };
+            config_error(format!("{}{at}: {fix}", path.display()))
         }
-        dotenvy::Error::Io(e) => config_error(format!("cannot read {}: {e}", path.display())),
-        other => config_error(format!("cannot read {}: {other}", path.display())),
+        dotenvy::Error::Io(e) => config_error(format!("cannot read {}: {}", path.display(), io_reason(&e))),
+        dotenvy::Error::EnvVar(_) => config_error(format!("cannot read {}", path.display())),
+        _ => config_error(format!("cannot read {}", path.display())),
     }
+}
+
+/// An I/O error's kind, which (unlike some messages) never carries file content.
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::InvalidData => "it is not UTF-8 text".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        std::io::ErrorKind::InvalidInput => "not a file".to_owned(),
+        kind => kind.to_string(),
+    }
+}
+
+/// The line where statement `index` (0-based, as dotenvy splits the file, quoted values running
+/// over several lines) starts, and its key when the line has the shape `[export] NAME=`.
+///
+/// dotenvy splits the first `n` lines into as many statements as start among them, so the line
+/// is the first `n` at which statement `index` exists.
+fn failing_statement(text: &str, index: usize) -> Option<(usize, Option<String>)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let number = (1..=lines.len()).find(|&n| {
+        let head: String = lines[..n].concat();
+        dotenvy::from_read_iter(head.as_bytes()).take(index + 1).count() > index
+    })?;
+    let line = lines[number - 1].trim_start();
+    let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+    let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+    let key = (is_name && rest.trim_start().starts_with('=')).then(|| name.to_owned());
+    Some((number, key))
 }
 
 /// The environment the stack runs in; `local` relaxes some checks.
@@ -323,6 +352,7 @@ impl DatabaseSettings {
             options = options.password(password.expose());
         }
         if let Some(cert) = env.get("POSTGRES_SSLROOTCERT") {
+            check_readable_file("POSTGRES_SSLROOTCERT", cert)?;
             options = options.ssl_root_cert(cert);
         }
         Ok(DatabaseSettings { options, password, source: DatabaseSource::PostgresVariables })
@@ -333,12 +363,23 @@ impl DatabaseSettings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(config_error("DATABASE_URL must start with postgres:// or postgresql://"));
         }
-        // The parse error describes the part that is wrong; the URL itself may hold a password and
-        // is never repeated.
-        let options = PgConnectOptions::from_str(url).map_err(|e| {
+        // The url crate's errors name the part that is wrong and never quote the input; sqlx's
+        // may quote a value, so they are described by the parameter names alone.
+        let parsed = url::Url::parse(url).map_err(|e| {
             config_error(format!(
-                "DATABASE_URL is not a valid PostgreSQL URL ({}); percent-encode special characters in the password",
-                describe_url_error(&e)
+                "DATABASE_URL is not a valid URL ({e}): percent-encode special characters in the password \
+                 (postgres://user:p%40ss@host:5432/app for p@ss)"
+            ))
+        })?;
+        let mut options = PgConnectOptions::from_str(url).map_err(|_| {
+            let parameters: Vec<String> = parsed.query_pairs().map(|(key, _)| key.into_owned()).collect();
+            config_error(format!(
+                "DATABASE_URL cannot be used: check its percent-encoding{}",
+                if parameters.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and the values of its parameters ({})", parameters.join(", "))
+                }
             ))
         })?;
         if options.get_database().is_none() {
@@ -346,12 +387,19 @@ impl DatabaseSettings {
                 "DATABASE_URL names no database: add it after the host (postgres://user:password@host:5432/app)",
             ));
         }
-        let password = url::Url::parse(url)
-            .ok()
-            .and_then(|u| {
-                u.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
-            })
+        let password = parsed
+            .password()
+            .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
             .map(Secret);
+        if password.is_none() {
+            // sqlx fills a missing password from ~/.pgpass; libpq's files are not ours to read.
+            options = options.password("");
+        }
+        for (key, value) in parsed.query_pairs() {
+            if matches!(&*key, "sslrootcert" | "ssl-root-cert" | "ssl-ca") {
+                check_readable_file("the sslrootcert parameter of DATABASE_URL", &value)?;
+            }
+        }
         Ok(DatabaseSettings { options, password, source: DatabaseSource::DatabaseUrl })
     }
 
@@ -411,23 +459,36 @@ impl DatabaseSettings {
     }
 }
 
-fn describe_url_error(error: &sqlx::Error) -> String {
-    // sqlx's configuration errors carry the url crate's description, which never quotes the input.
-    match error {
-        sqlx::Error::Configuration(source) => source.to_string(),
-        other => other.to_string(),
+/// A file that the settings name must be there when they load: a missing certificate would
+/// otherwise look like a server that never answers.
+fn check_readable_file(what: &str, path: &str) -> Result<(), ConfigError> {
+    // An inline PEM certificate is a value, not a path.
+    if path.contains("-----BEGIN") {
+        return Ok(());
     }
+    let is_file = std::fs::metadata(path).map(|m| m.is_file());
+    let opened = match is_file {
+        Ok(false) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file")),
+        _ => std::fs::File::open(path).map(drop),
+    };
+    opened.map_err(|e| {
+        config_error(format!(
+            "{what} names {path}, which cannot be read ({}): fix the path, or leave it empty to use the system's \
+             trusted certificates",
+            io_reason(&e)
+        ))
+    })
 }
 
 fn parse_port(value: &str) -> Result<u16, ConfigError> {
     match value.trim().parse::<u32>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
-        Ok(_) => Err(config_error(format!(
-            "POSTGRES_PORT={value} is out of range: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
-        ))),
-        Err(_) => Err(config_error(format!(
-            "POSTGRES_PORT={value} is not a number: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
-        ))),
+        Ok(_) => Err(config_error(
+            "POSTGRES_PORT is out of range: use a port from 1 to 65535 (PostgreSQL's default is 5432)",
+        )),
+        Err(_) => Err(config_error(
+            "POSTGRES_PORT is not a number: use a port from 1 to 65535 (PostgreSQL's default is 5432)",
+        )),
     }
 }
 
@@ -439,9 +500,9 @@ fn parse_ssl_mode(value: &str) -> Result<PgSslMode, ConfigError> {
         "require" => Ok(PgSslMode::Require),
         "verify-ca" => Ok(PgSslMode::VerifyCa),
         "verify-full" => Ok(PgSslMode::VerifyFull),
-        _ => Err(config_error(format!(
-            "POSTGRES_SSLMODE={value} is not a known mode: use disable, prefer, require, verify-ca or verify-full"
-        ))),
+        _ => Err(config_error(
+            "POSTGRES_SSLMODE is not a known mode: use disable, prefer, require, verify-ca or verify-full",
+        )),
     }
 }
 
@@ -484,7 +545,8 @@ mod tests {
                 (key, value),
             ]);
             let error = DatabaseSettings::from_env(&env).expect_err("invalid value");
-            assert!(error.to_string().starts_with(&format!("{key}={value}")), "{error}");
+            assert!(error.to_string().starts_with(key), "{error}");
+            assert!(!error.to_string().contains(value), "the value was repeated: {error}");
         }
         let env = Env::from_pairs([("POSTGRES_SERVER", " "), ("POSTGRES_USER", "u"), ("POSTGRES_DB", "d")]);
         let error = DatabaseSettings::from_env(&env).expect_err("empty server");

@@ -35,7 +35,7 @@ pub struct StartError {
 
 impl StartError {
     pub fn report(self, name: &str) -> ExitCode {
-        eprintln!("error: {name}: {}", self.message);
+        eprintln!("error: {name}: {}", crate::redact::redact(&self.message));
         ExitCode::from(self.code)
     }
 }
@@ -64,7 +64,7 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy_with(db.connect_options(name));
-    eprintln!("{name}: connected to {db}; schema up to date");
+    eprintln!("{name}: connected to {}; schema up to date", crate::redact::redact(&db.to_string()));
     Ok(Service { settings, migrations, pool })
 }
 

@@ -399,6 +399,25 @@ impl Outcome {
         outcome
     }
 
+    /// Fails when `secret`, or any part of it six characters long, appears in stdout or stderr,
+    /// as typed or percent-encoded.
+    #[track_caller]
+    pub fn assert_lacks_secret(&self, secret: &str) -> &Self {
+        let chars: Vec<char> = secret.chars().collect();
+        let window = chars.len().min(6);
+        let mut parts: Vec<String> = chars.windows(window).map(|w| w.iter().collect()).collect();
+        parts.push(url_encoded(secret));
+        for part in parts {
+            assert!(
+                !self.stdout.contains(&part) && !self.stderr.contains(&part),
+                "{part:?} of a secret appeared in the output:\nstdout:\n{}\nstderr:\n{}",
+                self.stdout,
+                self.stderr
+            );
+        }
+        self
+    }
+
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, Some(code), "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);

@@ -82,7 +82,7 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     };
     let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.code());
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
-    eprintln!("error: {}", causes.join(": "));
+    eprintln!("error: {}", backend::redact::redact(&causes.join(": ")));
     ExitCode::from(code)
 }
 

@@ -445,7 +445,7 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
             "up_to_date": status.is_up_to_date(),
             "migrations": status.entries,
         });
-        println!("{}", serde_json::to_string_pretty(&document)?);
+        ui::print(format!("{}\n", serde_json::to_string_pretty(&document)?));
     } else {
         print_table(&status);
     }

@@ -37,8 +37,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let root = root();
     let _root = sh.push_dir(&root);
-    ensure_sqlx_cli(&sh, &root, args.install)?;
-
     let mut db_args = args.db.clone();
     if db_args.settings.env_file.is_none() && !root.join(".env").exists() {
         // A fresh clone or CI: the example's settings describe the local cluster.
@@ -46,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ui::line("no .env: using the settings of .env.example");
     }
     let loaded = db_args.load()?;
+    ensure_sqlx_cli(&sh, &root, args.install)?;
     let server = server_for_prepare(&sh, &loaded)?;
     let throwaway = format!("sqlx_prepare_{}", std::process::id());
     let target = server.with_database(&throwaway);

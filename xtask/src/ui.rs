@@ -3,19 +3,26 @@
 
 use std::time::Duration;
 
+use backend::redact::redact;
+
 /// Announces a step.
 pub fn step(what: impl AsRef<str>) {
-    eprintln!("==> {}", what.as_ref());
+    eprintln!("==> {}", redact(what.as_ref()));
 }
 
 /// A line inside the current step.
 pub fn line(what: impl AsRef<str>) {
-    eprintln!("    {}", what.as_ref());
+    eprintln!("    {}", redact(what.as_ref()));
 }
 
 /// Something the user should look at, though the run goes on.
 pub fn warn(what: impl AsRef<str>) {
-    eprintln!("    warning: {}", what.as_ref());
+    eprintln!("    warning: {}", redact(what.as_ref()));
+}
+
+/// A command's result on stdout (a report, a JSON document), with secrets blanked like the rest.
+pub fn print(what: impl AsRef<str>) {
+    print!("{}", redact(what.as_ref()));
 }
 
 /// `1.23 s` or `45 ms`.

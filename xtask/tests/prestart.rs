@@ -195,7 +195,7 @@ fn a_malformed_env_file_names_file_and_line_but_not_the_value() {
     let source = migrations.path().to_str().expect("utf-8").to_owned();
     let file = env_file.to_str().expect("utf-8").to_owned();
     let outcome = xtask(&["prestart", "--source", &source, "--env-file", &file], &[]).output();
-    outcome.assert_code(3).assert_stderr_contains(".env line 2: cannot parse the line for `POSTGRES_PASSWORD`");
+    outcome.assert_code(3).assert_stderr_contains(".env line 2: cannot parse the value of POSTGRES_PASSWORD");
 }
 
 #[test]

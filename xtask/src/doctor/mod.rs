@@ -210,9 +210,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
 
     if args.json {
-        println!("{}", render::json(&doctor, inputs.context));
+        crate::ui::print(format!("{}\n", render::json(&doctor, inputs.context)));
     } else {
-        print!("{}", render::human(&doctor, render::use_color()));
+        crate::ui::print(render::human(&doctor, render::use_color()));
     }
     let failed = doctor.findings().iter().filter(|f| f.status == Status::Fail).count();
     if failed > 0 {

@@ -1,0 +1,82 @@
+//! Secrets from the settings, blanked out of everything the programs print.
+//!
+//! Messages are written never to include a settings value; this is the second line of defence for
+//! the paths that show a host, a database name or a server's message, which a malformed
+//! `DATABASE_URL` can fill with part of its password.
+
+use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
+
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Shorter values are not blanked: a three-letter password would blank every word it matches,
+/// and no message quotes a value anyway.
+const MIN_LEN: usize = 4;
+
+/// What replaces a secret in output.
+pub const MASK: &str = "********";
+
+/// Remembers a value that must never be printed, with its percent-encoded and -decoded forms.
+pub fn register(secret: &str) {
+    let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy().into_owned();
+    let encoded = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut secrets = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
+    for form in [secret.to_owned(), secret.trim().to_owned(), decoded, encoded] {
+        if form.chars().count() >= MIN_LEN && !secrets.contains(&form) {
+            secrets.push(form);
+        }
+    }
+    // Longest first, so a secret that contains another is blanked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// Remembers the secret parts of a settings variable: a password, or the password of a URL,
+/// found the way a reader of the URL would find it even when the URL does not parse.
+pub fn register_variable(key: &str, value: &str) {
+    if key.contains("PASSWORD") {
+        register(value);
+    } else if key.ends_with("URL")
+        && let Some(password) = url_password_span(value)
+    {
+        register(password);
+    }
+}
+
+/// Between the first `:` after `scheme://` and the last `@`: the password as typed, well-formed
+/// or not.
+fn url_password_span(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let userinfo = &rest[..rest.rfind('@')?];
+    let password = &userinfo[userinfo.find(':')? + 1..];
+    (!password.is_empty()).then_some(password)
+}
+
+/// `text` with every registered secret replaced by [`MASK`].
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let secrets = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
+    if !secrets.iter().any(|s| text.contains(s.as_str())) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = text.to_owned();
+    for secret in secrets.iter() {
+        out = out.replace(secret.as_str(), MASK);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_found_even_when_malformed() {
+        assert_eq!(url_password_span("postgres://u:pa ss@h/db"), Some("pa ss"));
+        assert_eq!(url_password_span("postgres://u:a/b@c@h:5/db"), Some("a/b@c"));
+        assert_eq!(url_password_span("postgres://u@h/db"), None);
+        assert_eq!(url_password_span("postgres://h/db"), None);
+        register_variable("DATABASE_URL", "postgres://u:12345/xyz@host/db");
+        assert_eq!(redact("postgres@u:12345/xyz@host/db"), format!("postgres@u:{MASK}@host/db"));
+        register_variable("X_PASSWORD", "p%40ssword");
+        assert_eq!(redact("p@ssword and p%40ssword"), format!("{MASK} and {MASK}"));
+    }
+}

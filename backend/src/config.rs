@@ -300,6 +300,8 @@ pub struct DatabaseSettings {
     options: PgConnectOptions,
     /// Kept beside the options, which cannot give it back, for `dev-db` to create a matching role.
     password: Option<Secret>,
+    /// Kept beside the options too, for sqlx-cli's URL.
+    ssl_root_cert: Option<String>,
     pub source: DatabaseSource,
 }
 
@@ -341,21 +343,20 @@ impl DatabaseSettings {
         };
         // Every field is set explicitly so nothing is filled in from PG* variables; the ones the
         // builder cannot clear are removed from the process by `isolate_from_libpq_environment`.
-        let mut options = PgConnectOptions::new_without_pgpass()
-            .host(host)
-            .port(port)
-            .username(user)
-            .database(database)
-            .ssl_mode(ssl_mode);
+        let options = PgConnectOptions::new_without_pgpass();
+        // libpq's convention: a host that is a path is the folder of a Unix socket.
+        let options = if host.starts_with('/') { options.socket(host) } else { options.host(host) };
+        let mut options = options.port(port).username(user).database(database).ssl_mode(ssl_mode);
         let password = env.vars.get("POSTGRES_PASSWORD").map(|p| Secret(p.clone()));
         if let Some(password) = &password {
             options = options.password(password.expose());
         }
-        if let Some(cert) = env.get("POSTGRES_SSLROOTCERT") {
+        let ssl_root_cert = env.get("POSTGRES_SSLROOTCERT").map(str::to_owned);
+        if let Some(cert) = &ssl_root_cert {
             check_readable_file("POSTGRES_SSLROOTCERT", cert)?;
             options = options.ssl_root_cert(cert);
         }
-        Ok(DatabaseSettings { options, password, source: DatabaseSource::PostgresVariables })
+        Ok(DatabaseSettings { options, password, ssl_root_cert, source: DatabaseSource::PostgresVariables })
     }
 
     fn from_url(url: &str) -> Result<Self, ConfigError> {
@@ -395,12 +396,14 @@ impl DatabaseSettings {
             // sqlx fills a missing password from ~/.pgpass; libpq's files are not ours to read.
             options = options.password("");
         }
+        let mut ssl_root_cert = None;
         for (key, value) in parsed.query_pairs() {
             if matches!(&*key, "sslrootcert" | "ssl-root-cert" | "ssl-ca") {
                 check_readable_file("the sslrootcert parameter of DATABASE_URL", &value)?;
+                ssl_root_cert = Some(value.into_owned());
             }
         }
-        Ok(DatabaseSettings { options, password, source: DatabaseSource::DatabaseUrl })
+        Ok(DatabaseSettings { options, password, ssl_root_cert, source: DatabaseSource::DatabaseUrl })
     }
 
     /// Connect options for one connection, tagged so `pg_stat_activity` shows who we are.
@@ -430,6 +433,16 @@ impl DatabaseSettings {
 
     pub fn ssl_mode(&self) -> PgSslMode {
         self.options.get_ssl_mode()
+    }
+
+    /// `POSTGRES_SSLROOTCERT`, or the `sslrootcert` of `DATABASE_URL`.
+    pub fn ssl_root_cert(&self) -> Option<&str> {
+        self.ssl_root_cert.as_deref()
+    }
+
+    /// The folder of the Unix socket, when the settings name one instead of a TCP host.
+    pub fn socket(&self) -> Option<&Path> {
+        self.options.get_socket().map(PathBuf::as_path)
     }
 
     /// The variable a user edits to change the host, for hints.

@@ -132,6 +132,15 @@ pub enum Failure {
     Fatal(Fatal),
 }
 
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Retry(retry) => retry.fmt(f),
+            Failure::Fatal(fatal) => fatal.fmt(f),
+        }
+    }
+}
+
 impl Failure {
     /// Sorts a connect error into what waiting can fix and what it cannot.
     pub fn classify(error: &sqlx::Error, settings: &DatabaseSettings) -> Failure {

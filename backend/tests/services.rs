@@ -14,7 +14,7 @@ fn service(name: &str, cluster: &Cluster, bind: &str) -> Run {
     };
     let mut env = cluster.env("app");
     env.push(("BACKEND_BIND".into(), bind.into()));
-    Run::program(binary, &["--env-file", "/nonexistent/.env"], &env)
+    Run::program(binary, &["--env-file", "/dev/null"], &env)
 }
 
 /// Applies the migrations the binaries embed, as prestart would.

@@ -332,7 +332,7 @@ impl Run {
             run.command.args(["--context", "host"]);
         }
         if !args.contains(&"--env-file") {
-            run.command.args(["--env-file", "/nonexistent/.env"]);
+            run.command.args(["--env-file", "/dev/null"]);
         }
         run
     }

@@ -116,7 +116,7 @@ impl Bench {
 
     fn command(&self, database: &str, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
-        command.args(args).args(["--env-file", "/nonexistent/.env", "--context", "host"]);
+        command.args(args).args(["--env-file", "/dev/null", "--context", "host"]);
         command.envs(self.env(database)).stdout(Stdio::null()).stderr(Stdio::null());
         command
     }

@@ -10,24 +10,24 @@ use backend::schema::{MigrationSet, MigrationSettings};
 use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};
 
-/// Where settings come from and where we run: every command that reads settings has these.
-#[derive(clap::Args, Debug, Clone)]
+/// Where settings come from: every command that reads settings has this.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct SettingsArgs {
-    /// Read settings from this file instead of the workspace's `.env` (a missing file is fine;
-    /// variables already in the environment win)
-    #[arg(long, value_name = "PATH")]
+    /// Read settings from this file instead of the workspace's `.env` (it must exist; variables
+    /// already in the environment win)
+    #[arg(long, value_name = "PATH", global = true)]
     pub env_file: Option<PathBuf>,
+}
+
+/// Where we run, which decides what `localhost` means in diagnoses: the commands that diagnose.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ContextArgs {
     /// Where this runs, which decides what `localhost` means in diagnoses
     #[arg(long, value_enum, default_value_t = ContextArg::Auto)]
     pub context: ContextArg,
 }
 
-impl SettingsArgs {
-    /// The `.env` file to read.
-    pub fn env_file(&self) -> PathBuf {
-        self.env_file.clone().unwrap_or_else(|| root().join(".env"))
-    }
-
+impl ContextArgs {
     pub fn runtime_context(&self, in_kubernetes: bool) -> RuntimeContext {
         match self.context {
             ContextArg::Auto => RuntimeContext::detect(in_kubernetes),
@@ -38,13 +38,67 @@ impl SettingsArgs {
     }
 }
 
-/// Options shared by the commands that talk to the database.
+impl SettingsArgs {
+    /// The `.env` file to read.
+    pub fn env_file(&self) -> PathBuf {
+        self.env_file.clone().unwrap_or_else(|| root().join(".env"))
+    }
+
+    /// Reads `.env` and the environment once; every later step gets what it needs from here.
+    /// An `--env-file` that does not exist is a mistake, unlike a workspace without `.env`.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        self.load_with(ContextArg::Auto, None)
+    }
+
+    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
+        let file = self.env_file();
+        if self.env_file.is_some() && !file.exists() {
+            return Err(fail(
+                Failure::Config,
+                anyhow::anyhow!("--env-file {}: no such file; pass an existing file, or leave it out", file.display()),
+            ));
+        }
+        let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
+        let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
+        let context = ContextArgs { context }.runtime_context(settings.in_kubernetes);
+        let wait_timeout = match wait_timeout {
+            Some(secs) => Duration::from_secs(secs),
+            None => wait_timeout_setting(&env)?,
+        };
+        Ok(Loaded::new(root(), settings, context, wait_timeout))
+    }
+}
+
+/// `PRESTART_WAIT_TIMEOUT` from `.env` or the environment, else the default.
+fn wait_timeout_setting(env: &Env) -> anyhow::Result<Duration> {
+    let Some(value) = env.get("PRESTART_WAIT_TIMEOUT") else {
+        return Ok(Duration::from_secs(DEFAULT_WAIT_SECS));
+    };
+    value.trim().parse().map(Duration::from_secs).map_err(|_| {
+        fail(Failure::Config, anyhow::anyhow!("PRESTART_WAIT_TIMEOUT is not a whole number of seconds (300, say)"))
+    })
+}
+
+/// How long to wait for the database when neither `--wait-timeout` nor `PRESTART_WAIT_TIMEOUT` say.
+pub const DEFAULT_WAIT_SECS: u64 = 300;
+
+/// Options shared by the commands that wait for the database and explain why they wait.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbArgs {
     #[command(flatten)]
     pub settings: SettingsArgs,
-    /// Give up waiting for the database after this many seconds
-    #[arg(long, value_name = "SECS", env = "PRESTART_WAIT_TIMEOUT")]
+    #[command(flatten)]
+    pub context: ContextArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// How long to wait for the database.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WaitArgs {
+    /// Give up waiting for the database after this many seconds, across every reconnect (default:
+    /// PRESTART_WAIT_TIMEOUT from .env or the environment, else 300)
+    #[arg(long, value_name = "SECS")]
     pub wait_timeout: Option<u64>,
 }
 
@@ -58,17 +112,16 @@ pub enum ContextArg {
 }
 
 impl DbArgs {
-    pub fn wait_timeout_or(&self, default_secs: u64) -> Duration {
-        Duration::from_secs(self.wait_timeout.unwrap_or(default_secs))
-    }
-
     /// Reads `.env` and the environment once; every later step gets what it needs from here.
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        let (env, _) =
-            Env::load(&self.settings.env_file(), std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
-        let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
-        let context = self.settings.runtime_context(settings.in_kubernetes);
-        Ok(Loaded { root: root(), settings, context })
+        self.settings.load_with(self.context.context, self.wait.wait_timeout)
+    }
+}
+
+impl WaitArgs {
+    /// The settings, for a command that waits but diagnoses as wherever it runs.
+    pub fn load(&self, settings: &SettingsArgs) -> anyhow::Result<Loaded> {
+        settings.load_with(ContextArg::Auto, self.wait_timeout)
     }
 }
 
@@ -76,6 +129,30 @@ pub struct Loaded {
     pub root: PathBuf,
     pub settings: Settings,
     pub context: RuntimeContext,
+    /// `--wait-timeout`: how long all waiting for the database may take, across reconnects.
+    pub wait_timeout: Duration,
+    /// What is left of it after the waits so far.
+    wait_left: std::cell::Cell<Duration>,
+}
+
+impl Loaded {
+    pub fn new(root: PathBuf, settings: Settings, context: RuntimeContext, wait_timeout: Duration) -> Loaded {
+        Loaded { root, settings, context, wait_timeout, wait_left: std::cell::Cell::new(wait_timeout) }
+    }
+
+    /// The same, for another database on the same server; the wait budget starts afresh.
+    pub fn with_database(&self, database: &str) -> Loaded {
+        Loaded::new(self.root.clone(), self.settings.with_database(database), self.context, self.wait_left())
+    }
+
+    /// What is left of the wait budget: every wait of a run, reconnects included, draws on one.
+    pub fn wait_left(&self) -> Duration {
+        self.wait_left.get()
+    }
+
+    pub fn spend_waiting(&self, waited: Duration) {
+        self.wait_left.set(self.wait_left.get().saturating_sub(waited));
+    }
 }
 
 /// Options of the commands that read migrations.

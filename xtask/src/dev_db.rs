@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use backend::config::DatabaseSettings;
 use xshell::{Shell, cmd};
 
-use crate::context::{DbArgs, root, runtime};
+use crate::context::{SettingsArgs, root, runtime};
 use crate::exit::{Failure, fail};
 use crate::ui;
 
@@ -17,7 +17,7 @@ pub struct Args {
     #[command(subcommand)]
     action: Action,
     #[command(flatten)]
-    db: DbArgs,
+    settings: SettingsArgs,
 }
 
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
@@ -34,7 +34,7 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = args.db.load()?;
+    let loaded = args.settings.load()?;
     let sh = Shell::new()?;
     let cluster = DevCluster::new(&sh)?;
     match args.action {

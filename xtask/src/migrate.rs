@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use backend::schema::{MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
 use sqlx::Row;
-use sqlx::migrate::{Migrate, MigrateError};
+use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 
 use backend::config::DatabaseSettings;
@@ -21,7 +21,7 @@ use crate::context::{DbArgs, Loaded, SourceArgs, display_path, runtime};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
-use crate::wait::{DEFAULT_WAIT_SECS, wait_step};
+use crate::wait::wait_step;
 
 const DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS: u64 = 10;
 /// Between two tries of the lock; cheap for the server.
@@ -64,8 +64,8 @@ struct StatusArgs {
 pub struct MigrateOptions {
     /// Give up waiting for another session's migration lock after this many seconds (default: the
     /// wait timeout, so replicas wait while one of them migrates)
-    #[arg(long, value_name = "SECS")]
-    pub lock_timeout: Option<u64>,
+    #[arg(long = "migration-lock-timeout", alias = "lock-timeout", value_name = "SECS")]
+    pub migration_lock_timeout: Option<u64>,
     /// Fail when the database has applied versions this code does not know (default: warn, as a
     /// newer release or a rollback leaves them)
     #[arg(long)]
@@ -81,7 +81,7 @@ impl MigrateOptions {
     /// The options with every default, for commands that migrate on the way to something else.
     pub fn defaults() -> Self {
         MigrateOptions {
-            lock_timeout: None,
+            migration_lock_timeout: None,
             strict: false,
             statement_lock_timeout: DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS,
         }
@@ -98,7 +98,7 @@ impl MigrateOptions {
             set,
             settings,
             dir,
-            lock_timeout: self.lock_timeout.map_or(wait, Duration::from_secs),
+            lock_timeout: self.migration_lock_timeout.map_or(wait, Duration::from_secs),
             statement_lock_timeout: Duration::from_secs(self.statement_lock_timeout),
             strict: self.strict,
         }
@@ -111,14 +111,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
-    let plan = args.options.plan(&set, &settings, &dir, wait);
+    let plan = args.options.plan(&set, &settings, &dir, loaded.wait_timeout);
     let db = &loaded.settings.database;
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded, wait).await?;
+        let mut ready = wait_step(&loaded).await?;
         active.set(Some(ready.backend_pid));
-        migrate_step(&mut ready, &plan, &Reconnect { loaded: &loaded, wait, active: &active }).await
+        migrate_step(&mut ready, &plan, &Reconnect { loaded: &loaded, active: &active }).await
     }))
 }
 
@@ -136,7 +135,6 @@ pub struct Plan<'a> {
 /// How to get a new connection when the server restarts before anything was applied.
 pub struct Reconnect<'a> {
     pub loaded: &'a Loaded,
-    pub wait: Duration,
     pub active: &'a ActiveBackend,
 }
 
@@ -146,7 +144,7 @@ impl Reconnect<'_> {
         match backend::db::Failure::classify(&error, &self.loaded.settings.database) {
             backend::db::Failure::Retry(reason) => {
                 ui::line(format!("lost the connection before migrating ({reason}): connecting again"));
-                *ready = wait_step(self.loaded, self.wait).await?;
+                *ready = wait_step(self.loaded).await?;
                 self.active.set(Some(ready.backend_pid));
                 Ok(())
             }
@@ -233,7 +231,7 @@ async fn acquire_lock(ready: &mut Ready, key: i64, timeout: Duration, reconnect:
                 Failure::Migration,
                 anyhow!(
                     "the migration lock is still held after {} by {holder}: wait for it to finish, or end that session \
-                     (SELECT pg_terminate_backend(pid)) if it is stuck; --lock-timeout SECS waits longer",
+                     (SELECT pg_terminate_backend(pid)) if it is stuck; --migration-lock-timeout SECS waits longer",
                     ui::duration(started.elapsed())
                 ),
             ));
@@ -298,23 +296,20 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
         .collect();
-    let lock_timeout = format!("SET lock_timeout = {}", plan.statement_lock_timeout.as_millis());
+    let prefix = lock_timeout_prefix(plan.statement_lock_timeout);
     for file in &pending {
         ui::line(format!("applying {}", file.name()));
-        // Set before each migration: one that sets its own (SET, not SET LOCAL) would keep it.
-        sqlx::query(sqlx::AssertSqlSafe(lock_timeout.clone()))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| fail(Failure::Migration, e))?;
+        let migration = with_lock_timeout(&file.migration, &prefix);
         let blockers = Blockers::default();
         let applied = tokio::select! {
-            applied = conn.apply(table, &file.migration) => applied,
+            applied = conn.apply(table, &migration) => applied,
             never = blockers.watch(db, backend_pid) => match never {},
         };
         let elapsed = match applied {
             Ok(elapsed) => elapsed,
             Err(error) => {
-                let mut explained = explain_failure(error, file, &blockers, plan);
+                let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
+                let mut explained = explain_failure(error, file, offset, &blockers, plan);
                 if file.migration.no_tx
                     && let Some(note) = invalid_indexes_note(conn).await
                 {
@@ -330,7 +325,30 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
             ui::duration(elapsed)
         ));
     }
+    if !pending.is_empty() {
+        // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
+        // what runs next (the seed) gets the server's default again.
+        sqlx::raw_sql("RESET lock_timeout").execute(&mut *conn).await.map_err(|e| fail(Failure::Migration, e))?;
+    }
     Ok(pending.len())
+}
+
+/// `SET LOCAL lock_timeout` on a line of its own, sent with the migration's SQL in the same query:
+/// no round trip of its own, it ends with the migration's transaction, and a migration that
+/// sets its own comes later and wins.
+fn lock_timeout_prefix(timeout: Duration) -> String {
+    format!("SET LOCAL lock_timeout = {};\n", timeout.as_millis())
+}
+
+/// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`
+/// migration gets nothing: `CREATE INDEX CONCURRENTLY` waits for older transactions through lock
+/// waits, which `lock_timeout` would cancel, leaving an INVALID index.
+fn with_lock_timeout(migration: &Migration, prefix: &str) -> Migration {
+    if migration.no_tx {
+        return migration.clone();
+    }
+    let sql = sqlx::AssertSqlSafe(format!("{prefix}{}", migration.sql.as_str()));
+    Migration { sql: sqlx::SqlSafeStr::into_sql_str(sql), ..migration.clone() }
 }
 
 /// Changed files and failed rows stop the run; versions unknown to this code warn (or stop,
@@ -381,7 +399,14 @@ fn refuse_inconsistent(status: &Status, plan: &Plan<'_>) -> anyhow::Result<()> {
 }
 
 /// Names the file, Postgres's message and SQLSTATE, and the line when Postgres gives a position.
-fn explain_failure(error: MigrateError, file: &MigrationFile, blockers: &Blockers, plan: &Plan<'_>) -> anyhow::Error {
+/// `offset`: the characters sent before the file's SQL, which Postgres's error position counts.
+fn explain_failure(
+    error: MigrateError,
+    file: &MigrationFile,
+    offset: usize,
+    blockers: &Blockers,
+    plan: &Plan<'_>,
+) -> anyhow::Error {
     let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
     let partial = if file.migration.no_tx {
         "\n  note: this migration runs without a transaction: statements before the failing one stay applied; \
@@ -397,7 +422,7 @@ fn explain_failure(error: MigrateError, file: &MigrationFile, blockers: &Blocker
     };
     let sql = file.migration.sql.as_str();
     let line = match pg.position() {
-        Some(PgErrorPosition::Original(position)) => Some(line_of(sql, position)),
+        Some(PgErrorPosition::Original(position)) if position > offset => Some(line_of(sql, position - offset)),
         _ => None,
     };
     let mut message = match line {
@@ -430,11 +455,10 @@ fn line_of(sql: &str, position: usize) -> usize {
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, _) = args.source.load(&loaded.root)?;
-    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
     let db = &loaded.settings.database;
     let active = ActiveBackend::default();
     let status = runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded, wait).await?;
+        let mut ready = wait_step(&loaded).await?;
         applied_rows(&mut ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
     }))?;
     let status = Status::compare(&set, &status);

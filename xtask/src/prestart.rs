@@ -8,7 +8,7 @@ use crate::interrupt::{ActiveBackend, interruptible};
 use crate::migrate::{MigrateOptions, Reconnect, migrate_step};
 use crate::seed::{required_superuser, seed_step};
 use crate::ui;
-use crate::wait::{DEFAULT_WAIT_SECS, still_ready, wait_step};
+use crate::wait::{still_ready, wait_step};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,20 +26,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
-    let plan = args.migrate.plan(&set, &settings, &dir, wait);
+    let plan = args.migrate.plan(&set, &settings, &dir, loaded.wait_timeout);
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
         // One dedicated connection serves all three steps: no pool, and no second handshake.
-        let mut ready = wait_step(&loaded, wait).await?;
+        let mut ready = wait_step(&loaded).await?;
         active.set(Some(ready.backend_pid));
-        let reconnect = Reconnect { loaded: &loaded, wait, active: &active };
+        let reconnect = Reconnect { loaded: &loaded, active: &active };
         let migrating = Instant::now();
         migrate_step(&mut ready, &plan, &reconnect).await?;
         // After a long migration the server may have restarted; right after a short one, asking
         // would only cost the no-op run a round trip.
         if migrating.elapsed() > Duration::from_secs(1) {
-            ready = still_ready(&loaded, ready, wait).await?;
+            ready = still_ready(&loaded, ready).await?;
         }
         active.set(Some(ready.backend_pid));
         seed_step(&mut ready.conn, superuser).await

@@ -11,7 +11,7 @@ use crate::context::{DbArgs, runtime};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
-use crate::wait::{DEFAULT_WAIT_SECS, wait_step};
+use crate::wait::wait_step;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,10 +22,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    let wait = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
-        let mut ready = wait_step(&loaded, wait).await?;
+        let mut ready = wait_step(&loaded).await?;
         active.set(Some(ready.backend_pid));
         seed_step(&mut ready.conn, superuser).await
     }))

@@ -12,11 +12,11 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use sqlx::postgres::PgSslMode;
 use xshell::{Shell, cmd};
 
-use crate::context::{DbArgs, Loaded, SourceArgs, cargo, root, runtime};
+use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
 use crate::dev_db::DevCluster;
 use crate::diagnose::is_loopback;
 use crate::exit::{Failure, fail};
-use crate::interrupt::ActiveBackend;
+use crate::interrupt::{ActiveBackend, interruptible};
 use crate::migrate::{MigrateOptions, Reconnect, migrate_step};
 use crate::ui;
 use crate::wait::wait_step;
@@ -30,53 +30,51 @@ pub struct Args {
     #[arg(long)]
     install: bool,
     #[command(flatten)]
-    db: DbArgs,
+    settings: SettingsArgs,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let root = root();
     let _root = sh.push_dir(&root);
-    let mut db_args = args.db.clone();
-    if db_args.settings.env_file.is_none() && !root.join(".env").exists() {
+    let mut settings_args = args.settings.clone();
+    if settings_args.env_file.is_none() && !root.join(".env").exists() {
         // A fresh clone or CI: the example's settings describe the local cluster.
-        db_args.settings.env_file = Some(root.join(".env.example"));
+        settings_args.env_file = Some(root.join(".env.example"));
         ui::line("no .env: using the settings of .env.example");
     }
-    let loaded = db_args.load()?;
+    let loaded = args.wait.load(&settings_args)?;
     ensure_sqlx_cli(&sh, &root, args.install)?;
     let server = server_for_prepare(&sh, &loaded)?;
     let throwaway = format!("sqlx_prepare_{}", std::process::id());
-    let target = server.with_database(&throwaway);
+    let target = loaded.with_database(&throwaway);
 
     ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));
-    runtime()?.block_on(maintenance(&server, &format!("CREATE DATABASE \"{throwaway}\"")))?;
-    let prepared = prepare_in(&sh, &loaded, &target, args.check);
-    // Dropped on every path, failures included.
-    let dropped =
-        runtime()?.block_on(maintenance(&server, &format!("DROP DATABASE IF EXISTS \"{throwaway}\" WITH (FORCE)")));
-    match (&prepared, dropped) {
-        (_, Ok(())) => ui::line(format!("dropped {throwaway}")),
-        (_, Err(e)) => ui::warn(format!("could not drop {throwaway}: {e:#}; drop it by hand")),
-    }
-    prepared
+    runtime()?.block_on(async {
+        maintenance(&server, &format!("CREATE DATABASE \"{throwaway}\"")).await?;
+        // Dropped on every path: failures, and SIGINT or SIGTERM, which stop the migration or
+        // sqlx-cli first.
+        let active = ActiveBackend::default();
+        let prepared = interruptible(&server, &active, prepare_in(&sh, &target, &active, args.check)).await;
+        match drop_database(&server, &throwaway).await {
+            Ok(()) => ui::line(format!("dropped {throwaway}")),
+            Err(e) => ui::warn(format!("could not drop {throwaway}: {e:#}; drop it by hand")),
+        }
+        prepared
+    })
 }
 
 /// Migrates the throwaway database with prestart's code, then runs `cargo sqlx prepare`.
-fn prepare_in(sh: &Shell, loaded: &Loaded, target: &DatabaseSettings, check: bool) -> anyhow::Result<()> {
-    let (set, settings, dir) = SourceArgs::default().load(&loaded.root)?;
-    let wait = Duration::from_secs(30);
-    let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, wait);
-    let target_loaded = Loaded {
-        root: loaded.root.clone(),
-        settings: loaded.settings.with_database(target.database()),
-        context: loaded.context,
-    };
-    runtime()?.block_on(async {
-        let active = ActiveBackend::default();
-        let mut ready = wait_step(&target_loaded, wait).await?;
-        migrate_step(&mut ready, &plan, &Reconnect { loaded: &target_loaded, wait, active: &active }).await
-    })?;
+async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: bool) -> anyhow::Result<()> {
+    let (set, settings, dir) = SourceArgs::default().load(&target.root)?;
+    let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
+    let mut ready = wait_step(target).await?;
+    active.set(Some(ready.backend_pid));
+    migrate_step(&mut ready, &plan, &Reconnect { loaded: target, active }).await?;
+    drop(ready);
+    active.set(None);
 
     ui::step(if check {
         "check .sqlx/ against the code (cargo sqlx prepare --check)"
@@ -89,12 +87,20 @@ fn prepare_in(sh: &Shell, loaded: &Loaded, target: &DatabaseSettings, check: boo
     }
     // The macros live behind backend's `server` feature.
     args.extend(["--", "--all-targets", "--all-features"]);
-    let url = database_url(target);
-    let prepared = cargo(sh, &args).env("DATABASE_URL", &url).env("SQLX_OFFLINE", "false").run();
-    if prepared.is_ok() {
+    let url = database_url(&target.settings.database);
+    let command = cargo(sh, &args).env("DATABASE_URL", &url).env("SQLX_OFFLINE", "false");
+    let mut command = tokio::process::Command::from(std::process::Command::from(command));
+    // Its own process group, so that stopping it (when this future is dropped on a signal) stops
+    // the compilers and sqlx-cli that cargo started, not cargo alone.
+    command.process_group(0);
+    let child = command.spawn().context("cannot start cargo")?;
+    let mut group = ProcessGroup(child.id());
+    let prepared = child.wait_with_output().await.context("cargo sqlx prepare")?.status.success();
+    group.0 = None;
+    if prepared {
         return Ok(());
     }
-    let stale = if check { stale_queries(&loaded.root) } else { Vec::new() };
+    let stale = if check { stale_queries(&target.root) } else { Vec::new() };
     if !stale.is_empty() {
         return Err(fail(
             Failure::ChecksFailed,
@@ -105,6 +111,17 @@ fn prepare_in(sh: &Shell, loaded: &Loaded, target: &DatabaseSettings, check: boo
         ));
     }
     bail!("cargo sqlx prepare failed: see the messages above (a compile error, or a query the database rejects)")
+}
+
+/// A running process group, sent SIGTERM when dropped before it ended.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg("--").arg(format!("-{pid}")).status();
+        }
+    }
 }
 
 /// The queries `--check` generated that `.sqlx/` lacks or holds differently (sqlx-cli leaves
@@ -163,20 +180,46 @@ fn server_for_prepare(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSet
 }
 
 async fn maintenance(server: &DatabaseSettings, sql: &str) -> anyhow::Result<()> {
-    let mut ready = backend::db::connect_once(server, "prestart-sqlx-prepare", Duration::from_secs(10))
+    let mut ready = backend::db::connect_once(server, "prestart-sqlx-prepare", MAINTENANCE_TIMEOUT)
         .await
-        .map_err(|e| anyhow!("cannot connect to {server}: {e:?}"))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut ready.conn)
-        .await
-        .with_context(|| format!("{server}: {sql}"))?;
+        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
+    tokio::time::timeout(
+        MAINTENANCE_TIMEOUT,
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn),
+    )
+    .await
+    .with_context(|| format!("{server}: {sql}: no answer within {} s", MAINTENANCE_TIMEOUT.as_secs()))?
+    .with_context(|| format!("{server}: {sql}"))?;
     Ok(())
 }
+
+/// Ends the sessions still connected to `database`, then drops it. `DROP DATABASE ... WITH
+/// (FORCE)` would do both, from PostgreSQL 13 on only.
+async fn drop_database(server: &DatabaseSettings, database: &str) -> anyhow::Result<()> {
+    let quoted = database.replace('\'', "''");
+    maintenance(
+        server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{quoted}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await?;
+    maintenance(server, &format!("DROP DATABASE IF EXISTS \"{database}\"")).await
+}
+
+/// Each statement on the maintenance database: a server that stops answering costs seconds.
+const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The URL sqlx-cli needs, password percent-encoded. Only ever passed in the environment.
 fn database_url(db: &DatabaseSettings) -> String {
     let encode = |text: &str| utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
-    let host = if db.host().contains(':') { format!("[{}]", db.host()) } else { db.host().to_owned() };
+    // A Unix socket's folder goes in the `host` parameter, as libpq and sqlx read it.
+    let (host, socket) = match db.socket() {
+        Some(dir) => ("localhost".to_owned(), format!("&host={}", encode(&dir.to_string_lossy()))),
+        None if db.host().contains(':') => (format!("[{}]", db.host()), String::new()),
+        None => (db.host().to_owned(), String::new()),
+    };
+    let root_cert = db.ssl_root_cert().map(|path| format!("&sslrootcert={}", encode(path))).unwrap_or_default();
     let password = db.password().map(|p| format!(":{}", encode(p.expose()))).unwrap_or_default();
     let mode = match db.ssl_mode() {
         PgSslMode::Disable => "disable",
@@ -186,7 +229,12 @@ fn database_url(db: &DatabaseSettings) -> String {
         PgSslMode::VerifyCa => "verify-ca",
         PgSslMode::VerifyFull => "verify-full",
     };
-    format!("postgres://{}{password}@{host}:{}/{}?sslmode={mode}", encode(db.user()), db.port(), encode(db.database()))
+    format!(
+        "postgres://{}{password}@{host}:{}/{}?sslmode={mode}{root_cert}{socket}",
+        encode(db.user()),
+        db.port(),
+        encode(db.database())
+    )
 }
 
 /// The sqlx version of Cargo.lock.

@@ -12,7 +12,6 @@ use crate::ui;
 
 /// While the reason stays the same, repeat the wait line this often rather than per attempt.
 const REPEAT_EVERY: Duration = Duration::from_secs(5);
-pub const DEFAULT_WAIT_SECS: u64 = 300;
 /// The name other sessions see in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "prestart";
 
@@ -24,18 +23,30 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
-    let deadline = args.db.wait_timeout_or(DEFAULT_WAIT_SECS);
     runtime()?.block_on(async {
         let db = &loaded.settings.database;
-        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded, deadline).await.map(drop) }).await
+        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded).await.map(drop) }).await
     })
 }
 
-/// Waits for the database, logging why while it waits, and returns the ready connection.
-pub async fn wait_step(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Ready> {
+/// Waits for the database, logging why while it waits, and returns the ready connection. The
+/// time it takes comes out of the run's one wait budget.
+pub async fn wait_step(loaded: &Loaded) -> anyhow::Result<Ready> {
+    let started = Instant::now();
+    let result = wait_within(loaded, loaded.wait_left()).await;
+    loaded.spend_waiting(started.elapsed());
+    result
+}
+
+async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Ready> {
     let db = &loaded.settings.database;
     let context = loaded.context;
-    ui::step(format!("wait for the database at {db} (deadline {} s)", deadline.as_secs()));
+    let budget = if deadline == loaded.wait_timeout {
+        format!("deadline {} s", deadline.as_secs())
+    } else {
+        format!("{} s left of the {} s deadline", deadline.as_secs(), loaded.wait_timeout.as_secs())
+    };
+    ui::step(format!("wait for the database at {db} ({budget})"));
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;
     let mut report = |progress: &WaitProgress<'_>| {
@@ -77,13 +88,13 @@ pub async fn wait_step(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Re
 
 /// The connection from an earlier step if it still answers, else a new one: a server that
 /// restarted between two steps costs a reconnect, not the run.
-pub async fn still_ready(loaded: &Loaded, mut ready: Ready, deadline: Duration) -> anyhow::Result<Ready> {
+pub async fn still_ready(loaded: &Loaded, mut ready: Ready) -> anyhow::Result<Ready> {
     let ping = sqlx::raw_sql("SELECT 1").execute(&mut ready.conn).await;
     let Err(error) = ping else { return Ok(ready) };
     match backend::db::Failure::classify(&error, &loaded.settings.database) {
         backend::db::Failure::Retry(reason) => {
             ui::line(format!("the connection broke since the last step ({reason}): connecting again"));
-            wait_step(loaded, deadline).await
+            wait_step(loaded).await
         }
         backend::db::Failure::Fatal(fatal) => Err(fail(Failure::Refused, anyhow::anyhow!("{fatal}"))),
     }

@@ -151,6 +151,35 @@ fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
     assert_eq!(cluster.psql("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('events_x')"), "t");
 }
 
+#[test]
+fn create_index_concurrently_outwaits_an_old_transaction_longer_than_the_lock_timeout() {
+    let cluster = Cluster::started();
+    setup(&cluster, "CREATE TABLE events (x int); INSERT INTO events SELECT generate_series(1, 1000)");
+    let migrations = Migrations::empty();
+    migrations.write("1_index.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY events_x ON events (x);\n");
+    migrations.write("2_table.sql", "CREATE TABLE after_index (id int);\n");
+    let reader = Session::open(&cluster, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events;");
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") == "1"
+    }));
+    let running = run("migrate", &cluster, &migrations, &["--statement-lock-timeout", "1"]).spawn();
+    // The index waits for the reader's transaction through a lock wait, for longer than the
+    // statement lock timeout, and must not be cancelled for it.
+    let waited = eventually(Duration::from_secs(20), || {
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND wait_event_type = 'Lock' \
+             AND now() - query_start > interval '2 seconds'",
+        ) == "1"
+    });
+    assert!(waited, "the index never waited for the old transaction: {:?}", running.wait());
+    drop(reader);
+    running.wait().assert_code(0).assert_stderr_contains("applied 2 table");
+    assert_eq!(cluster.psql("app", "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('events_x')"), "t");
+    // The migration after it ran with the lock timeout, which ended with its transaction.
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "2");
+}
+
 /// A CA and a server certificate for 127.0.0.1 signed by it, installed in the cluster with ssl on.
 fn enable_tls(cluster: &Cluster) -> std::path::PathBuf {
     let dir = cluster.scratch();

@@ -157,7 +157,7 @@ fn without_a_database_the_migrations_added_since_the_default_branch_are_checked(
     project.write("migrations/20261203000000_uncommitted.sql", "DROP TABLE app_settings;\n");
 
     // No settings at all: the database cannot be asked, git is.
-    let outcome = project.run(&["lint-migrations", "--env-file", "/nonexistent/.env"], &[]).output();
+    let outcome = project.run(&["lint-migrations", "--env-file", "/dev/null"], &[]).output();
     outcome
         .assert_code(1)
         .assert_stderr_contains("lint 2 of 6 migrations")

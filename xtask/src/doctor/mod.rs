@@ -20,7 +20,7 @@ use backend::config::{ConfigError, Env, Settings};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::context::{SettingsArgs, SourceArgs, root, runtime};
+use crate::context::{ContextArgs, SettingsArgs, SourceArgs, root, runtime};
 use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};
 
@@ -28,6 +28,8 @@ use crate::exit::{Failure, fail};
 pub struct Args {
     #[command(flatten)]
     settings: SettingsArgs,
+    #[command(flatten)]
+    context: ContextArgs,
     #[command(flatten)]
     source: SourceArgs,
     /// Print one JSON document (see the README for its fields) instead of the report
@@ -130,7 +132,7 @@ impl Inputs {
                 .unwrap_or_default(),
         };
         let settings = Settings::from_env(&env);
-        let context = args.settings.runtime_context(env.get("KUBERNETES_SERVICE_HOST").is_some());
+        let context = args.context.runtime_context(env.get("KUBERNETES_SERVICE_HOST").is_some());
         Inputs { root: root(), env_file, file_vars, env, settings, context, source: args.source.clone() }
     }
 
@@ -184,6 +186,12 @@ fn panicked() -> anyhow::Error {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(file) = args.settings.env_file.as_ref().filter(|file| !file.exists()) {
+        return Err(fail(
+            Failure::Config,
+            anyhow::anyhow!("--env-file {}: no such file; pass an existing file, or leave it out", file.display()),
+        ));
+    }
     let inputs = Inputs::read(&args);
     let mut doctor = Doctor::default();
     let compose = compose::Model::load(&inputs);

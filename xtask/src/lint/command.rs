@@ -9,14 +9,14 @@ use backend::schema::{MigrationFile, MigrationSet, applied_rows};
 use xshell::{Shell, cmd};
 
 use super::{Finding, Linter, RULES, Rule};
-use crate::context::{DbArgs, SourceArgs, display_path, runtime};
+use crate::context::{SettingsArgs, SourceArgs, display_path, runtime};
 use crate::exit::{Failure, fail};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    db: DbArgs,
+    settings: SettingsArgs,
     #[command(flatten)]
     source: SourceArgs,
     /// Check every migration, not only the ones not applied yet (or, without a database, the
@@ -106,7 +106,7 @@ fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path)
 }
 
 fn applied_versions(args: &Args, table: &str) -> Option<BTreeSet<i64>> {
-    let loaded = args.db.load().ok()?;
+    let loaded = args.settings.load().ok()?;
     runtime().ok()?.block_on(async {
         let mut ready =
             backend::db::connect_once(&loaded.settings.database, "prestart-lint", Duration::from_secs(3)).await.ok()?;

@@ -435,6 +435,18 @@ impl DatabaseSettings {
         self.options.get_ssl_mode()
     }
 
+    /// The sslmode as libpq spells it.
+    pub fn ssl_mode_name(&self) -> &'static str {
+        match self.ssl_mode() {
+            PgSslMode::Disable => "disable",
+            PgSslMode::Allow => "allow",
+            PgSslMode::Prefer => "prefer",
+            PgSslMode::Require => "require",
+            PgSslMode::VerifyCa => "verify-ca",
+            PgSslMode::VerifyFull => "verify-full",
+        }
+    }
+
     /// `POSTGRES_SSLROOTCERT`, or the `sslrootcert` of `DATABASE_URL`.
     pub fn ssl_root_cert(&self) -> Option<&str> {
         self.ssl_root_cert.as_deref()

@@ -291,8 +291,22 @@ fn tls_failure(detail: &str, settings: &DatabaseSettings) -> Fatal {
 /// A ready connection and the server process behind it.
 pub struct Ready {
     pub conn: PgConnection,
-    /// `pg_backend_pid()`, so a second connection can cancel what this one runs.
-    pub backend_pid: i32,
+    /// So a second connection can stop what this one runs.
+    pub process: ServerProcess,
+}
+
+/// One server process: its pid, and when it started, since a restarted server reuses pids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerProcess {
+    pub pid: i32,
+    /// `backend_start` as the server prints it.
+    pub started: String,
+}
+
+impl fmt::Display for ServerProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server process {}", self.pid)
+    }
 }
 
 /// One attempt: connect within `timeout` and prove the server answers a query.
@@ -305,9 +319,11 @@ pub async fn connect_once(
     let attempt = async {
         let mut conn = PgConnection::connect_with(&options).await?;
         // The simple protocol answers in one round trip; a prepared statement would take two.
-        let row = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
-        let backend_pid: i32 = sqlx::Row::try_get(&row, 0)?;
-        Ok::<_, sqlx::Error>(Ready { conn, backend_pid })
+        let row = sqlx::raw_sql("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        let process = ServerProcess { pid: sqlx::Row::try_get(&row, 0)?, started: sqlx::Row::try_get(&row, 1)? };
+        Ok::<_, sqlx::Error>(Ready { conn, process })
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(ready)) => Ok(ready),
@@ -383,28 +399,34 @@ pub async fn wait_for_database(
     }
 }
 
-/// Stops what `backend_pid` is doing, from a second connection: sqlx cannot send a CancelRequest.
+/// Stops what `process` is doing, from a second connection, by `deadline`: sqlx cannot send a
+/// CancelRequest.
 ///
 /// Terminating (rather than only cancelling the statement) also rolls back the open transaction
-/// and releases the session's locks, advisory ones included, before we exit.
+/// and releases the session's locks, advisory ones included, before we exit. A process of the
+/// same pid that started at another time (the server restarted meanwhile) is left alone.
 pub async fn terminate_backend(
     settings: &DatabaseSettings,
-    backend_pid: i32,
-    timeout: Duration,
+    process: &ServerProcess,
+    deadline: Instant,
 ) -> Result<bool, Failure> {
-    let mut ready = connect_once(settings, "prestart-cancel", timeout).await?;
+    let timed_out = || Failure::Retry(Retryable { kind: RetryKind::TimedOut, detail: "no answer in time".into() });
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let mut ready = connect_once(settings, "prestart-cancel", left()).await?;
     // Since PostgreSQL 14 the call can wait until the process is gone, so its locks are released
-    // by the time we exit.
+    // by the time we exit; it waits a little less than we do, so its answer still reaches us.
+    let server_wait = left().saturating_sub(Duration::from_millis(100)).as_millis();
     let sql = match ready.conn.server_version_num() {
-        Some(version) if version >= 140_000 => "SELECT pg_terminate_backend($1, 2000)",
-        _ => "SELECT pg_terminate_backend($1)",
+        Some(version) if version >= 140_000 && server_wait > 0 => format!(
+            "SELECT pg_terminate_backend(pid, {server_wait}) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2"
+        ),
+        _ => "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2"
+            .to_owned(),
     };
-    let stopped =
-        tokio::time::timeout(timeout, sqlx::query_scalar::<_, bool>(sql).bind(backend_pid).fetch_one(&mut ready.conn))
-            .await;
-    match stopped {
-        Ok(Ok(stopped)) => Ok(stopped),
+    let query = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql)).bind(process.pid).bind(&process.started);
+    match tokio::time::timeout(left(), query.fetch_optional(&mut ready.conn)).await {
+        Ok(Ok(stopped)) => Ok(stopped.unwrap_or(false)),
         Ok(Err(error)) => Err(Failure::classify(&error, settings)),
-        Err(_) => Err(Failure::Retry(Retryable { kind: RetryKind::TimedOut, detail: "cancel timed out".into() })),
+        Err(_) => Err(timed_out()),
     }
 }

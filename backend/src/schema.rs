@@ -198,7 +198,7 @@ pub enum State {
     Pending,
     /// Applied, but the file has changed since.
     Changed,
-    /// A row with `success = false`: a `-- no-transaction` migration that stopped halfway.
+    /// A row with `success = false`: never written by sqlx since 0.7; left by an older sqlx or by hand.
     Failed,
     /// Applied in the database, unknown to this code: a newer release ran, or this is a rollback.
     Unknown,

@@ -328,13 +328,19 @@ impl Run {
     /// containers alike.
     pub fn xtask(binary: &str, args: &[&str], env: &[(String, String)]) -> Run {
         let mut run = Run::program(binary, args, env);
-        if !args.contains(&"--context") {
-            run.command.args(["--context", "host"]);
-        }
+        run.judge_as_on_a_host(args);
         if !args.contains(&"--env-file") {
             run.command.args(["--env-file", "/dev/null"]);
         }
         run
+    }
+
+    /// `--context host` for the commands that diagnose, unless the test chose a context.
+    fn judge_as_on_a_host(&mut self, args: &[&str]) {
+        const DIAGNOSE: &[&str] = &["prestart", "wait-for-db", "migrate", "seed", "doctor", "dev"];
+        if args.first().is_some_and(|command| DIAGNOSE.contains(command)) && !args.contains(&"--context") {
+            self.command.args(["--context", "host"]);
+        }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Run {
@@ -520,9 +526,7 @@ impl Project {
     /// The project's binary with its own `.env` (unless `--env-file` is given) and nothing else.
     pub fn run(&self, args: &[&str], env: &[(String, String)]) -> Run {
         let mut run = Run::program(self.path().join("xtask"), args, env);
-        if !args.contains(&"--context") {
-            run.command.args(["--context", "host"]);
-        }
+        run.judge_as_on_a_host(args);
         run
     }
 }
@@ -530,4 +534,42 @@ impl Project {
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// sqlx's own migration lock on a database of `cluster`, taken with `Migrate::lock` (not a copy of
+/// its key formula, so a change of key upstream fails the tests), held until dropped.
+pub struct MigrationLock {
+    runtime: tokio::runtime::Runtime,
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl MigrationLock {
+    pub fn take(cluster: &Cluster, database: &str, application_name: &str) -> MigrationLock {
+        use sqlx::Connection;
+        use sqlx::migrate::Migrate;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let conn = runtime.block_on(async {
+            let options = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+                .host("127.0.0.1")
+                .port(cluster.port)
+                .username(SUPERUSER)
+                .password(PASSWORD)
+                .database(database)
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+                .application_name(application_name);
+            let mut conn = sqlx::PgConnection::connect_with(&options).await.expect("connect");
+            conn.lock().await.expect("take the migration lock");
+            conn
+        });
+        MigrationLock { runtime, conn: Some(conn) }
+    }
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        use sqlx::Connection;
+        if let Some(conn) = self.conn.take() {
+            let _ = self.runtime.block_on(conn.close());
+        }
+    }
 }

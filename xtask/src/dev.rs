@@ -13,10 +13,11 @@ use xshell::{Shell, cmd};
 
 use crate::context::{DbArgs, SourceArgs, cargo, root, runtime};
 use crate::dev_db::DevCluster;
-use crate::exit::{Failure, fail};
+use crate::exit::{Failure, Signal, fail};
 use crate::migrate::MigrateOptions;
 use crate::prestart;
 use crate::ui;
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -79,11 +80,14 @@ fn is_local(host: &str) -> bool {
         || host.starts_with('/')
 }
 
-/// Builds and runs backend and worker until either exits or Ctrl-C (which the terminal sends to
-/// the whole process group, children included).
+/// How long backend and worker get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Builds and runs backend and worker until either exits, or SIGINT or SIGTERM arrives, which is
+/// forwarded to both; both are reaped before this returns.
 fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
     ui::step("build backend and worker");
-    cargo(sh, &["build", "--quiet", "--package", "backend", "--features", "server", "--bins"])
+    cargo(sh, &["build", "--package", "backend", "--features", "server", "--bins"])
         .run()
         .context("cargo build failed")?;
     let bin = root().join("target").join("debug");
@@ -97,22 +101,66 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
         children.push((name, spawn_prefixed(command, name)?));
     }
     ui::step("backend and worker running: Ctrl-C stops them");
-    let (name, status) = loop {
-        let exited = children.iter_mut().find_map(|(name, child)| Some((*name, child.try_wait().ok()??)));
-        if let Some(exited) = exited {
-            break exited;
+    let stop = runtime()?.block_on(async {
+        // Registered here, not inherited: prestart's handlers stay installed after its runtime
+        // ends, and would swallow these signals.
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return anyhow::Ok(Stop::Signal(Signal::Interrupt)),
+                _ = terminate.recv() => return anyhow::Ok(Stop::Signal(Signal::Terminate)),
+                _ = tick.tick() => {
+                    let exited = children.iter_mut().find_map(|(name, child)| Some((*name, child.try_wait().ok()??)));
+                    if let Some((name, status)) = exited {
+                        return anyhow::Ok(Stop::Exited(name, status));
+                    }
+                }
+            }
         }
-        thread::sleep(Duration::from_millis(200));
+    })?;
+    // Stop the others the way a deploy would, with SIGTERM (SIGINT for Ctrl-C), and reap them.
+    let forwarded = match stop {
+        Stop::Signal(Signal::Interrupt) => "-INT",
+        _ => "-TERM",
     };
-    // One service ended: stop the other the way a deploy would, with SIGTERM.
-    for (_, other) in &children {
-        let pid = other.id().to_string();
-        let _ = cmd!(sh, "kill -TERM {pid}").quiet().ignore_stderr().run();
+    for (name, child) in &mut children {
+        if child.try_wait().ok().flatten().is_none() {
+            let pid = child.id().to_string();
+            let _ = cmd!(sh, "kill {forwarded} {pid}").quiet().ignore_stderr().run();
+        }
+        reap(name, child);
     }
-    if !status.success() {
-        bail!("{name} exited with {status}");
+    match stop {
+        Stop::Signal(signal) => Err(fail(
+            Failure::Interrupted(signal),
+            anyhow::anyhow!(
+                "backend and worker stopped; the database keeps running (cargo xtask dev-db stop stops a local cluster)"
+            ),
+        )),
+        Stop::Exited(name, status) if !status.success() => bail!("{name} exited with {status}"),
+        Stop::Exited(..) => Ok(()),
     }
-    Ok(())
+}
+
+enum Stop {
+    Signal(Signal),
+    Exited(&'static str, std::process::ExitStatus),
+}
+
+/// Waits for a child told to stop; kills it when it takes longer than [`STOP_GRACE`].
+fn reap(name: &str, child: &mut Child) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < STOP_GRACE {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    ui::warn(format!("{name} did not stop within {} s: killing it", STOP_GRACE.as_secs()));
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Starts `command` with its output copied to ours, each line prefixed with `[name]`.

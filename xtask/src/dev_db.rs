@@ -247,7 +247,7 @@ async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
     let maintenance = db.with_database("postgres");
     let mut ready = backend::db::connect_once(&maintenance, "prestart-dev-db", Duration::from_secs(10))
         .await
-        .map_err(|e| fail(Failure::Refused, anyhow!("{e:?}")))?;
+        .map_err(|e| fail(Failure::Refused, anyhow!("{e}")))?;
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(db.database())
         .fetch_one(&mut ready.conn)

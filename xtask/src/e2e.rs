@@ -425,9 +425,8 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> anyhow:
 
 fn query(db: &DatabaseSettings, sql: &str) -> anyhow::Result<String> {
     runtime()?.block_on(async {
-        let mut ready = backend::db::connect_once(db, "prestart-e2e", Duration::from_secs(5))
-            .await
-            .map_err(|e| anyhow!("{e:?}"))?;
+        let mut ready =
+            backend::db::connect_once(db, "prestart-e2e", Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
         Ok(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut ready.conn).await?)
     })
 }

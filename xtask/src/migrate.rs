@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(db, &active, async {
         let mut ready = wait_step(&loaded).await?;
-        active.set(Some(ready.backend_pid));
+        active.set(Some(&ready.process));
         migrate_step(&mut ready, &plan, &Reconnect { loaded: &loaded, active: &active }).await
     }))
 }
@@ -145,7 +145,7 @@ impl Reconnect<'_> {
             backend::db::Failure::Retry(reason) => {
                 ui::line(format!("lost the connection before migrating ({reason}): connecting again"));
                 *ready = wait_step(self.loaded).await?;
-                self.active.set(Some(ready.backend_pid));
+                self.active.set(Some(&ready.process));
                 Ok(())
             }
             backend::db::Failure::Fatal(_) => Err(fail(Failure::Migration, error)),
@@ -276,7 +276,7 @@ pub async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<String, sq
 
 /// Checks what is applied, then applies what is pending; returns how many were applied.
 async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings) -> anyhow::Result<usize> {
-    let backend_pid = ready.backend_pid;
+    let process = ready.process.pid;
     let conn = &mut ready.conn;
     let table = plan.settings.table_name.as_str();
     let prepare = async {
@@ -303,7 +303,7 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
         let blockers = Blockers::default();
         let applied = tokio::select! {
             applied = conn.apply(table, &migration) => applied,
-            never = blockers.watch(db, backend_pid) => match never {},
+            never = blockers.watch(db, process) => match never {},
         };
         let elapsed = match applied {
             Ok(elapsed) => elapsed,
@@ -359,8 +359,10 @@ fn refuse_inconsistent(status: &Status, plan: &Plan<'_>) -> anyhow::Result<()> {
         return Err(fail(
             Failure::Migration,
             anyhow!(
-                "migration {} ({}) is recorded as failed in {table}: a `-- no-transaction` migration stopped halfway; \
-                 finish or undo its statements by hand, then delete its row (DELETE FROM {table} WHERE version = {}) and rerun",
+                "migration {} ({}) is recorded with success = false in {table}: sqlx since 0.7 never writes such a row \
+                 (a failed migration leaves none), so an older sqlx-cli, another tool or a hand-made INSERT left it; \
+                 check whether its changes are in the schema, finish or undo them by hand, then delete its row \
+                 (DELETE FROM {table} WHERE version = {}) and rerun",
                 failed.version,
                 failed.description,
                 failed.version

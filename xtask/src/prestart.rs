@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
         // One dedicated connection serves all three steps: no pool, and no second handshake.
         let mut ready = wait_step(&loaded).await?;
-        active.set(Some(ready.backend_pid));
+        active.set(Some(&ready.process));
         let reconnect = Reconnect { loaded: &loaded, active: &active };
         let migrating = Instant::now();
         migrate_step(&mut ready, &plan, &reconnect).await?;
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if migrating.elapsed() > Duration::from_secs(1) {
             ready = still_ready(&loaded, ready).await?;
         }
-        active.set(Some(ready.backend_pid));
+        active.set(Some(&ready.process));
         seed_step(&mut ready.conn, superuser).await
     }))?;
     ui::step(format!("database ready in {}", ui::duration(started.elapsed())));

@@ -25,7 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
         let mut ready = wait_step(&loaded).await?;
-        active.set(Some(ready.backend_pid));
+        active.set(Some(&ready.process));
         seed_step(&mut ready.conn, superuser).await
     }))
 }

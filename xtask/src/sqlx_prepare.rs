@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use backend::config::DatabaseSettings;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use sqlx::postgres::PgSslMode;
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
@@ -71,7 +70,7 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
     let (set, settings, dir) = SourceArgs::default().load(&target.root)?;
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
     let mut ready = wait_step(target).await?;
-    active.set(Some(ready.backend_pid));
+    active.set(Some(&ready.process));
     migrate_step(&mut ready, &plan, &Reconnect { loaded: target, active }).await?;
     drop(ready);
     active.set(None);
@@ -221,14 +220,7 @@ fn database_url(db: &DatabaseSettings) -> String {
     };
     let root_cert = db.ssl_root_cert().map(|path| format!("&sslrootcert={}", encode(path))).unwrap_or_default();
     let password = db.password().map(|p| format!(":{}", encode(p.expose()))).unwrap_or_default();
-    let mode = match db.ssl_mode() {
-        PgSslMode::Disable => "disable",
-        PgSslMode::Allow => "allow",
-        PgSslMode::Prefer => "prefer",
-        PgSslMode::Require => "require",
-        PgSslMode::VerifyCa => "verify-ca",
-        PgSslMode::VerifyFull => "verify-full",
-    };
+    let mode = db.ssl_mode_name();
     format!(
         "postgres://{}{password}@{host}:{}/{}?sslmode={mode}{root_cert}{socket}",
         encode(db.user()),

@@ -1,11 +1,8 @@
 //! `cargo xtask doctor`: every check against the broken state it names, made for real.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
-use std::time::Duration;
 
-use testkit::{Cluster, Outcome, Project, eventually, set_mode};
+use testkit::{Cluster, Outcome, Project, set_mode};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -106,7 +103,17 @@ fn env_file_problems() {
     let mut text = std::fs::read_to_string(&env).expect("read .env");
     text.push_str("BROKEN='unterminated\n");
     std::fs::write(&env, text).expect("write .env");
-    doctor(&project, &[], &[]).expect("env.parse", "fail", "line 12: cannot parse the line for `BROKEN`", "quote");
+    let report = doctor(&project, &[], &[]);
+    report.expect("env.parse", "fail", "line 12: cannot parse the value of BROKEN", "quote");
+    report.expect("env.typos", "skipped", "does not parse", "");
+    report.expect("env.permissions", "skipped", "does not parse", "");
+
+    // `$` in an unquoted or double-quoted value is expanded by the reader: the password changes.
+    project.write_env(&cluster, &[]);
+    let mut text = std::fs::read_to_string(&env).expect("read .env");
+    text.push_str("FIRST_SUPERUSER_PASSWORD=\"pa$word\"\n");
+    std::fs::write(&env, text).expect("write .env");
+    doctor(&project, &[], &[]).expect("env.dollar", "warn", "FIRST_SUPERUSER_PASSWORD", "single quotes");
 
     // A missing key of .env.example, a typo, a world-readable file with a password.
     project.write(".env", &std::fs::read_to_string(project.path().join(".env.example")).expect("example"));
@@ -125,7 +132,7 @@ fn settings_problems() {
     let cluster = Cluster::started();
     let project = Project::new(XTASK);
     project.write_env(&cluster, &[("POSTGRES_PORT", "abc")]);
-    doctor(&project, &[], &[]).expect("env.settings", "fail", "POSTGRES_PORT=abc is not a number", "");
+    doctor(&project, &[], &[]).expect("env.settings", "fail", "POSTGRES_PORT is not a number", "");
     project.write_env(&cluster, &[("POSTGRES_DB", "")]);
     doctor(&project, &[], &[]).expect("env.settings", "fail", "POSTGRES_DB is not set", "");
 
@@ -289,18 +296,8 @@ fn migrations_against_the_database() {
 #[test]
 fn a_held_migration_lock_is_named() {
     let (cluster, project) = healthy();
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    let key = 0x3d32_ad9e * i64::from(CRC.checksum(b"app"));
-    let mut holder = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
-    let stdin = holder.stdin.as_mut().expect("stdin");
-    writeln!(stdin, "SET application_name = 'stuck-deploy'; SELECT pg_advisory_lock({key});").expect("send");
-    stdin.flush().expect("flush");
-    assert!(eventually(Duration::from_secs(10), || cluster
-        .psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        == "1"));
+    let _holder = testkit::MigrationLock::take(&cluster, "app", "stuck-deploy");
     doctor(&project, &[], &[]).expect("migrations.lock", "warn", "stuck-deploy", "pg_terminate_backend");
-    drop(holder.stdin.take());
-    holder.wait().expect("psql exits");
 }
 
 const GOOD_COMPOSE: &str = r#"services:

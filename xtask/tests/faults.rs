@@ -70,12 +70,7 @@ fn a_statement_stuck_behind_a_lock_fails_naming_the_blocking_session() {
 fn a_server_restart_while_waiting_for_the_migration_lock_costs_a_reconnect() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    let key = 0x3d32_ad9e * i64::from(CRC.checksum(b"app"));
-    let holder = Session::open(&cluster, &format!("SELECT pg_advisory_lock({key});"));
-    assert!(eventually(Duration::from_secs(10), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1"
-    }));
+    let holder = testkit::MigrationLock::take(&cluster, "app", "lock-holder-test");
     let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
     assert!(eventually(Duration::from_secs(10), || {
         cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart'") == "1"

@@ -97,6 +97,16 @@ fn each_rule_fires_on_the_unsafe_change_and_not_on_the_safe_one() {
 }
 
 #[test]
+fn a_byte_order_mark_hides_no_transaction_from_sqlx_and_so_from_the_linter() {
+    // sqlx reads `-- no-transaction` from the raw text: behind a BOM the file runs in a transaction,
+    // where CREATE INDEX CONCURRENTLY fails.
+    let outcome = lint("\u{feff}-- no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\n", &[]);
+    outcome.assert_code(1);
+    assert!(outcome.stdout.contains("2_change.sql:2: needs-no-transaction"), "{}", outcome.stdout);
+    lint("-- no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);\n", &[]).assert_code(0);
+}
+
+#[test]
 fn findings_name_file_and_line_and_later_statements_are_still_checked() {
     let outcome = lint("-- a comment\n\nDO $$ BEGIN END $$;\nALTER TABLE users\n  DROP COLUMN email;\n", &[]);
     outcome.assert_code(1);

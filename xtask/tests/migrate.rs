@@ -1,8 +1,6 @@
 //! `cargo xtask migrate` and `migrate status`: sqlx-cli's files and table, checked and applied
 //! under a lock that is bounded and always released.
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use testkit::{Cluster, Migrations, Run, eventually};
@@ -25,12 +23,6 @@ fn status(cluster: &Cluster, migrations: &Migrations, json: bool) -> testkit::Ou
         args.push("--json");
     }
     xtask(&args, &cluster.env("app")).output()
-}
-
-/// The advisory lock key of sqlx's Migrator for a database name.
-fn lock_key(database: &str) -> i64 {
-    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes()))
 }
 
 #[test]
@@ -114,14 +106,8 @@ fn a_failing_migration_names_file_line_and_sqlstate_and_applies_nothing_of_itsel
 fn a_held_migration_lock_is_waited_for_a_bounded_time_naming_its_holder() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
-    let mut holder = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
-    let stdin = holder.stdin.as_mut().expect("stdin");
-    writeln!(stdin, "SET application_name = 'lock-holder-test'; SELECT pg_advisory_lock({});", lock_key("app"))
-        .expect("send");
-    stdin.flush().expect("flush");
-    assert!(eventually(Duration::from_secs(10), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") == "1"
-    }));
+    let holder = testkit::MigrationLock::take(&cluster, "app", "lock-holder-test");
+    // The old name of --migration-lock-timeout still works.
     let outcome = migrate(&cluster, &migrations, &["--lock-timeout", "1"]).output();
     outcome
         .assert_code(6)
@@ -131,9 +117,8 @@ fn a_held_migration_lock_is_waited_for_a_bounded_time_naming_its_holder() {
     assert_eq!(cluster.psql("app", "SELECT to_regclass('_sqlx_migrations') IS NULL"), "t");
 
     // Once released, the same command goes through.
-    drop(holder.stdin.take());
-    holder.wait().expect("psql exits");
-    migrate(&cluster, &migrations, &["--lock-timeout", "5"]).output().assert_code(0);
+    drop(holder);
+    migrate(&cluster, &migrations, &["--migration-lock-timeout", "5"]).output().assert_code(0);
 }
 
 #[test]

@@ -155,6 +155,55 @@ fn libpq_variables_in_the_environment_are_ignored() {
 }
 
 #[test]
+fn a_database_url_without_a_password_does_not_read_pgpass() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let home = tempfile::tempdir().expect("home");
+    let pgpass = home.path().join(".pgpass");
+    std::fs::write(&pgpass, format!("*:*:*:*:{}\n", testkit::PASSWORD.replace(':', "\\:"))).expect("write .pgpass");
+    testkit::set_mode(&pgpass, 0o600);
+    let url = format!("postgres://postgres@127.0.0.1:{}/app?sslmode=disable", cluster.port);
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let run = |env: Vec<(String, String)>| {
+        xtask(&["prestart", "--source", &source], &env).env("HOME", home.path().to_str().expect("utf-8")).output()
+    };
+    let mut env = cluster.env("app");
+    env.push(("DATABASE_URL".to_owned(), url));
+    // The password in ~/.pgpass would work; it must not be used.
+    run(env).assert_code(5).assert_stderr_contains("SQLSTATE 28P01");
+    let mut env = cluster.env("app");
+    env.retain(|(key, _)| key != "POSTGRES_PASSWORD");
+    run(env).assert_code(5).assert_stderr_contains("SQLSTATE 28P01");
+}
+
+#[test]
+fn prestart_wait_timeout_in_the_env_file_bounds_the_wait() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let env_file = cluster.scratch().join(".env");
+    let text: String = cluster.env("app").iter().map(|(k, v)| format!("{k}='{v}'\n")).collect();
+    std::fs::write(&env_file, format!("{text}PRESTART_WAIT_TIMEOUT=1\n")).expect("write .env");
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let file = env_file.to_str().expect("utf-8").to_owned();
+    let outcome = xtask(&["prestart", "--source", &source, "--env-file", &file], &[]).output();
+    outcome.assert_code(4).assert_stderr_contains("(deadline 1 s)");
+    // The command line wins over the file.
+    let outcome = xtask(&["wait-for-db", "--env-file", &file, "--wait-timeout", "2"], &[]).output();
+    outcome.assert_code(4).assert_stderr_contains("(deadline 2 s)");
+}
+
+#[test]
+fn an_env_file_that_does_not_exist_is_a_configuration_error() {
+    for command in [&["prestart"][..], &["doctor"], &["migrate", "status"], &["dev-db", "status"], &["lint-migrations"]]
+    {
+        let mut args = command.to_vec();
+        args.extend(["--env-file", "/nonexistent/.env"]);
+        let outcome = xtask(&args, &[]).output();
+        outcome.assert_code(3).assert_stderr_contains("--env-file /nonexistent/.env: no such file");
+    }
+}
+
+#[test]
 fn a_database_url_with_an_encoded_password_works() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
@@ -174,10 +223,17 @@ fn configuration_errors_name_the_variable_and_exit_3() {
     let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     for (key, value, expected) in [
-        ("POSTGRES_PORT", "abc", "POSTGRES_PORT=abc is not a number"),
-        ("POSTGRES_PORT", "70000", "POSTGRES_PORT=70000 is out of range"),
+        ("POSTGRES_PORT", "abc", "POSTGRES_PORT is not a number"),
+        ("POSTGRES_PORT", "70000", "POSTGRES_PORT is out of range"),
         ("POSTGRES_SERVER", "", "POSTGRES_SERVER is not set"),
-        ("POSTGRES_SSLMODE", "sometimes", "POSTGRES_SSLMODE=sometimes is not a known mode"),
+        ("POSTGRES_SSLMODE", "sometimes", "POSTGRES_SSLMODE is not a known mode"),
+        (
+            "POSTGRES_SSLROOTCERT",
+            "/nonexistent/root.crt",
+            "POSTGRES_SSLROOTCERT names /nonexistent/root.crt, which cannot be read",
+        ),
+        ("POSTGRES_SSLROOTCERT", "/tmp", "POSTGRES_SSLROOTCERT names /tmp, which cannot be read (not a file)"),
+        ("PRESTART_WAIT_TIMEOUT", "soon", "PRESTART_WAIT_TIMEOUT is not a whole number of seconds"),
         ("FIRST_SUPERUSER", "", "FIRST_SUPERUSER is not set"),
     ] {
         let outcome = prestart(&cluster, &migrations, &[]).env(key, value).output();

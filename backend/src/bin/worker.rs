@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// A job `running` for longer than this belonged to a worker that died.
 const ABANDONED_AFTER_SECS: i64 = 300;
+/// How often a running worker puts abandoned jobs back, so they do not wait for a restart.
+const REQUEUE_EVERY: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     // One job at a time: a current-thread runtime is enough.
@@ -23,21 +25,22 @@ async fn work() -> ExitCode {
         Ok(service) => service,
         Err(e) => return e.report("worker"),
     };
-    match jobs::requeue_abandoned(&pool, ABANDONED_AFTER_SECS).await {
-        Ok(0) => {}
-        Ok(n) => eprintln!("worker: put {n} abandoned jobs back in the queue"),
-        Err(e) => eprintln!("worker: cannot requeue abandoned jobs: {e}"),
-    }
-    eprintln!("worker: waiting for jobs");
+    // The signal is looked at between jobs and while idle, never raced against a claim: a claim
+    // is an UPDATE that commits on its own, so cancelling one in flight could leave its job
+    // `running` with nobody on it.
     let shutdown = service::shutdown_signal();
     tokio::pin!(shutdown);
-    loop {
-        // The signal is only looked at between jobs, so the job in hand always finishes.
-        let claimed = tokio::select! {
-            _ = &mut shutdown => break,
-            claimed = jobs::claim(&pool) => claimed,
-        };
-        match claimed {
+    eprintln!("worker: waiting for jobs");
+    let mut requeue = tokio::time::interval(REQUEUE_EVERY);
+    while !is_ready(shutdown.as_mut()) {
+        if is_ready(std::pin::pin!(requeue.tick())) {
+            match jobs::requeue_abandoned(&pool, ABANDONED_AFTER_SECS).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("worker: put {n} abandoned jobs back in the queue"),
+                Err(e) => eprintln!("worker: cannot requeue abandoned jobs: {e}"),
+            }
+        }
+        match jobs::claim(&pool).await {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
@@ -57,12 +60,21 @@ async fn work() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("worker: cannot claim a job: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     }
     eprintln!("worker: stopped");
     ExitCode::SUCCESS
+}
+
+/// Whether `future` has finished, without waiting for it.
+fn is_ready<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    future.poll(&mut context).is_ready()
 }
 
 /// The job kinds this worker knows.

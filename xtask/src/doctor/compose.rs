@@ -325,7 +325,11 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs, model: &Result<Option<Model>, S
             Outcome::ok("prestart and backend read the same env_file")
         } else {
             Outcome::fail(
-                format!("prestart reads {:?} but backend reads {:?}", prestart.env_files, backend.env_files),
+                format!(
+                    "prestart reads {} but backend reads {}",
+                    files(&prestart.env_files),
+                    files(&backend.env_files)
+                ),
                 "give both `env_file: .env`, so they connect to the same database",
             )
         })
@@ -380,4 +384,12 @@ fn describe_image(service: &Service) -> String {
         (None, Some(build)) => format!("a build of {build}"),
         (None, None) => "no image".into(),
     }
+}
+
+/// A service's env files as a reader would list them.
+fn files(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "no env_file".to_owned();
+    }
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -16,6 +16,11 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
         Ok(vars) => vars.as_ref(),
         Err(_) => None,
     };
+    // Why a check of the file's contents cannot run.
+    let no_file = || match &inputs.file_vars {
+        Err(_) => Outcome::skipped(format!("{file} does not parse (see env.parse)")),
+        Ok(_) => Outcome::skipped(format!("no {file}")),
+    };
     // A container or pod gets its settings from the environment; no file is then fine.
     let environment_only = matches!(inputs.file_vars, Ok(None)) && inputs.settings.is_ok();
 
@@ -36,13 +41,15 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
     doctor.check(Area::Env, "env.parse", || {
         Ok(match &inputs.file_vars {
             Ok(Some(vars)) => Outcome::ok(format!("{file} parses ({} variables)", vars.keys().count())),
-            Ok(None) => Outcome::skipped("no .env file"),
-            Err(error) => Outcome::fail(error.to_string(), "fix that line; quote values with spaces, quotes or #"),
+            Ok(None) => Outcome::skipped(format!("no {file}")),
+            Err(error) => {
+                Outcome::fail(error.to_string(), format!("fix that line of {file}: put the value in single quotes"))
+            }
         })
     });
 
     doctor.check(Area::Env, "env.example_keys", || {
-        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file to compare")) };
+        let Some(vars) = file_vars else { return Ok(no_file()) };
         let example = inputs.root.join(".env.example");
         let Ok(Some(example_vars)) = backend::config::read_env_file(&example) else {
             return Ok(Outcome::skipped("no .env.example to compare with"));
@@ -62,7 +69,7 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
     });
 
     doctor.check(Area::Env, "env.typos", || {
-        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file")) };
+        let Some(vars) = file_vars else { return Ok(no_file()) };
         let typos: Vec<String> = vars
             .keys()
             .filter(|key| !KNOWN_VARIABLES.contains(key))
@@ -84,6 +91,25 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
             Err(error) => {
                 Outcome::fail(error.to_string(), "fix the variable in .env or the environment (see .env.example)")
             }
+        })
+    });
+
+    doctor.check(Area::Env, "env.dollar", || {
+        if file_vars.is_none() {
+            return Ok(no_file());
+        }
+        let text = std::fs::read_to_string(&inputs.env_file)?;
+        let expanded: Vec<&str> = text.lines().filter_map(expanded_secret).collect();
+        Ok(if expanded.is_empty() {
+            Outcome::ok("no password holds a `$` that the reader would expand")
+        } else {
+            Outcome::warn(
+                format!(
+                    "{} in {file} hold a `$` outside single quotes: it is read as a variable, which changes the value",
+                    expanded.join(", ")
+                ),
+                "put the value in single quotes (KEY='pa$word'), where nothing is expanded",
+            )
         })
     });
 
@@ -118,7 +144,7 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
     });
 
     doctor.check(Area::Env, "env.permissions", || {
-        let Some(vars) = file_vars else { return Ok(Outcome::skipped("no .env file")) };
+        let Some(vars) = file_vars else { return Ok(no_file()) };
         let holds_secret = SECRET_VARIABLES.iter().chain(["DATABASE_URL"].iter()).any(|key| vars.get(key).is_some());
         let mode = std::fs::metadata(&inputs.env_file)?.permissions().mode();
         Ok(if holds_secret && mode & 0o004 != 0 {
@@ -130,6 +156,17 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
             Outcome::ok(format!("{file} is not readable by other users, or holds no password"))
         })
     });
+}
+
+/// The key of a `KEY=value` line whose secret value holds a `$` outside single quotes.
+fn expanded_secret(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (key, value) = line.split_once('=')?;
+    let key = key.trim();
+    let is_secret = key.contains("PASSWORD") || key.ends_with("URL");
+    let value = value.trim_start();
+    (is_secret && !value.starts_with('\'') && value.contains('$')).then_some(key)
 }
 
 /// The known variable within two edits of `key`, if any.

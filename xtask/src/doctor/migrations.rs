@@ -241,8 +241,14 @@ fn state_checks(doctor: &mut Doctor, set: &MigrationSet, status: &Status) {
             Outcome::ok("no failed migration rows")
         } else {
             Outcome::fail(
-                format!("recorded as failed (a -- no-transaction migration stopped halfway): {}", failed.join(", ")),
-                "finish or undo its statements by hand, delete its row from the migrations table, and rerun prestart",
+                format!(
+                    "recorded with success = false: {}; sqlx since 0.7 never writes such a row (a failed migration leaves \
+                     none), so an older sqlx-cli, another tool or a hand-made INSERT left it, and sqlx refuses to migrate \
+                     past it",
+                    failed.join(", ")
+                ),
+                "check whether that migration's changes are in the schema, finish or undo them by hand, delete its row \
+                 from the migrations table, and rerun prestart",
             )
         })
     });

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use backend::db::{Failure, connect_once};
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgSslMode};
 
 use super::location::Target;
 use super::{Area, Doctor, Inputs, Outcome};
@@ -136,9 +136,35 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         .check_async(Area::Postgres, "postgres.tls", async {
             let row: Option<(bool, Option<String>)> =
                 sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_optional(&mut conn).await?;
-            let mode = format!("{:?}", database.ssl_mode()).to_lowercase();
+            let mode = database.ssl_mode_name();
+            let trusted = match database.ssl_root_cert() {
+                Some(path) => format!("the CA certificate {path}"),
+                None => "the system's trusted CA certificates".to_owned(),
+            };
             Ok(match row {
-                Some((true, version)) => Outcome::ok(format!("encrypted with {} (sslmode {mode})", version.unwrap_or_default())),
+                Some((true, version)) => {
+                    let version = version.unwrap_or_default();
+                    match database.ssl_mode() {
+                        PgSslMode::VerifyFull => Outcome::ok(format!(
+                            "encrypted with {version}; the server's certificate and host name are verified against {trusted}"
+                        )),
+                        PgSslMode::VerifyCa => Outcome::ok(format!(
+                            "encrypted with {version}; the server's certificate is verified against {trusted}, its host name is not (sslmode verify-ca)"
+                        )),
+                        _ if is_loopback(database.host()) => Outcome::ok(format!(
+                            "encrypted with {version}, the server's certificate not verified (sslmode {mode}), which is fine on this machine"
+                        )),
+                        _ => Outcome::warn(
+                            format!(
+                                "encrypted with {version}, but the server's certificate is not verified (sslmode {mode}): \
+                                 anyone on the path to {} can pose as the server",
+                                database.host()
+                            ),
+                            "set POSTGRES_SSLMODE=verify-full, with POSTGRES_SSLROOTCERT naming the CA that signed the \
+                             server's certificate (or none, to trust the system's CAs)",
+                        ),
+                    }
+                }
                 _ if is_loopback(database.host()) => Outcome::ok(format!("not encrypted, which is fine on this machine (sslmode {mode})")),
                 _ => Outcome::warn(
                     format!("the connection to {} is not encrypted (sslmode {mode})", database.host()),

@@ -62,7 +62,7 @@ pub fn lint_set(set: &MigrationSet, rules: &[&dyn Rule], report: impl Fn(&Migrat
     let mut findings = Vec::new();
     for file in &set.files {
         let path = file.path.clone().unwrap_or_else(|| PathBuf::from(file.name()));
-        findings.extend(linter.lint(&path, file.migration.sql.as_str(), rules, report(file)));
+        findings.extend(linter.lint(&path, file.migration.sql.as_str(), file.migration.no_tx, rules, report(file)));
     }
     findings
 }

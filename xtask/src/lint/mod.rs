@@ -102,12 +102,19 @@ struct Parsed {
 }
 
 impl Linter {
-    /// Lints one file's SQL; with `report` false, only learns from it.
-    pub fn lint(&mut self, file: &Path, sql: &str, rules: &[&dyn Rule], report: bool) -> Vec<Finding> {
+    /// Lints one migration's SQL; with `report` false, only learns from it. `no_transaction` is
+    /// sqlx's own reading of the file (a byte-order mark hides `-- no-transaction` from it).
+    pub fn lint(
+        &mut self,
+        file: &Path,
+        sql: &str,
+        no_transaction: bool,
+        rules: &[&dyn Rule],
+        report: bool,
+    ) -> Vec<Finding> {
         // A byte-order mark is doctor's to report (it changes the checksum); the SQL after it is ours.
         let sql = sql.strip_prefix('\u{feff}').unwrap_or(sql);
         let (parsed, mut findings) = parse(file, sql);
-        let no_transaction = sql.starts_with("-- no-transaction");
         let allowed = exemptions(sql);
         let mut created_here = HashSet::new();
         let mut previous_end = 0;
@@ -252,7 +259,7 @@ mod tests {
         /// Arbitrary text is linted without a panic; what does not parse is reported.
         #[test]
         fn arbitrary_input_never_panics(sql in "\\PC{0,200}") {
-            let findings = Linter::default().lint(Path::new("x.sql"), &sql, RULES, true);
+            let findings = Linter::default().lint(Path::new("x.sql"), &sql, false, RULES, true);
             for finding in findings {
                 proptest::prop_assert!(finding.line >= 1);
             }
@@ -264,7 +271,7 @@ mod tests {
             words in proptest::collection::vec("(ALTER|TABLE|CREATE|INDEX|CONCURRENTLY|ON|ADD|COLUMN|DROP|NOT|NULL|VALID|CONSTRAINT|CHECK|t|x|;|\\(|\\)|,|--|\\n|\\$\\$)", 0..40)
         ) {
             let sql = words.join(" ");
-            let _ = Linter::default().lint(Path::new("x.sql"), &sql, RULES, true);
+            let _ = Linter::default().lint(Path::new("x.sql"), &sql, false, RULES, true);
         }
     }
 }

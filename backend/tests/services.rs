@@ -147,17 +147,20 @@ fn sigterm_during_a_claim_loses_no_job_and_abandoned_jobs_are_requeued_while_run
     assert_eq!(cluster.psql("app", "SELECT status FROM jobs WHERE id = 1"), "done");
 
     // A job left `running` by a worker that died is put back by one that is running, not only at start.
+    // Once the worker has run a job, its start-up is behind it: what it requeues now, it requeues
+    // on its schedule.
     let worker = service("worker", &cluster, &bind).spawn();
-    assert!(eventually(Duration::from_secs(20), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'worker'") != "0"
-    }));
+    cluster.psql("app", "INSERT INTO jobs (kind, payload) VALUES ('echo', '{}')");
+    assert!(
+        eventually(Duration::from_secs(20), || cluster.psql("app", "SELECT status FROM jobs WHERE id = 2") == "done")
+    );
     cluster.psql(
         "app",
         "INSERT INTO jobs (kind, payload, status, attempts, started_at) \
          VALUES ('echo', '{}', 'running', 1, now() - interval '1 hour')",
     );
     let requeued =
-        eventually(Duration::from_secs(30), || cluster.psql("app", "SELECT status FROM jobs WHERE id = 2") == "done");
+        eventually(Duration::from_secs(30), || cluster.psql("app", "SELECT status FROM jobs WHERE id = 3") == "done");
     worker.signal("TERM");
     let outcome = worker.wait();
     assert!(requeued, "the abandoned job stayed: {outcome:?}");

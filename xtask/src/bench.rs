@@ -83,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             figures.extend(bench.apply_migrations(count, sqlx.as_deref())?);
         }
         figures.push(bench.concurrent_prestarts(16)?);
+        figures.push(bench.stop_time(args.trials)?);
         if !args.skip_build {
             figures.extend(build_times(&sh)?);
         }
@@ -127,7 +128,11 @@ impl Bench {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(name)
+                .execute(&mut ready.conn)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
                 .execute(&mut ready.conn)
                 .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
@@ -222,6 +227,53 @@ impl Bench {
             samples.push(latency * 1000.0);
         }
         Ok(Figure::new("wait detection latency (max column: p95)", samples, "ms").target(50.0, "median < 50 ms"))
+    }
+
+    /// From SIGTERM to exit, while a migration runs on the server: the terminate from a second
+    /// connection included, which must have worked.
+    fn stop_time(&self, trials: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("SIGTERM during a migration, until prestart has exited ({trials} trials)"));
+        let source = self.work.join("migrations-slow");
+        std::fs::create_dir_all(&source)?;
+        std::fs::write(source.join("1_slow.sql"), "SELECT pg_sleep(60);\n")?;
+        let source = source.to_str().context("non-UTF-8 path")?;
+        let db = bench_settings(self.port, "stop")?;
+        let mut samples = Vec::new();
+        for _ in 0..trials {
+            self.fresh_database("stop")?;
+            let mut child = self.command("stop", &["migrate", "--source", source]).stderr(Stdio::piped()).spawn()?;
+            let running = runtime()?.block_on(async {
+                let mut watcher = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(30) {
+                    let count: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND query LIKE '%pg_sleep(60)%'",
+                    )
+                    .fetch_one(&mut watcher.conn)
+                    .await?;
+                    if count == 1 {
+                        return anyhow::Ok(true);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                anyhow::Ok(false)
+            })?;
+            if !running {
+                let _ = child.kill();
+                bail!("the migration never started on the server");
+            }
+            let sent = Instant::now();
+            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+            let output = child.wait_with_output()?;
+            samples.push(sent.elapsed().as_secs_f64() * 1000.0);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.code() != Some(143) || !stderr.contains("stopped server process") {
+                bail!("prestart did not stop its server process:\n{stderr}");
+            }
+        }
+        Ok(Figure::new("SIGTERM mid-migration to exit", samples, "ms").target(1000.0, "< 1 s"))
     }
 
     fn migrations_folder(&self, count: usize) -> anyhow::Result<PathBuf> {

@@ -50,14 +50,20 @@ impl SettingsArgs {
         self.load_with(ContextArg::Auto, None)
     }
 
-    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
-        let file = self.env_file();
-        if self.env_file.is_some() && !file.exists() {
-            return Err(fail(
+    /// An `--env-file` that does not exist is a mistake (exit 3), unlike a workspace without `.env`.
+    pub fn check_named_file(&self) -> anyhow::Result<()> {
+        match &self.env_file {
+            Some(file) if !file.exists() => Err(fail(
                 Failure::Config,
                 anyhow::anyhow!("--env-file {}: no such file; pass an existing file, or leave it out", file.display()),
-            ));
+            )),
+            _ => Ok(()),
         }
+    }
+
+    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
+        self.check_named_file()?;
+        let file = self.env_file();
         let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
         let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
         let context = ContextArgs { context }.runtime_context(settings.in_kubernetes);

@@ -92,13 +92,16 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
         .context("cargo build failed")?;
     let bin = root().join("target").join("debug");
     let mut children = Vec::new();
+    let mut copiers = Vec::new();
     for name in ["backend", "worker"] {
         let mut command = Command::new(bin.join(name));
         command.current_dir(root());
         if let Some(file) = &db_args.settings.env_file {
             command.arg("--env-file").arg(file);
         }
-        children.push((name, spawn_prefixed(command, name)?));
+        let (child, copying) = spawn_prefixed(command, name)?;
+        children.push((name, child));
+        copiers.extend(copying);
     }
     ui::step("backend and worker running: Ctrl-C stops them");
     let stop = runtime()?.block_on(async {
@@ -132,6 +135,10 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
         }
         reap(name, child);
     }
+    // Their last lines ("stopped") are still on the way through the pipes.
+    for copier in copiers {
+        let _ = copier.join();
+    }
     match stop {
         Stop::Signal(signal) => Err(fail(
             Failure::Interrupted(signal),
@@ -164,7 +171,7 @@ fn reap(name: &str, child: &mut Child) {
 }
 
 /// Starts `command` with its output copied to ours, each line prefixed with `[name]`.
-fn spawn_prefixed(mut command: Command, name: &'static str) -> anyhow::Result<Child> {
+fn spawn_prefixed(mut command: Command, name: &'static str) -> anyhow::Result<(Child, Vec<thread::JoinHandle<()>>)> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -172,12 +179,15 @@ fn spawn_prefixed(mut command: Command, name: &'static str) -> anyhow::Result<Ch
         .with_context(|| format!("cannot start {name}"))?;
     let streams: [Box<dyn std::io::Read + Send>; 2] =
         [Box::new(child.stdout.take().context("no stdout")?), Box::new(child.stderr.take().context("no stderr")?)];
-    for stream in streams {
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-            }
-        });
-    }
-    Ok(child)
+    let copiers = streams
+        .into_iter()
+        .map(|stream| {
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{name}] {line}");
+                }
+            })
+        })
+        .collect();
+    Ok((child, copiers))
 }

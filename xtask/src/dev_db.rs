@@ -189,26 +189,33 @@ impl<'a> DevCluster<'a> {
     fn init(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
         ui::step(format!("create a local cluster in {} (user {})", self.dir.display(), db.user()));
         self.sh.create_dir(&self.dir)?;
-        // initdb reads the password from a file; it is deleted right after.
-        let password_file = self.dir.join(".initdb-password");
-        self.sh.write_file(&password_file, db.password().map(|p| p.expose()).unwrap_or_default())?;
+        std::fs::set_permissions(&self.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let mut server_uid = None;
         if let Some(user) = self.run_as {
             let dir = &self.dir;
             cmd!(self.sh, "chown -R {user} {dir}").quiet().run()?;
+            server_uid = Some(cmd!(self.sh, "id -u {user}").quiet().read()?.trim().parse::<u32>()?);
         }
+        // The password reaches initdb through a pipe, never a file: nothing is left behind if
+        // initdb is interrupted. The pipe is the server user's, so initdb may open /dev/stdin.
+        let (reader, mut writer) = std::io::pipe()?;
+        if let Some(uid) = server_uid {
+            std::os::unix::fs::fchown(&reader, Some(uid), None).context("cannot hand the password pipe to initdb")?;
+        }
+        std::io::Write::write_all(&mut writer, db.password().map(|p| p.expose()).unwrap_or_default().as_bytes())?;
+        drop(writer);
         let (data, user) = (self.data(), db.user());
-        let initialised = self
+        let initdb = self
             .server_cmd("initdb")
             .args(["--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions", "-U"])
             .arg(user)
-            .arg(format!("--pwfile={}", password_file.display()))
+            .arg("--pwfile=/dev/stdin")
             .arg("-D")
-            .arg(&data)
-            .quiet()
-            .ignore_stdout()
-            .run();
-        let _ = std::fs::remove_file(&password_file);
-        initialised.context("initdb failed")?;
+            .arg(&data);
+        let output = std::process::Command::from(initdb).stdin(reader).output().context("cannot start initdb")?;
+        if !output.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
         Ok(())
     }
 
@@ -274,7 +281,39 @@ fn reachable_for(sh: &Shell, user: &str, dir: PathBuf) -> anyhow::Result<PathBuf
         dir.display(),
         fallback.display()
     ));
+    let server_uid: u32 =
+        cmd!(sh, "id -u {user}").quiet().read()?.trim().parse().context("the uid of the server user")?;
+    claim_private_dir(&fallback, server_uid)?;
     Ok(fallback)
+}
+
+/// `dir` under the world-writable /var/tmp: made here with mode 0700, or, when it exists, only
+/// taken if it is a real folder that we or the server user own and nobody else may write to, so
+/// another user cannot plant a cluster, a link or a password file there.
+fn claim_private_dir(dir: &Path, server_uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            return Ok(());
+        }
+        other => other.with_context(|| format!("cannot inspect {}", dir.display()))?,
+    };
+    let owned_by_us = meta.uid() == 0 || meta.uid() == server_uid;
+    if !meta.is_dir() || !owned_by_us || meta.mode() & 0o022 != 0 {
+        bail!(
+            "{} exists but is not a private folder of root or the server user (uid {}, mode {:o}): someone else may \
+             have made it; remove it (rm -rf {}) and run again",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777,
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where `initdb` and `pg_ctl` live. Where they are missing and we are root with apt, installs

@@ -42,3 +42,48 @@ fn sigterm_and_sigint_stop_backend_and_worker_and_exit_with_the_signal_code() {
         }
     }
 }
+
+/// As root, the server user cannot reach a checkout in a private folder, so the cluster moves to
+/// /var/tmp: a folder planted there by another user is refused, and the password never touches
+/// the disk.
+#[test]
+fn dev_db_refuses_a_planted_fallback_folder_and_keeps_the_password_off_the_disk() {
+    let is_root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
+    if !is_root {
+        eprintln!("skipped: only root moves the cluster to /var/tmp");
+        return;
+    }
+    let cluster = Cluster::stopped();
+    let project = testkit::Project::new(env!("CARGO_BIN_EXE_xtask"));
+    // A private checkout, as one under /root: the postgres OS user cannot reach it.
+    testkit::set_mode(project.path(), 0o700);
+    let port = free_tcp_port().to_string();
+    project.write_env(&cluster, &[("POSTGRES_PORT", &port)]);
+    let name: String = project
+        .path()
+        .join("target/dev-db")
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let fallback = std::path::PathBuf::from(format!("/var/tmp/prestart{name}"));
+    std::fs::create_dir_all(&fallback).expect("plant a folder");
+    assert!(std::process::Command::new("chown").arg("nobody").arg(&fallback).status().expect("chown").success());
+    project
+        .run(&["dev-db", "start"], &[])
+        .output()
+        .assert_code(1)
+        .assert_stderr_contains("exists but is not a private folder of root or the server user");
+    std::fs::remove_dir_all(&fallback).expect("remove the planted folder");
+
+    project.run(&["dev-db", "start"], &[]).output().assert_code(0).assert_stderr_contains("created database app");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&fallback).expect("fallback").permissions());
+    assert_eq!(mode & 0o777, 0o700, "the cluster folder is open to others");
+    let leftovers = std::process::Command::new("grep")
+        .args(["-rl", "--", testkit::PASSWORD])
+        .arg(&fallback)
+        .output()
+        .expect("grep");
+    assert!(leftovers.stdout.is_empty(), "the password is on disk: {}", String::from_utf8_lossy(&leftovers.stdout));
+    project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
+}

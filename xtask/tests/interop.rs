@@ -59,5 +59,9 @@ fn sqlx_cli_reads_what_prestart_applied_and_prestart_reads_what_sqlx_cli_applied
     prestart(&cluster, "by_cli", &migrations, &["migrate", "status"]).assert_code(0);
 
     assert_eq!(rows(&cluster, "app"), rows(&cluster, "by_cli"));
-    assert_eq!(cluster.dump("app").replace("by_cli", "app"), cluster.dump("by_cli").replace("by_cli", "app"));
+    // The schema, without the rows of the migrations table (their times differ by run).
+    let schema = |database: &str| -> String {
+        cluster.dump(database).lines().filter(|line| !line.starts_with(|c: char| c.is_ascii_digit())).collect()
+    };
+    assert_eq!(schema("app"), schema("by_cli"));
 }

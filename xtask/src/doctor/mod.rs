@@ -186,12 +186,7 @@ fn panicked() -> anyhow::Error {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(file) = args.settings.env_file.as_ref().filter(|file| !file.exists()) {
-        return Err(fail(
-            Failure::Config,
-            anyhow::anyhow!("--env-file {}: no such file; pass an existing file, or leave it out", file.display()),
-        ));
-    }
+    args.settings.check_named_file()?;
     let inputs = Inputs::read(&args);
     let mut doctor = Doctor::default();
     let compose = compose::Model::load(&inputs);

@@ -26,6 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    args.settings.check_named_file()?;
     let root = crate::context::root();
     let (set, settings, dir) = args.source.load(&root)?;
     let (selected, basis) = if args.all {

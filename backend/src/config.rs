@@ -372,6 +372,15 @@ impl DatabaseSettings {
                  (postgres://user:p%40ss@host:5432/app for p@ss)"
             ))
         })?;
+        // A `/`, `?`, `#` or `@` left unencoded ends the password early, and the rest of it would be
+        // read as host, port or database name and shown as such.
+        let decoded = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
+        if crate::redact::url_password_span(url).map(decoded) != parsed.password().map(decoded) {
+            return Err(config_error(
+                "DATABASE_URL: its password holds a character that ends it early (`/`, `?`, `#` or `@`): \
+                 percent-encode them (%2F, %3F, %23, %40)",
+            ));
+        }
         let mut options = PgConnectOptions::from_str(url).map_err(|_| {
             let parameters: Vec<String> = parsed.query_pairs().map(|(key, _)| key.into_owned()).collect();
             config_error(format!(
@@ -586,6 +595,10 @@ mod tests {
         let env = Env::from_pairs([("DATABASE_URL", "postgres://u:secret@other:notaport/x")]);
         let error = DatabaseSettings::from_env(&env).expect_err("bad url");
         assert!(!error.to_string().contains("secret"), "{error}");
+        // An unencoded `/` would end the password early and show the rest as the database name.
+        let env = Env::from_pairs([("DATABASE_URL", "postgres://u:/secret#x@other:6543/x")]);
+        let error = DatabaseSettings::from_env(&env).expect_err("password cut short");
+        assert!(error.to_string().contains("percent-encode") && !error.to_string().contains("secret"), "{error}");
     }
 
     proptest::proptest! {

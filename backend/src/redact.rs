@@ -44,7 +44,7 @@ pub fn register_variable(key: &str, value: &str) {
 
 /// Between the first `:` after `scheme://` and the last `@`: the password as typed, well-formed
 /// or not.
-fn url_password_span(url: &str) -> Option<&str> {
+pub fn url_password_span(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
     let userinfo = &rest[..rest.rfind('@')?];
     let password = &userinfo[userinfo.find(':')? + 1..];

@@ -93,39 +93,13 @@ fn the_api_is_ready_on_an_up_to_date_schema_and_the_worker_runs_its_jobs() {
     api.wait().assert_code(0).assert_stderr_contains("backend: stopped");
 }
 
-/// A psql session fed `sql` and kept open until dropped.
-struct Session(std::process::Child);
-
-impl Session {
-    fn open(cluster: &Cluster, sql: &str) -> Session {
-        use std::io::Write;
-        let mut child = cluster
-            .psql_command("app")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("psql");
-        let stdin = child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{sql}").expect("send");
-        stdin.flush().expect("flush");
-        Session(child)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn sigterm_during_a_claim_loses_no_job_and_abandoned_jobs_are_requeued_while_running() {
     let cluster = Cluster::started();
     migrate(&cluster);
     cluster.psql("app", "INSERT INTO jobs (kind, payload) VALUES ('echo', '{\"n\": 1}')");
     // The claim's UPDATE waits behind this lock, so SIGTERM arrives while it is in flight.
-    let holder = Session::open(&cluster, "BEGIN; LOCK TABLE jobs IN SHARE MODE;");
+    let holder = testkit::Session::open(&cluster, "BEGIN; LOCK TABLE jobs IN SHARE MODE;");
     assert!(eventually(Duration::from_secs(10), || {
         cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") == "1"
     }));

@@ -573,3 +573,25 @@ impl Drop for MigrationLock {
         }
     }
 }
+
+/// A psql session fed `sql` and kept open: it holds whatever the SQL takes (a lock, a snapshot)
+/// until dropped.
+pub struct Session(Child);
+
+impl Session {
+    pub fn open(cluster: &Cluster, sql: &str) -> Session {
+        use std::io::Write;
+        let mut child = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql}").expect("send");
+        stdin.flush().expect("flush");
+        Session(child)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}

@@ -1,11 +1,10 @@
 //! Faults injected for real: a killed server, a restarted one, a statement stuck behind another
 //! session's lock, an interrupted CREATE INDEX CONCURRENTLY. Nothing is lost or left half done.
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use testkit::{Cluster, Migrations, Run, eventually};
+use testkit::{Cluster, Migrations, Run, Session, eventually};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -14,26 +13,6 @@ fn run(command: &str, cluster: &Cluster, migrations: &Migrations, extra: &[&str]
     let mut args = vec![command, "--source", &source];
     args.extend_from_slice(extra);
     Run::xtask(XTASK, &args, &cluster.env("app"))
-}
-
-/// A psql session kept open, fed `sql`; it holds whatever the SQL takes until dropped.
-struct Session(Child);
-
-impl Session {
-    fn open(cluster: &Cluster, sql: &str) -> Session {
-        let mut child = cluster.psql_command("app").stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql");
-        let stdin = child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{sql}").expect("send");
-        stdin.flush().expect("flush");
-        Session(child)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
 }
 
 fn setup(cluster: &Cluster, sql: &str) {

@@ -39,6 +39,12 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "POSTGRES_PASSWORD",
     "POSTGRES_SSLMODE",
     "POSTGRES_SSLROOTCERT",
+    "MIGRATION_DATABASE_URL",
+    "POSTGRES_MIGRATION_SERVER",
+    "POSTGRES_MIGRATION_PORT",
+    "POSTGRES_MIGRATION_USER",
+    "POSTGRES_MIGRATION_PASSWORD",
+    "COMPOSE_SUBNET",
     "FIRST_SUPERUSER",
     "FIRST_SUPERUSER_PASSWORD",
     "ENVIRONMENT",
@@ -216,7 +222,12 @@ fn failing_statement(text: &str, index: usize) -> Option<(usize, Option<String>)
 /// The environment the stack runs in; `local` relaxes some checks.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// What backend and worker use, and what prestart waits for.
     pub database: DatabaseSettings,
+    /// A direct connection for the migrate and seed steps (`MIGRATION_DATABASE_URL` or
+    /// `POSTGRES_MIGRATION_*`), when `database` goes through a transaction pooler or the schema
+    /// belongs to another role.
+    pub migration_database: Option<DatabaseSettings>,
     pub first_superuser: Option<FirstSuperuser>,
     pub environment: String,
     /// `BACKEND_BIND`: where the API listens.
@@ -228,12 +239,17 @@ pub struct Settings {
 impl Settings {
     /// The same settings, connecting to another database on the same server.
     pub fn with_database(&self, database: &str) -> Settings {
-        Settings { database: self.database.with_database(database), ..self.clone() }
+        Settings {
+            database: self.database.with_database(database),
+            migration_database: self.migration_database.as_ref().map(|direct| direct.with_database(database)),
+            ..self.clone()
+        }
     }
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Settings {
             database: DatabaseSettings::from_env(env)?,
+            migration_database: DatabaseSettings::for_migrations(env)?,
             first_superuser: FirstSuperuser::from_env(env)?,
             environment: env.get("ENVIRONMENT").unwrap_or("local").to_owned(),
             backend_bind: env.get("BACKEND_BIND").unwrap_or("0.0.0.0:8000").to_owned(),
@@ -287,12 +303,47 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Which variables the connection settings came from.
+/// The variables one set of connection settings was read from: messages and hints name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatabaseSource {
-    DatabaseUrl,
-    PostgresVariables,
+pub struct Variables {
+    /// How the set is called in messages: the URL variable, `POSTGRES_*` or `POSTGRES_MIGRATION_*`.
+    pub origin: &'static str,
+    /// Set when the settings came from a URL: the variable holding it.
+    url: Option<&'static str>,
+    server: &'static str,
+    port: &'static str,
+    user: &'static str,
+    password: &'static str,
+    database: &'static str,
+    ssl_mode: &'static str,
+    ssl_root_cert: &'static str,
 }
+
+impl Variables {
+    const APP: Variables = Variables {
+        origin: "POSTGRES_*",
+        url: None,
+        server: "POSTGRES_SERVER",
+        port: "POSTGRES_PORT",
+        user: "POSTGRES_USER",
+        password: "POSTGRES_PASSWORD",
+        database: "POSTGRES_DB",
+        ssl_mode: "POSTGRES_SSLMODE",
+        ssl_root_cert: "POSTGRES_SSLROOTCERT",
+    };
+
+    fn url(variable: &'static str) -> Variables {
+        Variables { origin: variable, url: Some(variable), ..Variables::APP }
+    }
+}
+
+/// `POSTGRES_MIGRATION_*` variables and the `POSTGRES_*` ones each stands in for.
+const MIGRATION_OVERRIDES: [(&str, &str); 4] = [
+    ("POSTGRES_MIGRATION_SERVER", "POSTGRES_SERVER"),
+    ("POSTGRES_MIGRATION_PORT", "POSTGRES_PORT"),
+    ("POSTGRES_MIGRATION_USER", "POSTGRES_USER"),
+    ("POSTGRES_MIGRATION_PASSWORD", "POSTGRES_PASSWORD"),
+];
 
 /// Where and how to connect. `Debug` and `Display` never show the password.
 #[derive(Clone)]
@@ -302,7 +353,7 @@ pub struct DatabaseSettings {
     password: Option<Secret>,
     /// Kept beside the options too, for sqlx-cli's URL.
     ssl_root_cert: Option<String>,
-    pub source: DatabaseSource,
+    pub variables: Variables,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -313,7 +364,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("user", &self.user())
             .field("database", &self.database())
             .field("ssl_mode", &self.options.get_ssl_mode())
-            .field("source", &self.source)
+            .field("from", &self.variables.origin)
             .finish_non_exhaustive()
     }
 }
@@ -327,17 +378,36 @@ impl fmt::Display for DatabaseSettings {
 
 impl DatabaseSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        if let Some(url) = env.get("DATABASE_URL") {
-            return Self::from_url(url);
+        match env.get("DATABASE_URL") {
+            Some(url) => Self::from_url(url, "DATABASE_URL"),
+            None => Self::from_variables(env, Variables::APP),
         }
-        let host = env.require("POSTGRES_SERVER")?.trim();
-        let port = match env.get("POSTGRES_PORT") {
-            Some(port) => parse_port(port)?,
+    }
+
+    /// The direct connection for migrations: `MIGRATION_DATABASE_URL`, or the `POSTGRES_*` values
+    /// with the `POSTGRES_MIGRATION_*` ones that are set in their place; `None` when neither is set.
+    pub fn for_migrations(env: &Env) -> Result<Option<Self>, ConfigError> {
+        if let Some(url) = env.get("MIGRATION_DATABASE_URL") {
+            return Self::from_url(url, "MIGRATION_DATABASE_URL").map(Some);
+        }
+        if MIGRATION_OVERRIDES.iter().all(|(key, _)| !env.vars.contains_key(*key)) {
+            return Ok(None);
+        }
+        let pick = |over: &'static str, base: &'static str| if env.vars.contains_key(over) { over } else { base };
+        let [server, port, user, password] = MIGRATION_OVERRIDES.map(|(over, base)| pick(over, base));
+        let variables = Variables { origin: "POSTGRES_MIGRATION_*", server, port, user, password, ..Variables::APP };
+        Self::from_variables(env, variables).map(Some)
+    }
+
+    fn from_variables(env: &Env, variables: Variables) -> Result<Self, ConfigError> {
+        let host = env.require(variables.server)?.trim();
+        let port = match env.get(variables.port) {
+            Some(port) => parse_port(variables.port, port)?,
             None => 5432,
         };
-        let user = env.require("POSTGRES_USER")?;
-        let database = env.require("POSTGRES_DB")?;
-        let ssl_mode = match env.get("POSTGRES_SSLMODE") {
+        let user = env.require(variables.user)?;
+        let database = env.require(variables.database)?;
+        let ssl_mode = match env.get(variables.ssl_mode) {
             Some(mode) => parse_ssl_mode(mode)?,
             None => PgSslMode::Prefer,
         };
@@ -347,28 +417,28 @@ impl DatabaseSettings {
         // libpq's convention: a host that is a path is the folder of a Unix socket.
         let options = if host.starts_with('/') { options.socket(host) } else { options.host(host) };
         let mut options = options.port(port).username(user).database(database).ssl_mode(ssl_mode);
-        let password = env.vars.get("POSTGRES_PASSWORD").map(|p| Secret(p.clone()));
+        let password = env.vars.get(variables.password).map(|p| Secret(p.clone()));
         if let Some(password) = &password {
             options = options.password(password.expose());
         }
-        let ssl_root_cert = env.get("POSTGRES_SSLROOTCERT").map(str::to_owned);
+        let ssl_root_cert = env.get(variables.ssl_root_cert).map(str::to_owned);
         if let Some(cert) = &ssl_root_cert {
-            check_readable_file("POSTGRES_SSLROOTCERT", cert)?;
+            check_readable_file(variables.ssl_root_cert, cert)?;
             options = options.ssl_root_cert(cert);
         }
-        Ok(DatabaseSettings { options, password, ssl_root_cert, source: DatabaseSource::PostgresVariables })
+        Ok(DatabaseSettings { options, password, ssl_root_cert, variables })
     }
 
-    fn from_url(url: &str) -> Result<Self, ConfigError> {
+    fn from_url(url: &str, variable: &'static str) -> Result<Self, ConfigError> {
         let url = url.trim();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(config_error("DATABASE_URL must start with postgres:// or postgresql://"));
+            return Err(config_error(format!("{variable} must start with postgres:// or postgresql://")));
         }
         // The url crate's errors name the part that is wrong and never quote the input; sqlx's
         // may quote a value, so they are described by the parameter names alone.
         let parsed = url::Url::parse(url).map_err(|e| {
             config_error(format!(
-                "DATABASE_URL is not a valid URL ({e}): percent-encode special characters in the password \
+                "{variable} is not a valid URL ({e}): percent-encode special characters in the password \
                  (postgres://user:p%40ss@host:5432/app for p@ss)"
             ))
         })?;
@@ -376,15 +446,15 @@ impl DatabaseSettings {
         // read as host, port or database name and shown as such.
         let decoded = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
         if crate::redact::url_password_span(url).map(decoded) != parsed.password().map(decoded) {
-            return Err(config_error(
-                "DATABASE_URL: its password holds a character that ends it early (`/`, `?`, `#` or `@`): \
-                 percent-encode them (%2F, %3F, %23, %40)",
-            ));
+            return Err(config_error(format!(
+                "{variable}: its password holds a character that ends it early (`/`, `?`, `#` or `@`): \
+                 percent-encode them (%2F, %3F, %23, %40)"
+            )));
         }
         let mut options = PgConnectOptions::from_str(url).map_err(|_| {
             let parameters: Vec<String> = parsed.query_pairs().map(|(key, _)| key.into_owned()).collect();
             config_error(format!(
-                "DATABASE_URL cannot be used: check its percent-encoding{}",
+                "{variable} cannot be used: check its percent-encoding{}",
                 if parameters.is_empty() {
                     String::new()
                 } else {
@@ -393,9 +463,9 @@ impl DatabaseSettings {
             ))
         })?;
         if options.get_database().is_none() {
-            return Err(config_error(
-                "DATABASE_URL names no database: add it after the host (postgres://user:password@host:5432/app)",
-            ));
+            return Err(config_error(format!(
+                "{variable} names no database: add it after the host (postgres://user:password@host:5432/app)"
+            )));
         }
         let password = parsed
             .password()
@@ -408,16 +478,21 @@ impl DatabaseSettings {
         let mut ssl_root_cert = None;
         for (key, value) in parsed.query_pairs() {
             if matches!(&*key, "sslrootcert" | "ssl-root-cert" | "ssl-ca") {
-                check_readable_file("the sslrootcert parameter of DATABASE_URL", &value)?;
+                check_readable_file(&format!("the sslrootcert parameter of {variable}"), &value)?;
                 ssl_root_cert = Some(value.into_owned());
             }
         }
-        Ok(DatabaseSettings { options, password, ssl_root_cert, source: DatabaseSource::DatabaseUrl })
+        Ok(DatabaseSettings { options, password, ssl_root_cert, variables: Variables::url(variable) })
     }
 
     /// Connect options for one connection, tagged so `pg_stat_activity` shows who we are.
+    ///
+    /// No `extra_float_digits` at startup: poolers refuse startup parameters they do not track
+    /// (PgBouncer with its defaults answers 08P01). Its only effect is on floats sent as text,
+    /// by servers before PostgreSQL 12; sqlx reads query results in binary, so nothing of ours
+    /// changes.
     pub fn connect_options(&self, application_name: &str) -> PgConnectOptions {
-        self.options.clone().application_name(application_name)
+        self.options.clone().application_name(application_name).extra_float_digits(None)
     }
 
     pub fn host(&self) -> &str {
@@ -468,18 +543,17 @@ impl DatabaseSettings {
 
     /// The variable a user edits to change the host, for hints.
     pub fn host_variable(&self) -> &'static str {
-        match self.source {
-            DatabaseSource::DatabaseUrl => "DATABASE_URL",
-            DatabaseSource::PostgresVariables => "POSTGRES_SERVER",
-        }
+        self.variables.url.unwrap_or(self.variables.server)
     }
 
     /// The variable a user edits to change the password, for hints.
     pub fn password_variable(&self) -> &'static str {
-        match self.source {
-            DatabaseSource::DatabaseUrl => "DATABASE_URL",
-            DatabaseSource::PostgresVariables => "POSTGRES_PASSWORD",
-        }
+        self.variables.url.unwrap_or(self.variables.password)
+    }
+
+    /// The variable a user edits to change the role, for hints.
+    pub fn user_variable(&self) -> &'static str {
+        self.variables.url.unwrap_or(self.variables.user)
     }
 
     /// A copy that connects to another database on the same server, for maintenance commands.
@@ -514,15 +588,15 @@ fn check_readable_file(what: &str, path: &str) -> Result<(), ConfigError> {
     })
 }
 
-fn parse_port(value: &str) -> Result<u16, ConfigError> {
+fn parse_port(variable: &str, value: &str) -> Result<u16, ConfigError> {
     match value.trim().parse::<u32>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
-        Ok(_) => Err(config_error(
-            "POSTGRES_PORT is out of range: use a port from 1 to 65535 (PostgreSQL's default is 5432)",
-        )),
-        Err(_) => Err(config_error(
-            "POSTGRES_PORT is not a number: use a port from 1 to 65535 (PostgreSQL's default is 5432)",
-        )),
+        Ok(_) => Err(config_error(format!(
+            "{variable} is out of range: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
+        ))),
+        Err(_) => Err(config_error(format!(
+            "{variable} is not a number: use a port from 1 to 65535 (PostgreSQL's default is 5432)"
+        ))),
     }
 }
 

@@ -36,6 +36,8 @@ pub enum RetryKind {
     Unreachable,
     /// SQLSTATE 57P03: starting up, shutting down, or a standby not accepting connections.
     NotAccepting,
+    /// The server answers but cannot write: a hot standby, or `default_transaction_read_only`.
+    ReadOnly,
     /// SQLSTATE 57P01/57P02: the server was shut down or crashed during the attempt.
     ServerShutdown,
     /// SQLSTATE 53300: `max_connections` reached.
@@ -49,7 +51,14 @@ pub enum RetryKind {
 impl RetryKind {
     /// The server (or the kernel) answers these at once, so polling fast costs it nothing.
     fn is_cheap(self) -> bool {
-        matches!(self, RetryKind::Refused | RetryKind::Reset | RetryKind::NotAccepting | RetryKind::ServerShutdown)
+        matches!(
+            self,
+            RetryKind::Refused
+                | RetryKind::Reset
+                | RetryKind::NotAccepting
+                | RetryKind::ReadOnly
+                | RetryKind::ServerShutdown
+        )
     }
 
     /// A short stable name, for logs and JSON.
@@ -61,6 +70,7 @@ impl RetryKind {
             RetryKind::TimedOut => "timed_out",
             RetryKind::Unreachable => "unreachable",
             RetryKind::NotAccepting => "not_accepting_connections",
+            RetryKind::ReadOnly => "read_only",
             RetryKind::ServerShutdown => "server_shutdown",
             RetryKind::TooManyConnections => "too_many_connections",
             RetryKind::ConnectionException => "connection_exception",
@@ -97,6 +107,8 @@ pub enum FatalKind {
     PermissionDenied,
     /// TLS negotiation or certificate problems.
     Tls,
+    /// A connection pooler refused a startup parameter (08P01).
+    PoolerRefusedParameter,
     /// The peer does not speak the PostgreSQL protocol, or the settings cannot work.
     Other,
 }
@@ -251,7 +263,10 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
         }
         "28000" if message.contains("does not exist") => fatal(
             FatalKind::UnknownRole,
-            format!("create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...') or fix POSTGRES_USER"),
+            format!(
+                "create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...') or fix {}",
+                settings.user_variable()
+            ),
         ),
         "3D000" => fatal(
             FatalKind::DatabaseMissing,
@@ -265,6 +280,19 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
             FatalKind::PermissionDenied,
             format!("grant the role access (GRANT CONNECT ON DATABASE \"{database}\" TO \"{user}\")"),
         ),
+        "08P01" if message.contains("unsupported startup parameter") => {
+            let parameter = message.rsplit(':').next().unwrap_or_default().trim();
+            fatal(
+                FatalKind::PoolerRefusedParameter,
+                format!(
+                    "a connection pooler (PgBouncer?) at {}:{} refuses the startup parameter `{parameter}`: prestart \
+                     sends none a pooler refuses by itself, so it comes from the settings (the `options` parameter \
+                     of DATABASE_URL): remove it, or add `{parameter}` to ignore_startup_parameters in pgbouncer.ini",
+                    settings.host(),
+                    settings.port()
+                ),
+            )
+        }
         _ if code.starts_with("08") => retry(RetryKind::ConnectionException),
         _ if message.contains("SSL") || message.contains("encryption") => {
             Failure::Fatal(tls_failure(message, settings))
@@ -293,6 +321,36 @@ pub struct Ready {
     pub conn: PgConnection,
     /// So a second connection can stop what this one runs.
     pub process: ServerProcess,
+    /// What the readiness query learnt about the server, in the same round trip.
+    pub server: ServerState,
+}
+
+/// Whether the server can write, and where it says the connection arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// `pg_is_in_recovery()`: a standby.
+    pub in_recovery: bool,
+    /// `transaction_read_only` at connect: a standby, or `default_transaction_read_only = on`.
+    pub read_only: bool,
+    /// `inet_server_addr()` and `inet_server_port()`: `None` over a Unix socket. Behind a pooler
+    /// or a proxy they are the server's side of the pooler's connection, not what we dialled.
+    pub address: Option<(String, u16)>,
+    /// `current_database()`: the server's name for it, which a pooler's alias may hide.
+    pub database: String,
+}
+
+impl ServerState {
+    /// Why the server cannot take writes, if it cannot.
+    pub fn read_only_reason(&self) -> Option<Retryable> {
+        let detail = if self.in_recovery {
+            "the server is a standby in recovery (pg_is_in_recovery()): it answers but cannot write"
+        } else if self.read_only {
+            "the server takes no writes (default_transaction_read_only = on)"
+        } else {
+            return None;
+        };
+        Some(Retryable { kind: RetryKind::ReadOnly, detail: detail.into() })
+    }
 }
 
 /// One server process: its pid, and when it started, since a restarted server reuses pids.
@@ -319,11 +377,24 @@ pub async fn connect_once(
     let attempt = async {
         let mut conn = PgConnection::connect_with(&options).await?;
         // The simple protocol answers in one round trip; a prepared statement would take two.
-        let row = sqlx::raw_sql("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await?;
-        let process = ServerProcess { pid: sqlx::Row::try_get(&row, 0)?, started: sqlx::Row::try_get(&row, 1)? };
-        Ok::<_, sqlx::Error>(Ready { conn, process })
+        let row = sqlx::raw_sql(
+            "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
+                    host(inet_server_addr()), inet_server_port(), current_database()::text \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        use sqlx::Row as _;
+        let process = ServerProcess { pid: row.try_get(0)?, started: row.try_get(1)? };
+        let address: Option<String> = row.try_get(4)?;
+        let port: Option<i32> = row.try_get(5)?;
+        let server = ServerState {
+            in_recovery: row.try_get(2)?,
+            read_only: row.try_get(3)?,
+            address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
+            database: row.try_get(6)?,
+        };
+        Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(ready)) => Ok(ready),
@@ -373,7 +444,11 @@ pub async fn wait_for_database(
         let remaining = deadline.saturating_sub(started.elapsed());
         let timeout = ATTEMPT_TIMEOUT.min(remaining).max(Duration::from_millis(100));
         let reason = match connect_once(settings, application_name, timeout).await {
-            Ok(ready) => return Ok(ready),
+            // Ready means able to write: migrations and jobs need it.
+            Ok(ready) => match ready.server.read_only_reason() {
+                None => return Ok(ready),
+                Some(reason) => reason,
+            },
             Err(Failure::Fatal(fatal)) => return Err(WaitError::Fatal(fatal)),
             Err(Failure::Retry(reason)) => reason,
         };

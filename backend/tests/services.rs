@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use testkit::{Cluster, Run, eventually, free_tcp_port, http};
+use testkit::{Cluster, Run, claim_port, eventually, http};
 
 fn service(name: &str, cluster: &Cluster, bind: &str) -> Run {
     let binary = match name {
@@ -37,7 +37,8 @@ fn migrate(cluster: &Cluster) {
 #[test]
 fn both_refuse_a_database_without_their_migrations() {
     let cluster = Cluster::started();
-    let bind = format!("127.0.0.1:{}", free_tcp_port());
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
     for name in ["backend", "worker"] {
         service(name, &cluster, &bind)
             .output()
@@ -57,7 +58,8 @@ fn the_api_is_ready_on_an_up_to_date_schema_and_the_worker_runs_its_jobs() {
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (20990101000000, 'from the future', true, '\\x00', 0)",
     );
-    let bind = format!("127.0.0.1:{}", free_tcp_port());
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
     let api = service("backend", &cluster, &bind).spawn();
     assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/health", None).is_ok_and(|(s, _)| s == 200)));
     let (status, body) = http("GET", &bind, "/ready", None).expect("ready");
@@ -103,7 +105,8 @@ fn sigterm_during_a_claim_loses_no_job_and_abandoned_jobs_are_requeued_while_run
     assert!(eventually(Duration::from_secs(10), || {
         cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") == "1"
     }));
-    let bind = format!("127.0.0.1:{}", free_tcp_port());
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
     let worker = service("worker", &cluster, &bind).spawn();
     assert!(eventually(Duration::from_secs(20), || {
         cluster.psql(

@@ -8,7 +8,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The superuser's password in every test cluster: every test also proves that such a password
@@ -96,14 +96,43 @@ fn template() -> &'static Path {
         .path()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+/// A TCP port on 127.0.0.1 that no other test on this machine takes while this value lives.
+/// The ports are below Linux's ephemeral range (32768 and up), so no `bind(0)` and no outgoing
+/// connection lands on one; each is claimed by an exclusive lock on a file named after it, which
+/// the kernel releases when the process ends, however it ends.
+pub struct Port {
+    pub number: u16,
+    _claim: std::fs::File,
+}
+
+const CLAIMED_PORTS: std::ops::Range<u16> = 20000..32000;
+
+pub fn claim_port() -> Port {
+    let dir = std::env::temp_dir().join("prestart-test-ports");
+    std::fs::create_dir_all(&dir).expect("port claims folder");
+    let span = CLAIMED_PORTS.end - CLAIMED_PORTS.start;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let offset = ((std::process::id() ^ nanos) % u32::from(span)) as u16;
+    for step in 0..span {
+        let number = CLAIMED_PORTS.start + (offset + step) % span;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(number.to_string()))
+            .expect("port claim file");
+        if file.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", number)).is_ok() {
+            return Port { number, _claim: file };
+        }
+    }
+    panic!("no free port in {CLAIMED_PORTS:?}")
 }
 
 /// A throwaway cluster, stopped and deleted when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
     pub port: u16,
+    _port_claim: Port,
 }
 
 impl Cluster {
@@ -112,7 +141,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("prestart-test-").tempdir().expect("temp dir");
         run_ok(Command::new("cp").arg("-a").arg(template().join("data")).arg(dir.path().join("data")));
         chown_to_server_user(dir.path());
-        let cluster = Cluster { dir, port: free_port() };
+        let claim = claim_port();
+        let cluster = Cluster { dir, port: claim.number, _port_claim: claim };
         cluster.write_conf("");
         cluster
     }
@@ -239,6 +269,29 @@ impl Cluster {
         .collect()
     }
 
+    /// A streaming replica of this (running) cluster, made with `pg_basebackup -R`, on a port of
+    /// its own; started, and a hot standby unless `extra` says otherwise.
+    pub fn replica(&self, extra: &str) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("prestart-replica-").tempdir().expect("temp dir");
+        chown_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        run_ok(
+            server_command("pg_basebackup")
+                .arg("-h")
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-R", "-X", "stream", "--no-sync", "-D"])
+                .arg(&data),
+        );
+        // -R wrote primary_conninfo into postgresql.auto.conf, which write_conf rewrites.
+        let written = std::fs::read_to_string(data.join("postgresql.auto.conf")).expect("postgresql.auto.conf");
+        let conninfo: String = written.lines().filter(|l| l.starts_with("primary_conninfo")).collect();
+        let claim = claim_port();
+        let replica = Cluster { dir, port: claim.number, _port_claim: claim };
+        replica.write_conf(&format!("{conninfo}\n{extra}"));
+        replica.start_no_wait();
+        replica
+    }
+
     /// The postmaster's pid, from postmaster.pid.
     pub fn postmaster_pid(&self) -> u32 {
         let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
@@ -254,6 +307,102 @@ impl Drop for Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// How PgBouncer hands server connections to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+/// Debian's PgBouncer in front of a cluster, with its default settings but the pool mode:
+/// SCRAM passed through from the server's own secret, no `ignore_startup_parameters`. Every
+/// database passes through under its own name, and `app` under [`Bouncer::ALIAS`] too.
+pub struct Bouncer {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    _port_claim: Port,
+    child: Child,
+}
+
+impl Bouncer {
+    /// Another name for the database `app`, as pooler configurations often give one.
+    pub const ALIAS: &str = "app_via_alias";
+
+    pub fn start(cluster: &Cluster, mode: PoolMode) -> Bouncer {
+        let program = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|dir| dir.join("pgbouncer"))
+            .find(|candidate| candidate.is_file())
+            .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
+        let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-").tempdir().expect("temp dir");
+        let secret =
+            cluster.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
+        std::fs::write(dir.path().join("userlist.txt"), format!("\"{SUPERUSER}\" \"{secret}\"\n")).expect("userlist");
+        let claim = claim_port();
+        let mode = match mode {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        };
+        let ini = format!(
+            "[databases]\n{alias} = host=127.0.0.1 port={server} dbname=app\n* = host=127.0.0.1 port={server}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = {mode}\n\
+             max_client_conn = 200\ndefault_pool_size = 20\nlogfile = {dir}/pgbouncer.log\n",
+            alias = Bouncer::ALIAS,
+            server = cluster.port,
+            port = claim.number,
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), ini).expect("pgbouncer.ini");
+        chown_to_server_user(dir.path());
+        // PgBouncer refuses to run as root.
+        let mut command = if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", SERVER_OS_USER, "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let child = command
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = Bouncer { dir, port: claim.number, _port_claim: claim, child };
+        assert!(
+            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", bouncer.port)).is_ok()),
+            "PgBouncer did not start:\n{}",
+            bouncer.log()
+        );
+        bouncer
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+
+    /// The cluster's settings for the binary, through PgBouncer.
+    pub fn env(&self, cluster: &Cluster, database: &str) -> Vec<(String, String)> {
+        let mut env = cluster.env(database);
+        for (key, value) in &mut env {
+            if key == "POSTGRES_PORT" {
+                *value = self.port.to_string();
+            }
+        }
+        env
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        // runuser passes SIGTERM on to PgBouncer.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
     }
 }
 
@@ -355,14 +504,33 @@ impl Run {
     }
 
     pub fn spawn(mut self) -> Running {
-        let child = self.command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn xtask");
-        Running { child, started: Instant::now() }
+        let mut child = self.command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn xtask");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut buffer) {
+                sink.lock().expect("stderr buffer").extend_from_slice(&buffer[..n]);
+            }
+        });
+        let mut pipe = child.stdout.take().expect("stdout pipe");
+        let stdout_reader = std::thread::spawn(move || {
+            let mut stdout = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut pipe, &mut stdout);
+            stdout
+        });
+        Running { child, started: Instant::now(), stderr, stderr_reader, stdout_reader }
     }
 }
 
+/// A program running in the background; its output is collected as it comes.
 pub struct Running {
     pub child: Child,
     started: Instant,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: std::thread::JoinHandle<()>,
+    stdout_reader: std::thread::JoinHandle<Vec<u8>>,
 }
 
 impl Running {
@@ -370,10 +538,25 @@ impl Running {
         run_ok(Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()));
     }
 
-    pub fn wait(self) -> Outcome {
-        let started = self.started;
-        let output = self.child.wait_with_output().expect("wait for xtask");
-        Outcome::new(output, started.elapsed())
+    /// Waits until the program has printed `needle` on stderr: a point its own output proves it
+    /// reached (a signal handler installed, a wait begun), where a fixed sleep would only guess.
+    #[track_caller]
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) {
+        let printed = || String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned();
+        assert!(
+            eventually(timeout, || printed().contains(needle)),
+            "no {needle:?} on stderr within {timeout:?}:\n{}",
+            printed()
+        );
+    }
+
+    pub fn wait(mut self) -> Outcome {
+        let status = self.child.wait().expect("wait for xtask");
+        let elapsed = self.started.elapsed();
+        self.stderr_reader.join().expect("stderr reader");
+        let stdout = self.stdout_reader.join().expect("stdout reader");
+        let stderr = std::mem::take(&mut *self.stderr.lock().expect("stderr buffer"));
+        Outcome::new(Output { status, stdout, stderr }, elapsed)
     }
 }
 
@@ -460,11 +643,6 @@ mod http_client;
 
 /// A minimal HTTP/1.1 request over a fresh connection; returns the status code and the body.
 pub use http_client::request as http;
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_tcp_port() -> u16 {
-    free_port()
-}
 
 /// A project folder of its own: a link to the xtask binary beside `migrations/`, `.env`,
 /// `.env.example` and whatever else a test writes, so the binary takes it as its root.

@@ -10,7 +10,7 @@ use backend::config::{DatabaseSettings, Env};
 use xshell::Shell;
 
 use crate::context::{cargo, root, runtime};
-use crate::dev_db::DevCluster;
+use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
 const PASSWORD: &str = "bench password";
@@ -67,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if cluster.exists() {
         cluster.destroy()?;
     }
-    cluster.start(&db)?;
+    cluster.start(&db, Some(&Audience::ThisMachine))?;
     let bench = Bench { binary, port, work: dir.join("work") };
     std::fs::create_dir_all(&bench.work)?;
 

@@ -61,10 +61,15 @@ impl SettingsArgs {
         }
     }
 
-    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
+    /// `.env` and the environment, for the few settings beside the database's.
+    pub fn load_env(&self) -> anyhow::Result<Env> {
         self.check_named_file()?;
-        let file = self.env_file();
-        let (env, _) = Env::load(&file, std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
+        let (env, _) = Env::load(&self.env_file(), std::env::vars_os()).map_err(|e| fail(Failure::Config, e))?;
+        Ok(env)
+    }
+
+    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
+        let env = self.load_env()?;
         let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
         let context = ContextArgs { context }.runtime_context(settings.in_kubernetes);
         let wait_timeout = match wait_timeout {
@@ -137,13 +142,32 @@ pub struct Loaded {
     pub context: RuntimeContext,
     /// `--wait-timeout`: how long all waiting for the database may take, across reconnects.
     pub wait_timeout: Duration,
-    /// What is left of it after the waits so far.
-    wait_left: std::cell::Cell<Duration>,
+    /// What is left of it after the waits so far; shared with `for_migrations`.
+    wait_left: std::rc::Rc<std::cell::Cell<Duration>>,
 }
 
 impl Loaded {
     pub fn new(root: PathBuf, settings: Settings, context: RuntimeContext, wait_timeout: Duration) -> Loaded {
-        Loaded { root, settings, context, wait_timeout, wait_left: std::cell::Cell::new(wait_timeout) }
+        Loaded {
+            root,
+            settings,
+            context,
+            wait_timeout,
+            wait_left: std::rc::Rc::new(std::cell::Cell::new(wait_timeout)),
+        }
+    }
+
+    /// The direct connection for migrations (`MIGRATION_DATABASE_URL`, `POSTGRES_MIGRATION_*`) as
+    /// the database to connect to, drawing on the same wait budget; `None` when none is set.
+    pub fn for_migrations(&self) -> Option<Loaded> {
+        let direct = self.settings.migration_database.clone()?;
+        Some(Loaded {
+            root: self.root.clone(),
+            settings: backend::config::Settings { database: direct, ..self.settings.clone() },
+            context: self.context,
+            wait_timeout: self.wait_timeout,
+            wait_left: std::rc::Rc::clone(&self.wait_left),
+        })
     }
 
     /// The same, for another database on the same server; the wait budget starts afresh.

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
             ui::line(format!("it does not answer ({reason}): using the local cluster of target/dev-db/"));
-            DevCluster::new(&sh)?.start(db)?;
+            DevCluster::new(&sh)?.start(db, None)?;
         }
     }
 

@@ -23,30 +23,86 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug, Clone, Copy)]
 enum Action {
     /// Create the cluster if needed and start it on POSTGRES_PORT, with the user, password and
-    /// database of `.env`
-    Start,
+    /// database of `.env`; it listens on this machine only unless `--serve-compose`
+    Start {
+        /// Serve the compose containers too: listen on Docker's bridge address and let the compose
+        /// network (COMPOSE_SUBNET) in through pg_hba.conf, with no other address
+        #[arg(long)]
+        serve_compose: bool,
+    },
     /// Stop the cluster
     Stop,
-    /// Say whether the cluster exists and runs
+    /// Say whether the cluster exists and runs; exit 3 when it does not run (as `pg_ctl status`)
     Status,
     /// Stop the cluster and delete its data
     Destroy,
 }
+
+/// The exit code of `dev-db status` for a cluster that does not run, as `pg_ctl status` has it.
+const NOT_RUNNING: u8 = 3;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.settings.load()?;
     let sh = Shell::new()?;
     let cluster = DevCluster::new(&sh)?;
     match args.action {
-        Action::Start => cluster.start(&loaded.settings.database),
+        Action::Start { serve_compose } => {
+            let audience = if serve_compose {
+                let env = args.settings.load_env()?;
+                let subnet = crate::docker_host::compose_subnet(&env).map_err(|e| fail(Failure::Config, anyhow!(e)))?;
+                Audience::compose(subnet)?
+            } else {
+                Audience::ThisMachine
+            };
+            cluster.start(&loaded.settings.database, Some(&audience))
+        }
         Action::Stop => cluster.stop(),
         Action::Status => {
             println!("{}", cluster.status()?);
+            if !cluster.is_running() {
+                // Not a failure to report: the answer, in pg_ctl's exit code, for scripts.
+                std::process::exit(NOT_RUNNING.into());
+            }
             Ok(())
         }
         Action::Destroy => cluster.destroy(),
     }
 }
+
+/// Who may connect besides this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Audience {
+    ThisMachine,
+    /// The compose containers, arriving at Docker's bridge address from the compose network.
+    Compose {
+        bridge: String,
+        subnet: String,
+    },
+}
+
+impl Audience {
+    pub fn compose(subnet: String) -> anyhow::Result<Audience> {
+        let bridge = crate::docker_host::bridge_gateway().ok_or_else(|| {
+            fail(
+                Failure::Config,
+                anyhow!(
+                    "--serve-compose: no Docker engine answers, so Docker's bridge address is unknown: start Docker"
+                ),
+            )
+        })?;
+        Ok(Audience::Compose { bridge, subnet })
+    }
+
+    fn listen_addresses(&self) -> String {
+        match self {
+            Audience::ThisMachine => "127.0.0.1".into(),
+            Audience::Compose { bridge, .. } => format!("127.0.0.1,{bridge}"),
+        }
+    }
+}
+
+/// The `pg_hba.conf` lines `--serve-compose` adds follow this line, up to the next blank one.
+const COMPOSE_HBA_MARK: &str = "# cargo xtask dev-db start --serve-compose: the compose network only";
 
 /// The cluster of `target/dev-db/`.
 pub struct DevCluster<'a> {
@@ -133,40 +189,31 @@ impl<'a> DevCluster<'a> {
         })
     }
 
-    /// Creates (once) and starts the cluster, then makes sure the database exists.
-    pub fn start(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
-        self.start_listening_on(db, "127.0.0.1")
-    }
-
-    /// Like `start`, but listening on every address and accepting Docker's networks, so
-    /// containers reach it through `host.docker.internal` (the end-to-end test's server).
-    pub fn start_listening_everywhere(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
+    /// Creates (once) and starts the cluster, then makes sure the database exists. `audience`
+    /// says who may connect; `None` keeps what the last `dev-db start` chose. A running cluster
+    /// whose settings change is restarted.
+    pub fn start(&self, db: &DatabaseSettings, audience: Option<&Audience>) -> anyhow::Result<()> {
         if !self.exists() {
             self.init(db)?;
         }
-        let hba = self.data().join("pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba)?;
-        // Docker's default address pools: 172.17-31.x and 192.168.x.
-        let docker = "host all all 172.16.0.0/12 scram-sha-256\nhost all all 192.168.0.0/16 scram-sha-256";
-        if !rules.contains(docker) {
-            std::fs::write(&hba, format!("{rules}\n# Docker's networks, for containers on this host.\n{docker}\n"))?;
+        let listen = match audience {
+            Some(audience) => audience.listen_addresses(),
+            None => self.listen_addresses().unwrap_or_else(|| Audience::ThisMachine.listen_addresses()),
+        };
+        let mut changed = self.write_conf(db.port(), &listen)?;
+        if let Some(audience) = audience {
+            changed |= self.write_hba(audience)?;
         }
-        self.start_listening_on(db, "*")
-    }
-
-    fn start_listening_on(&self, db: &DatabaseSettings, listen: &str) -> anyhow::Result<()> {
-        if !self.exists() {
-            self.init(db)?;
-        }
-        if self.is_running() {
-            ui::line(format!("local cluster already running on port {}", db.port()));
+        let running = self.is_running();
+        if running && !changed {
+            ui::line(format!("local cluster already running on port {} (listen_addresses = '{listen}')", db.port()));
         } else {
-            ui::step(format!("start the local cluster on port {} (listen_addresses = '{listen}')", db.port()));
-            self.write_conf(db.port(), listen)?;
+            let verb = if running { "restart" } else { "start" };
+            ui::step(format!("{verb} the local cluster on port {} (listen_addresses = '{listen}')", db.port()));
             let (data, log) = (self.data(), self.log());
             let started = self
                 .server_cmd("pg_ctl")
-                .args(["start", "-w", "-t", "60", "-D"])
+                .args([verb, "-w", "-t", "60", "-m", "fast", "-D"])
                 .arg(&data)
                 .arg("-l")
                 .arg(&log)
@@ -183,7 +230,11 @@ impl<'a> DevCluster<'a> {
                 );
             }
         }
-        runtime()?.block_on(create_database(db))
+        if let Some(Audience::Compose { subnet, .. }) = audience {
+            ui::line(format!("containers of the compose network {subnet} may connect through host.docker.internal"));
+        }
+        // The cluster is on this machine, whatever POSTGRES_SERVER says for the containers.
+        runtime()?.block_on(create_database(&db.with_host("127.0.0.1")))
     }
 
     fn init(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
@@ -219,14 +270,43 @@ impl<'a> DevCluster<'a> {
         Ok(())
     }
 
-    /// The port and addresses, with the socket inside the cluster folder.
-    fn write_conf(&self, port: u16, listen: &str) -> anyhow::Result<()> {
+    /// The port and addresses, with the socket inside the cluster folder; true when they changed.
+    fn write_conf(&self, port: u16, listen: &str) -> anyhow::Result<bool> {
         let conf = self.data().join("postgresql.auto.conf");
         let socket_dir = self.dir.display();
         let settings = format!(
             "# Written by cargo xtask dev-db start.\nport = {port}\nlisten_addresses = '{listen}'\nunix_socket_directories = '{socket_dir}'\n"
         );
-        std::fs::write(&conf, settings).with_context(|| format!("cannot write {}", conf.display()))
+        rewrite(&conf, &settings)
+    }
+
+    /// `listen_addresses` as the last start wrote it.
+    fn listen_addresses(&self) -> Option<String> {
+        let conf = std::fs::read_to_string(self.data().join("postgresql.auto.conf")).ok()?;
+        conf.lines().find_map(|line| {
+            line.strip_prefix("listen_addresses = '").and_then(|rest| rest.strip_suffix('\'')).map(str::to_owned)
+        })
+    }
+
+    /// initdb's rules, plus the compose network's line for `Audience::Compose`; true when the file
+    /// changed.
+    fn write_hba(&self, audience: &Audience) -> anyhow::Result<bool> {
+        let hba = self.data().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).with_context(|| format!("cannot read {}", hba.display()))?;
+        let base = match rules.split_once(COMPOSE_HBA_MARK) {
+            Some((before, after)) => {
+                let rest = after.split_once("\n\n").map_or("", |(_, rest)| rest);
+                format!("{}{rest}", before.trim_end_matches('\n').to_owned() + "\n")
+            }
+            None => rules.clone(),
+        };
+        let wanted = match audience {
+            Audience::ThisMachine => base,
+            Audience::Compose { subnet, .. } => {
+                format!("{base}\n{COMPOSE_HBA_MARK}\n{}\n\n", crate::docker_host::hba_rule(subnet))
+            }
+        };
+        rewrite(&hba, &wanted)
     }
 
     pub fn stop(&self) -> anyhow::Result<()> {
@@ -265,6 +345,15 @@ async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
         ui::line(format!("created database {}", db.database()));
     }
     Ok(())
+}
+
+/// Writes `content` to `path` unless it holds it already; true when it wrote.
+fn rewrite(path: &Path, content: &str) -> anyhow::Result<bool> {
+    if std::fs::read_to_string(path).is_ok_and(|current| current == content) {
+        return Ok(false);
+    }
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
 }
 
 /// `dir` if `user` can reach it; else (a checkout under /root, say) a folder of its own under
@@ -322,25 +411,16 @@ pub fn ensure_server_bindir(sh: &Shell) -> anyhow::Result<PathBuf> {
     if let Some(bin) = find_server_bindir(sh) {
         return Ok(bin);
     }
-    let is_root = cmd!(sh, "id -u").quiet().read().is_ok_and(|uid| uid.trim() == "0");
-    let has_apt = cmd!(sh, "which apt-get").quiet().ignore_stdout().ignore_stderr().run().is_ok();
-    if !(is_root && has_apt) {
+    if !can_apt_install(sh) {
         bail!("PostgreSQL server binaries (initdb, pg_ctl) not found: {}", install_hint(Path::new("/etc/os-release")));
     }
-    ui::step(
-        "install the PostgreSQL server binaries: apt-get install postgresql (they are missing and we run as root)",
-    );
     // Debian's package would create and start a `main` cluster on port 5432; we only want the
     // binaries, and that port may be the one `.env` names.
     sh.create_dir("/etc/postgresql-common")?;
     if !Path::new("/etc/postgresql-common/createcluster.conf").exists() {
         sh.write_file("/etc/postgresql-common/createcluster.conf", "create_main_cluster = false\n")?;
     }
-    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
-    cmd!(sh, "apt-get update -qq").run().context("apt-get update failed")?;
-    cmd!(sh, "apt-get install -y -qq --no-install-recommends postgresql")
-        .run()
-        .context("apt-get install postgresql failed")?;
+    apt_install(sh, "postgresql", "the PostgreSQL server binaries")?;
     find_server_bindir(sh)
         .ok_or_else(|| anyhow!("apt-get installed postgresql but initdb and pg_ctl are still not found"))
 }
@@ -365,6 +445,22 @@ fn find_server_bindir(sh: &Shell) -> Option<PathBuf> {
 }
 
 /// The exact install command for this platform.
+/// We run as root on a system with apt: missing tools may be installed, saying so.
+pub fn can_apt_install(sh: &Shell) -> bool {
+    let is_root = cmd!(sh, "id -u").quiet().read().is_ok_and(|uid| uid.trim() == "0");
+    is_root && cmd!(sh, "which apt-get").quiet().ignore_stdout().ignore_stderr().run().is_ok()
+}
+
+/// `apt-get install package`, announced with what it provides.
+pub fn apt_install(sh: &Shell, package: &str, provides: &str) -> anyhow::Result<()> {
+    ui::step(format!("install {provides}: apt-get install {package} (missing, and we run as root)"));
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    cmd!(sh, "apt-get update -qq").run().context("apt-get update failed")?;
+    cmd!(sh, "apt-get install -y -qq --no-install-recommends {package}")
+        .run()
+        .with_context(|| format!("apt-get install {package} failed"))
+}
+
 fn install_hint(os_release: &Path) -> String {
     let release = std::fs::read_to_string(os_release).unwrap_or_default();
     let like =

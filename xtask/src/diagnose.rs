@@ -64,11 +64,14 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
                 ));
             }
             RuntimeContext::Container if to_host => {
-                causes.push(
-                    "the PostgreSQL server on the host may listen only on 127.0.0.1: set listen_addresses = '*' in \
-                     postgresql.conf, allow the Docker network in pg_hba.conf, and restart it"
-                        .into(),
-                );
+                let network = crate::docker_host::own_network().unwrap_or_else(|| "<the compose network>".into());
+                causes.push(format!(
+                    "the PostgreSQL server on the host may listen only on 127.0.0.1: for this workspace's cluster run \
+                     `cargo xtask dev-db start --serve-compose` on the host; for another server add Docker's bridge \
+                     address to listen_addresses in postgresql.conf, let this container's network in with \
+                     `{}` in pg_hba.conf, and restart it (`cargo xtask doctor` on the host names both)",
+                    crate::docker_host::hba_rule(&network)
+                ));
                 causes.push(format!("the server on the host may be stopped, or listen on another port than {port}"));
             }
             RuntimeContext::Container | RuntimeContext::Kubernetes => {
@@ -107,6 +110,16 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
              (hot_standby = off) until it is promoted"
                 .into(),
         ),
+        RetryKind::ReadOnly => {
+            causes.push(
+                "a failover may be in progress: the address leads to a standby until it is promoted (prestart goes on \
+                 at once when it is)"
+                    .into(),
+            );
+            causes.push(format!(
+                "{var} may name a replica or a reader endpoint: point it at the primary (the writer endpoint)"
+            ));
+        }
         RetryKind::ServerShutdown => causes.push("the server was shut down or restarted during the attempt".into()),
         RetryKind::TooManyConnections => causes.push(
             "all max_connections slots are taken by other clients: close idle ones, raise max_connections, or use a pooler".into(),

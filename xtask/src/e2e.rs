@@ -11,12 +11,13 @@ use backend::config::{DatabaseSettings, Env};
 use xshell::{Shell, cmd};
 
 use crate::context::{cargo, root, runtime};
-use crate::dev_db::DevCluster;
+use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
 const BASE_IMAGE: &str = "prestart-e2e-base";
 const APP_IMAGE: &str = "prestart-app:e2e";
-const PASSWORD: &str = "e2e p@ss:w/rd";
+/// The migrations table of the e2e project's own `sqlx.toml`, mounted over the image's.
+const MIGRATIONS_TABLE: &str = "e2e_schema_history";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -66,7 +67,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let work = root.join("target/e2e");
     let cluster = DevCluster::in_dir(&sh, work.join("db"))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let db = settings(port)?;
+    // A superuser password made for this run, with the characters that need encoding in a URL.
+    let password = format!("e2e p@ss:w/rd {}", random_hex(12)?);
+    let db = settings(port, &password)?;
     if cluster.exists() {
         cluster.destroy()?;
     }
@@ -76,11 +79,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dir: work.join("project"),
         name: format!("prestart-e2e-{}", std::process::id()),
         port,
+        password,
+        subnet: free_subnet(&sh)?,
     };
+    // The server listens on the bridge address and lets in the compose network alone, as
+    // `dev-db start --serve-compose` makes it for a user.
+    let serving_compose = Audience::compose(project.subnet.clone())?;
     let result = (|| {
-        cluster.start_listening_everywhere(&db)?;
+        cluster.start(&db, Some(&serving_compose))?;
         project.prepare()?;
-        scenarios(&project, &cluster, &db)
+        scenarios(&project, &cluster, &db, &serving_compose)
     })();
     let size = inspect(&sh, APP_IMAGE, "{{.Size}}").unwrap_or_default();
     if !args.keep {
@@ -100,16 +108,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn settings(port: u16) -> anyhow::Result<DatabaseSettings> {
+fn settings(port: u16, password: &str) -> anyhow::Result<DatabaseSettings> {
     let port = port.to_string();
     Ok(DatabaseSettings::from_env(&Env::from_pairs([
         ("POSTGRES_SERVER", "127.0.0.1"),
         ("POSTGRES_PORT", port.as_str()),
         ("POSTGRES_DB", "app"),
         ("POSTGRES_USER", "postgres"),
-        ("POSTGRES_PASSWORD", PASSWORD),
+        ("POSTGRES_PASSWORD", password),
         ("POSTGRES_SSLMODE", "disable"),
     ]))?)
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut buffer)?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A /24 under 172.30.0.0/16 that no Docker network on this engine overlaps, for this run's
+/// compose network.
+fn free_subnet(sh: &Shell) -> anyhow::Result<String> {
+    let format = "{{range .IPAM.Config}}{{.Subnet}} {{end}}";
+    let ids = cmd!(sh, "docker network ls -q").quiet().read()?;
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let taken = cmd!(sh, "docker network inspect --format {format} {ids...}").quiet().read()?;
+    let range = |subnet: &str| -> Option<(u32, u32)> {
+        let (address, prefix) = subnet.split_once('/')?;
+        let (address, prefix): (std::net::Ipv4Addr, u32) = (address.parse().ok()?, prefix.parse().ok()?);
+        let size = 1u64 << (32 - prefix.min(32));
+        let start = u32::from(address) & !((size - 1) as u32);
+        Some((start, (u64::from(start) + size - 1) as u32))
+    };
+    let taken: Vec<(u32, u32)> = taken.split_whitespace().filter_map(range).collect();
+    (100..250)
+        .map(|n| format!("172.30.{n}.0/24"))
+        .find(|candidate| {
+            let (start, end) = range(candidate).expect("a valid subnet");
+            taken.iter().all(|&(s, e)| end < s || start > e)
+        })
+        .context("every 172.30.x.0/24 from 100 to 249 is taken by a Docker network: remove some (docker network prune)")
 }
 
 /// `docker compose` (the plugin) or Debian's `docker-compose`, whichever is installed.
@@ -179,12 +217,21 @@ struct Project<'a> {
     dir: PathBuf,
     name: String,
     port: u16,
+    password: String,
+    subnet: String,
 }
 
 impl Project<'_> {
     fn prepare(&self) -> anyhow::Result<()> {
         self.sh.create_dir(&self.dir)?;
         self.sh.copy_file(root().join("docker-compose.yml"), &self.dir)?;
+        // The project's own sqlx.toml, with another migrations table, over the image's.
+        self.sh.write_file(self.dir.join("sqlx.toml"), format!("[migrate]\ntable-name = \"{MIGRATIONS_TABLE}\"\n"))?;
+        let mount = "    volumes: [\"./sqlx.toml:/app/sqlx.toml:ro\"]\n";
+        self.sh.write_file(
+            self.dir.join("docker-compose.e2e.yml"),
+            format!("services:\n  prestart:\n{mount}  backend:\n{mount}  worker:\n{mount}"),
+        )?;
         self.write_env(&[])
     }
 
@@ -195,12 +242,13 @@ impl Project<'_> {
             ("POSTGRES_PORT", self.port.to_string()),
             ("POSTGRES_DB", "app".into()),
             ("POSTGRES_USER", "postgres".into()),
-            ("POSTGRES_PASSWORD", PASSWORD.into()),
+            ("POSTGRES_PASSWORD", self.password.clone()),
             ("POSTGRES_SSLMODE", "disable".into()),
             ("FIRST_SUPERUSER", "admin@example.com".into()),
             ("FIRST_SUPERUSER_PASSWORD", "e2e superuser".into()),
             ("APP_IMAGE", APP_IMAGE.into()),
             ("BACKEND_PORT", self.backend_port().to_string()),
+            ("COMPOSE_SUBNET", self.subnet.clone()),
         ];
         for (key, value) in overrides {
             vars.retain(|(k, _)| k != key);
@@ -219,7 +267,10 @@ impl Project<'_> {
         let (program, rest) = self.compose.program.split_first().expect("a compose program");
         let dir = &self.dir;
         let name = &self.name;
-        cmd!(self.sh, "{program} {rest...} --project-directory {dir} -f {dir}/docker-compose.yml -p {name} {args...}")
+        cmd!(
+            self.sh,
+            "{program} {rest...} --project-directory {dir} -f {dir}/docker-compose.yml -f {dir}/docker-compose.e2e.yml -p {name} {args...}"
+        )
     }
 
     /// Starts `up -d` without waiting: compose itself waits for prestart before it starts
@@ -287,7 +338,12 @@ impl Project<'_> {
 }
 
 /// The scenarios of the issue, each asserted from exit codes, logs, HTTP and the database.
-fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSettings) -> anyhow::Result<()> {
+fn scenarios(
+    project: &Project<'_>,
+    cluster: &DevCluster<'_>,
+    db: &DatabaseSettings,
+    serving_compose: &Audience,
+) -> anyhow::Result<()> {
     scenario("1. happy path: prestart exits 0, the API answers, the worker runs a job", || {
         ensure!(
             project.up(Duration::from_secs(120))? == Some(0),
@@ -308,8 +364,24 @@ fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSetti
         Ok(())
     })?;
 
+    scenario("8. sqlx.toml: the image ships the workspace's; a project's own migrations table is used", || {
+        let shipped = cmd!(project.sh, "docker run --rm --entrypoint cat {APP_IMAGE} /app/sqlx.toml").quiet().read()?;
+        ensure!(
+            shipped.trim() == std::fs::read_to_string(root().join("sqlx.toml"))?.trim(),
+            "the image's /app/sqlx.toml is not the workspace's"
+        );
+        let applied = query(db, &format!("SELECT count(*)::text FROM {MIGRATIONS_TABLE}"))?;
+        ensure!(applied == "3", "{MIGRATIONS_TABLE} holds {applied} migrations, not 3");
+        ensure!(
+            query(db, "SELECT (to_regclass('_sqlx_migrations') IS NULL)::text")? == "true",
+            "the containers created _sqlx_migrations beside {MIGRATIONS_TABLE}"
+        );
+        Ok(())
+    })?;
+
     scenario("5. `run --rm prestart` on a running stack: exits 0, changes nothing, leaves no container", || {
-        let before = query(db, "SELECT count(*)::text || ':' || max(installed_on)::text FROM _sqlx_migrations")?;
+        let history = format!("SELECT count(*)::text || ':' || max(installed_on)::text FROM {MIGRATIONS_TABLE}");
+        let before = query(db, &history)?;
         project
             .compose(&["run", "--rm", "prestart"])
             .quiet()
@@ -317,10 +389,7 @@ fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSetti
             .ignore_stderr()
             .run()
             .context("run --rm prestart failed")?;
-        ensure!(
-            query(db, "SELECT count(*)::text || ':' || max(installed_on)::text FROM _sqlx_migrations")? == before,
-            "the rerun changed the migrations"
-        );
+        ensure!(query(db, &history)? == before, "the rerun changed the migrations");
         let leftovers = project.compose(&["ps", "-a", "-q"]).quiet().read()?.lines().count();
         ensure!(leftovers == 3, "expected prestart, backend and worker containers, found {leftovers}");
         Ok(())
@@ -375,8 +444,7 @@ fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSetti
     scenario("3. the host server listens only on 127.0.0.1: the diagnosis names listen_addresses", || {
         project.down();
         project.write_env(&[("PRESTART_WAIT_TIMEOUT", "15")])?;
-        cluster.stop()?;
-        cluster.start(db)?;
+        cluster.start(db, Some(&Audience::ThisMachine))?;
         let code = project.up(Duration::from_secs(90))?;
         let logs = project.logs("prestart");
         ensure!(code.is_some_and(|c| c != 0), "prestart exited {code:?}");
@@ -390,7 +458,7 @@ fn scenarios(project: &Project<'_>, cluster: &DevCluster<'_>, db: &DatabaseSetti
         cluster.stop()?;
         let up = project.start_up()?;
         std::thread::sleep(Duration::from_secs(10));
-        cluster.start_listening_everywhere(db)?;
+        cluster.start(db, Some(serving_compose))?;
         ensure!(project.finish_up(up, Duration::from_secs(120))? == Some(0), "prestart:\n{}", project.logs("prestart"));
         wait_until(Duration::from_secs(60), || project.http("GET", "/ready", None).is_ok_and(|(s, _)| s == 200))
             .context("/ready never answered 200")?;

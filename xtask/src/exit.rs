@@ -16,7 +16,8 @@ Exit codes:
     7    seed failed
     8    schema not up to date (migrate status)
     130  interrupted by SIGINT (Ctrl-C)
-    143  interrupted by SIGTERM";
+    143  interrupted by SIGTERM
+dev-db status exits 0 when the cluster runs and 3 when it does not, as pg_ctl status does.";
 
 /// The kind of a failure, attached to an `anyhow::Error` as its outermost context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

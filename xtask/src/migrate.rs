@@ -17,11 +17,10 @@ use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 use backend::config::DatabaseSettings;
 use backend::db::Ready;
 
-use crate::context::{DbArgs, Loaded, SourceArgs, display_path, runtime};
+use crate::context::{DbArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
-use crate::interrupt::{ActiveBackend, interruptible};
+use crate::session::{self, Session, Use};
 use crate::ui;
-use crate::wait::wait_step;
 
 const DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS: u64 = 10;
 /// Between two tries of the lock; cheap for the server.
@@ -112,13 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let plan = args.options.plan(&set, &settings, &dir, loaded.wait_timeout);
-    let db = &loaded.settings.database;
-    let active = ActiveBackend::default();
-    runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded).await?;
-        active.set(Some(&ready.process));
-        migrate_step(&mut ready, &plan, &Reconnect { loaded: &loaded, active: &active }).await
-    }))
+    session::run(&loaded, Use::Write, async |session| migrate_step(session, &plan).await)
 }
 
 /// What to apply and how.
@@ -132,37 +125,21 @@ pub struct Plan<'a> {
     pub strict: bool,
 }
 
-/// How to get a new connection when the server restarts before anything was applied.
-pub struct Reconnect<'a> {
-    pub loaded: &'a Loaded,
-    pub active: &'a ActiveBackend,
-}
-
-impl Reconnect<'_> {
-    /// Replaces `ready` with a new connection when `error` is one that waiting can fix.
-    async fn after(&self, ready: &mut Ready, error: sqlx::Error) -> anyhow::Result<()> {
-        match backend::db::Failure::classify(&error, &self.loaded.settings.database) {
-            backend::db::Failure::Retry(reason) => {
-                ui::line(format!("lost the connection before migrating ({reason}): connecting again"));
-                *ready = wait_step(self.loaded).await?;
-                self.active.set(Some(&ready.process));
-                Ok(())
-            }
-            backend::db::Failure::Fatal(_) => Err(fail(Failure::Migration, error)),
-        }
-    }
-}
+/// What a lost connection interrupted, for the reconnect line.
+const BEFORE_MIGRATING: &str = "before migrating";
 
 /// Applies pending migrations under the migration lock, which is released on every path.
-pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconnect<'_>) -> anyhow::Result<()> {
+pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::Result<()> {
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
     let started = Instant::now();
     // Most runs have nothing to apply: read the table without the lock, and take the lock only
     // to apply (under it, apply_pending reads the table again).
     let applied = loop {
-        match applied_rows(&mut ready.conn, &plan.settings.table_name).await {
+        match applied_rows(&mut session.ready.conn, &plan.settings.table_name).await {
             Ok(rows) => break rows,
-            Err(error) => reconnect.after(ready, error).await?,
+            Err(error) => {
+                session.reconnect_after(error, BEFORE_MIGRATING).await?.map_err(|e| fail(Failure::Migration, e))?
+            }
         }
     };
     let status = Status::compare(plan.set, &applied);
@@ -175,10 +152,13 @@ pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconn
         ));
         return Ok(());
     }
-    let key = lock_key(reconnect.loaded.settings.database.database());
-    acquire_lock(ready, key, plan.lock_timeout, reconnect).await?;
-    let result = apply_pending(ready, plan, &reconnect.loaded.settings.database).await;
-    let conn = &mut ready.conn;
+    acquire_lock(session, plan.lock_timeout).await?;
+    // The key of the server this connection reached: after a reconnect during the wait for
+    // the lock, the lock was taken on that connection with its database's key.
+    let key = lock_key(&session.ready.server.database);
+    let db = session.settings();
+    let result = apply_pending(&mut session.ready, plan, db).await;
+    let conn = &mut session.ready.conn;
     // After a failed statement sqlx has queued the ROLLBACK, which runs before this. If the
     // connection itself is gone, so is the lock.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await;
@@ -192,7 +172,9 @@ pub async fn migrate_step(ready: &mut Ready, plan: &Plan<'_>, reconnect: &Reconn
     Ok(())
 }
 
-/// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant.
+/// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant. The
+/// name is the server's (`current_database()`), as sqlx takes it: behind a pooler's alias the
+/// configured name differs, and the two would no longer exclude each other.
 pub fn lock_key(database: &str) -> i64 {
     const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes()))
@@ -200,19 +182,21 @@ pub fn lock_key(database: &str) -> i64 {
 
 /// Polls the lock until it is ours or `timeout` passes; a server restart while we wait (which
 /// also ends the holder's session) costs a reconnect.
-async fn acquire_lock(ready: &mut Ready, key: i64, timeout: Duration, reconnect: &Reconnect<'_>) -> anyhow::Result<()> {
+async fn acquire_lock(session: &mut Session<'_>, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_report: Option<Instant> = None;
     loop {
-        let attempt = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut ready.conn).await;
+        let key = lock_key(&session.ready.server.database);
+        let attempt =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut session.ready.conn).await;
         let locked: bool = match attempt {
             Ok(locked) => locked,
             Err(error) => {
-                reconnect.after(ready, error).await?;
+                session.reconnect_after(error, BEFORE_MIGRATING).await?.map_err(|e| fail(Failure::Migration, e))?;
                 continue;
             }
         };
-        let conn = &mut ready.conn;
+        let conn = &mut session.ready.conn;
         if locked {
             if last_report.is_some() {
                 ui::line(format!("got the migration lock after {}", ui::duration(started.elapsed())));
@@ -458,11 +442,9 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, _) = args.source.load(&loaded.root)?;
     let db = &loaded.settings.database;
-    let active = ActiveBackend::default();
-    let status = runtime()?.block_on(interruptible(db, &active, async {
-        let mut ready = wait_step(&loaded).await?;
-        applied_rows(&mut ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
-    }))?;
+    let status = session::run(&loaded, Use::Read, async |session| {
+        applied_rows(&mut session.ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
+    })?;
     let status = Status::compare(&set, &status);
     if args.json {
         let document = serde_json::json!({

@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::context::{DbArgs, SourceArgs, runtime};
-use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::{MigrateOptions, Reconnect, migrate_step};
+use crate::context::{DbArgs, SourceArgs};
+use crate::migrate::{MigrateOptions, migrate_step};
 use crate::seed::{required_superuser, seed_step};
+use crate::session::{self, Use};
 use crate::ui;
-use crate::wait::{still_ready, wait_step};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,22 +26,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let superuser = required_superuser(&loaded.settings)?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let plan = args.migrate.plan(&set, &settings, &dir, loaded.wait_timeout);
-    let active = ActiveBackend::default();
-    runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
-        // One dedicated connection serves all three steps: no pool, and no second handshake.
-        let mut ready = wait_step(&loaded).await?;
-        active.set(Some(&ready.process));
-        let reconnect = Reconnect { loaded: &loaded, active: &active };
+    // One dedicated connection serves all three steps: no pool, and no second handshake.
+    session::run(&loaded, Use::Write, async |session| {
         let migrating = Instant::now();
-        migrate_step(&mut ready, &plan, &reconnect).await?;
+        migrate_step(session, &plan).await?;
         // After a long migration the server may have restarted; right after a short one, asking
         // would only cost the no-op run a round trip.
         if migrating.elapsed() > Duration::from_secs(1) {
-            ready = still_ready(&loaded, ready).await?;
+            session.ensure_alive().await?;
         }
-        active.set(Some(&ready.process));
-        seed_step(&mut ready.conn, superuser).await
-    }))?;
+        seed_step(&mut session.ready.conn, superuser).await
+    })?;
     ui::step(format!("database ready in {}", ui::duration(started.elapsed())));
     Ok(())
 }

@@ -7,11 +7,10 @@ use backend::config::{FirstSuperuser, Settings};
 use backend::seed::init_db;
 use sqlx::postgres::PgConnection;
 
-use crate::context::{DbArgs, runtime};
+use crate::context::DbArgs;
 use crate::exit::{Failure, fail};
-use crate::interrupt::{ActiveBackend, interruptible};
+use crate::session::{self, Use};
 use crate::ui;
-use crate::wait::wait_step;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,12 +21,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    let active = ActiveBackend::default();
-    runtime()?.block_on(interruptible(&loaded.settings.database, &active, async {
-        let mut ready = wait_step(&loaded).await?;
-        active.set(Some(&ready.process));
-        seed_step(&mut ready.conn, superuser).await
-    }))
+    session::run(&loaded, Use::Write, async |session| seed_step(&mut session.ready.conn, superuser).await)
 }
 
 /// The seed needs the first superuser; checked before anything else runs.

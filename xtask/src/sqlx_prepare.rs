@@ -16,9 +16,9 @@ use crate::dev_db::DevCluster;
 use crate::diagnose::is_loopback;
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::{MigrateOptions, Reconnect, migrate_step};
+use crate::migrate::{MigrateOptions, migrate_step};
+use crate::session::Session;
 use crate::ui;
-use crate::wait::wait_step;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -69,10 +69,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: bool) -> anyhow::Result<()> {
     let (set, settings, dir) = SourceArgs::default().load(&target.root)?;
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
-    let mut ready = wait_step(target).await?;
-    active.set(Some(&ready.process));
-    migrate_step(&mut ready, &plan, &Reconnect { loaded: target, active }).await?;
-    drop(ready);
+    let mut session = Session::open(target, active).await?;
+    migrate_step(&mut session, &plan).await?;
+    drop(session);
     active.set(None);
 
     ui::step(if check {
@@ -165,7 +164,7 @@ fn server_for_prepare(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSet
             ui::line(format!(
                 "the configured server does not answer ({reason}): using the local cluster of target/dev-db/"
             ));
-            DevCluster::new(sh)?.start(db)?;
+            DevCluster::new(sh)?.start(db, None)?;
             Ok(maintenance)
         }
         Err(backend::db::Failure::Retry(reason)) => Err(fail(

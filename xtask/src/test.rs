@@ -5,7 +5,7 @@
 use xshell::Shell;
 
 use crate::context::cargo;
-use crate::dev_db::ensure_server_bindir;
+use crate::dev_db::{apt_install, can_apt_install, ensure_server_bindir};
 use crate::sqlx_prepare::ensure_sqlx_cli;
 use crate::ui;
 
@@ -19,6 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let bin = ensure_server_bindir(&sh)?;
+    ensure_pgbouncer(&sh)?;
     // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
     ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
     ui::step(format!("run the tests (PostgreSQL server binaries from {})", bin.display()));
@@ -26,4 +27,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let harness_args = &args.harness_args;
     cargo(&sh, &["test", "--workspace", "--all-features", "--locked", "--"]).args(harness_args).run()?;
     Ok(())
+}
+
+/// The pooler tests run Debian's PgBouncer.
+fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
+    if testkit_finds_pgbouncer() {
+        return Ok(());
+    }
+    if !can_apt_install(sh) {
+        anyhow::bail!(
+            "PgBouncer not found, and the pooler tests need it: install it (`sudo apt-get install pgbouncer`, \
+             `brew install pgbouncer`, `sudo dnf install pgbouncer`)"
+        );
+    }
+    apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests")
+}
+
+/// Where the tests look for it: on PATH, or in /usr/sbin, which a non-root PATH may lack.
+fn testkit_finds_pgbouncer() -> bool {
+    std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).chain([std::path::PathBuf::from("/usr/sbin")]).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .any(|dir| dir.join("pgbouncer").is_file())
 }

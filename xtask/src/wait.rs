@@ -4,10 +4,9 @@ use std::time::{Duration, Instant};
 
 use backend::db::{Ready, WaitError, WaitProgress};
 
-use crate::context::{DbArgs, Loaded, runtime};
+use crate::context::{DbArgs, Loaded};
 use crate::diagnose::{cause_lines, likely_causes};
 use crate::exit::{Failure, fail};
-use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
 
 /// While the reason stays the same, repeat the wait line this often rather than per attempt.
@@ -23,10 +22,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
-    runtime()?.block_on(async {
-        let db = &loaded.settings.database;
-        interruptible(db, &ActiveBackend::default(), async { wait_step(&loaded).await.map(drop) }).await
-    })
+    crate::session::run(&loaded, crate::session::Use::Read, async |_| Ok(()))
 }
 
 /// Waits for the database, logging why while it waits, and returns the ready connection. The
@@ -83,19 +79,5 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             message.push_str("\n  for a full diagnosis: cargo xtask doctor (with the same settings)");
             Err(fail(Failure::Unreachable, anyhow::anyhow!(message)))
         }
-    }
-}
-
-/// The connection from an earlier step if it still answers, else a new one: a server that
-/// restarted between two steps costs a reconnect, not the run.
-pub async fn still_ready(loaded: &Loaded, mut ready: Ready) -> anyhow::Result<Ready> {
-    let ping = sqlx::raw_sql("SELECT 1").execute(&mut ready.conn).await;
-    let Err(error) = ping else { return Ok(ready) };
-    match backend::db::Failure::classify(&error, &loaded.settings.database) {
-        backend::db::Failure::Retry(reason) => {
-            ui::line(format!("the connection broke since the last step ({reason}): connecting again"));
-            wait_step(loaded).await
-        }
-        backend::db::Failure::Fatal(fatal) => Err(fail(Failure::Refused, anyhow::anyhow!("{fatal}"))),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::{Cluster, Run, eventually, free_tcp_port, http};
+use testkit::{Cluster, Run, claim_port, eventually, http};
 
 fn process_exists(pid: &str) -> bool {
     std::path::Path::new("/proc").join(pid).exists()
@@ -19,7 +19,8 @@ fn services_of(parent: u32) -> Vec<String> {
 fn sigterm_and_sigint_stop_backend_and_worker_and_exit_with_the_signal_code() {
     let cluster = Cluster::started();
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
-        let bind = format!("127.0.0.1:{}", free_tcp_port());
+        let port = claim_port();
+        let bind = format!("127.0.0.1:{}", port.number);
         let mut env = cluster.env("app");
         env.push(("BACKEND_BIND".into(), bind.clone()));
         let running = Run::xtask(env!("CARGO_BIN_EXE_xtask"), &["dev"], &env).spawn();
@@ -57,7 +58,8 @@ fn dev_db_refuses_a_planted_fallback_folder_and_keeps_the_password_off_the_disk(
     let project = testkit::Project::new(env!("CARGO_BIN_EXE_xtask"));
     // A private checkout, as one under /root: the postgres OS user cannot reach it.
     testkit::set_mode(project.path(), 0o700);
-    let port = free_tcp_port().to_string();
+    let claim = claim_port();
+    let port = claim.number.to_string();
     project.write_env(&cluster, &[("POSTGRES_PORT", &port)]);
     let name: String = project
         .path()

@@ -220,8 +220,9 @@ fn a_role_without_create_on_the_schema() {
 fn listen_addresses_too_narrow_for_containers() {
     let cluster = Cluster::started();
     let project = Project::new(XTASK);
-    // On the host, prestart connects over 127.0.0.1; the compose containers use host.docker.internal.
-    project.write_env(&cluster, &[]);
+    // On the host, prestart connects over 127.0.0.1; the compose containers use host.docker.internal
+    // from the compose network, whose subnet .env sets.
+    project.write_env(&cluster, &[("COMPOSE_SUBNET", "10.77.0.0/24")]);
     project.write("compose.env", &format!("POSTGRES_SERVER=host.docker.internal\nPOSTGRES_PORT={}\n", cluster.port));
     project.write(
         "docker-compose.yml",
@@ -229,7 +230,15 @@ fn listen_addresses_too_narrow_for_containers() {
          extra_hosts: [\"host.docker.internal:host-gateway\"]\n",
     );
     let report = doctor(&project, &[], &[]);
-    report.expect("postgres.listen_addresses", "fail", "listen_addresses = '127.0.0.1'", "listen_addresses = '*'");
+    // The narrowest rule: that subnet alone, and the bridge address beside localhost.
+    report
+        .expect(
+            "postgres.listen_addresses",
+            "fail",
+            "listen_addresses = '127.0.0.1'",
+            "`host all all 10.77.0.0/24 scram-sha-256` (the compose network, COMPOSE_SUBNET)",
+        )
+        .expect("postgres.listen_addresses", "fail", "", "cargo xtask dev-db start --serve-compose");
 }
 
 #[test]

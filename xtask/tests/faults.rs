@@ -51,10 +51,7 @@ fn a_server_restart_while_waiting_for_the_migration_lock_costs_a_reconnect() {
     let migrations = Migrations::workspace();
     let holder = testkit::MigrationLock::take(&cluster, "app", "lock-holder-test");
     let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
-    assert!(eventually(Duration::from_secs(10), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart'") == "1"
-    }));
-    std::thread::sleep(Duration::from_millis(300));
+    running.wait_for_stderr("waiting for the migration lock held by pid", Duration::from_secs(20));
     cluster.stop();
     drop(holder);
     cluster.start();
@@ -103,7 +100,12 @@ fn an_interrupted_create_index_concurrently_is_reported_with_the_fix() {
     // An open transaction with a snapshot makes CREATE INDEX CONCURRENTLY wait after it has
     // registered the (still INVALID) index.
     let reader = Session::open(&cluster, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events;");
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND backend_xmin IS NOT NULL",
+        ) == "1"
+    }));
     let running = run("migrate", &cluster, &migrations, &[]).spawn();
     assert!(eventually(Duration::from_secs(15), || {
         cluster

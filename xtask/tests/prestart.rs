@@ -52,7 +52,7 @@ fn waits_for_a_server_that_starts_later() {
     cluster.stop();
     let migrations = Migrations::workspace();
     let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
-    std::thread::sleep(Duration::from_millis(1500));
+    running.wait_for_stderr("waiting: connection refused", Duration::from_secs(20));
     cluster.start();
     let outcome = running.wait();
     outcome
@@ -75,7 +75,7 @@ fn waits_while_a_standby_refuses_connections_then_proceeds_once_promoted() {
         "standby did not start:\n{}",
         cluster.log()
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    running.wait_for_stderr("(SQLSTATE 57P03)", Duration::from_secs(20));
     cluster.promote();
     let outcome = running.wait();
     outcome
@@ -259,7 +259,7 @@ fn sigterm_while_waiting_stops_within_a_second() {
     let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
-    std::thread::sleep(Duration::from_millis(700));
+    running.wait_for_stderr("waiting: connection refused", Duration::from_secs(20));
     let sent = std::time::Instant::now();
     running.signal("TERM");
     let outcome = running.wait();
@@ -286,7 +286,7 @@ fn sigint_while_waiting_exits_130() {
     let cluster = Cluster::stopped();
     let migrations = Migrations::workspace();
     let running = prestart(&cluster, &migrations, &["--wait-timeout", "60"]).spawn();
-    std::thread::sleep(Duration::from_millis(700));
+    running.wait_for_stderr("waiting: connection refused", Duration::from_secs(20));
     running.signal("INT");
     running.wait().assert_code(130).assert_stderr_contains("error: interrupted by SIGINT");
 }

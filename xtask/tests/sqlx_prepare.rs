@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use testkit::{Cluster, Run};
 
@@ -35,7 +36,7 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     let copy = tempfile::Builder::new().prefix("prestart-workspace-").tempdir().expect("temp dir");
     copy_workspace(copy.path());
     let target = copy.path().join("target");
-    let run = |args: &[&str]| {
+    let command = |args: &[&str]| {
         let mut env = cluster.env("app");
         env.push(("CARGO_TARGET_DIR".into(), target.to_str().expect("utf-8").into()));
         for key in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
@@ -43,8 +44,9 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
                 env.push((key.into(), value.to_string_lossy().into_owned()));
             }
         }
-        Run::program(copy.path().join("xtask-bin"), args, &env).output()
+        Run::program(copy.path().join("xtask-bin"), args, &env)
     };
+    let run = |args: &[&str]| command(args).output();
 
     run(&["sqlx-prepare", "--check"]).assert_code(0);
     assert_eq!(throwaway_databases(&cluster), "0");
@@ -80,4 +82,43 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     std::fs::write(&jobs, broken).expect("write");
     run(&["sqlx-prepare"]).assert_code(1).assert_stderr_contains("no_such_column");
     assert_eq!(throwaway_databases(&cluster), "0");
+
+    // Ctrl-C while cargo compiles for sqlx-cli: exit 130, the throwaway database dropped, no
+    // compiler left running, .sqlx/ as it was.
+    std::fs::write(&jobs, std::fs::read_to_string(&jobs).expect("read").replace(" AND no_such_column >= 0", ""))
+        .expect("write");
+    let before = snapshot(&copy.path().join(".sqlx"));
+    let running = command(&["sqlx-prepare"]).spawn();
+    running.wait_for_stderr("prepare .sqlx/ (cargo sqlx prepare)", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    running.signal("INT");
+    running
+        .wait()
+        .assert_code(130)
+        .assert_stderr_contains("error: interrupted by SIGINT")
+        .assert_stderr_contains("dropped sqlx_prepare_");
+    assert_eq!(throwaway_databases(&cluster), "0");
+    let copy_path = copy.path().to_str().expect("utf-8");
+    assert!(
+        testkit::eventually(Duration::from_secs(10), || !Command::new("pgrep")
+            .args(["-f", copy_path])
+            .status()
+            .expect("pgrep")
+            .success()),
+        "processes of the interrupted prepare are still running"
+    );
+    assert_eq!(snapshot(&copy.path().join(".sqlx")), before, ".sqlx/ changed");
+}
+
+/// The names and contents of the files in `dir`.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            (path.display().to_string(), std::fs::read(&path).expect("read"))
+        })
+        .collect();
+    files.sort();
+    files
 }

@@ -42,7 +42,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
     let on_linux_host = context == RuntimeContext::Host && cfg!(target_os = "linux");
     // On a Linux host, reach `host.docker.internal` the way containers do, through the bridge.
     let database = if on_linux_host && host.eq_ignore_ascii_case(DOCKER_HOST_NAME) {
-        docker_bridge_gateway().map(|gateway| db.with_host(&gateway))
+        crate::docker_host::bridge_gateway().map(|gateway| db.with_host(&gateway))
     } else {
         Some(db.clone())
     };
@@ -222,14 +222,4 @@ fn etc_hosts_maps(name: &str) -> bool {
         .lines()
         .filter(|line| !line.trim_start().starts_with('#'))
         .any(|line| line.split_whitespace().skip(1).any(|h| h.eq_ignore_ascii_case(name)))
-}
-
-/// The address `host-gateway` stands for: the gateway of Docker's default bridge.
-fn docker_bridge_gateway() -> Option<String> {
-    let sh = xshell::Shell::new().ok()?;
-    let format = "{{range .IPAM.Config}}{{.Gateway}}{{end}}";
-    let gateway =
-        xshell::cmd!(sh, "docker network inspect bridge --format {format}").quiet().ignore_stderr().read().ok()?;
-    let gateway = gateway.trim();
-    (!gateway.is_empty()).then(|| gateway.to_owned())
 }

@@ -8,6 +8,7 @@ use sqlx::postgres::{PgConnection, PgSslMode};
 use super::location::Target;
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
+use crate::pooler::{Pooling, detect_pooling};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The oldest major version the PostgreSQL project still supports.
@@ -17,6 +18,9 @@ const OLDEST_SUPPORTED_MAJOR: u32 = 14;
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<PgConnection> {
     let ids = [
         "postgres.connect",
+        "postgres.writable",
+        "postgres.pooler",
+        "postgres.migration_connect",
         "postgres.version",
         "postgres.listen_addresses",
         "postgres.create_privilege",
@@ -37,7 +41,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         .check_async(Area::Postgres, "postgres.connect", async {
             Ok(match connect_once(database, "prestart-doctor", CONNECT_TIMEOUT).await {
                 Ok(ready) => {
-                    connection = Some(ready.conn);
+                    connection = Some(ready);
                     Outcome::ok(format!("connected to {database}"))
                 }
                 Err(Failure::Fatal(fatal)) => {
@@ -54,13 +58,78 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             })
         })
         .await;
-    let Some(mut conn) = connection else {
+    let Some(mut ready) = connection else {
         for id in &ids[1..] {
             doctor.check(Area::Postgres, id, || Ok(Outcome::skipped("not connected")));
         }
         return None;
     };
 
+    doctor.check(Area::Postgres, "postgres.writable", || {
+        Ok(match ready.server.read_only_reason() {
+            None => Outcome::ok("the server takes writes"),
+            Some(reason) => Outcome::fail(
+                format!("{}: prestart waits for a server that can write", reason.detail),
+                likely_causes(reason.kind, database, inputs.context).join("; or "),
+            ),
+        })
+    });
+
+    let direct = inputs.settings.as_ref().ok().and_then(|s| s.migration_database.clone());
+    let pooling = detect_pooling(database, &mut ready).await;
+    doctor.check(Area::Postgres, "postgres.pooler", || {
+        let relayed = match &ready.server.address {
+            Some((address, port)) => format!("the server sees the connection arrive at {address}:{port}"),
+            None => "the server sees the connection arrive over a Unix socket".to_owned(),
+        };
+        Ok(match (pooling, &direct) {
+            (Pooling::Direct, _) => Outcome::ok("no pooler or proxy in between"),
+            (Pooling::Session, _) => Outcome::ok(format!(
+                "a pooler or proxy relays the connection ({relayed}) and keeps one server session per client: \
+                 migrations are safe through it"
+            )),
+            (Pooling::Transaction, Some(direct)) => Outcome::ok(format!(
+                "a pooler in transaction pooling mode ({relayed}); migrations and seed use the direct connection of {}",
+                direct.variables.origin
+            )),
+            (Pooling::Transaction, None) => Outcome::fail(
+                format!(
+                    "a pooler in transaction pooling mode ({relayed}): prestart refuses to migrate through it, since \
+                     the migration lock and lock_timeout do not hold from one transaction to the next"
+                ),
+                "set MIGRATION_DATABASE_URL (or POSTGRES_MIGRATION_SERVER, _PORT, _USER, _PASSWORD) to a direct \
+                 connection to PostgreSQL; backend and worker keep using the pooler",
+            ),
+        })
+    });
+
+    doctor
+        .check_async(Area::Postgres, "postgres.migration_connect", async {
+            let Some(direct) = &direct else {
+                return Ok(Outcome::skipped(
+                    "no MIGRATION_DATABASE_URL or POSTGRES_MIGRATION_*: migrations use the connection above",
+                ));
+            };
+            Ok(match connect_once(direct, "prestart-doctor", CONNECT_TIMEOUT).await {
+                Ok(direct_ready) => match direct_ready.server.read_only_reason() {
+                    None => {
+                        Outcome::ok(format!("connected to {direct} ({}), which takes writes", direct.variables.origin))
+                    }
+                    Some(reason) => Outcome::fail(
+                        format!("{direct} ({}): {}", direct.variables.origin, reason.detail),
+                        likely_causes(reason.kind, direct, inputs.context).join("; or "),
+                    ),
+                },
+                Err(Failure::Fatal(fatal)) => Outcome::fail(format!("{direct}: {}", fatal.detail), fatal.hint),
+                Err(Failure::Retry(reason)) => Outcome::fail(
+                    format!("{direct}: {}", reason.detail),
+                    likely_causes(reason.kind, direct, inputs.context).join("; or "),
+                ),
+            })
+        })
+        .await;
+
+    let mut conn = ready.conn;
     doctor
         .check_async(Area::Postgres, "postgres.version", async {
             let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
@@ -83,11 +152,12 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             }
             let listen: String = sqlx::query_scalar("SHOW listen_addresses").fetch_one(&mut conn).await?;
             let loopback_only = listen.split(',').map(str::trim).all(is_loopback);
+            let compose_subnet = crate::docker_host::compose_subnet(&inputs.env)
+                .unwrap_or_else(|_| crate::docker_host::DEFAULT_COMPOSE_SUBNET.into());
             Ok(if loopback_only {
                 Outcome::fail(
                     format!("listen_addresses = '{listen}': containers reaching this server through host.docker.internal are refused"),
-                    "set listen_addresses = '*' (or add the Docker bridge address, e.g. 172.17.0.1) in postgresql.conf, \
-                     allow the Docker networks in pg_hba.conf (host all all 172.16.0.0/12 scram-sha-256), and restart PostgreSQL",
+                    crate::docker_host::advice(&compose_subnet),
                 )
             } else {
                 Outcome::ok(format!("listen_addresses = '{listen}' lets containers in"))

@@ -1,0 +1,71 @@
+//! Is a connection pooler between us and PostgreSQL, and does it keep our server session?
+//!
+//! Nothing in the protocol says so; the server and the pooler's behaviour do:
+//! 1. The server tells where the session arrived (`inet_server_addr()`, `inet_server_port()`, in
+//!    the readiness query). When that is not the address and port we dialled (or a Unix socket
+//!    while we used TCP), something relays the connection: a pooler, a proxy, or NAT.
+//! 2. Only then, a second client connects. In transaction (and statement) pooling, PgBouncer
+//!    hands it the server process our last transaction just gave back (it reuses the most
+//!    recently freed one), and while that client holds a transaction open, our next query runs
+//!    on another process. In session pooling our process stays ours, so neither can happen.
+//!
+//! The direct case costs nothing beyond the readiness query; a relayed one, one more
+//! connection and three short queries.
+
+use std::net::IpAddr;
+
+use backend::config::DatabaseSettings;
+use backend::db::{ATTEMPT_TIMEOUT, Ready, connect_once};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The server sees the connection arrive where we dialled (or over our own Unix socket).
+    Direct,
+    /// Relayed, and our server session stays ours (session pooling, a TCP proxy, NAT).
+    Session,
+    /// Server sessions are shared between clients from one transaction to the next.
+    Transaction,
+}
+
+pub async fn detect_pooling(db: &DatabaseSettings, ready: &mut Ready) -> Pooling {
+    if db.socket().is_some() || !is_relayed(db, ready).await {
+        return Pooling::Direct;
+    }
+    match shares_server_sessions(db, ready).await {
+        Ok(true) => Pooling::Transaction,
+        // A probe that cannot finish proves nothing; the session-scoped work that follows would
+        // fail loudly if sessions were shared.
+        Ok(false) | Err(_) => Pooling::Session,
+    }
+}
+
+/// The server says the session arrived somewhere we did not dial.
+async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
+    let Some((address, port)) = &ready.server.address else {
+        // A Unix socket on the server's side, while we dialled TCP.
+        return true;
+    };
+    if *port != db.port() {
+        return true;
+    }
+    let Ok(address) = address.parse::<IpAddr>() else { return true };
+    match tokio::net::lookup_host((db.host(), db.port())).await {
+        Ok(mut dialled) => !dialled.any(|candidate| candidate.ip() == address),
+        Err(_) => true,
+    }
+}
+
+async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Result<bool, sqlx::Error> {
+    let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
+        return Ok(false);
+    };
+    if other.process.pid == ready.process.pid {
+        return Ok(true);
+    }
+    // The simple protocol throughout: a transaction pooler would lose named statements.
+    sqlx::raw_sql("BEGIN").execute(&mut other.conn).await?;
+    let ours: i32 = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn).await?.try_get(0)?;
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut other.conn).await;
+    Ok(ours != ready.process.pid)
+}

@@ -1,0 +1,129 @@
+//! The one database session of a command: which settings it connects with, the wait budget it
+//! draws on, the server process a signal must stop, and the reconnect after a server restart.
+//!
+//! Commands that change the database (prestart, migrate, seed) take it through [`run`], which
+//! routes them over the direct connection of `MIGRATION_DATABASE_URL` or `POSTGRES_MIGRATION_*`
+//! when one is set, and refuses a transaction pooler otherwise: session advisory locks and
+//! `lock_timeout` do not outlive a transaction there.
+
+use backend::config::DatabaseSettings;
+use backend::db::Ready;
+
+use crate::context::{Loaded, runtime};
+use crate::exit::{Failure, fail};
+use crate::interrupt::{ActiveBackend, interruptible};
+use crate::pooler::{Pooling, detect_pooling};
+use crate::ui;
+use crate::wait::wait_step;
+
+/// What the command does with the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Waits or reads: the app's own connection settings.
+    Read,
+    /// Migrates or seeds: a session of its own, over the direct settings when they are given.
+    Write,
+}
+
+/// A ready connection, with what it takes to replace it and to stop its work on a signal.
+pub struct Session<'a> {
+    loaded: &'a Loaded,
+    active: &'a ActiveBackend,
+    pub ready: Ready,
+}
+
+impl<'a> Session<'a> {
+    /// Waits for the database of `loaded` (out of the run's one wait budget); a signal from now
+    /// on stops the server process behind the connection.
+    pub async fn open(loaded: &'a Loaded, active: &'a ActiveBackend) -> anyhow::Result<Session<'a>> {
+        let ready = wait_step(loaded).await?;
+        active.set(Some(&ready.process));
+        Ok(Session { loaded, active, ready })
+    }
+
+    pub fn settings(&self) -> &'a DatabaseSettings {
+        &self.loaded.settings.database
+    }
+
+    /// Replaces the connection when `error` is one that waiting can fix (the server restarted, the
+    /// network broke); gives the error back when it is not.
+    pub async fn reconnect_after(
+        &mut self,
+        error: sqlx::Error,
+        doing: &str,
+    ) -> anyhow::Result<Result<(), sqlx::Error>> {
+        match backend::db::Failure::classify(&error, self.settings()) {
+            backend::db::Failure::Retry(reason) => {
+                ui::line(format!("lost the connection {doing} ({reason}): connecting again"));
+                self.active.set(None);
+                self.ready = wait_step(self.loaded).await?;
+                self.active.set(Some(&self.ready.process));
+                Ok(Ok(()))
+            }
+            backend::db::Failure::Fatal(_) => Ok(Err(error)),
+        }
+    }
+
+    /// The connection still answers, or is replaced: a server that restarted between two steps
+    /// costs a reconnect, not the run.
+    pub async fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        let ping = sqlx::raw_sql("SELECT 1").execute(&mut self.ready.conn).await;
+        let Err(error) = ping else { return Ok(()) };
+        self.reconnect_after(error, "since the last step").await?.map_err(|error| {
+            fail(Failure::Refused, anyhow::anyhow!("{}", backend::db::Failure::classify(&error, self.settings())))
+        })
+    }
+}
+
+/// Runs `body` on a session, with SIGINT and SIGTERM stopping the server-side work. For
+/// [`Use::Write`], the session is over the direct settings when they are given (only they are
+/// waited for: a pooler may not run yet, as a sidecar that starts after an init container), and
+/// otherwise no transaction pooler may be in the way.
+pub fn run<T>(
+    loaded: &Loaded,
+    purpose: Use,
+    body: impl AsyncFnOnce(&mut Session<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let direct = match purpose {
+        Use::Write => loaded.for_migrations(),
+        Use::Read => None,
+    };
+    let target = direct.as_ref().unwrap_or(loaded);
+    if direct.is_some() {
+        ui::line(format!(
+            "migrations and seed go over the direct connection of {} ({})",
+            target.settings.database.variables.origin, target.settings.database
+        ));
+    }
+    let active = ActiveBackend::default();
+    runtime()?.block_on(interruptible(&target.settings.database, &active, async {
+        let mut session = Session::open(target, &active).await?;
+        if purpose == Use::Write && direct.is_none() {
+            refuse_transaction_pooling(&mut session).await?;
+        }
+        body(&mut session).await
+    }))
+}
+
+/// Stops before anything changes when the connection goes through a pooler that shares server
+/// sessions between transactions.
+async fn refuse_transaction_pooling(session: &mut Session<'_>) -> anyhow::Result<()> {
+    let db = session.settings();
+    match detect_pooling(db, &mut session.ready).await {
+        Pooling::Direct => Ok(()),
+        Pooling::Session => {
+            ui::line("a connection pooler or proxy is in the way, and keeps our server session: fine for migrations");
+            Ok(())
+        }
+        Pooling::Transaction => Err(fail(
+            Failure::Refused,
+            anyhow::anyhow!(
+                "{db} goes through a connection pooler in transaction pooling mode (two clients were handed one server \
+                 session): the migration lock and lock_timeout would not hold from one transaction to the next, so \
+                 nothing was migrated\n  fix: set MIGRATION_DATABASE_URL (or POSTGRES_MIGRATION_SERVER, _PORT, _USER, \
+                 _PASSWORD over the POSTGRES_* values) to a direct connection to PostgreSQL for prestart; backend and \
+                 worker keep using the pooler. Or let prestart use the pooler's session mode"
+            ),
+        )),
+    }
+}

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::{Env, Settings};
+use crate::pooler::{Pooling, detect_pooling, in_one_session};
 use crate::schema::{MigrationSettings, embedded};
 
 /// Exit codes of backend and worker, the same numbers as xtask's for the same causes.
@@ -24,7 +25,26 @@ const STARTUP_WAIT: Duration = Duration::from_secs(30);
 pub struct Service {
     pub settings: Settings,
     pub migrations: MigrationSettings,
-    pub pool: PgPool,
+    pub db: Db,
+}
+
+/// The services' connections, and how their queries must travel to hold behind a pooler.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+    pooling: Pooling,
+}
+
+impl Db {
+    /// Runs `work` on a connection of the pool; behind a transaction pooler, in one server
+    /// session (see [`in_one_session`]).
+    pub async fn run<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        in_one_session(&mut conn, self.pooling, work).await
+    }
 }
 
 /// A start-up failure: the message for stderr and the exit code.
@@ -56,16 +76,27 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
             StartError { message: format!("{db} is not reachable: {last}"), code: EXIT_UNREACHABLE }
         }
     })?;
-    embedded::check(&mut ready.conn, &migrations)
+    let pooling = detect_pooling(db, &mut ready).await;
+    let checked = in_one_session(&mut ready.conn, pooling, async |conn| Ok(embedded::check(conn, &migrations).await))
         .await
-        .map_err(|message| StartError { message, code: EXIT_NOT_UP_TO_DATE })?;
+        .map_err(|e| e.to_string())
+        .and_then(|checked| checked);
+    checked.map_err(|message| StartError { message, code: EXIT_NOT_UP_TO_DATE })?;
 
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(db.connect_options(name));
-    eprintln!("{name}: connected to {}; schema up to date", crate::redact::redact(&db.to_string()));
-    Ok(Service { settings, migrations, pool })
+    let mut options = db.connect_options(name);
+    if pooling == Pooling::Transaction {
+        // No statement survives its transaction there (see `in_one_session`): cache none.
+        options = options.statement_cache_capacity(0);
+    }
+    let pool =
+        PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options);
+    let through = match pooling {
+        Pooling::Direct => "",
+        Pooling::Session => " through a pooler or proxy that keeps sessions",
+        Pooling::Transaction => " through a transaction pooler: every query in a transaction of its own",
+    };
+    eprintln!("{name}: connected to {}{through}; schema up to date", crate::redact::redact(&db.to_string()));
+    Ok(Service { settings, migrations, db: Db { pool, pooling } })
 }
 
 fn env_file_argument(mut args: impl Iterator<Item = String>) -> Result<PathBuf, StartError> {

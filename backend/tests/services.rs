@@ -5,14 +5,17 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use testkit::{Cluster, Run, claim_port, eventually, http};
+use testkit::{Bouncer, Cluster, PoolMode, Run, claim_port, eventually, http};
 
 fn service(name: &str, cluster: &Cluster, bind: &str) -> Run {
+    service_with(name, cluster.env("app"), bind)
+}
+
+fn service_with(name: &str, mut env: Vec<(String, String)>, bind: &str) -> Run {
     let binary = match name {
         "backend" => env!("CARGO_BIN_EXE_backend"),
         _ => env!("CARGO_BIN_EXE_worker"),
     };
-    let mut env = cluster.env("app");
     env.push(("BACKEND_BIND".into(), bind.into()));
     Run::program(binary, &["--env-file", "/dev/null"], &env)
 }
@@ -142,4 +145,48 @@ fn sigterm_during_a_claim_loses_no_job_and_abandoned_jobs_are_requeued_while_run
     let outcome = worker.wait();
     assert!(requeued, "the abandoned job stayed: {outcome:?}");
     outcome.assert_stderr_contains("put 1 abandoned jobs back in the queue");
+}
+
+#[test]
+fn through_a_transaction_pooler_every_query_works_the_claim_included() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    let bouncer = Bouncer::start(&cluster, PoolMode::Transaction);
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
+    let env = bouncer.env(&cluster, "app");
+    let api = service_with("backend", env.clone(), &bind).spawn();
+    assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/health", None).is_ok_and(|(s, _)| s == 200)));
+    for _ in 0..3 {
+        let (status, body) = http("GET", &bind, "/ready", None).expect("ready");
+        assert_eq!(status, 200, "{body}");
+    }
+    // Two workers share the pooler's server sessions; each job runs once.
+    let workers: Vec<_> = (0..2).map(|_| service_with("worker", env.clone(), &bind).spawn()).collect();
+    for n in 0..20 {
+        let payload = format!(r#"{{"kind":"echo","payload":{{"n":{n}}}}}"#);
+        let (status, body) = http("POST", &bind, "/api/jobs", Some(&payload)).expect("enqueue");
+        assert_eq!(status, 201, "{body}");
+    }
+    let all_done = eventually(Duration::from_secs(30), || {
+        cluster.psql("app", "SELECT count(*) FROM jobs WHERE status = 'done' AND attempts = 1") == "20"
+    });
+    assert!(all_done, "jobs: {}", cluster.psql("app", "SELECT string_agg(status::text || attempts, ',') FROM jobs"));
+    let (status, body) = http("GET", &bind, "/api/jobs/20", None).expect("job");
+    assert!(status == 200 && body.contains("\"status\":\"done\""), "{status} {body}");
+    for worker in &workers {
+        worker.signal("TERM");
+    }
+    api.signal("TERM");
+    for worker in workers {
+        worker
+            .wait()
+            .assert_code(0)
+            .assert_stderr_lacks("cannot")
+            .assert_stderr_contains("through a transaction pooler");
+    }
+    api.wait()
+        .assert_code(0)
+        .assert_stderr_lacks("database error")
+        .assert_stderr_contains("through a transaction pooler");
 }

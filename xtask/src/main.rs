@@ -16,7 +16,6 @@ mod interrupt;
 mod lint;
 mod migrate;
 mod new_migration;
-mod pooler;
 mod prestart;
 mod seed;
 mod session;

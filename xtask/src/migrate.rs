@@ -280,7 +280,7 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
         .collect();
-    let prefix = lock_timeout_prefix(plan.statement_lock_timeout);
+    let prefix = migration_prefix(plan.statement_lock_timeout, lock_key(&ready.server.database));
     for file in &pending {
         ui::line(format!("applying {}", file.name()));
         let migration = with_lock_timeout(&file.migration, &prefix);
@@ -317,11 +317,22 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
     Ok(pending.len())
 }
 
-/// `SET LOCAL lock_timeout` on a line of its own, sent with the migration's SQL in the same query:
-/// no round trip of its own, it ends with the migration's transaction, and a migration that
-/// sets its own comes later and wins.
-fn lock_timeout_prefix(timeout: Duration) -> String {
-    format!("SET LOCAL lock_timeout = {};\n", timeout.as_millis())
+/// What goes before a transactional migration's SQL, in the same query, so it costs no round
+/// trip: first a check that this server session holds the migration lock (behind a transaction
+/// pooler the lock may sit on another session, and then the migration must not run), then
+/// `SET LOCAL lock_timeout`, which ends with the migration's transaction; a migration that sets
+/// its own comes later and wins.
+fn migration_prefix(timeout: Duration, key: i64) -> String {
+    format!(
+        "DO $prestart$ BEGIN IF NOT EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
+         AND granted AND objsubid = 1 AND classid = (({key}::bigint >> 32) & 4294967295)::oid \
+         AND objid = ({key}::bigint & 4294967295)::oid) THEN RAISE EXCEPTION USING MESSAGE = 'this server session \
+         does not hold the migration lock, so the migration did not run: a transaction pooler hands each transaction \
+         another session, or a migration released the lock', HINT = 'connect prestart to PostgreSQL directly \
+         (MIGRATION_DATABASE_URL), or remove pg_advisory_unlock calls from migrations'; END IF; END $prestart$;\n\
+         SET LOCAL lock_timeout = {};\n",
+        timeout.as_millis()
+    )
 }
 
 /// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`

@@ -12,9 +12,9 @@ use backend::db::Ready;
 use crate::context::{Loaded, runtime};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
-use crate::pooler::{Pooling, detect_pooling};
 use crate::ui;
 use crate::wait::wait_step;
+use backend::pooler::{Pooling, detect_pooling};
 
 /// What the command does with the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -287,3 +287,20 @@ fn a_connection_dropped_during_the_seed_leaves_nothing_half_seeded() {
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "1");
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM app_settings"), "2");
 }
+
+#[test]
+fn a_migration_never_runs_on_a_session_without_the_migration_lock() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    // A migration that lets go of every advisory lock, as one reaching through a transaction
+    // pooler would find the lock on another session: the next one must not run.
+    migrations.write("1_unlock.sql", "SELECT pg_advisory_unlock_all();\n");
+    migrations.write("2_table.sql", "CREATE TABLE after_unlock (id int);\n");
+    run("migrate", &cluster, &migrations, &[])
+        .output()
+        .assert_code(6)
+        .assert_stderr_contains("2_table.sql")
+        .assert_stderr_contains("does not hold the migration lock, so the migration did not run");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('after_unlock') IS NULL"), "t");
+    assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',') FROM _sqlx_migrations"), "1");
+}

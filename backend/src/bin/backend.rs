@@ -10,13 +10,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use backend::jobs;
 use backend::schema::{MigrationSettings, embedded};
-use backend::service::{self, Service};
+use backend::service::{self, Db, Service};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::PgPool;
 
 struct App {
-    pool: PgPool,
+    db: Db,
     migrations: MigrationSettings,
 }
 
@@ -26,11 +25,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    let Service { settings, migrations, pool } = match service::start("backend", std::env::args().skip(1)).await {
+    let Service { settings, migrations, db } = match service::start("backend", std::env::args().skip(1)).await {
         Ok(service) => service,
         Err(e) => return e.report("backend"),
     };
-    let app = Arc::new(App { pool, migrations });
+    let app = Arc::new(App { db, migrations });
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -65,8 +64,8 @@ async fn health() -> Json<serde_json::Value> {
 /// 200 when the database answers and has this build's migrations; 503 with the reason otherwise.
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let checked = async {
-        let mut conn = app.pool.acquire().await.map_err(|e| format!("database not reachable: {e}"))?;
-        embedded::check(&mut conn, &app.migrations).await
+        let checked = app.db.run(async |conn| Ok(embedded::check(conn, &app.migrations).await));
+        checked.await.map_err(|e| format!("database not reachable: {e}"))?
     };
     match checked.await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),
@@ -87,14 +86,14 @@ async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Res
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "kind must not be empty" }))).into_response();
     }
     let payload = if job.payload.is_null() { json!({}) } else { job.payload };
-    match jobs::enqueue(&app.pool, &job.kind, &payload).await {
+    match app.db.run(async |conn| jobs::enqueue(conn, &job.kind, &payload).await).await {
         Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
         Err(e) => database_error(e),
     }
 }
 
 async fn show_job(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
-    match jobs::get(&app.pool, id).await {
+    match app.db.run(async |conn| jobs::get(conn, id).await).await {
         Ok(Some(job)) => Json(job).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no job {id}") }))).into_response(),
         Err(e) => database_error(e),

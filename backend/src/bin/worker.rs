@@ -21,7 +21,7 @@ fn main() -> ExitCode {
 }
 
 async fn work() -> ExitCode {
-    let Service { pool, .. } = match service::start("worker", std::env::args().skip(1)).await {
+    let Service { db, .. } = match service::start("worker", std::env::args().skip(1)).await {
         Ok(service) => service,
         Err(e) => return e.report("worker"),
     };
@@ -34,17 +34,17 @@ async fn work() -> ExitCode {
     let mut requeue = tokio::time::interval(REQUEUE_EVERY);
     while !is_ready(shutdown.as_mut()) {
         if is_ready(std::pin::pin!(requeue.tick())) {
-            match jobs::requeue_abandoned(&pool, ABANDONED_AFTER_SECS).await {
+            match db.run(async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
                 Ok(0) => {}
                 Ok(n) => eprintln!("worker: put {n} abandoned jobs back in the queue"),
                 Err(e) => eprintln!("worker: cannot requeue abandoned jobs: {e}"),
             }
         }
-        match jobs::claim(&pool).await {
+        match db.run(async |conn| jobs::claim(conn).await).await {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
-                if let Err(e) = jobs::finish(&pool, job.id, outcome).await {
+                if let Err(e) = db.run(async |conn| jobs::finish(conn, job.id, outcome).await).await {
                     eprintln!("worker: cannot record job {}: {e}", job.id);
                 }
                 match failed {

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnection, PgSslMode};
 use super::location::Target;
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
-use crate::pooler::{Pooling, detect_pooling};
+use backend::pooler::{Pooling, detect_pooling};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The oldest major version the PostgreSQL project still supports.

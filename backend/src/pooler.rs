@@ -14,9 +14,10 @@
 
 use std::net::IpAddr;
 
-use backend::config::DatabaseSettings;
-use backend::db::{ATTEMPT_TIMEOUT, Ready, connect_once};
+use crate::config::DatabaseSettings;
+use crate::db::{ATTEMPT_TIMEOUT, Ready, connect_once};
 use sqlx::Row;
+use sqlx::postgres::PgConnection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -56,16 +57,49 @@ async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
     }
 }
 
+/// Each round, a second client connects and opens a transaction, which pins a server session to
+/// it. Without other clients, PgBouncer hands it ours (the most recently freed); with others,
+/// our own next query lands on a process of theirs. Either shows in the pids. Rounds make a
+/// miss unlikely while other clients come and go; the migration itself checks, in the same query,
+/// that its session holds the lock, so a miss can stop a migration but never let one run unlocked.
 async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Result<bool, sqlx::Error> {
-    let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
-        return Ok(false);
-    };
-    if other.process.pid == ready.process.pid {
-        return Ok(true);
+    const ROUNDS: usize = 3;
+    let ours = ready.process.pid;
+    for _ in 0..ROUNDS {
+        let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
+            return Ok(false);
+        };
+        // The simple protocol throughout: a transaction pooler would lose named statements.
+        let theirs: i32 =
+            sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn).await?.try_get(0)?;
+        let now: i32 = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn).await?.try_get(0)?;
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut other.conn).await;
+        if other.process.pid == ours || theirs == ours || now != ours {
+            return Ok(true);
+        }
     }
-    // The simple protocol throughout: a transaction pooler would lose named statements.
-    sqlx::raw_sql("BEGIN").execute(&mut other.conn).await?;
-    let ours: i32 = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn).await?.try_get(0)?;
-    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut other.conn).await;
-    Ok(ours != ready.process.pid)
+    Ok(false)
+}
+
+/// Runs `work` so that it holds behind any pooler. Behind a transaction pooler, that is inside a
+/// transaction of its own, since sqlx prepares a statement in one round trip and runs it in the
+/// next, which the pooler could otherwise send to two server sessions; and it ends with
+/// `DEALLOCATE ALL` in the same message as the `COMMIT`, since the statements sqlx prepared by name
+/// stay with that server session, where the next client would meet them. Elsewhere, just `work`.
+pub async fn in_one_session<T>(
+    conn: &mut PgConnection,
+    pooling: Pooling,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if pooling != Pooling::Transaction {
+        return work(conn).await;
+    }
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let result = work(&mut *conn).await;
+    // COMMIT of a transaction a failed statement aborted rolls it back, without an error.
+    let end = if result.is_ok() { "COMMIT; DEALLOCATE ALL" } else { "ROLLBACK; DEALLOCATE ALL" };
+    let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
+    let value = result?;
+    ended?;
+    Ok(value)
 }

@@ -15,6 +15,24 @@ use crate::config::DatabaseSettings;
 
 /// The longest one connection attempt may take, so a host that drops packets costs seconds.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a query of ours may take, outside a migration's own SQL: a connection that went
+/// half-open (a paused VM, a NAT that forgot the flow) then ends in seconds, not after the
+/// kernel's retransmissions (about 15 minutes), and is replaced like any broken one.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `query` within [`QUERY_TIMEOUT`]; running out is a timed-out I/O error, which
+/// [`Failure::classify`] takes for a connection that waiting (and a new connection) can fix. The
+/// connection is then of no further use: the answer may still come.
+pub async fn bounded<T>(query: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the server sent no answer within {} s", QUERY_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
 /// Between cheap attempts (refused, starting up): the server answers them at once, and readiness
 /// must be noticed within 50 ms.
 const CHEAP_POLL: Duration = Duration::from_millis(20);

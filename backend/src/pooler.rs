@@ -15,7 +15,7 @@
 use std::net::IpAddr;
 
 use crate::config::DatabaseSettings;
-use crate::db::{ATTEMPT_TIMEOUT, Ready, connect_once};
+use crate::db::{ATTEMPT_TIMEOUT, Ready, bounded, connect_once};
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
@@ -71,9 +71,10 @@ async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Res
         };
         // The simple protocol throughout: a transaction pooler would lose named statements.
         let theirs: i32 =
-            sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn).await?.try_get(0)?;
-        let now: i32 = sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn).await?.try_get(0)?;
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut other.conn).await;
+            bounded(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn)).await?.try_get(0)?;
+        let now: i32 =
+            bounded(sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn)).await?.try_get(0)?;
+        let _ = bounded(sqlx::raw_sql("ROLLBACK").execute(&mut other.conn)).await;
         if other.process.pid == ours || theirs == ours || now != ours {
             return Ok(true);
         }

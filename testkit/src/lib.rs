@@ -329,50 +329,22 @@ pub struct Bouncer {
 
 impl Bouncer {
     /// Another name for the database `app`, as pooler configurations often give one.
-    pub const ALIAS: &str = "app_via_alias";
+    pub const ALIAS: &str = pgbouncer::ALIAS;
 
     pub fn start(cluster: &Cluster, mode: PoolMode) -> Bouncer {
-        let program = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|dir| dir.join("pgbouncer"))
-            .find(|candidate| candidate.is_file())
-            .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
         let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-").tempdir().expect("temp dir");
         let secret =
             cluster.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
-        std::fs::write(dir.path().join("userlist.txt"), format!("\"{SUPERUSER}\" \"{secret}\"\n")).expect("userlist");
         let claim = claim_port();
         let mode = match mode {
             PoolMode::Session => "session",
             PoolMode::Transaction => "transaction",
         };
-        let ini = format!(
-            "[databases]\n{alias} = host=127.0.0.1 port={server} dbname=app\n* = host=127.0.0.1 port={server}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = {mode}\n\
-             max_client_conn = 200\ndefault_pool_size = 20\nlogfile = {dir}/pgbouncer.log\n",
-            alias = Bouncer::ALIAS,
-            server = cluster.port,
-            port = claim.number,
-            dir = dir.path().display()
-        );
-        std::fs::write(dir.path().join("pgbouncer.ini"), ini).expect("pgbouncer.ini");
+        let run_as = is_root().then_some(SERVER_OS_USER);
+        let mut command = pgbouncer::prepare(dir.path(), claim.number, cluster.port, mode, SUPERUSER, &secret, run_as)
+            .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
         chown_to_server_user(dir.path());
-        // PgBouncer refuses to run as root.
-        let mut command = if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", SERVER_OS_USER, "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let child = command
-            .arg(dir.path().join("pgbouncer.ini"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pgbouncer");
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pgbouncer");
         let bouncer = Bouncer { dir, port: claim.number, _port_claim: claim, child };
         assert!(
             eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", bouncer.port)).is_ok()),
@@ -640,6 +612,9 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 #[path = "../../xtask/src/http.rs"]
 mod http_client;
+
+#[path = "../../xtask/src/pgbouncer.rs"]
+mod pgbouncer;
 
 /// A minimal HTTP/1.1 request over a fresh connection; returns the status code and the body.
 pub use http_client::request as http;

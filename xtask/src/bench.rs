@@ -78,7 +78,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ui::line("sqlx-cli is not on PATH: no side-by-side figures (cargo install sqlx-cli to get them)");
         }
         figures.extend(bench.noop_prestart(args.runs, sqlx.as_deref())?);
+        figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
         figures.push(bench.detection_latency(&cluster, args.trials)?);
+        figures.push(bench.after_promote(&sh, args.trials.min(5))?);
         for count in [200, 1000] {
             figures.extend(bench.apply_migrations(count, sqlx.as_deref())?);
         }
@@ -102,10 +104,10 @@ struct Bench {
 }
 
 impl Bench {
-    fn env(&self, database: &str) -> Vec<(&'static str, String)> {
+    fn env(&self, port: u16, database: &str) -> Vec<(&'static str, String)> {
         vec![
             ("POSTGRES_SERVER", "127.0.0.1".into()),
-            ("POSTGRES_PORT", self.port.to_string()),
+            ("POSTGRES_PORT", port.to_string()),
             ("POSTGRES_DB", database.into()),
             ("POSTGRES_USER", "postgres".into()),
             ("POSTGRES_PASSWORD", PASSWORD.into()),
@@ -116,9 +118,14 @@ impl Bench {
     }
 
     fn command(&self, database: &str, args: &[&str]) -> Command {
+        self.command_on(self.port, database, args)
+    }
+
+    /// The binary against the server (or pooler) on `port`.
+    fn command_on(&self, port: u16, database: &str, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command.args(args).args(["--env-file", "/dev/null", "--context", "host"]);
-        command.envs(self.env(database)).stdout(Stdio::null()).stderr(Stdio::null());
+        command.envs(self.env(port, database)).stdout(Stdio::null()).stderr(Stdio::null());
         command
     }
 
@@ -198,6 +205,130 @@ impl Bench {
             }
         }
         Ok(figures)
+    }
+
+    /// A no-op prestart through Debian's PgBouncer in session mode: the detection of the pooler
+    /// (a second connection) is in it.
+    fn noop_through_pgbouncer(&self, sh: &Shell, runs: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("no-op prestart through PgBouncer in session mode ({runs} runs)"));
+        let scratch = ServerScratch::new(sh)?;
+        let dir = &scratch.dir;
+        let secret: String = runtime()?.block_on(async {
+            let mut ready = backend::db::connect_once(
+                &bench_settings(self.port, "postgres")?,
+                "prestart-bench",
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(
+                sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+                    .fetch_one(&mut ready.conn)
+                    .await?,
+            )
+        })?;
+        let port = free_port()?;
+        let mut command =
+            crate::pgbouncer::prepare(dir, port, self.port, "session", "postgres", &secret, scratch.run_as)
+                .context("PgBouncer is needed for this figure: apt-get install pgbouncer")?;
+        scratch.hand_over(sh)?;
+        let mut bouncer = KillOnDrop(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) || bouncer.0.try_wait()?.is_some() {
+                bail!("PgBouncer did not start; see {}", dir.join("pgbouncer.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let source = root().join("migrations");
+        let source = source.to_str().context("non-UTF-8 path")?;
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let run = measured(&mut self.command_on(port, "noop", &["prestart", "--source", source]))?;
+            if !run.success {
+                bail!("a no-op prestart through PgBouncer failed");
+            }
+            samples.push(run.wall.as_secs_f64() * 1000.0);
+        }
+        Ok(Figure::new("no-op prestart through PgBouncer (session mode)", samples, "ms").target(50.0, "< 50 ms"))
+    }
+
+    /// From `pg_ctl promote` returning to prestart's exit, prestart having waited on the hot
+    /// standby (a replica made by `pg_basebackup -R`, new for each trial).
+    fn after_promote(&self, sh: &Shell, trials: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("prestart on a hot standby, from promote to exit ({trials} trials)"));
+        let source = root().join("migrations");
+        let source = source.to_str().context("non-UTF-8 path")?;
+        let bin = crate::dev_db::ensure_server_bindir(sh)?;
+        let scratch = ServerScratch::new(sh)?;
+        let run_as = scratch.run_as;
+        let mut samples = Vec::new();
+        for trial in 0..trials {
+            let replica = scratch.dir.join(format!("replica-{trial}"));
+            let port = free_port()?;
+            let server = |program: &str| -> xshell::Cmd<'_> {
+                let program = bin.join(program);
+                match run_as {
+                    Some(user) => xshell::cmd!(sh, "runuser -u {user} -- {program}"),
+                    None => xshell::cmd!(sh, "{program}"),
+                }
+            };
+            let primary_port = self.port.to_string();
+            server("pg_basebackup")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary_port,
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&replica)
+                .env("PGPASSWORD", PASSWORD)
+                .quiet()
+                .run()?;
+            // -R wrote primary_conninfo; the primary's own port and socket folder came with the copy.
+            let conf = replica.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&conf)?;
+            text.push_str(&format!("port = {port}\nunix_socket_directories = '{}'\n", replica.display()));
+            std::fs::write(&conf, text)?;
+            server("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&replica)
+                .arg("-l")
+                .arg(replica.join("log"))
+                .quiet()
+                .ignore_stdout()
+                .run()?;
+            let mut child =
+                self.command_on(port, "noop", &["prestart", "--source", source, "--wait-timeout", "60"]).spawn()?;
+            std::thread::sleep(Duration::from_millis(500));
+            if child.try_wait()?.is_some() {
+                bail!("prestart did not wait on the hot standby");
+            }
+            server("pg_ctl").args(["promote", "-w", "-D"]).arg(&replica).quiet().ignore_stdout().run()?;
+            let promoted = Instant::now();
+            let status = child.wait()?;
+            samples.push(promoted.elapsed().as_secs_f64() * 1000.0);
+            let _ = server("pg_ctl")
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(&replica)
+                .quiet()
+                .ignore_stdout()
+                .ignore_stderr()
+                .run();
+            let _ = std::fs::remove_dir_all(&replica);
+            if !status.success() {
+                bail!("prestart failed after the promotion");
+            }
+        }
+        Ok(Figure::new("hot standby promoted: pg_ctl promote to prestart's exit", samples, "ms")
+            .target(100.0, "< 100 ms"))
     }
 
     /// From the moment `pg_isready` first succeeds to the moment `wait-for-db` exits.
@@ -437,6 +568,53 @@ fn bench_settings(port: u16, database: &str) -> anyhow::Result<DatabaseSettings>
         ("POSTGRES_SSLMODE", "disable"),
     ]);
     Ok(DatabaseSettings::from_env(&env)?)
+}
+
+/// A fresh folder in the temporary folder for a replica or a pooler, handed to the OS user the
+/// server programs and PgBouncer run as when we are root (they refuse root); removed at the end.
+struct ServerScratch {
+    dir: PathBuf,
+    run_as: Option<&'static str>,
+}
+
+impl ServerScratch {
+    fn new(sh: &Shell) -> anyhow::Result<ServerScratch> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("prestart-bench-{}-{nanos}", std::process::id()));
+        // create_dir, not create_dir_all: a folder someone made beforehand is refused.
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let is_root = xshell::cmd!(sh, "id -u").quiet().read().is_ok_and(|uid| uid.trim() == "0");
+        let scratch = ServerScratch { dir, run_as: is_root.then_some("postgres") };
+        scratch.hand_over(sh)?;
+        Ok(scratch)
+    }
+
+    /// Gives what is in the folder to the server's OS user.
+    fn hand_over(&self, sh: &Shell) -> anyhow::Result<()> {
+        if let Some(user) = self.run_as {
+            let dir = &self.dir;
+            xshell::cmd!(sh, "chown -R {user} {dir}").quiet().run()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ServerScratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process that is stopped with the value, on every path out.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SIGTERM, which runuser passes on; SIGKILL would leave its child running.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {

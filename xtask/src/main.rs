@@ -16,6 +16,7 @@ mod interrupt;
 mod lint;
 mod migrate;
 mod new_migration;
+mod pgbouncer;
 mod prestart;
 mod seed;
 mod session;

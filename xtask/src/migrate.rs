@@ -15,7 +15,7 @@ use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 
 use backend::config::DatabaseSettings;
-use backend::db::Ready;
+use backend::db::{Ready, bounded};
 
 use crate::context::{DbArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
@@ -135,7 +135,7 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     // Most runs have nothing to apply: read the table without the lock, and take the lock only
     // to apply (under it, apply_pending reads the table again).
     let applied = loop {
-        match applied_rows(&mut session.ready.conn, &plan.settings.table_name).await {
+        match bounded(applied_rows(&mut session.ready.conn, &plan.settings.table_name)).await {
             Ok(rows) => break rows,
             Err(error) => {
                 session.reconnect_after(error, BEFORE_MIGRATING).await?.map_err(|e| fail(Failure::Migration, e))?
@@ -161,7 +161,7 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     let conn = &mut session.ready.conn;
     // After a failed statement sqlx has queued the ROLLBACK, which runs before this. If the
     // connection itself is gone, so is the lock.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn).await;
+    let _ = bounded(sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut *conn)).await;
     let applied = result?;
     let total = plan.set.files.len();
     ui::line(match applied {
@@ -188,7 +188,8 @@ async fn acquire_lock(session: &mut Session<'_>, timeout: Duration) -> anyhow::R
     loop {
         let key = lock_key(&session.ready.server.database);
         let attempt =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut session.ready.conn).await;
+            bounded(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut session.ready.conn))
+                .await;
         let locked: bool = match attempt {
             Ok(locked) => locked,
             Err(error) => {
@@ -209,7 +210,7 @@ async fn acquire_lock(session: &mut Session<'_>, timeout: Duration) -> anyhow::R
             tokio::time::sleep(LOCK_POLL).await;
             continue;
         }
-        let holder = lock_holder(conn, key).await.unwrap_or_else(|e| format!("unknown session ({e})"));
+        let holder = bounded(lock_holder(conn, key)).await.unwrap_or_else(|e| format!("unknown session ({e})"));
         if timed_out {
             return Err(fail(
                 Failure::Migration,
@@ -270,7 +271,18 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
         conn.ensure_migrations_table(table).await?;
         Ok::<_, MigrateError>(applied_rows(conn, table).await?)
     };
-    let applied = prepare.await.map_err(|e| fail(Failure::Migration, e))?;
+    let applied = tokio::time::timeout(backend::db::QUERY_TIMEOUT, prepare)
+        .await
+        .map_err(|_| {
+            fail(
+                Failure::Migration,
+                anyhow!(
+                    "the server sent no answer within {} s while preparing the migrations table",
+                    backend::db::QUERY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| fail(Failure::Migration, e))?;
     let status = Status::compare(plan.set, &applied);
     refuse_inconsistent(&status, plan)?;
 

@@ -67,7 +67,7 @@ impl<'a> Session<'a> {
     /// The connection still answers, or is replaced: a server that restarted between two steps
     /// costs a reconnect, not the run.
     pub async fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        let ping = sqlx::raw_sql("SELECT 1").execute(&mut self.ready.conn).await;
+        let ping = backend::db::bounded(sqlx::raw_sql("SELECT 1").execute(&mut self.ready.conn)).await;
         let Err(error) = ping else { return Ok(()) };
         self.reconnect_after(error, "since the last step").await?.map_err(|error| {
             fail(Failure::Refused, anyhow::anyhow!("{}", backend::db::Failure::classify(&error, self.settings())))

@@ -243,7 +243,10 @@ pub fn locked_sqlx_version(root: &Path) -> Option<String> {
 /// The exact command that installs the sqlx-cli matching Cargo.lock.
 pub fn install_command(root: &Path) -> String {
     let version = locked_sqlx_version(root).unwrap_or_else(|| "0.9.0".into());
-    format!("cargo install sqlx-cli --version ={version} --no-default-features --features postgres,rustls --locked")
+    // sqlx-toml: with it off, sqlx-cli refuses to run beside a sqlx.toml, which this workspace has.
+    format!(
+        "cargo install sqlx-cli --version ={version} --no-default-features --features postgres,rustls,sqlx-toml --locked"
+    )
 }
 
 /// The installed sqlx-cli's version, if any.
@@ -252,10 +255,38 @@ pub fn installed_sqlx_cli(sh: &Shell) -> Option<String> {
     out.split_whitespace().last().map(str::to_owned)
 }
 
+/// sqlx-cli built without `sqlx-toml` stops at once beside a sqlx.toml, before it reads the URL.
+fn lacks_sqlx_toml(sh: &Shell, root: &Path) -> bool {
+    if !root.join("sqlx.toml").is_file() {
+        return false;
+    }
+    let _dir = sh.push_dir(root);
+    let output = cmd!(sh, "cargo sqlx migrate info --database-url not-a-url").quiet().ignore_status().output();
+    output.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("`sqlx-toml` feature was not enabled"))
+}
+
 pub fn ensure_sqlx_cli(sh: &Shell, root: &Path, install: bool) -> anyhow::Result<()> {
     let wanted = locked_sqlx_version(root).context("no sqlx in Cargo.lock")?;
     let command = install_command(root);
+    let install_now = |how: &str| -> anyhow::Result<()> {
+        ui::step(format!("install sqlx-cli {wanted} ({how}): {command}"));
+        let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+        cargo(sh, &words).arg("--force").run().context("installing sqlx-cli failed")?;
+        Ok(())
+    };
     match installed_sqlx_cli(sh) {
+        Some(version) if version == wanted && lacks_sqlx_toml(sh, root) => {
+            if install {
+                return install_now("the installed one lacks the sqlx-toml feature");
+            }
+            Err(fail(
+                Failure::Config,
+                anyhow!(
+                    "sqlx-cli {version} was built without the sqlx-toml feature, so it refuses to run beside this \
+                     workspace's sqlx.toml: {command} --force (or rerun with --install)"
+                ),
+            ))
+        }
         Some(version) if version == wanted => Ok(()),
         Some(version) => {
             ui::warn(format!(
@@ -263,12 +294,7 @@ pub fn ensure_sqlx_cli(sh: &Shell, root: &Path, install: bool) -> anyhow::Result
             ));
             Ok(())
         }
-        None if install => {
-            ui::step(format!("install sqlx-cli {wanted}: {command}"));
-            let words: Vec<&str> = command.split_whitespace().skip(1).collect();
-            cargo(sh, &words).run().context("installing sqlx-cli failed")?;
-            Ok(())
-        }
+        None if install => install_now("it is missing"),
         None => Err(fail(
             Failure::Config,
             anyhow!("`cargo sqlx` (sqlx-cli) is not installed: {command} (or rerun with --install)"),

@@ -2,7 +2,7 @@
 //! binaries the tests start clusters from are there (installing them as root with apt) and that
 //! sqlx-cli is (installing the version Cargo.lock pins), then runs every test of the workspace.
 
-use xshell::Shell;
+use xshell::{Shell, cmd};
 
 use crate::context::cargo;
 use crate::dev_db::{apt_install, can_apt_install, ensure_server_bindir};
@@ -20,6 +20,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let bin = ensure_server_bindir(&sh)?;
     ensure_pgbouncer(&sh)?;
+    ensure_kubernetes_validate(&sh)?;
     // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
     ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
     ui::step(format!("run the tests (PostgreSQL server binaries from {})", bin.display()));
@@ -31,7 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The pooler tests run Debian's PgBouncer.
 fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
-    if testkit_finds_pgbouncer() {
+    if crate::pgbouncer::program().is_some() {
         return Ok(());
     }
     if !can_apt_install(sh) {
@@ -43,11 +44,27 @@ fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
     apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests")
 }
 
-/// Where the tests look for it: on PATH, or in /usr/sbin, which a non-root PATH may lack.
-fn testkit_finds_pgbouncer() -> bool {
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).chain([std::path::PathBuf::from("/usr/sbin")]).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .iter()
-        .any(|dir| dir.join("pgbouncer").is_file())
+/// The Kubernetes manifests are checked against Kubernetes' own schemas, offline, by
+/// kubernetes-validate (from PyPI, which ships them), in a virtual environment under target/.
+fn ensure_kubernetes_validate(sh: &Shell) -> anyhow::Result<()> {
+    let venv = crate::context::root().join("target/tools/kubernetes-validate");
+    if venv.join("bin/kubernetes-validate").is_file() {
+        return Ok(());
+    }
+    if cmd!(sh, "python3 -m venv --help").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        if !can_apt_install(sh) {
+            anyhow::bail!(
+                "python3 with venv not found, and the manifest tests need it: install it (`sudo apt-get install \
+                 python3-venv`, `brew install python`)"
+            );
+        }
+        apt_install(sh, "python3-venv", "Python's venv for the manifest tests")?;
+    }
+    ui::step("install kubernetes-validate from PyPI into target/tools/ (the Kubernetes manifest tests)");
+    cmd!(sh, "python3 -m venv {venv}").quiet().run()?;
+    let pip = venv.join("bin/pip");
+    cmd!(sh, "{pip} install --quiet --disable-pip-version-check kubernetes-validate==1.37.0").run().map_err(|e| {
+        anyhow::anyhow!("cannot install kubernetes-validate from PyPI ({e}): the manifest tests need it")
+    })?;
+    Ok(())
 }

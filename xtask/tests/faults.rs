@@ -304,3 +304,22 @@ fn a_migration_never_runs_on_a_session_without_the_migration_lock() {
     assert_eq!(cluster.psql("app", "SELECT to_regclass('after_unlock') IS NULL"), "t");
     assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',') FROM _sqlx_migrations"), "1");
 }
+
+#[test]
+fn a_server_process_that_stops_answering_costs_a_reconnect_not_the_run() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let holder = testkit::MigrationLock::take(&cluster, "app", "lock-holder-test");
+    let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "90"]).spawn();
+    running.wait_for_stderr("waiting for the migration lock held by pid", Duration::from_secs(30));
+    // The server process behind prestart's connection stops answering, as behind a paused VM or
+    // a NAT that forgot the connection: its next query gets no answer, ever.
+    let pid = cluster.psql("app", "SELECT pid FROM pg_stat_activity WHERE application_name = 'prestart'");
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    running.wait_for_stderr("(the server sent no answer within 10 s): connecting again", Duration::from_secs(30));
+    drop(holder);
+    let outcome = running.wait();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    outcome.assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "3");
+}

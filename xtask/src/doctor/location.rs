@@ -118,9 +118,10 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
         doctor.check(Area::Location, "location.resolve", || {
             Ok(Outcome::fail(
                 format!(
-                    "cannot find the address of {DOCKER_HOST_NAME} on this host: Docker's bridge network is not there"
+                    "cannot find the address of {DOCKER_HOST_NAME} on this host: no Docker engine answers \
+                     (docker network inspect bridge), so Docker's bridge address is unknown"
                 ),
-                "start Docker, or use POSTGRES_SERVER=localhost on this host",
+                "start Docker (and check that this user may use it: docker info), or use POSTGRES_SERVER=localhost on this host",
             ))
         });
         doctor.check(Area::Network, "network.tcp", || Ok(Outcome::skipped("the host name does not resolve")));

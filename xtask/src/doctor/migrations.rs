@@ -27,7 +27,18 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                     )
                 }
             }
-            Err(error) => Outcome::fail(format!("{error:#}"), "fix the file names: <version>_<name>.sql, each version once"),
+            Err(error) => {
+                let message = format!("{error:#}");
+                // The hint fits what failed: the settings, the folder, or the files in it.
+                let hint = if message.contains("sqlx.toml") {
+                    "fix sqlx.toml: the [migrate] keys sqlx 0.9 reads (table-name, migrations-dir, ignored-chars, ...)"
+                } else if message.contains("does not exist") {
+                    "pass --source DIR, or create the folder (cargo xtask new-migration NAME creates it with a first file)"
+                } else {
+                    "fix the file names: <version>_<name>.sql, each version once"
+                };
+                Outcome::fail(message, hint)
+            }
         })
     });
 
@@ -133,7 +144,12 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
             let message = format!("cannot read {table}: {error}");
             for id in ids {
                 doctor.check(Area::Migrations, id, || {
-                    Ok(Outcome::fail(message.clone(), "check the role's privileges on it"))
+                    Ok(Outcome::fail(
+                        message.clone(),
+                        format!(
+                            "let the role read it (GRANT SELECT ON {table} TO ...), or check table-name in sqlx.toml"
+                        ),
+                    ))
                 });
             }
             return;
@@ -194,7 +210,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                 let holder = lock_holder(&mut conn, key).await?;
                 Outcome::warn(
                     format!("the migration lock is held by {holder}"),
-                    "prestart waits for it (up to --lock-timeout); if that session is stuck, end it: SELECT pg_terminate_backend(pid)",
+                    "prestart waits for it (up to --migration-lock-timeout); if that session is stuck, end it: SELECT pg_terminate_backend(pid)",
                 )
             } else {
                 Outcome::ok("the migration lock is free")

@@ -1,0 +1,54 @@
+//! Debian's PgBouncer with its default settings, as the tests and the bench run it in front of a
+//! local cluster: SCRAM passed through from the server's own secret, no
+//! `ignore_startup_parameters`. Standard library only: `testkit` includes this file too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Another name for the database `app`, as pooler configurations often give one.
+pub const ALIAS: &str = "app_via_alias";
+
+/// `pgbouncer` on PATH, or in /usr/sbin, which a non-root PATH may lack.
+pub fn program() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("pgbouncer"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Writes `pgbouncer.ini` and `userlist.txt` into `dir` and returns the command that runs it in
+/// the foreground. `secret` is the role's SCRAM verifier from `pg_authid`; `run_as` the OS user
+/// when we are root, which PgBouncer refuses to be.
+pub fn prepare(
+    dir: &Path,
+    listen_port: u16,
+    server_port: u16,
+    pool_mode: &str,
+    user: &str,
+    secret: &str,
+    run_as: Option<&str>,
+) -> std::io::Result<Command> {
+    let program = program().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "pgbouncer not found: apt-get install pgbouncer")
+    })?;
+    std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"{secret}\"\n"))?;
+    let ini = format!(
+        "[databases]\n{ALIAS} = host=127.0.0.1 port={server_port} dbname=app\n* = host=127.0.0.1 port={server_port}\n\n\
+         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen_port}\nunix_socket_dir =\nauth_type = scram-sha-256\n\
+         auth_file = {dir}/userlist.txt\npool_mode = {pool_mode}\nmax_client_conn = 200\ndefault_pool_size = 20\n\
+         logfile = {dir}/pgbouncer.log\n",
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("pgbouncer.ini"), ini)?;
+    let mut command = match run_as {
+        Some(user) => {
+            let mut command = Command::new("runuser");
+            command.args(["-u", user, "--"]).arg(&program);
+            command
+        }
+        None => Command::new(&program),
+    };
+    command.arg(dir.join("pgbouncer.ini"));
+    Ok(command)
+}

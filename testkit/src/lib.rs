@@ -378,6 +378,61 @@ impl Drop for Bouncer {
     }
 }
 
+/// A network namespace with a broken network, to run a program in: 10.98.0.0/24 leads to a
+/// device that drops every packet (a firewall that drops, a host that is gone), 10.99.0.0/16 is
+/// unreachable (no route). Removed when dropped. Needs root and `ip` (iproute2).
+pub struct BrokenNetwork {
+    pub name: String,
+}
+
+impl BrokenNetwork {
+    /// An address whose packets are dropped.
+    pub const DROPPING: &str = "10.98.0.9";
+    /// An address with no route to it.
+    pub const UNREACHABLE: &str = "10.99.0.9";
+
+    /// The namespace, or why it cannot be made here (not root, no iproute2, no permission).
+    pub fn create() -> Result<BrokenNetwork, String> {
+        if !is_root() {
+            return Err("network namespaces need root".into());
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("prestart-test-{}-{n}", std::process::id());
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+            }
+        };
+        ip(&["netns", "add", &name])?;
+        let network = BrokenNetwork { name };
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", network.name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["link", "set", "lo", "up"])?;
+        // A veth pair with both ends inside: frames to 10.98.0.9 go to a hardware address that
+        // nothing has, so they are dropped without a word, as a firewall that drops would.
+        inside(&["link", "add", "sink0", "type", "veth", "peer", "name", "sink1"])?;
+        inside(&["addr", "add", "10.98.0.1/24", "dev", "sink0"])?;
+        inside(&["link", "set", "sink0", "up"])?;
+        inside(&["link", "set", "sink1", "up"])?;
+        inside(&["neigh", "add", Self::DROPPING, "lladdr", "02:00:00:00:00:09", "dev", "sink0", "nud", "permanent"])?;
+        inside(&["route", "add", "unreachable", "10.99.0.0/16"])?;
+        Ok(network)
+    }
+}
+
+impl Drop for BrokenNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
 /// One run of the xtask binary with exactly the given environment (no `.env` of the workspace).
 pub struct Run {
     command: Command,
@@ -462,6 +517,19 @@ impl Run {
         if args.first().is_some_and(|command| DIAGNOSE.contains(command)) && !args.contains(&"--context") {
             self.command.args(["--context", "host"]);
         }
+    }
+
+    /// The same run inside the network namespace `network`.
+    pub fn inside(self, network: &BrokenNetwork) -> Run {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &network.name]).arg(self.command.get_program()).args(self.command.get_args());
+        command.env_clear();
+        for (key, value) in self.command.get_envs() {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        Run { command }
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Run {

@@ -176,3 +176,57 @@ fn a_server_that_takes_no_writes_is_not_ready_and_doctor_says_why() {
     assert_eq!(writable["status"], "fail", "{writable}");
     assert!(writable["message"].as_str().unwrap_or_default().contains("default_transaction_read_only"), "{writable}");
 }
+
+#[test]
+fn migrations_run_as_the_owner_and_doctor_names_what_the_app_role_lacks() {
+    let cluster = Cluster::started();
+    cluster.psql("postgres", "CREATE ROLE schema_owner LOGIN PASSWORD '0wn3r-Xq7#pw'");
+    cluster.psql("postgres", "CREATE ROLE app_user LOGIN PASSWORD '4pp-Zr9!kw'");
+    cluster.psql("app", "ALTER SCHEMA public OWNER TO schema_owner");
+    let migrations = Migrations::workspace();
+    let env = [
+        ("POSTGRES_USER", "app_user"),
+        ("POSTGRES_PASSWORD", "4pp-Zr9!kw"),
+        ("POSTGRES_MIGRATION_USER", "schema_owner"),
+        ("POSTGRES_MIGRATION_PASSWORD", "0wn3r-Xq7#pw"),
+    ]
+    .into_iter()
+    .fold(cluster.env("app"), |env, (key, value)| with(env, key, value));
+    prestart(&env, &migrations, &[]).output().assert_code(0).assert_lacks_secret("0wn3r-Xq7#pw");
+    assert_eq!(cluster.psql("app", "SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'"), "schema_owner");
+
+    let privileges = || {
+        let outcome = Run::xtask(XTASK, &["doctor", "--json"], &env).output();
+        outcome.assert_lacks_secret("4pp-Zr9!kw").assert_lacks_secret("0wn3r-Xq7#pw");
+        let report: serde_json::Value = serde_json::from_str(&outcome.stdout).expect("doctor --json");
+        report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["id"] == "postgres.app_privileges")
+            .expect("postgres.app_privileges")
+            .clone()
+    };
+    let check = privileges();
+    assert_eq!(check["status"], "fail", "{check}");
+    let message = check["message"].as_str().unwrap_or_default();
+    assert!(message.contains("SELECT, INSERT, UPDATE, DELETE on jobs"), "{check}");
+    assert!(message.contains("SELECT on _sqlx_migrations"), "{check}");
+    assert!(!message.contains("INSERT, UPDATE, DELETE on _sqlx_migrations"), "{check}");
+
+    cluster.psql(
+        "app",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_user; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_user",
+    );
+    let check = privileges();
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(check["hint"].as_str().unwrap_or_default().contains("ALTER DEFAULT PRIVILEGES FOR ROLE \"schema_owner\""));
+
+    cluster.psql(
+        "app",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE schema_owner IN SCHEMA public \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO app_user",
+    );
+    assert_eq!(privileges()["status"], "ok");
+}

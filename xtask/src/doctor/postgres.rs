@@ -21,6 +21,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         "postgres.writable",
         "postgres.pooler",
         "postgres.migration_connect",
+        "postgres.app_privileges",
         "postgres.version",
         "postgres.listen_addresses",
         "postgres.create_privilege",
@@ -130,6 +131,18 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         .await;
 
     let mut conn = ready.conn;
+    doctor
+        .check_async(Area::Postgres, "postgres.app_privileges", async {
+            let owner = direct.as_ref().map(|d| d.user()).filter(|owner| *owner != database.user());
+            let Some(owner) = owner else {
+                return Ok(Outcome::skipped("migrations and the app use one role"));
+            };
+            let schema = migration_schema(inputs);
+            let table = backend::schema::MigrationSettings::load(&inputs.root).unwrap_or_default().table_name;
+            app_privileges(&mut conn, database.user(), owner, &schema, &table).await
+        })
+        .await;
+
     doctor
         .check_async(Area::Postgres, "postgres.version", async {
             let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await?;
@@ -244,6 +257,70 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         })
         .await;
     Some(conn)
+}
+
+/// What the app's role (this connection's) lacks on what the migrations created in `schema`:
+/// rows of every table (only reading the migrations table), sequences that inserts draw on, and
+/// default privileges for the tables migrations will create as `owner`.
+async fn app_privileges(
+    conn: &mut PgConnection,
+    app: &str,
+    owner: &str,
+    schema: &str,
+    migrations_table: &str,
+) -> anyhow::Result<Outcome> {
+    let bare_table = migrations_table.rsplit('.').next().unwrap_or(migrations_table).trim_matches('"');
+    let missing: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, \
+                array_to_string(ARRAY(SELECT p FROM unnest(CASE \
+                    WHEN c.relkind = 'S' THEN ARRAY['USAGE'] \
+                    WHEN c.relname = $2 THEN ARRAY['SELECT'] \
+                    ELSE ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE'] END) AS p \
+                  WHERE NOT CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, p) \
+                                 ELSE has_table_privilege(c.oid, p) END), ', ') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'S') \
+           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i') \
+         ORDER BY 1",
+    )
+    .bind(schema)
+    .bind(bare_table)
+    .fetch_all(&mut *conn)
+    .await?;
+    let missing: Vec<String> = missing
+        .into_iter()
+        .filter(|(_, lacks)| !lacks.is_empty())
+        .map(|(name, lacks)| format!("{lacks} on {name}"))
+        .collect();
+    let defaults: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_default_acl d, aclexplode(d.defaclacl) a \
+                        WHERE d.defaclrole = to_regrole($1) AND d.defaclobjtype = 'r' \
+                          AND a.grantee = to_regrole(current_user) AND a.privilege_type = 'INSERT')",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    let grant_defaults = format!(
+        "ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA {schema} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES \
+         TO \"{app}\"; ... GRANT USAGE ON SEQUENCES TO \"{app}\""
+    );
+    Ok(match (missing.is_empty(), defaults) {
+        (true, true) => Outcome::ok(format!(
+            "role {app} may use every table the migrations (as {owner}) created in {schema}, and the ones to come"
+        )),
+        (true, false) => Outcome::warn(
+            format!("role {app} may use today's tables, but not the ones later migrations (as {owner}) will create"),
+            format!("in a migration: {grant_defaults}"),
+        ),
+        (false, _) => Outcome::fail(
+            format!("role {app} lacks {}", missing.join("; ")),
+            format!(
+                "grant them in a migration: GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO \
+                 \"{app}\"; GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO \"{app}\"; and for the tables to come: \
+                 {grant_defaults}"
+            ),
+        ),
+    })
 }
 
 /// The schema the migrations table lives in (and so where migrations write by default).

@@ -55,6 +55,32 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "KUBERNETES_SERVICE_HOST",
 ];
 
+/// The known variable within two edits of `key`, if any.
+pub fn closest_known(key: &str) -> Option<&'static str> {
+    KNOWN_VARIABLES
+        .iter()
+        .copied()
+        .map(|known| (edit_distance(key, known), known))
+        .filter(|(distance, _)| *distance > 0 && *distance <= 2)
+        .min()
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 /// A configuration mistake the user can fix by editing `.env` or the environment.
 #[derive(Debug)]
 pub struct ConfigError(String);
@@ -92,6 +118,8 @@ pub struct Env {
     vars: BTreeMap<String, String>,
     /// Names that came from the process environment rather than the file.
     from_process: Vec<String>,
+    /// The file read (or looked for), named in hints: `--env-file` may have named another.
+    file: Option<PathBuf>,
 }
 
 impl Env {
@@ -113,15 +141,19 @@ impl Env {
             vars.insert(key, value);
         }
         let source = EnvSource { file: found.then(|| file.to_path_buf()), looked_for: file.to_path_buf() };
-        Ok((Env { vars, from_process }, source))
+        Ok((Env { vars, from_process, file: Some(file.to_path_buf()) }, source))
     }
 
     pub fn from_map(vars: BTreeMap<String, String>) -> Self {
-        Env { vars, from_process: Vec::new() }
+        Env { vars, from_process: Vec::new(), file: None }
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Env { vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(), from_process: Vec::new() }
+        Env {
+            vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            from_process: Vec::new(),
+            file: None,
+        }
     }
 
     /// The value, or `None` when unset or empty (compose turns `KEY=` into an empty string).
@@ -146,7 +178,11 @@ impl Env {
 
     fn require(&self, key: &str) -> Result<&str, ConfigError> {
         self.get(key).ok_or_else(|| {
-            config_error(format!("{key} is not set: set it in .env or the environment (see .env.example)"))
+            let file = self.file.as_deref().map_or_else(|| ".env".to_owned(), |f| f.display().to_string());
+            // A misspelt name sets nothing: say which one was meant.
+            let near = self.vars.keys().find(|set| (1..=2).contains(&edit_distance(set, key)));
+            let typo = near.map(|set| format!(" ({set} is set: did you mean {key}?)")).unwrap_or_default();
+            config_error(format!("{key} is not set{typo}: set it in {file} or the environment (see .env.example)"))
         })
     }
 }

@@ -199,7 +199,7 @@ impl Failure {
                 kind: FatalKind::Other,
                 detail: other.to_string(),
                 code: None,
-                hint: "check the database settings in .env".into(),
+                hint: "check the database settings (POSTGRES_* or DATABASE_URL)".into(),
             }),
         }
     }
@@ -255,10 +255,12 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
         "28P01" => fatal(
             FatalKind::BadPassword,
             format!(
-                "the password for role \"{user}\" is wrong: fix {} in .env, or set the role's password on the server \
-                 (ALTER ROLE \"{user}\" PASSWORD '...'); a PostgreSQL data volume keeps the password it was first \
-                 created with, whatever POSTGRES_PASSWORD says now",
-                settings.password_variable()
+                "the password is wrong, or role \"{user}\" does not exist: PostgreSQL gives one answer for both, on \
+                 purpose. Check the role as a superuser (SELECT rolname FROM pg_roles WHERE rolname = '{user}'); fix \
+                 {} (or {}), or set the role's password on the server (ALTER ROLE \"{user}\" PASSWORD '...'); a \
+                 PostgreSQL data volume keeps the password it was first created with, whatever POSTGRES_PASSWORD says now",
+                settings.password_variable(),
+                settings.user_variable()
             ),
         ),
         "28000" if message.contains("pg_hba.conf") => {

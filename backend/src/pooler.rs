@@ -57,25 +57,28 @@ async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
     }
 }
 
-/// Each round, a second client connects and opens a transaction, which pins a server session to
-/// it. Without other clients, PgBouncer hands it ours (the most recently freed); with others,
+/// A second client connects, then, each round, opens a transaction, which pins a server session
+/// to it. Without other clients, PgBouncer hands it ours (the most recently freed); with others,
 /// our own next query lands on a process of theirs. Either shows in the pids. Rounds make a
 /// miss unlikely while other clients come and go; the migration itself checks, in the same query,
 /// that its session holds the lock, so a miss can stop a migration but never let one run unlocked.
 async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Result<bool, sqlx::Error> {
     const ROUNDS: usize = 3;
     let ours = ready.process.pid;
+    let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
+        return Ok(false);
+    };
+    if other.process.pid == ours {
+        return Ok(true);
+    }
     for _ in 0..ROUNDS {
-        let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
-            return Ok(false);
-        };
         // The simple protocol throughout: a transaction pooler would lose named statements.
         let theirs: i32 =
             bounded(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn)).await?.try_get(0)?;
         let now: i32 =
             bounded(sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn)).await?.try_get(0)?;
         let _ = bounded(sqlx::raw_sql("ROLLBACK").execute(&mut other.conn)).await;
-        if other.process.pid == ours || theirs == ours || now != ours {
+        if theirs == ours || now != ours {
             return Ok(true);
         }
     }

@@ -43,7 +43,14 @@ impl Db {
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        in_one_session(&mut conn, self.pooling, work).await
+        // Bounded: a connection gone half-open (a paused VM, a NAT that forgot it) is closed and
+        // the next call gets another, instead of a worker hanging on it for good.
+        let result = crate::db::bounded(in_one_session(&mut conn, self.pooling, work)).await;
+        if result.as_ref().is_err_and(|e| matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut))
+        {
+            conn.close_on_drop();
+        }
+        result
     }
 }
 

@@ -314,9 +314,15 @@ impl<'a> DevCluster<'a> {
             ui::line(self.status()?);
             return Ok(());
         }
+        self.halt()?;
+        ui::line("local cluster stopped");
+        Ok(())
+    }
+
+    /// Stops a running cluster without a word (the bench stops it again and again).
+    pub fn halt(&self) -> anyhow::Result<()> {
         let data = self.data();
         self.server_cmd("pg_ctl").args(["stop", "-w", "-m", "fast", "-D"]).arg(&data).quiet().ignore_stdout().run()?;
-        ui::line("local cluster stopped");
         Ok(())
     }
 

@@ -17,8 +17,10 @@ const MAX_NAME_LENGTH: usize = 100;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// What the migration does, e.g. `add users email index`; becomes lower snake case
-    name: String,
+    /// What the migration does, in one or more words (`add users email index`, quoted or not);
+    /// becomes lower snake case
+    #[arg(required = true, num_args = 1..)]
+    name: Vec<String>,
     /// Create `.up.sql` and `.down.sql` (default: what the folder already uses)
     #[arg(long, conflicts_with = "simple")]
     reversible: bool,
@@ -33,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let name = snake_case(&args.name).map_err(|e| fail(Failure::Config, e))?;
+    let name = snake_case(&args.name.join(" ")).map_err(|e| fail(Failure::Config, e))?;
     let root = root();
     let settings = MigrationSettings::load(&root).map_err(|e| fail(Failure::Config, e))?;
     let dir = args.source.source.clone().unwrap_or_else(|| root.join(&settings.migrations_dir));

@@ -37,7 +37,15 @@ pub fn required_superuser(settings: &Settings) -> anyhow::Result<&FirstSuperuser
 pub async fn seed_step(conn: &mut PgConnection, superuser: &FirstSuperuser) -> anyhow::Result<()> {
     ui::step("seed initial data");
     let started = Instant::now();
-    let report = init_db(conn, Some(superuser)).await.map_err(|e| {
+    let limit = backend::db::QUERY_TIMEOUT;
+    let seeded = tokio::time::timeout(limit, init_db(conn, Some(superuser))).await.unwrap_or_else(|_| {
+        let silent = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server sent no answer within {} s", limit.as_secs()),
+        );
+        Err(backend::seed::SeedError::from(sqlx::Error::Io(silent)))
+    });
+    let report = seeded.map_err(|e| {
         fail(
             Failure::Seed,
             anyhow!("{e}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed"),

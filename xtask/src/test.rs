@@ -26,7 +26,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ui::step(format!("run the tests (PostgreSQL server binaries from {})", bin.display()));
     let _root = sh.push_dir(crate::context::root());
     let harness_args = &args.harness_args;
-    cargo(&sh, &["test", "--workspace", "--all-features", "--locked", "--"]).args(harness_args).run()?;
+    cargo(&sh, &["test", "--workspace", "--all-features", "--locked", "--no-fail-fast", "--"])
+        .args(harness_args)
+        .run()?;
     Ok(())
 }
 

@@ -89,3 +89,27 @@ fn dev_db_refuses_a_planted_fallback_folder_and_keeps_the_password_off_the_disk(
     assert!(leftovers.stdout.is_empty(), "the password is on disk: {}", String::from_utf8_lossy(&leftovers.stdout));
     project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
 }
+
+/// The cluster is on this machine whatever POSTGRES_SERVER says for the containers; `status`
+/// answers in pg_ctl's exit codes; options go before or after the subcommand.
+#[test]
+fn dev_db_serves_this_machine_whatever_the_containers_host_and_status_exits_3_when_stopped() {
+    let cluster = Cluster::stopped();
+    let project = testkit::Project::new(env!("CARGO_BIN_EXE_xtask"));
+    let claim = claim_port();
+    let port = claim.number.to_string();
+    let env_file =
+        project.write_env(&cluster, &[("POSTGRES_PORT", &port), ("POSTGRES_SERVER", "host.docker.internal")]);
+    let env_file = env_file.to_str().expect("utf-8");
+    project.run(&["dev-db", "status", "--env-file", env_file], &[]).output().assert_code(3);
+    let started = project.run(&["dev-db", "start"], &[]).output();
+    started.assert_code(0).assert_stderr_contains("created database app").assert_stderr_lacks("Retry(");
+    let status = project.run(&["dev-db", "--env-file", env_file, "status"], &[]).output();
+    status.assert_code(0);
+    assert!(status.stdout.contains("is running"), "{}", status.stdout);
+    project.run(&["dev-db", "stop"], &[]).output().assert_code(0);
+    let status = project.run(&["dev-db", "status"], &[]).output();
+    status.assert_code(3);
+    assert!(status.stdout.contains("is stopped"), "{}", status.stdout);
+    project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
+}

@@ -36,6 +36,11 @@ fn creates_a_simple_migration_with_a_timestamp_and_prints_its_path() {
     assert!(outcome.stdout.trim().ends_with(name.as_str()), "{}", outcome.stdout);
     let text = std::fs::read_to_string(migrations.path().join(name)).expect("read");
     assert!(text.starts_with("-- add users email index\n"), "{text}");
+
+    // As the README types it: several words, unquoted.
+    let unquoted = Migrations::empty();
+    new_migration(&unquoted, &["add", "users", "email", "index"]).assert_code(0);
+    assert!(files(&unquoted)[0].ends_with("_add_users_email_index.sql"), "{:?}", files(&unquoted));
 }
 
 #[test]

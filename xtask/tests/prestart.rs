@@ -290,3 +290,26 @@ fn sigint_while_waiting_exits_130() {
     running.signal("INT");
     running.wait().assert_code(130).assert_stderr_contains("error: interrupted by SIGINT");
 }
+
+#[test]
+fn a_misspelt_variable_is_named_with_the_file_in_use() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let env_file = cluster.scratch().join("staging.env");
+    let lines: String = cluster
+        .env("app")
+        .iter()
+        .map(|(key, value)| {
+            let key = if key == "POSTGRES_SERVER" { "POSTGRES_SERVR" } else { key.as_str() };
+            format!("{key}='{value}'\n")
+        })
+        .collect();
+    std::fs::write(&env_file, lines).expect("write the env file");
+    let file = env_file.to_str().expect("utf-8");
+    let source = migrations.path().to_str().expect("utf-8");
+    xtask(&["prestart", "--source", source, "--env-file", file], &[])
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("POSTGRES_SERVER is not set (POSTGRES_SERVR is set: did you mean POSTGRES_SERVER?)")
+        .assert_stderr_contains(&format!("set it in {file}"));
+}

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use backend::config::{DatabaseSettings, KNOWN_VARIABLES};
+use backend::config::{DatabaseSettings, KNOWN_VARIABLES, closest_known};
 
 use super::{Area, Doctor, Inputs, Outcome};
 
@@ -169,32 +169,6 @@ fn expanded_secret(line: &str) -> Option<&str> {
     (is_secret && !value.starts_with('\'') && value.contains('$')).then_some(key)
 }
 
-/// The known variable within two edits of `key`, if any.
-fn closest_known(key: &str) -> Option<&'static str> {
-    KNOWN_VARIABLES
-        .iter()
-        .copied()
-        .map(|known| (edit_distance(key, known), known))
-        .filter(|(distance, _)| *distance > 0 && *distance <= 2)
-        .min()
-        .map(|(_, known)| known)
-}
-
-/// Levenshtein distance over characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +178,6 @@ mod tests {
         assert_eq!(closest_known("POSTGRES_SERVR"), Some("POSTGRES_SERVER"));
         assert_eq!(closest_known("POSTGRES_PORTS"), Some("POSTGRES_PORT"));
         assert_eq!(closest_known("PATH"), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(backend::config::edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -6,6 +6,11 @@
 use serde::Serialize;
 use sqlx::postgres::PgExecutor;
 
+/// The kinds the worker runs, with their payloads: `echo` returns its payload, `sleep` waits
+/// `{"ms": N}` milliseconds (100 by default, 60 000 at most), `fail` fails with
+/// `{"message": "..."}`. The API refuses any other kind.
+pub const KINDS: [&str; 3] = ["echo", "sleep", "fail"];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: i64,

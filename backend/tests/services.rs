@@ -84,6 +84,11 @@ fn the_api_is_ready_on_an_up_to_date_schema_and_the_worker_runs_its_jobs() {
     let job: serde_json::Value = serde_json::from_str(&body).expect("job JSON");
     assert_eq!(job["result"], serde_json::json!({ "n": 7 }));
     assert_eq!(http("GET", &bind, "/api/jobs/999999", None).expect("missing job").0, 404);
+    // A kind the worker does not know is refused at the door, naming the ones it does.
+    let (status, body) = http("POST", &bind, "/api/jobs", Some(r#"{"kind":"ecko"}"#)).expect("enqueue");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("unknown kind `ecko`: use one of echo, sleep, fail"), "{body}");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM jobs WHERE kind = 'ecko'"), "0");
 
     // A migration removed behind the API's back: /ready says why, /health still answers.
     cluster.psql("app", "DELETE FROM _sqlx_migrations WHERE version = 20261125090200");

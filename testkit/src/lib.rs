@@ -74,26 +74,50 @@ fn chown_to_server_user(path: &Path) {
     }
 }
 
-/// A cluster made by initdb once per test binary, copied for each test.
+/// A cluster made by initdb once per machine and server version, copied for each test: test
+/// processes share it (nextest runs each test in a process of its own), the first one making it
+/// under an exclusive lock while the others wait. It lives in the temporary folder, named after
+/// our uid and the server binaries, and is refused if someone else owns it.
 fn template() -> &'static Path {
-    static TEMPLATE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("prestart-template-").tempdir().expect("temp dir");
-            let password_file = dir.path().join("pw");
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (server_bindir(), PASSWORD, SUPERUSER).hash(&mut hasher);
+        let dir = std::env::temp_dir().join(format!("prestart-template-{uid}-{:016x}", hasher.finish()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::symlink_metadata(&dir).expect("template folder").uid();
+                assert!(owner == uid, "{} belongs to uid {owner}, not to us: remove it", dir.display());
+            }
+            Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+        let lock = std::fs::File::create(dir.join("lock")).expect("template lock");
+        lock.lock().expect("lock the template");
+        let ready = dir.join("ready");
+        // The server user's part: the folder itself stays ours, so its owner can be checked.
+        let cluster = dir.join("cluster");
+        if !ready.exists() {
+            let _ = std::fs::remove_dir_all(&cluster);
+            std::fs::create_dir(&cluster).expect("template cluster folder");
+            let password_file = cluster.join("pw");
             std::fs::write(&password_file, PASSWORD).expect("write password file");
-            chown_to_server_user(dir.path());
+            chown_to_server_user(&cluster);
             run_ok(
                 server_command("initdb")
                     .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-sync", "-U"])
                     .arg(SUPERUSER)
                     .arg(format!("--pwfile={}", password_file.display()))
                     .arg("-D")
-                    .arg(dir.path().join("data")),
+                    .arg(cluster.join("data")),
             );
-            dir
-        })
-        .path()
+            std::fs::write(&ready, "").expect("mark the template ready");
+        }
+        cluster
+    })
 }
 
 /// A TCP port on 127.0.0.1 that no other test on this machine takes while this value lives.
@@ -279,7 +303,19 @@ impl Cluster {
             server_command("pg_basebackup")
                 .arg("-h")
                 .arg(self.dir.path())
-                .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-R", "-X", "stream", "--no-sync", "-D"])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(&data),
         );
         // -R wrote primary_conninfo into postgresql.auto.conf, which write_conf rewrites.

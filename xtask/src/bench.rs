@@ -310,6 +310,8 @@ impl Bench {
                     "-R",
                     "-X",
                     "stream",
+                    "-c",
+                    "fast",
                     "--no-sync",
                     "-D",
                 ])

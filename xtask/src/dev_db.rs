@@ -362,6 +362,23 @@ fn rewrite(path: &Path, content: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Where the cluster of `dir` lives when the server user cannot reach `dir`.
+fn fallback_dir(dir: &Path) -> PathBuf {
+    let name: String = dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    PathBuf::from("/var/tmp").join(format!("prestart{name}"))
+}
+
+/// The port of this workspace's local cluster (running or not), in `target/dev-db/` or its
+/// fallback, as its last start wrote it: a fact that decides which likely cause of a refused
+/// connection comes first. Looks at files only.
+pub fn workspace_cluster_port() -> Option<u16> {
+    let dir = root().join("target").join("dev-db");
+    [dir.join("data"), fallback_dir(&dir).join("data")].iter().find_map(|data| {
+        let conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).ok()?;
+        conf.lines().find_map(|line| line.strip_prefix("port = ")?.trim().parse().ok())
+    })
+}
+
 /// `dir` if `user` can reach it; else (a checkout under /root, say) a folder of its own under
 /// /var/tmp, named after `dir`, since the server runs as `user` and must open its data folder.
 fn reachable_for(sh: &Shell, user: &str, dir: PathBuf) -> anyhow::Result<PathBuf> {
@@ -369,8 +386,7 @@ fn reachable_for(sh: &Shell, user: &str, dir: PathBuf) -> anyhow::Result<PathBuf
     if cmd!(sh, "runuser -u {user} -- test -x {existing}").quiet().ignore_stderr().run().is_ok() {
         return Ok(dir);
     }
-    let name: String = dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let fallback = PathBuf::from("/var/tmp").join(format!("prestart{name}"));
+    let fallback = fallback_dir(&dir);
     ui::line(format!(
         "the {user} OS user cannot reach {}: keeping the cluster in {} instead",
         dir.display(),

@@ -48,6 +48,12 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
     let var = db.host_variable();
     let to_host = host.eq_ignore_ascii_case(DOCKER_HOST_NAME);
     let mut causes = Vec::new();
+    // Evidence first: this workspace has a local cluster, and the settings point at this machine.
+    if reason == RetryKind::Refused && is_loopback(host) && crate::dev_db::workspace_cluster_port() == Some(port) {
+        causes.push(format!(
+            "this workspace's local cluster exists but does not listen on {port}: start it (cargo xtask dev-db start)"
+        ));
+    }
     match reason {
         RetryKind::Refused => match context {
             RuntimeContext::Container if is_loopback(host) => {

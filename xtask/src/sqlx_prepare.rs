@@ -96,9 +96,10 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
     let prepared = child.wait_with_output().await.context("cargo sqlx prepare")?.status.success();
     group.0 = None;
     if prepared {
+        ui::line(if check { ".sqlx/ matches every query in the code" } else { "wrote .sqlx/: commit it" });
         return Ok(());
     }
-    let stale = if check { stale_queries(&target.root) } else { Vec::new() };
+    let stale = if check { stale_queries(&target.root, &target_dir(sh, &target.root)) } else { Vec::new() };
     if !stale.is_empty() {
         return Err(fail(
             Failure::ChecksFailed,
@@ -124,7 +125,18 @@ impl Drop for ProcessGroup {
 
 /// The queries `--check` generated that `.sqlx/` lacks or holds differently (sqlx-cli leaves
 /// them in `target/sqlx-prepare-check`).
-fn stale_queries(root: &Path) -> Vec<String> {
+/// Cargo's target folder, wherever CARGO_TARGET_DIR or a config file puts it.
+fn target_dir(sh: &Shell, root: &Path) -> std::path::PathBuf {
+    let _dir = sh.push_dir(root);
+    let metadata = cargo(sh, &["metadata", "--format-version", "1", "--no-deps"]).quiet().ignore_stderr().read();
+    metadata
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["target_directory"].as_str().map(std::path::PathBuf::from))
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn stale_queries(root: &Path, target_dir: &Path) -> Vec<String> {
     let read = |dir: &Path| -> BTreeMap<String, serde_json::Value> {
         std::fs::read_dir(dir)
             .into_iter()
@@ -137,7 +149,7 @@ fn stale_queries(root: &Path) -> Vec<String> {
             .collect()
     };
     let prepared = read(&root.join(".sqlx"));
-    let generated = read(&root.join("target").join("sqlx-prepare-check"));
+    let generated = read(&target_dir.join("sqlx-prepare-check"));
     let query = |json: &serde_json::Value| {
         json["query"].as_str().unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
     };
@@ -271,7 +283,17 @@ pub fn ensure_sqlx_cli(sh: &Shell, root: &Path, install: bool) -> anyhow::Result
     let install_now = |how: &str| -> anyhow::Result<()> {
         ui::step(format!("install sqlx-cli {wanted} ({how}): {command}"));
         let words: Vec<&str> = command.split_whitespace().skip(1).collect();
-        cargo(sh, &words).arg("--force").run().context("installing sqlx-cli failed")?;
+        let mut install = std::process::Command::from(cargo(sh, &words).arg("--force"));
+        let mut child = install.stderr(std::process::Stdio::piped()).spawn().context("cannot start cargo install")?;
+        // Cargo's progress goes on; its warnings about yanked crates in sqlx-cli's own lock file
+        // concern sqlx-cli's authors, not the user.
+        let stderr = child.stderr.take().context("cargo install's stderr")?;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if !(line.contains("is yanked") || line.contains("consider running without --locked")) {
+                eprintln!("{line}");
+            }
+        }
+        anyhow::ensure!(child.wait()?.success(), "installing sqlx-cli failed: {command}");
         Ok(())
     };
     match installed_sqlx_cli(sh) {

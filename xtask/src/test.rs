@@ -11,7 +11,8 @@ use crate::ui;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Passed to the test harness after `--` (a test name filter, `--nocapture`, ...)
+    /// Passed to the test harness after `--`: a filter on test names (not files:
+    /// `cargo xtask test pgbouncer` runs the tests whose names contain it), `--nocapture`, ...
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     harness_args: Vec<String>,
 }
@@ -23,12 +24,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ensure_kubernetes_validate(&sh)?;
     // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
     ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
-    ui::step(format!("run the tests (PostgreSQL server binaries from {})", bin.display()));
     let _root = sh.push_dir(crate::context::root());
-    let harness_args = &args.harness_args;
-    cargo(&sh, &["test", "--workspace", "--all-features", "--locked", "--no-fail-fast", "--"])
-        .args(harness_args)
-        .run()?;
+    let started = std::time::Instant::now();
+    // nextest runs the tests of every file side by side; most of their time is spent waiting on
+    // servers, so three at a time suit two cores. cargo test runs the files one after another.
+    if cmd!(sh, "cargo nextest --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        ui::step(format!("run the tests with cargo nextest (PostgreSQL server binaries from {})", bin.display()));
+        let filters = args.harness_args.iter().map(|arg| if arg == "--nocapture" { "--no-capture" } else { arg });
+        let run =
+            ["nextest", "run", "--workspace", "--all-features", "--locked", "--no-fail-fast", "--test-threads", "3"];
+        cargo(&sh, &run).args(filters).run()?;
+    } else {
+        ui::step(format!(
+            "run the tests with cargo test (PostgreSQL server binaries from {}; cargo install cargo-nextest runs them \
+             side by side, faster)",
+            bin.display()
+        ));
+        cargo(&sh, &["test", "--workspace", "--all-features", "--locked", "--no-fail-fast", "--"])
+            .args(&args.harness_args)
+            .run()?;
+    }
+    ui::step(format!("all tests passed in {}", ui::duration(started.elapsed())));
     Ok(())
 }
 

@@ -113,3 +113,24 @@ fn dev_db_serves_this_machine_whatever_the_containers_host_and_status_exits_3_wh
     assert!(status.stdout.contains("is stopped"), "{}", status.stdout);
     project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
 }
+
+/// Refused on this machine while this workspace's cluster is stopped: that cluster comes first
+/// among the likely causes, in a development container too, before compose advice.
+#[test]
+fn a_stopped_workspace_cluster_is_the_first_likely_cause() {
+    let cluster = Cluster::stopped();
+    let project = testkit::Project::new(env!("CARGO_BIN_EXE_xtask"));
+    let claim = claim_port();
+    let port = claim.number.to_string();
+    project.write_env(&cluster, &[("POSTGRES_PORT", &port), ("POSTGRES_SERVER", "localhost")]);
+    project.run(&["dev-db", "start"], &[]).output().assert_code(0);
+    project.run(&["dev-db", "stop"], &[]).output().assert_code(0);
+    for context in ["host", "container"] {
+        project
+            .run(&["wait-for-db", "--wait-timeout", "1", "--context", context], &[])
+            .output()
+            .assert_code(4)
+            .assert_stderr_contains("likely cause: this workspace's local cluster exists but does not listen on");
+    }
+    project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
+}

@@ -35,7 +35,8 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     let cluster = Cluster::started();
     let copy = tempfile::Builder::new().prefix("prestart-workspace-").tempdir().expect("temp dir");
     copy_workspace(copy.path());
-    let target = copy.path().join("target");
+    // A target folder kept between runs: the dependencies build once, not on every run.
+    let target = testkit::workspace().join("target/sqlx-prepare-test");
     let command = |args: &[&str]| {
         let mut env = cluster.env("app");
         env.push(("CARGO_TARGET_DIR".into(), target.to_str().expect("utf-8").into()));

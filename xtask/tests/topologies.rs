@@ -132,7 +132,7 @@ fn the_migration_lock_is_the_servers_database_behind_a_pooler_alias() {
 }
 
 #[test]
-fn a_hot_standby_is_waited_for_and_prestart_goes_on_once_it_is_promoted() {
+fn a_hot_standby_is_waited_for_and_three_prestarts_go_on_once_it_is_promoted() {
     let primary = Cluster::started();
     let replica = primary.replica("");
     assert!(
@@ -143,15 +143,22 @@ fn a_hot_standby_is_waited_for_and_prestart_goes_on_once_it_is_promoted() {
         replica.log()
     );
     let migrations = Migrations::workspace();
-    let running = prestart(&replica.env("app"), &migrations, &["--wait-timeout", "60"]).spawn();
-    running.wait_for_stderr("standby in recovery", Duration::from_secs(30));
+    // Three at once, as the pods of a deployment during a failover.
+    let runs: Vec<_> =
+        (0..3).map(|_| prestart(&replica.env("app"), &migrations, &["--wait-timeout", "60"]).spawn()).collect();
+    for running in &runs {
+        running.wait_for_stderr("standby in recovery", Duration::from_secs(30));
+    }
     replica.promote();
-    running
-        .wait()
-        .assert_code(0)
-        .assert_stderr_contains("a failover may be in progress")
-        .assert_stderr_contains("applied 20261125090200 create jobs");
+    for running in runs {
+        running
+            .wait()
+            .assert_code(0)
+            .assert_stderr_contains("a failover may be in progress")
+            .assert_stderr_contains("==> seed initial data");
+    }
     assert_eq!(replica.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "3");
+    assert_eq!(replica.psql("app", "SELECT count(*) FROM users"), "1");
 }
 
 #[test]

@@ -82,8 +82,9 @@ struct NewJob {
 }
 
 async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Response {
-    if job.kind.trim().is_empty() {
-        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "kind must not be empty" }))).into_response();
+    if !jobs::KINDS.contains(&job.kind.as_str()) {
+        let error = format!("unknown kind `{}`: use one of {}", job.kind, jobs::KINDS.join(", "));
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error }))).into_response();
     }
     let payload = if job.payload.is_null() { json!({}) } else { job.payload };
     match app.db.run(async |conn| jobs::enqueue(conn, &job.kind, &payload).await).await {

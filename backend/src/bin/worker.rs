@@ -87,6 +87,7 @@ async fn run(job: &Job) -> Result<Value, String> {
             Ok(json!({ "slept_ms": ms }))
         }
         "fail" => Err(job.payload.get("message").and_then(Value::as_str).unwrap_or("failed on purpose").to_owned()),
-        other => Err(format!("unknown job kind `{other}`: use echo, sleep or fail")),
+        // The API refuses other kinds; a row inserted by hand may still hold one.
+        other => Err(format!("unknown job kind `{other}`: use one of {}", jobs::KINDS.join(", "))),
     }
 }

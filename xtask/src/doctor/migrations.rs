@@ -92,7 +92,10 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         Ok(if halves.is_empty() {
             Outcome::ok("no reversible migrations")
         } else if incomplete.is_empty() {
-            Outcome::ok(format!("{} reversible pairs complete", halves.len()))
+            Outcome::ok(match halves.len() {
+                1 => "1 reversible pair, complete".to_owned(),
+                n => format!("{n} reversible pairs, all complete"),
+            })
         } else {
             Outcome::fail(
                 format!("missing halves of reversible migrations: {}", incomplete.join(", ")),

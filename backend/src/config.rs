@@ -426,10 +426,11 @@ impl DatabaseSettings {
         if let Some(url) = env.get("MIGRATION_DATABASE_URL") {
             return Self::from_url(url, "MIGRATION_DATABASE_URL").map(Some);
         }
-        if MIGRATION_OVERRIDES.iter().all(|(key, _)| !env.vars.contains_key(*key)) {
+        // Empty counts as unset, as everywhere (compose and Helm render unset values as empty).
+        if MIGRATION_OVERRIDES.iter().all(|(key, _)| env.get(key).is_none()) {
             return Ok(None);
         }
-        let pick = |over: &'static str, base: &'static str| if env.vars.contains_key(over) { over } else { base };
+        let pick = |over: &'static str, base: &'static str| if env.get(over).is_some() { over } else { base };
         let [server, port, user, password] = MIGRATION_OVERRIDES.map(|(over, base)| pick(over, base));
         let variables = Variables { origin: "POSTGRES_MIGRATION_*", server, port, user, password, ..Variables::APP };
         Self::from_variables(env, variables).map(Some)

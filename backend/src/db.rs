@@ -357,6 +357,8 @@ pub struct ServerState {
     pub address: Option<(String, u16)>,
     /// `current_database()`: the server's name for it, which a pooler's alias may hide.
     pub database: String,
+    /// The server's `port` setting, which names its Unix socket too.
+    pub port: u16,
 }
 
 impl ServerState {
@@ -399,7 +401,8 @@ pub async fn connect_once(
         // The simple protocol answers in one round trip; a prepared statement would take two.
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
-                    host(inet_server_addr()), inet_server_port(), current_database()::text \
+                    host(inet_server_addr()), inet_server_port(), current_database()::text, \
+                    current_setting('port')::int \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -413,6 +416,7 @@ pub async fn connect_once(
             read_only: row.try_get(3)?,
             address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
             database: row.try_get(6)?,
+            port: row.try_get::<i32, _>(7).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };

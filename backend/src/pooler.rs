@@ -1,9 +1,10 @@
 //! Is a connection pooler between us and PostgreSQL, and does it keep our server session?
 //!
 //! Nothing in the protocol says so; the server and the pooler's behaviour do:
-//! 1. The server tells where the session arrived (`inet_server_addr()`, `inet_server_port()`, in
-//!    the readiness query). When that is not the address and port we dialled (or a Unix socket
-//!    while we used TCP), something relays the connection: a pooler, a proxy, or NAT.
+//! 1. The server tells where the session arrived (`inet_server_addr()`, `inet_server_port()` and
+//!    its `port` setting, in the readiness query). When that is not the address and port we
+//!    dialled (a Unix socket while we used TCP, TCP while we used a socket, another port), something
+//!    relays the connection: a pooler, a proxy, or NAT.
 //! 2. Only then, a second client connects. In transaction (and statement) pooling, PgBouncer
 //!    hands it the server process our last transaction just gave back (it reuses the most
 //!    recently freed one), and while that client holds a transaction open, our next query runs
@@ -15,7 +16,7 @@
 use std::net::IpAddr;
 
 use crate::config::DatabaseSettings;
-use crate::db::{ATTEMPT_TIMEOUT, Ready, bounded, connect_once};
+use crate::db::{ATTEMPT_TIMEOUT, QUERY_TIMEOUT, Ready, bounded, connect_once};
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
@@ -27,22 +28,37 @@ pub enum Pooling {
     Session,
     /// Server sessions are shared between clients from one transaction to the next.
     Transaction,
+    /// Relayed, and the probe could not finish (the pooler refused it: statement pooling refuses
+    /// `BEGIN`; or it is full): treated as sharing sessions, since that is the safe assumption.
+    Undetermined,
+}
+
+impl Pooling {
+    /// Session state (advisory locks, `SET`s, named statements) may not last from one
+    /// transaction to the next.
+    pub fn shares_sessions(self) -> bool {
+        matches!(self, Pooling::Transaction | Pooling::Undetermined)
+    }
 }
 
 pub async fn detect_pooling(db: &DatabaseSettings, ready: &mut Ready) -> Pooling {
-    if db.socket().is_some() || !is_relayed(db, ready).await {
+    if !is_relayed(db, ready).await {
         return Pooling::Direct;
     }
     match shares_server_sessions(db, ready).await {
         Ok(true) => Pooling::Transaction,
-        // A probe that cannot finish proves nothing; the session-scoped work that follows would
-        // fail loudly if sessions were shared.
-        Ok(false) | Err(_) => Pooling::Session,
+        Ok(false) => Pooling::Session,
+        Err(_) => Pooling::Undetermined,
     }
 }
 
 /// The server says the session arrived somewhere we did not dial.
 async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
+    if db.socket().is_some() {
+        // Our socket is named after the port it serves; the server must have that port, and
+        // see a socket too.
+        return ready.server.address.is_some() || ready.server.port != db.port();
+    }
     let Some((address, port)) = &ready.server.address else {
         // A Unix socket on the server's side, while we dialled TCP.
         return true;
@@ -51,9 +67,10 @@ async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
         return true;
     }
     let Ok(address) = address.parse::<IpAddr>() else { return true };
-    match tokio::net::lookup_host((db.host(), db.port())).await {
-        Ok(mut dialled) => !dialled.any(|candidate| candidate.ip() == address),
-        Err(_) => true,
+    let lookup = tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::lookup_host((db.host(), db.port())));
+    match lookup.await {
+        Ok(Ok(mut dialled)) => !dialled.any(|candidate| candidate.ip() == address),
+        _ => true,
     }
 }
 
@@ -65,9 +82,9 @@ async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
 async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Result<bool, sqlx::Error> {
     const ROUNDS: usize = 3;
     let ours = ready.process.pid;
-    let Ok(mut other) = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await else {
-        return Ok(false);
-    };
+    let mut other = connect_once(db, "prestart-pooler-probe", ATTEMPT_TIMEOUT).await.map_err(|failure| {
+        sqlx::Error::Io(std::io::Error::other(format!("the pooler probe could not connect: {failure}")))
+    })?;
     if other.process.pid == ours {
         return Ok(true);
     }
@@ -85,24 +102,26 @@ async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Res
     Ok(false)
 }
 
-/// Runs `work` so that it holds behind any pooler. Behind a transaction pooler, that is inside a
-/// transaction of its own, since sqlx prepares a statement in one round trip and runs it in the
-/// next, which the pooler could otherwise send to two server sessions; and it ends with
-/// `DEALLOCATE ALL` in the same message as the `COMMIT`, since the statements sqlx prepared by name
-/// stay with that server session, where the next client would meet them. Elsewhere, just `work`.
-pub async fn in_one_session<T>(
+/// Runs `work` in a transaction of its own, which holds behind any pooler and never outlives us:
+/// - the server gives up each statement just before our own bound ([`QUERY_TIMEOUT`]), so a
+///   statement we stopped waiting for (an UPDATE that claims a job, say) cannot commit later;
+/// - behind a pooler that shares sessions, one transaction is one server session, from sqlx's
+///   Parse to its Execute; `DEALLOCATE ALL` at its start and in the same message as its end
+///   clears the statements sqlx prepares by name, which stay with that session, where another
+///   client would meet them.
+pub async fn in_own_transaction<T>(
     conn: &mut PgConnection,
     pooling: Pooling,
     work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
-    if pooling != Pooling::Transaction {
-        return work(conn).await;
-    }
-    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let server_bound = QUERY_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1)).as_millis();
+    let clear = if pooling.shares_sessions() { "; DEALLOCATE ALL" } else { "" };
+    let begin = format!("BEGIN; SET LOCAL statement_timeout = {server_bound}{clear}");
+    bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut *conn)).await?;
     let result = work(&mut *conn).await;
     // COMMIT of a transaction a failed statement aborted rolls it back, without an error.
-    let end = if result.is_ok() { "COMMIT; DEALLOCATE ALL" } else { "ROLLBACK; DEALLOCATE ALL" };
-    let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
+    let end = format!("{}{clear}", if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let ended = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(end)).execute(&mut *conn)).await;
     let value = result?;
     ended?;
     Ok(value)

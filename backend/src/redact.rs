@@ -35,10 +35,16 @@ pub fn register(secret: &str) {
 pub fn register_variable(key: &str, value: &str) {
     if key.contains("PASSWORD") {
         register(value);
-    } else if key.ends_with("URL")
-        && let Some(password) = url_password_span(value)
-    {
-        register(password);
+    } else if key.ends_with("URL") {
+        if let Some(password) = url_password_span(value) {
+            register(password);
+        }
+        // sqlx takes a password from the query string too: `?password=...`.
+        for parameter in value.split(['?', '&']).skip(1) {
+            if let Some(password) = parameter.strip_prefix("password=").filter(|p| !p.is_empty()) {
+                register(password);
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::{Env, Settings};
-use crate::pooler::{Pooling, detect_pooling, in_one_session};
+use crate::pooler::{Pooling, detect_pooling, in_own_transaction};
 use crate::schema::{MigrationSettings, embedded};
 
 /// Exit codes of backend and worker, the same numbers as xtask's for the same causes.
@@ -36,21 +36,34 @@ pub struct Db {
 }
 
 impl Db {
-    /// Runs `work` on a connection of the pool; behind a transaction pooler, in one server
-    /// session (see [`in_one_session`]).
+    /// Runs `work` on a connection of the pool, in a transaction of its own (see
+    /// [`in_own_transaction`]). Bounded: a connection gone half-open (a paused VM, a NAT that
+    /// forgot it) costs one failed call, not a worker hanging for good.
     pub async fn run<T>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        // Bounded: a connection gone half-open (a paused VM, a NAT that forgot it) is closed and
-        // the next call gets another, instead of a worker hanging on it for good.
-        let result = crate::db::bounded(in_one_session(&mut conn, self.pooling, work)).await;
-        if result.as_ref().is_err_and(|e| matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut))
-        {
-            conn.close_on_drop();
-        }
+        let mut guard = CloseUnlessFinished { conn: self.pool.acquire().await?, finished: false };
+        let result = crate::db::bounded(in_own_transaction(&mut guard.conn, self.pooling, work)).await;
+        // A failed call may have left the connection mid-transaction or awaiting an answer.
+        guard.finished = result.is_ok();
         result
+    }
+}
+
+/// A pooled connection that goes back to the pool only when its work finished; one dropped
+/// before (a request the client gave up on, a failure) is closed, so no later caller inherits
+/// its open transaction.
+struct CloseUnlessFinished {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    finished: bool,
+}
+
+impl Drop for CloseUnlessFinished {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -84,14 +97,15 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
         }
     })?;
     let pooling = detect_pooling(db, &mut ready).await;
-    let checked = in_one_session(&mut ready.conn, pooling, async |conn| Ok(embedded::check(conn, &migrations).await))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|checked| checked);
+    let checked =
+        in_own_transaction(&mut ready.conn, pooling, async |conn| Ok(embedded::check(conn, &migrations).await))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|checked| checked);
     checked.map_err(|message| StartError { message, code: EXIT_NOT_UP_TO_DATE })?;
 
     let mut options = db.connect_options(name);
-    if pooling == Pooling::Transaction {
+    if pooling.shares_sessions() {
         // No statement survives its transaction there (see `in_one_session`): cache none.
         options = options.statement_cache_capacity(0);
     }
@@ -100,7 +114,8 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
     let through = match pooling {
         Pooling::Direct => "",
         Pooling::Session => " through a pooler or proxy that keeps sessions",
-        Pooling::Transaction => " through a transaction pooler: every query in a transaction of its own",
+        Pooling::Transaction => " through a transaction pooler: no statement cache",
+        Pooling::Undetermined => " through a pooler whose mode could not be told: treated as transaction pooling",
     };
     eprintln!("{name}: connected to {}{through}; schema up to date", crate::redact::redact(&db.to_string()));
     Ok(Service { settings, migrations, db: Db { pool, pooling } })

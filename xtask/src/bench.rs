@@ -26,6 +26,9 @@ pub struct Args {
     /// Leave out the build-time figures (they clean and rebuild xtask)
     #[arg(long)]
     skip_build: bool,
+    /// Also time the whole test suite, built and warm (`cargo xtask test`: a few minutes)
+    #[arg(long)]
+    suite: bool,
 }
 
 /// One line of the table.
@@ -96,6 +99,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         figures.push(bench.stop_time(args.trials)?);
         if !args.skip_build {
             figures.extend(build_times(&sh)?);
+        }
+        if args.suite {
+            figures.push(suite_time(&sh)?);
         }
         Ok(())
     })();
@@ -544,6 +550,15 @@ fn build_times(sh: &Shell) -> anyhow::Result<Vec<Figure>> {
         Figure::new("cargo build -p xtask after cargo clean -p xtask", vec![cold], "s").target(30.0, "< 30 s"),
         Figure::new("cargo build -p xtask after touching a migration", vec![incremental], "s").target(2.0, "< 2 s"),
     ])
+}
+
+/// The whole test suite once built: `cargo xtask test` twice, the second run timed.
+fn suite_time(sh: &Shell) -> anyhow::Result<Figure> {
+    ui::step("the test suite, built and warm (cargo xtask test, run twice, the second timed)");
+    cargo(sh, &["xtask", "test"]).quiet().ignore_stdout().ignore_stderr().run().context("the test suite failed")?;
+    let started = Instant::now();
+    cargo(sh, &["xtask", "test"]).quiet().ignore_stdout().ignore_stderr().run().context("the test suite failed")?;
+    Ok(Figure::new("cargo xtask test, warm", vec![started.elapsed().as_secs_f64()], "s").target(180.0, "< 3 min"))
 }
 
 /// What the figures depend on: cores, the server's version and durability settings.

@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
+use backend::pooler::in_own_transaction;
 
 use crate::context::{DbArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
@@ -292,9 +293,24 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
         .collect();
-    let prefix = migration_prefix(plan.statement_lock_timeout, lock_key(&ready.server.database));
+    let key = lock_key(&ready.server.database);
+    let prefix = migration_prefix(plan.statement_lock_timeout, key);
     for file in &pending {
         ui::line(format!("applying {}", file.name()));
+        // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
+        // transaction block): the lock is checked on its own first.
+        if file.migration.no_tx {
+            let sql = format!("SELECT {}", holds_lock(key));
+            let locked: bool = bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn))
+                .await
+                .map_err(|e| fail(Failure::Migration, e))?;
+            if !locked {
+                return Err(fail(
+                    Failure::Migration,
+                    anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name()),
+                ));
+            }
+        }
         let migration = with_lock_timeout(&file.migration, &prefix);
         let blockers = Blockers::default();
         let applied = tokio::select! {
@@ -329,6 +345,20 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
     Ok(pending.len())
 }
 
+/// The SQL condition that this server session holds the migration lock `key`.
+fn holds_lock(key: i64) -> String {
+    format!(
+        "EXISTS (SELECT FROM pg_catalog.pg_locks WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory' \
+         AND granted AND objsubid = 1 AND classid = (({key}::bigint >> 32) & 4294967295)::oid \
+         AND objid = ({key}::bigint & 4294967295)::oid)"
+    )
+}
+
+/// Why a migration must not run on a session without the lock, and what to do.
+const NOT_LOCKED: &str = "this server session does not hold the migration lock, so the migration did not run: a \
+     transaction pooler hands each transaction another session, or a migration released the lock";
+const NOT_LOCKED_FIX: &str = "connect prestart to PostgreSQL directly (MIGRATION_DATABASE_URL), or remove pg_advisory_unlock calls from migrations";
+
 /// What goes before a transactional migration's SQL, in the same query, so it costs no round
 /// trip: first a check that this server session holds the migration lock (behind a transaction
 /// pooler the lock may sit on another session, and then the migration must not run), then
@@ -336,13 +366,9 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
 /// its own comes later and wins.
 fn migration_prefix(timeout: Duration, key: i64) -> String {
     format!(
-        "DO $prestart$ BEGIN IF NOT EXISTS (SELECT FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
-         AND granted AND objsubid = 1 AND classid = (({key}::bigint >> 32) & 4294967295)::oid \
-         AND objid = ({key}::bigint & 4294967295)::oid) THEN RAISE EXCEPTION USING MESSAGE = 'this server session \
-         does not hold the migration lock, so the migration did not run: a transaction pooler hands each transaction \
-         another session, or a migration released the lock', HINT = 'connect prestart to PostgreSQL directly \
-         (MIGRATION_DATABASE_URL), or remove pg_advisory_unlock calls from migrations'; END IF; END $prestart$;\n\
-         SET LOCAL lock_timeout = {};\n",
+        "DO $prestart$ BEGIN IF NOT {} THEN RAISE EXCEPTION USING MESSAGE = '{NOT_LOCKED}', HINT = '{NOT_LOCKED_FIX}'; \
+         END IF; END $prestart$;\nSET LOCAL lock_timeout = {};\n",
+        holds_lock(key),
         timeout.as_millis()
     )
 }
@@ -466,7 +492,10 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let (set, settings, _) = args.source.load(&loaded.root)?;
     let db = &loaded.settings.database;
     let status = session::run(&loaded, Use::Read, async |session| {
-        applied_rows(&mut session.ready.conn, &settings.table_name).await.map_err(|e| fail(Failure::Migration, e))
+        let read = async |conn: &mut PgConnection| applied_rows(conn, &settings.table_name).await;
+        bounded(in_own_transaction(&mut session.ready.conn, session.pooling, read))
+            .await
+            .map_err(|e| fail(Failure::Migration, e))
     })?;
     let status = Status::compare(&set, &status);
     if args.json {

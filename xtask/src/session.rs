@@ -19,9 +19,13 @@ use backend::pooler::{Pooling, detect_pooling};
 /// What the command does with the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
-    /// Waits or reads: the app's own connection settings.
+    /// Waits: the app's own connection settings, nothing more.
+    Wait,
+    /// Reads: the app's settings, and whether a pooler shares server sessions, which decides how
+    /// queries must travel.
     Read,
-    /// Migrates or seeds: a session of its own, over the direct settings when they are given.
+    /// Migrates or seeds: a session of its own, over the direct settings when they are given,
+    /// never through a pooler that shares server sessions; a signal stops its server process.
     Write,
 }
 
@@ -30,15 +34,25 @@ pub struct Session<'a> {
     loaded: &'a Loaded,
     active: &'a ActiveBackend,
     pub ready: Ready,
+    /// Whether a pooler shares server sessions (`Direct` until detected).
+    pub pooling: Pooling,
+    /// A signal terminates the server process behind the connection: only where that process
+    /// is ours alone, never one a pooler shares with other clients.
+    stoppable: bool,
 }
 
 impl<'a> Session<'a> {
-    /// Waits for the database of `loaded` (out of the run's one wait budget); a signal from now
-    /// on stops the server process behind the connection.
+    /// Waits for the database of `loaded`, out of the run's one wait budget.
     pub async fn open(loaded: &'a Loaded, active: &'a ActiveBackend) -> anyhow::Result<Session<'a>> {
         let ready = wait_step(loaded).await?;
-        active.set(Some(&ready.process));
-        Ok(Session { loaded, active, ready })
+        Ok(Session { loaded, active, ready, pooling: Pooling::Direct, stoppable: false })
+    }
+
+    /// From now on a signal stops the server process behind the connection (and behind the
+    /// ones that replace it).
+    pub fn make_stoppable(&mut self) {
+        self.stoppable = true;
+        self.active.set(Some(&self.ready.process));
     }
 
     pub fn settings(&self) -> &'a DatabaseSettings {
@@ -57,7 +71,9 @@ impl<'a> Session<'a> {
                 ui::line(format!("lost the connection {doing} ({reason}): connecting again"));
                 self.active.set(None);
                 self.ready = wait_step(self.loaded).await?;
-                self.active.set(Some(&self.ready.process));
+                if self.stoppable {
+                    self.active.set(Some(&self.ready.process));
+                }
                 Ok(Ok(()))
             }
             backend::db::Failure::Fatal(_) => Ok(Err(error)),
@@ -78,7 +94,7 @@ impl<'a> Session<'a> {
 /// Runs `body` on a session, with SIGINT and SIGTERM stopping the server-side work. For
 /// [`Use::Write`], the session is over the direct settings when they are given (only they are
 /// waited for: a pooler may not run yet, as a sidecar that starts after an init container), and
-/// otherwise no transaction pooler may be in the way.
+/// no pooler that shares server sessions may be in the way, on either.
 pub fn run<T>(
     loaded: &Loaded,
     purpose: Use,
@@ -86,7 +102,7 @@ pub fn run<T>(
 ) -> anyhow::Result<T> {
     let direct = match purpose {
         Use::Write => loaded.for_migrations(),
-        Use::Read => None,
+        Use::Wait | Use::Read => None,
     };
     let target = direct.as_ref().unwrap_or(loaded);
     if direct.is_some() {
@@ -98,32 +114,46 @@ pub fn run<T>(
     let active = ActiveBackend::default();
     runtime()?.block_on(interruptible(&target.settings.database, &active, async {
         let mut session = Session::open(target, &active).await?;
-        if purpose == Use::Write && direct.is_none() {
-            refuse_transaction_pooling(&mut session).await?;
+        if purpose != Use::Wait {
+            session.pooling = detect_pooling(session.settings(), &mut session.ready).await;
+        }
+        if purpose == Use::Write {
+            refuse_shared_sessions(&session)?;
+            session.make_stoppable();
         }
         body(&mut session).await
     }))
 }
 
 /// Stops before anything changes when the connection goes through a pooler that shares server
-/// sessions between transactions.
-async fn refuse_transaction_pooling(session: &mut Session<'_>) -> anyhow::Result<()> {
+/// sessions between transactions (or whose mode could not be told).
+fn refuse_shared_sessions(session: &Session<'_>) -> anyhow::Result<()> {
     let db = session.settings();
-    match detect_pooling(db, &mut session.ready).await {
-        Pooling::Direct => Ok(()),
+    let origin = db.variables.origin;
+    let fix = if origin.starts_with("POSTGRES_MIGRATION") || origin == "MIGRATION_DATABASE_URL" {
+        format!("point {origin} at PostgreSQL itself, not at the pooler")
+    } else {
+        "set MIGRATION_DATABASE_URL (or POSTGRES_MIGRATION_SERVER, _PORT, _USER, _PASSWORD over the POSTGRES_* values) \
+         to a direct connection to PostgreSQL for prestart; backend and worker keep using the pooler. Or let prestart \
+         use the pooler's session mode"
+            .to_owned()
+    };
+    let what = match session.pooling {
+        Pooling::Direct => return Ok(()),
         Pooling::Session => {
             ui::line("a connection pooler or proxy is in the way, and keeps our server session: fine for migrations");
-            Ok(())
+            return Ok(());
         }
-        Pooling::Transaction => Err(fail(
-            Failure::Refused,
-            anyhow::anyhow!(
-                "{db} goes through a connection pooler in transaction pooling mode (two clients were handed one server \
-                 session): the migration lock and lock_timeout would not hold from one transaction to the next, so \
-                 nothing was migrated\n  fix: set MIGRATION_DATABASE_URL (or POSTGRES_MIGRATION_SERVER, _PORT, _USER, \
-                 _PASSWORD over the POSTGRES_* values) to a direct connection to PostgreSQL for prestart; backend and \
-                 worker keep using the pooler. Or let prestart use the pooler's session mode"
-            ),
-        )),
-    }
+        Pooling::Transaction => {
+            "a connection pooler in transaction pooling mode (two clients were handed one server session)"
+        }
+        Pooling::Undetermined => "a connection pooler or proxy whose mode could not be told (it refused the probe)",
+    };
+    Err(fail(
+        Failure::Refused,
+        anyhow::anyhow!(
+            "{db} goes through {what}: the migration lock and lock_timeout would not hold from one transaction to the \
+             next, so nothing was migrated\n  fix: {fix}"
+        ),
+    ))
 }

@@ -70,6 +70,7 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
     let (set, settings, dir) = SourceArgs::default().load(&target.root)?;
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
     let mut session = Session::open(target, active).await?;
+    session.make_stoppable();
     migrate_step(&mut session, &plan).await?;
     drop(session);
     active.set(None);

@@ -22,7 +22,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
-    crate::session::run(&loaded, crate::session::Use::Read, async |_| Ok(()))
+    crate::session::run(&loaded, crate::session::Use::Wait, async |_| Ok(()))
 }
 
 /// Waits for the database, logging why while it waits, and returns the ready connection. The

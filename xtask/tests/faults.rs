@@ -303,6 +303,17 @@ fn a_migration_never_runs_on_a_session_without_the_migration_lock() {
         .assert_stderr_contains("does not hold the migration lock, so the migration did not run");
     assert_eq!(cluster.psql("app", "SELECT to_regclass('after_unlock') IS NULL"), "t");
     assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',') FROM _sqlx_migrations"), "1");
+
+    // A `-- no-transaction` file is checked on its own, before it runs.
+    cluster.create_database("other");
+    cluster.psql("other", "CREATE TABLE events (x int)");
+    migrations.write("2_table.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY events_x ON events (x);\n");
+    run("migrate", &cluster, &migrations, &[])
+        .env("POSTGRES_DB", "other")
+        .output()
+        .assert_code(6)
+        .assert_stderr_contains("2_table.sql: this server session does not hold the migration lock");
+    assert_eq!(cluster.psql("other", "SELECT to_regclass('events_x') IS NULL"), "t");
 }
 
 #[test]

@@ -106,6 +106,8 @@ fn a_wrong_password_fails_at_once_without_retrying() {
     outcome
         .assert_code(5)
         .assert_stderr_contains("password authentication failed for user \"postgres\" (SQLSTATE 28P01)")
+        .assert_stderr_contains("the password is wrong, or role \"postgres\" does not exist")
+        .assert_stderr_contains("SELECT rolname FROM pg_roles WHERE rolname = 'postgres'")
         .assert_stderr_contains("a PostgreSQL data volume keeps the password it was first created with")
         .assert_stderr_lacks("waiting:");
     let attempts = cluster.log().matches("password authentication failed").count();

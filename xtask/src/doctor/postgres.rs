@@ -8,7 +8,8 @@ use sqlx::postgres::{PgConnection, PgSslMode};
 use super::location::Target;
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
-use backend::pooler::{Pooling, detect_pooling};
+use backend::db::bounded;
+use backend::pooler::{Pooling, detect_pooling, in_own_transaction};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The oldest major version the PostgreSQL project still supports.
@@ -93,10 +94,23 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                 "a pooler in transaction pooling mode ({relayed}); migrations and seed use the direct connection of {}",
                 direct.variables.origin
             )),
-            (Pooling::Transaction, None) => Outcome::fail(
+            (Pooling::Undetermined, Some(direct)) => Outcome::warn(
                 format!(
-                    "a pooler in transaction pooling mode ({relayed}): prestart refuses to migrate through it, since \
-                     the migration lock and lock_timeout do not hold from one transaction to the next"
+                    "a pooler or proxy relays the connection ({relayed}) and refused the probe of its mode; \
+                     migrations and seed use the direct connection of {}",
+                    direct.variables.origin
+                ),
+                "backend and worker treat it as transaction pooling (slower); session pooling needs no change",
+            ),
+            (shared @ (Pooling::Transaction | Pooling::Undetermined), None) => Outcome::fail(
+                format!(
+                    "{} ({relayed}): prestart refuses to migrate through it, since the migration lock and \
+                     lock_timeout do not hold from one transaction to the next",
+                    if shared == Pooling::Transaction {
+                        "a pooler in transaction pooling mode"
+                    } else {
+                        "a pooler or proxy whose mode could not be told (it refused the probe)"
+                    }
                 ),
                 "set MIGRATION_DATABASE_URL (or POSTGRES_MIGRATION_SERVER, _PORT, _USER, _PASSWORD) to a direct \
                  connection to PostgreSQL; backend and worker keep using the pooler",
@@ -104,6 +118,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         })
     });
 
+    let mut direct_conn = None;
     doctor
         .check_async(Area::Postgres, "postgres.migration_connect", async {
             let Some(direct) = &direct else {
@@ -114,6 +129,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             Ok(match connect_once(direct, "prestart-doctor", CONNECT_TIMEOUT).await {
                 Ok(direct_ready) => match direct_ready.server.read_only_reason() {
                     None => {
+                        direct_conn = Some(direct_ready.conn);
                         Outcome::ok(format!("connected to {direct} ({}), which takes writes", direct.variables.origin))
                     }
                     Some(reason) => Outcome::fail(
@@ -130,7 +146,6 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         })
         .await;
 
-    let mut conn = ready.conn;
     doctor
         .check_async(Area::Postgres, "postgres.app_privileges", async {
             let owner = direct.as_ref().map(|d| d.user()).filter(|owner| *owner != database.user());
@@ -139,9 +154,30 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             };
             let schema = migration_schema(inputs);
             let table = backend::schema::MigrationSettings::load(&inputs.root).unwrap_or_default().table_name;
-            app_privileges(&mut conn, database.user(), owner, &schema, &table).await
+            // As the app's role, the way backend queries: in a transaction of its own.
+            let check =
+                async |conn: &mut PgConnection| app_privileges(conn, database.user(), owner, &schema, &table).await;
+            Ok(bounded(in_own_transaction(&mut ready.conn, pooling, check)).await?)
         })
         .await;
+
+    // The checks below send prepared statements one by one, which a pooler that shares server
+    // sessions would lose or leave behind: they go to the direct connection then, if there is one.
+    let mut conn = match (pooling.shares_sessions(), direct_conn) {
+        (false, _) => ready.conn,
+        (true, Some(direct)) => direct,
+        (true, None) => {
+            let first = ids.iter().position(|id| *id == "postgres.version").unwrap_or(ids.len());
+            for id in &ids[first..] {
+                doctor.check(Area::Postgres, id, || {
+                    Ok(Outcome::skipped(
+                        "a pooler shares server sessions: set MIGRATION_DATABASE_URL to check the server directly",
+                    ))
+                });
+            }
+            return None;
+        }
+    };
 
     doctor
         .check_async(Area::Postgres, "postgres.version", async {
@@ -268,7 +304,7 @@ async fn app_privileges(
     owner: &str,
     schema: &str,
     migrations_table: &str,
-) -> anyhow::Result<Outcome> {
+) -> Result<Outcome, sqlx::Error> {
     let bare_table = migrations_table.rsplit('.').next().unwrap_or(migrations_table).trim_matches('"');
     let missing: Vec<(String, String)> = sqlx::query_as(
         "SELECT c.relname::text, \

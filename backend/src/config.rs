@@ -129,6 +129,19 @@ impl Env {
         process: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<(Self, EnvSource), ConfigError> {
         let file_vars = read_env_file(file)?;
+        Ok(Self::merge(file, file_vars, process))
+    }
+
+    /// The process environment alone, when `file` does not parse; hints still name `file`.
+    pub fn process_only(file: &Path, process: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
+        Self::merge(file, None, process).0
+    }
+
+    fn merge(
+        file: &Path,
+        file_vars: Option<BTreeMap<String, String>>,
+        process: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> (Self, EnvSource) {
         let found = file_vars.is_some();
         let mut vars = file_vars.unwrap_or_default();
         let mut from_process = Vec::new();
@@ -141,7 +154,7 @@ impl Env {
             vars.insert(key, value);
         }
         let source = EnvSource { file: found.then(|| file.to_path_buf()), looked_for: file.to_path_buf() };
-        Ok((Env { vars, from_process, file: Some(file.to_path_buf()) }, source))
+        (Env { vars, from_process, file: Some(file.to_path_buf()) }, source)
     }
 
     pub fn from_map(vars: BTreeMap<String, String>) -> Self {

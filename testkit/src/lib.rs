@@ -276,6 +276,11 @@ impl Cluster {
             .join("\n")
     }
 
+    /// A URL for the superuser over TCP, the password percent-encoded.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}?sslmode=disable", url_encoded(PASSWORD), self.port)
+    }
+
     /// Settings for the binary: POSTGRES_* for the superuser over TCP, and a first superuser.
     pub fn env(&self, database: &str) -> Vec<(String, String)> {
         [

@@ -3,19 +3,10 @@
 
 use testkit::{Cluster, Migrations, Run};
 
-fn url(cluster: &Cluster, database: &str) -> String {
-    format!(
-        "postgres://{}:{}@127.0.0.1:{}/{database}?sslmode=disable",
-        testkit::SUPERUSER,
-        testkit::url_encoded(testkit::PASSWORD),
-        cluster.port
-    )
-}
-
 /// `sqlx migrate ACTION` on `database`, the URL in the environment only.
 fn sqlx_cli(cluster: &Cluster, database: &str, migrations: &Migrations, action: &str) -> testkit::Outcome {
     let source = migrations.path().to_str().expect("utf-8 path");
-    let env = [("DATABASE_URL".to_owned(), url(cluster, database))];
+    let env = [("DATABASE_URL".to_owned(), cluster.url(database))];
     let outcome = Run::program("sqlx", &["migrate", action, "--source", source], &env).output();
     assert_ne!(outcome.code, None, "sqlx-cli was killed");
     outcome

@@ -26,16 +26,6 @@ fn empty(cluster: &Cluster) {
     cluster.psql("app", "DROP SCHEMA public CASCADE; CREATE SCHEMA public");
 }
 
-/// A direct URL to the cluster, for MIGRATION_DATABASE_URL.
-fn direct_url(cluster: &Cluster, database: &str) -> String {
-    format!(
-        "postgres://{}:{}@127.0.0.1:{}/{database}?sslmode=disable",
-        testkit::SUPERUSER,
-        testkit::url_encoded(testkit::PASSWORD),
-        cluster.port
-    )
-}
-
 #[test]
 fn through_pgbouncer_in_session_mode_prestart_runs_reruns_and_runs_eight_at_once() {
     let cluster = Cluster::started();
@@ -96,7 +86,7 @@ fn transaction_pooling_with_a_direct_connection_migrates_over_it() {
     let cluster = Cluster::started();
     let bouncer = Bouncer::start(&cluster, PoolMode::Transaction);
     let migrations = Migrations::workspace();
-    let env = with(bouncer.env(&cluster, "app"), "MIGRATION_DATABASE_URL", &direct_url(&cluster, "app"));
+    let env = with(bouncer.env(&cluster, "app"), "MIGRATION_DATABASE_URL", &cluster.url("app"));
     prestart(&env, &migrations, &[])
         .output()
         .assert_code(0)

@@ -127,9 +127,7 @@ impl Inputs {
         let file_vars = backend::config::read_env_file(&env_file).map(|vars| vars.map(Env::from_map));
         let env = match Env::load(&env_file, std::env::vars_os()) {
             Ok((env, _)) => env,
-            Err(_) => Env::load(std::path::Path::new("/nonexistent/.env"), std::env::vars_os())
-                .map(|(env, _)| env)
-                .unwrap_or_default(),
+            Err(_) => Env::process_only(&env_file, std::env::vars_os()),
         };
         let settings = Settings::from_env(&env);
         let context = args.context.runtime_context(env.get("KUBERNETES_SERVICE_HOST").is_some());

@@ -11,7 +11,7 @@ Exit codes:
     2    usage error (unknown command or option)
     3    configuration error (.env, environment, migrations folder, sqlx.toml)
     4    database not reachable before the wait deadline
-    5    database refused us (password, pg_hba.conf, missing database or role, permission, TLS)
+    5    database refused us (password, pg_hba.conf, missing database or role, permission, TLS), or a pooler did
     6    migration failed (SQL error, changed or failed migration, lock not acquired)
     7    seed failed
     8    schema not up to date (migrate status)

@@ -398,6 +398,7 @@ pub async fn connect_once(
     let options = quiet(settings.connect_options(application_name));
     let attempt = async {
         let mut conn = PgConnection::connect_with(&options).await?;
+        crate::keepalive::arm(settings.port());
         // The simple protocol answers in one round trip; a prepared statement would take two.
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 #[cfg(feature = "server")]
 pub mod jobs;
+pub mod keepalive;
 pub mod pooler;
 pub mod redact;
 pub mod schema;

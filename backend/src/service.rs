@@ -109,8 +109,17 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
         // No statement survives its transaction there (see `in_one_session`): cache none.
         options = options.statement_cache_capacity(0);
     }
-    let pool =
-        PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options);
+    let port = db.port();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |_, _| {
+            Box::pin(async move {
+                crate::keepalive::arm(port);
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options);
     let through = match pooling {
         Pooling::Direct => "",
         Pooling::Session => " through a pooler or proxy that keeps sessions",

@@ -211,6 +211,18 @@ impl Cluster {
         chown_to_server_user(&path);
     }
 
+    /// Restarts the cluster listening on `address` too, with password logins from the networks
+    /// it is on.
+    pub fn serve(&self, address: &str) {
+        self.stop();
+        self.write_conf(&format!("listen_addresses = '127.0.0.1,{address}'"));
+        let hba = self.data().join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        rules.push_str("host all all samenet scram-sha-256\n");
+        std::fs::write(&hba, rules).expect("write pg_hba.conf");
+        self.start();
+    }
+
     pub fn start(&self) {
         let log = self.log_path();
         run_ok(server_command("pg_ctl").args(["start", "-w", "-t", "30", "-D"]).arg(self.data()).arg("-l").arg(&log));
@@ -468,6 +480,61 @@ impl BrokenNetwork {
     }
 }
 
+impl BrokenNetwork {
+    /// A veth link from the namespace to the host (one per test process); returns the host's
+    /// address on it. A cluster must listen on it and let it
+    /// in ([`Cluster::serve`]).
+    pub fn link_to_host(&self) -> Result<String, String> {
+        let Link { host, inside, host_end, inside_end } = Link::of_this_process();
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
+            }
+        };
+        ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &inside_end, "netns", &self.name])?;
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &host_end])?;
+        ip(&["link", "set", &host_end, "up"])?;
+        ip(&["netns", "exec", &self.name, "ip", "addr", "add", &format!("{inside}/30"), "dev", &inside_end])?;
+        ip(&["netns", "exec", &self.name, "ip", "link", "set", &inside_end, "up"])?;
+        Ok(host)
+    }
+
+    /// From now on, packets over the link are dropped without a word, both ways (sent to a
+    /// hardware address nothing has), as when a NAT forgets the flow: connections go half-open.
+    pub fn cut_link(&self) {
+        let Link { host, inside, host_end, inside_end } = Link::of_this_process();
+        let to_nowhere = ["lladdr", "02:00:00:00:00:09", "nud", "permanent", "dev"];
+        run_ok(Command::new("ip").args(["neigh", "replace", &inside]).args(to_nowhere).arg(&host_end));
+        run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "ip", "neigh", "replace", &host])
+                .args(to_nowhere)
+                .arg(&inside_end),
+        );
+    }
+}
+
+/// The veth link of [`BrokenNetwork::link_to_host`]: a /30 of 10.97.0.0/16 and interface names
+/// that no other test process picks.
+struct Link {
+    host: String,
+    inside: String,
+    host_end: String,
+    inside_end: String,
+}
+
+impl Link {
+    fn of_this_process() -> Link {
+        let pid = std::process::id();
+        let slot = (pid % 16384) * 4;
+        let address = |n: u32| format!("10.97.{}.{}", slot / 256, slot % 256 + n);
+        Link { host: address(1), inside: address(2), host_end: format!("pt{pid}h"), inside_end: format!("pt{pid}n") }
+    }
+}
+
 impl Drop for BrokenNetwork {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
@@ -629,6 +696,18 @@ impl Running {
             "no {needle:?} on stderr within {timeout:?}:\n{}",
             printed()
         );
+    }
+
+    /// Waits at most `timeout`; a program still running then is killed and the test fails.
+    #[track_caller]
+    pub fn wait_within(mut self, timeout: Duration) -> Outcome {
+        let finished = eventually(timeout, || matches!(self.child.try_wait(), Ok(Some(_))));
+        if !finished {
+            let _ = self.child.kill();
+        }
+        let outcome = self.wait();
+        assert!(finished, "still running after {timeout:?}, killed:\n{}", outcome.stderr);
+        outcome
     }
 
     pub fn wait(mut self) -> Outcome {

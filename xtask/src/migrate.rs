@@ -188,11 +188,12 @@ async fn acquire_lock(session: &mut Session<'_>, timeout: Duration) -> anyhow::R
     let mut last_report: Option<Instant> = None;
     loop {
         let key = lock_key(&session.ready.server.database);
-        let attempt =
-            bounded(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut session.ready.conn))
-                .await;
-        let locked: bool = match attempt {
-            Ok(locked) => locked,
+        // The server ends this session, and frees the lock, if we are cut off mid-migration.
+        let sql = format!("SELECT pg_try_advisory_lock($1), {}", backend::keepalive::server_side());
+        let attempt: Result<(bool, i64), _> =
+            bounded(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_one(&mut session.ready.conn)).await;
+        let locked = match attempt {
+            Ok((locked, _settings_made)) => locked,
             Err(error) => {
                 session.reconnect_after(error, BEFORE_MIGRATING).await?.map_err(|e| fail(Failure::Migration, e))?;
                 continue;

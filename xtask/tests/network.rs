@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use testkit::{BrokenNetwork, Migrations, Run};
+use testkit::{BrokenNetwork, Cluster, Migrations, Run};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -75,3 +75,44 @@ fn doctor_names_the_dropped_packets() {
     assert!(tcp["message"].as_str().unwrap_or_default().contains("packets are dropped"), "{tcp}");
     assert!(tcp["hint"].as_str().unwrap_or_default().contains("firewall"), "{tcp}");
 }
+
+/// A connection that goes half-open while a migration's own SQL runs (which has no time bound of
+/// ours: it may rightly take an hour) ends within the keepalive's half minute, on both sides: the
+/// server ends the session and frees the migration lock, so the rerun applies the migration.
+#[test]
+fn a_connection_cut_mid_migration_ends_in_seconds_and_the_rerun_applies_it() {
+    let Some(network) = network() else { return };
+    let host = network.link_to_host().expect("veth link to the host");
+    let cluster = Cluster::started();
+    cluster.serve(&host);
+    let migrations = Migrations::empty();
+    migrations.write("1_slow.sql", "SELECT pg_sleep(600);\nCREATE TABLE slow ();\n");
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let mut env = cluster.env("app");
+    env.retain(|(key, _)| key != "POSTGRES_SERVER");
+    env.push(("POSTGRES_SERVER".to_owned(), host.clone()));
+    let args = ["migrate", "--source", &source, "--wait-timeout", "5"];
+    let running = Run::xtask(XTASK, &args, &env).inside(&network).spawn();
+    running.wait_for_stderr("applying 1_slow.sql", Duration::from_secs(20));
+    assert!(
+        testkit::eventually(Duration::from_secs(10), || cluster.psql("app", SLEEPING).trim() == "1"),
+        "the migration never reached the server"
+    );
+    network.cut_link();
+    let outcome = running.wait_within(Duration::from_secs(90));
+    outcome.assert_code(6).assert_stderr_contains("1_slow.sql").assert_stderr_contains("nothing of it was applied");
+    assert!(outcome.elapsed < Duration::from_secs(60), "took {:?}", outcome.elapsed);
+    // The server noticed too: the session is gone, and with it the lock and the transaction.
+    assert!(
+        testkit::eventually(Duration::from_secs(45), || cluster.psql("app", SLEEPING).trim() == "0"),
+        "the server still runs the cut-off migration"
+    );
+    let mut local = cluster.env("app");
+    local.push(("PRESTART_WAIT_TIMEOUT".to_owned(), "5".to_owned()));
+    migrations.write("1_slow.sql", "CREATE TABLE slow ();\n");
+    let rerun = Run::xtask(XTASK, &["migrate", "--source", &source], &local).output();
+    rerun.assert_code(0).assert_stderr_contains("applied 1");
+}
+
+const SLEEPING: &str =
+    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()";

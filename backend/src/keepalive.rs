@@ -1,0 +1,75 @@
+//! TCP keepalives on our database connections, both ways.
+//!
+//! A connection can go half-open: a paused VM, a NAT or firewall that forgot the flow, a server
+//! host that lost power. A read on it then waits for the kernel's defaults, over two hours, and a
+//! migration's own SQL has no bound of ours (it may rightly run for an hour). Keepalive probes
+//! end such a connection in about [`DEAD_AFTER`], while a healthy server's kernel answers them
+//! however long a query runs.
+//!
+//! sqlx 0.9 opens its sockets without keepalives and has no hook to set them, so after each
+//! connect [`arm`] finds this process's TCP sockets to the database port that have none yet
+//! and arms them (Linux, through `/proc/self/fd`; elsewhere the kernel's defaults stay).
+//! [`server_side`] asks the server to do the same for the session, so that it ends the
+//! session (and frees its locks) when we are the ones cut off.
+
+use std::time::Duration;
+
+/// Silence before the first probe.
+const IDLE: Duration = Duration::from_secs(10);
+/// Between probes.
+const INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes that end the connection.
+const PROBES: u32 = 3;
+/// How long a dead peer goes unnoticed at most; also the bound on data the peer never
+/// acknowledges (`TCP_USER_TIMEOUT`).
+pub const DEAD_AFTER: Duration = Duration::from_secs(IDLE.as_secs() + INTERVAL.as_secs() * PROBES as u64);
+
+/// An SQL expression that sets the same keepalives on the server's side of this session, and
+/// makes the server check during a long statement that we are still there. It costs no round
+/// trip: it rides along a query we send anyway. Settings the server does not have (the check
+/// came in PostgreSQL 14) are left out rather than failing.
+pub fn server_side() -> String {
+    format!(
+        "(SELECT count(pg_catalog.set_config(name, value, false)) FROM (VALUES ('tcp_keepalives_idle', '{}'), \
+         ('tcp_keepalives_interval', '{}'), ('tcp_keepalives_count', '{PROBES}'), ('tcp_user_timeout', '{}'), \
+         ('client_connection_check_interval', '{}')) AS wanted (name, value) \
+         WHERE name IN (SELECT name FROM pg_catalog.pg_settings))",
+        IDLE.as_secs(),
+        INTERVAL.as_secs(),
+        DEAD_AFTER.as_millis(),
+        INTERVAL.as_millis()
+    )
+}
+
+/// Arms keepalives on every TCP socket of this process connected to `port` that has none yet.
+/// Best effort: a socket that cannot be armed keeps the kernel's defaults.
+#[cfg(target_os = "linux")]
+pub fn arm(port: u16) {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    for fd in fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()) {
+        with_socket(fd, |socket| {
+            let to_database = socket.r#type().ok() == Some(socket2::Type::STREAM)
+                && socket.peer_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| a.port() == port);
+            if to_database && socket.keepalive().ok() == Some(false) {
+                let probes = socket2::TcpKeepalive::new().with_time(IDLE).with_interval(INTERVAL).with_retries(PROBES);
+                let _ = socket.set_tcp_keepalive(&probes);
+                let _ = socket.set_tcp_user_timeout(Some(DEAD_AFTER));
+            }
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn arm(_port: u16) {}
+
+/// Calls `f` with the socket behind file descriptor `fd` of this process.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn with_socket(fd: i32, f: impl FnOnce(socket2::SockRef<'_>)) {
+    // SAFETY: `fd` was listed in /proc/self/fd a moment ago and the borrow ends with this call.
+    // Should another thread close it meanwhile, the calls fail with EBADF; should the number be
+    // reused at once, they read or set options of that file, and set them only where it is a TCP
+    // socket to the database port, which wants them anyway. Nothing here closes or reads it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    f(socket2::SockRef::from(&fd));
+}

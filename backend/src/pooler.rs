@@ -74,11 +74,13 @@ async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
     }
 }
 
-/// A second client connects, then, each round, opens a transaction, which pins a server session
-/// to it. Without other clients, PgBouncer hands it ours (the most recently freed); with others,
-/// our own next query lands on a process of theirs. Either shows in the pids. Rounds make a
-/// miss unlikely while other clients come and go; the migration itself checks, in the same query,
-/// that its session holds the lock, so a miss can stop a migration but never let one run unlocked.
+/// A second client connects, then, each round, opens a transaction (which pins a server
+/// session to it) right after a query of ours. In transaction pooling PgBouncer hands it the
+/// server process our query has just given back (it reuses the most recently freed one); with
+/// other clients about, our next query may land on another process. Either shows in the pids;
+/// in session pooling neither can happen. Rounds make a miss unlikely while other clients come
+/// and go; the migration itself checks, in the same query, that its session holds the lock, so
+/// a miss can stop a migration but never let one run unlocked.
 async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Result<bool, sqlx::Error> {
     const ROUNDS: usize = 3;
     let ours = ready.process.pid;
@@ -88,14 +90,18 @@ async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Res
     if other.process.pid == ours {
         return Ok(true);
     }
+    // The simple protocol throughout: a transaction pooler would lose named statements.
+    let pid = |sql| sqlx::raw_sql(sql);
     for _ in 0..ROUNDS {
-        // The simple protocol throughout: a transaction pooler would lose named statements.
+        // Compared with our query just before, not with the readiness query: another client
+        // may have freed a process since, which PgBouncer would hand out first.
+        let before: i32 = bounded(pid("SELECT pg_backend_pid()").fetch_one(&mut ready.conn)).await?.try_get(0)?;
         let theirs: i32 =
-            bounded(sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn)).await?.try_get(0)?;
-        let now: i32 =
-            bounded(sqlx::raw_sql("SELECT pg_backend_pid()").fetch_one(&mut ready.conn)).await?.try_get(0)?;
-        let _ = bounded(sqlx::raw_sql("ROLLBACK").execute(&mut other.conn)).await;
-        if theirs == ours || now != ours {
+            bounded(pid("BEGIN; SELECT pg_backend_pid()").fetch_one(&mut other.conn)).await?.try_get(0)?;
+        let after = bounded(pid("SELECT pg_backend_pid()").fetch_one(&mut ready.conn)).await;
+        let _ = bounded(pid("ROLLBACK").execute(&mut other.conn)).await;
+        let after: i32 = after?.try_get(0)?;
+        if before != ours || theirs == before || after != before {
             return Ok(true);
         }
     }

@@ -195,3 +195,29 @@ fn through_a_transaction_pooler_every_query_works_the_claim_included() {
         .assert_stderr_lacks("database error")
         .assert_stderr_contains("through a transaction pooler");
 }
+
+/// The pooler probe holds where a transaction pooler has several idle server sessions and
+/// another client freed one after our readiness query: PgBouncer then hands that one out first,
+/// and a probe that compared pids with the readiness query's took the pooler for session mode.
+#[test]
+fn transaction_pooling_is_told_with_several_idle_server_sessions() {
+    use backend::config::{DatabaseSettings, Env};
+    use backend::pooler::{Pooling, detect_pooling};
+    let cluster = Cluster::started();
+    let bouncer = Bouncer::start(&cluster, PoolMode::Transaction);
+    let env = bouncer.env(&cluster, "app");
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let db = DatabaseSettings::from_env(&Env::from_pairs(pairs)).expect("settings");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let connect = || backend::db::connect_once(&db, "test", Duration::from_secs(5));
+        for _ in 0..5 {
+            // Another client holds a server session while we connect, and frees it after.
+            let mut holder = connect().await.expect("holder");
+            sqlx::raw_sql("BEGIN; SELECT 1").execute(&mut holder.conn).await.expect("begin");
+            let mut ready = connect().await.expect("connect");
+            sqlx::raw_sql("COMMIT").execute(&mut holder.conn).await.expect("commit");
+            assert_eq!(detect_pooling(&db, &mut ready).await, Pooling::Transaction);
+        }
+    });
+}

@@ -291,7 +291,8 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
         "3D000" => fatal(
             FatalKind::DatabaseMissing,
             format!(
-                "create it (createdb -h {} -p {} -U {user} {database}, or CREATE DATABASE \"{database}\") or fix POSTGRES_DB",
+                "create it (cargo xtask database create, or prestart --create-database; or CREATE DATABASE \"{database}\" \
+                 on {}:{}), or fix POSTGRES_DB",
                 settings.host(),
                 settings.port()
             ),

@@ -99,10 +99,12 @@ impl MigrationFile {
     }
 }
 
-/// The forward migrations of one source, in version order.
+/// The forward migrations of one source, in version order, and the down files that revert them.
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     pub files: Vec<MigrationFile>,
+    /// `<version>_<name>.down.sql`, by version.
+    pub downs: BTreeMap<i64, MigrationFile>,
 }
 
 impl MigrationSet {
@@ -135,7 +137,8 @@ impl MigrationSet {
 
     fn forward_only(files: impl Iterator<Item = MigrationFile>) -> Result<Self, ConfigError> {
         let mut by_version: BTreeMap<i64, MigrationFile> = BTreeMap::new();
-        for file in files.filter(|f| !f.migration.migration_type.is_down_migration()) {
+        let (downs, ups): (Vec<_>, Vec<_>) = files.partition(|f| f.migration.migration_type.is_down_migration());
+        for file in ups {
             if let Some(existing) = by_version.get(&file.migration.version) {
                 return Err(ConfigError::new(format!(
                     "two migrations share version {}: {} and {}; rename one with a new version (cargo xtask new-migration)",
@@ -146,7 +149,13 @@ impl MigrationSet {
             }
             by_version.insert(file.migration.version, file);
         }
-        Ok(MigrationSet { files: by_version.into_values().collect() })
+        let downs = downs.into_iter().map(|f| (f.migration.version, f)).collect();
+        Ok(MigrationSet { files: by_version.into_values().collect(), downs })
+    }
+
+    /// Some migration of the source has this version.
+    pub fn has_version(&self, version: i64) -> bool {
+        self.files.iter().any(|f| f.migration.version == version) || self.downs.contains_key(&version)
     }
 
     pub fn is_reversible(&self) -> bool {

@@ -50,6 +50,16 @@ impl SettingsArgs {
         self.load_with(ContextArg::Auto, None)
     }
 
+    /// These settings, or `.env.example`'s where neither `--env-file` nor `.env` give any: on a
+    /// fresh clone or in CI the example describes the local cluster.
+    pub fn or_example(&self, root: &Path) -> SettingsArgs {
+        if self.env_file.is_some() || root.join(".env").exists() {
+            return self.clone();
+        }
+        crate::ui::line("no .env: using the settings of .env.example");
+        SettingsArgs { env_file: Some(root.join(".env.example")) }
+    }
+
     /// An `--env-file` that does not exist is a mistake (exit 3), unlike a workspace without `.env`.
     pub fn check_named_file(&self) -> anyhow::Result<()> {
         match &self.env_file {

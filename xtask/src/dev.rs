@@ -67,7 +67,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    prestart::run(prestart::Args { db: args.db.clone(), source: args.source, migrate: args.migrate })?;
+    prestart::run(prestart::Args {
+        db: args.db.clone(),
+        source: args.source,
+        migrate: args.migrate,
+        // A development stack creates what it needs.
+        create_database: true,
+    })?;
     if args.no_services {
         return Ok(());
     }

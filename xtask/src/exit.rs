@@ -15,6 +15,7 @@ Exit codes:
     6    migration failed (SQL error, changed or failed migration, lock not acquired)
     7    seed failed
     8    schema not up to date (migrate status)
+    9    schema drift: the database differs from what its migrations produce (schema drift)
     130  interrupted by SIGINT (Ctrl-C)
     143  interrupted by SIGTERM
 dev-db status exits 0 when the cluster runs and 3 when it does not, as pg_ctl status does.";
@@ -30,6 +31,7 @@ pub enum Failure {
     Migration,
     Seed,
     NotUpToDate,
+    Drift,
     Interrupted(Signal),
 }
 
@@ -49,6 +51,7 @@ impl Failure {
             Failure::Migration => 6,
             Failure::Seed => 7,
             Failure::NotUpToDate => 8,
+            Failure::Drift => 9,
             Failure::Interrupted(Signal::Interrupt) => 130,
             Failure::Interrupted(Signal::Terminate) => 143,
         }
@@ -65,6 +68,7 @@ impl fmt::Display for Failure {
             Failure::Migration => "migration failed",
             Failure::Seed => "seed failed",
             Failure::NotUpToDate => "schema not up to date",
+            Failure::Drift => "schema drift",
             Failure::Interrupted(Signal::Interrupt) => "interrupted by SIGINT",
             Failure::Interrupted(Signal::Terminate) => "interrupted by SIGTERM",
         })

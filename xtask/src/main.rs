@@ -4,6 +4,7 @@
 
 mod bench;
 mod context;
+mod database;
 mod dev;
 mod dev_db;
 mod diagnose;
@@ -18,6 +19,7 @@ mod migrate;
 mod new_migration;
 mod pgbouncer;
 mod prestart;
+mod schema;
 mod seed;
 mod session;
 mod sqlx_prepare;
@@ -46,6 +48,10 @@ enum Command {
     WaitForDb(wait::Args),
     /// Apply pending migrations (`migrate status` to compare files and database)
     Migrate(migrate::Args),
+    /// Create, drop, reset or set up the database itself (sqlx-cli's `database` commands)
+    Database(database::Args),
+    /// The schema the migrations produce: dump it to schema.sql, or find drift in the live database
+    Schema(schema::Args),
     /// Create a migration file with a version greater than every existing one
     NewMigration(new_migration::Args),
     /// Report migration statements that lock or break a live database; exit 1 when one is found
@@ -80,6 +86,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor(args) => doctor::run(args),
         Command::WaitForDb(args) => wait::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Database(args) => database::run(args),
+        Command::Schema(args) => schema::run(args),
         Command::NewMigration(args) => new_migration::run(args),
         Command::LintMigrations(args) => lint::command::run(args),
         Command::Seed(args) => seed::run(args),

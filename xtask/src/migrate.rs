@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use backend::schema::{MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
+use backend::schema::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
 use sqlx::Row;
 use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
@@ -40,12 +40,41 @@ pub struct Args {
     source: SourceArgs,
     #[command(flatten)]
     options: MigrateOptions,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// How far to go, and whether to go at all.
+#[derive(clap::Args, Debug)]
+struct TargetArgs {
+    /// Stop at this version: apply only pending migrations up to it (migrate), or revert every
+    /// applied migration above it, 0 for all (revert). It must be one of the migrations
+    #[arg(long, value_name = "VERSION")]
+    target_version: Option<i64>,
+    /// Print what would run, in order, and change nothing
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
 enum Action {
     /// List migrations with their state; exit 0 when the database is up to date, 8 when not
     Status(StatusArgs),
+    /// Revert the latest applied migration with its .down.sql file (--target-version: every one
+    /// above that version)
+    Revert(RevertArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RevertArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    options: MigrateOptions,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,18 +130,51 @@ impl MigrateOptions {
             lock_timeout: self.migration_lock_timeout.map_or(wait, Duration::from_secs),
             statement_lock_timeout: Duration::from_secs(self.statement_lock_timeout),
             strict: self.strict,
+            target: None,
+            dry_run: false,
         }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Action::Status(status)) = args.action {
-        return run_status(status);
+    match args.action {
+        Some(Action::Status(status)) => return run_status(status),
+        Some(Action::Revert(revert)) => return run_revert(revert),
+        None => {}
     }
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let plan = args.options.plan(&set, &settings, &dir, loaded.wait_timeout);
+    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout))?;
     session::run(&loaded, Use::Write, async |session| migrate_step(session, &plan).await)
+}
+
+fn run_revert(args: RevertArgs) -> anyhow::Result<()> {
+    let loaded = args.db.load()?;
+    let (set, settings, dir) = args.source.load(&loaded.root)?;
+    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout))?;
+    session::run(&loaded, Use::Write, async |session| revert_step(session, &plan).await)
+}
+
+impl TargetArgs {
+    /// The plan with the target and dry run; a target no migration has changes nothing (as
+    /// sqlx-cli, before connecting). Revert's 0 means "all of them".
+    fn apply_to<'a>(&self, plan: Plan<'a>) -> anyhow::Result<Plan<'a>> {
+        if let Some(target) = self.target_version.filter(|&t| t != 0 || plan.set.files.is_empty())
+            && !plan.set.has_version(target)
+        {
+            let known = plan.set.files.iter().map(|f| f.migration.version.to_string()).collect::<Vec<_>>();
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "--target-version {target}: no migration in {} has this version (the versions are {}); nothing was \
+                     changed",
+                    display_path(plan.dir),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            ));
+        }
+        Ok(Plan { target: self.target_version, dry_run: self.dry_run, ..plan })
+    }
 }
 
 /// What to apply and how.
@@ -124,6 +186,45 @@ pub struct Plan<'a> {
     /// `lock_timeout` for migration statements; zero turns it off.
     pub statement_lock_timeout: Duration,
     pub strict: bool,
+    /// `--target-version`: apply up to it, or revert down to it.
+    pub target: Option<i64>,
+    /// `--dry-run`: say what would run, change nothing.
+    pub dry_run: bool,
+}
+
+impl Plan<'_> {
+    /// The pending migrations to apply, in order: those up to the target.
+    fn to_apply<'s>(&'s self, status: &Status) -> Vec<&'s MigrationFile> {
+        self.set
+            .files
+            .iter()
+            .filter(|f| status.with_state(State::Pending).any(|e| e.version == f.migration.version))
+            .filter(|f| self.target.is_none_or(|target| f.migration.version <= target))
+            .collect()
+    }
+
+    /// A target below what is applied is an error that changes nothing: migrate only goes up.
+    fn check_target_not_below(&self, applied: &[AppliedRow]) -> anyhow::Result<()> {
+        let latest = applied.iter().map(|r| r.version).max();
+        match (self.target, latest) {
+            (Some(target), Some(latest)) if target < latest => Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "--target-version {target} is below the latest applied version {latest}, and migrate only goes up; \
+                     nothing was changed\n  fix: `cargo xtask migrate revert --target-version {target}` goes down"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Names the pending migrations that the target leaves out.
+    fn report_skipped(&self, status: &Status) {
+        let Some(target) = self.target else { return };
+        for entry in status.with_state(State::Pending).filter(|e| e.version > target) {
+            ui::line(format!("skipped {} {}: above --target-version {target}", entry.version, entry.description));
+        }
+    }
 }
 
 /// What a lost connection interrupted, for the reconnect line.
@@ -144,13 +245,25 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         }
     };
     let status = Status::compare(plan.set, &applied);
-    if status.with_state(State::Pending).next().is_none() {
+    plan.check_target_not_below(&applied)?;
+    let pending = plan.to_apply(&status);
+    if pending.is_empty() || plan.dry_run {
         refuse_inconsistent(&status, plan)?;
+        plan.report_skipped(&status);
+        if plan.dry_run {
+            for file in &pending {
+                ui::line(format!("would apply {}", file.name()));
+            }
+            ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
+            return Ok(());
+        }
         let total = plan.set.files.len();
-        ui::line(format!(
-            "up to date: all {total} migrations were already applied ({})",
-            ui::duration(started.elapsed())
-        ));
+        ui::line(match plan.target {
+            Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
+            None => {
+                format!("up to date: all {total} migrations were already applied ({})", ui::duration(started.elapsed()))
+            }
+        });
         return Ok(());
     }
     acquire_lock(session, plan.lock_timeout).await?;
@@ -168,9 +281,113 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     ui::line(match applied {
         // Another prestart applied them while we waited for the lock.
         0 => format!("up to date: all {total} migrations were applied meanwhile ({})", ui::duration(started.elapsed())),
-        n => format!("applied {n}, {} were already applied, in {}", total - n, ui::duration(started.elapsed())),
+        n => {
+            let above_target =
+                plan.target.map_or(0, |t| plan.set.files.iter().filter(|f| f.migration.version > t).count());
+            let left_out =
+                if above_target > 0 { format!(" and {above_target} left above the target") } else { String::new() };
+            format!(
+                "applied {n}, {} were already applied{left_out}, in {}",
+                total.saturating_sub(n + above_target),
+                ui::duration(started.elapsed())
+            )
+        }
     });
     Ok(())
+}
+
+/// Reverts applied migrations with their down files, under the migration lock: the latest one,
+/// or every one above the target. Each one to revert must have a down file, checked before
+/// anything runs.
+async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::Result<()> {
+    ui::step(format!("revert with the down files of {}", display_path(plan.dir)));
+    let started = Instant::now();
+    if plan.dry_run {
+        let applied = bounded(applied_rows(&mut session.ready.conn, &plan.settings.table_name))
+            .await
+            .map_err(|e| fail(Failure::Migration, e))?;
+        let downs = to_revert(plan, &applied)?;
+        for down in &downs {
+            ui::line(format!("would revert {}", down.name()));
+        }
+        ui::line(format!("dry run: {} to revert, nothing was changed", downs.len()));
+        return Ok(());
+    }
+    acquire_lock(session, plan.lock_timeout).await?;
+    let key = lock_key(&session.ready.server.database);
+    let db = session.settings();
+    let result = revert_under_lock(&mut session.ready, plan, db).await;
+    let _ = bounded(sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut session.ready.conn)).await;
+    let reverted = result?;
+    ui::line(format!("reverted {reverted} in {}", ui::duration(started.elapsed())));
+    Ok(())
+}
+
+async fn revert_under_lock(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings) -> anyhow::Result<usize> {
+    let applied = bounded(applied_rows(&mut ready.conn, &plan.settings.table_name))
+        .await
+        .map_err(|e| fail(Failure::Migration, e))?;
+    let downs = to_revert(plan, &applied)?;
+    let prefix = migration_prefix(plan.statement_lock_timeout, lock_key(&ready.server.database));
+    for down in &downs {
+        run_one(ready, down, &prefix, plan, db, Direction::Revert).await?;
+    }
+    Ok(downs.len())
+}
+
+/// The down files to run, latest first; an error that changes nothing when the target is above
+/// what is applied, or when one of them has no down file.
+fn to_revert<'s>(plan: &'s Plan<'_>, applied: &[AppliedRow]) -> anyhow::Result<Vec<&'s MigrationFile>> {
+    let status = Status::compare(plan.set, applied);
+    refuse_inconsistent(&status, plan)?;
+    let Some(latest) = applied.iter().map(|r| r.version).max() else {
+        ui::line("no migration is applied: nothing to revert");
+        return Ok(Vec::new());
+    };
+    let above = match plan.target {
+        Some(target) if target > latest => {
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "--target-version {target} is above the latest applied version {latest}, and revert only goes \
+                     down; nothing was changed\n  fix: `cargo xtask migrate --target-version {target}` goes up"
+                ),
+            ));
+        }
+        Some(target) => target,
+        None => applied.iter().map(|r| r.version).filter(|&v| v < latest).max().unwrap_or(0),
+    };
+    let mut downs = Vec::new();
+    for row in applied.iter().rev().filter(|r| r.version > above) {
+        match plan.set.downs.get(&row.version) {
+            Some(down) => downs.push(down),
+            None => {
+                let why = match plan.set.files.iter().find(|f| f.migration.version == row.version) {
+                    Some(file) => format!(
+                        "{} has no down file ({}_{}.down.sql beside it)",
+                        file.name(),
+                        row.version,
+                        file.migration.description.replace(' ', "_")
+                    ),
+                    None => format!(
+                        "{} ({}) is applied, but this code does not have it (a newer release applied it)",
+                        row.version, row.description
+                    ),
+                };
+                return Err(fail(
+                    Failure::Migration,
+                    anyhow!(
+                        "{why}, so nothing was reverted\n  fix: write the down file (`cargo xtask new-migration \
+                         --reversible` makes pairs), or revert with the code that has it"
+                    ),
+                ));
+            }
+        }
+    }
+    if downs.is_empty() {
+        ui::line(format!("already at version {above}: nothing to revert"));
+    }
+    Ok(downs)
 }
 
 /// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant. The
@@ -263,7 +480,6 @@ pub async fn lock_holder(conn: &mut PgConnection, key: i64) -> Result<String, sq
 
 /// Checks what is applied, then applies what is pending; returns how many were applied.
 async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings) -> anyhow::Result<usize> {
-    let process = ready.process.pid;
     let conn = &mut ready.conn;
     let table = plan.settings.table_name.as_str();
     let prepare = async {
@@ -288,62 +504,84 @@ async fn apply_pending(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSettings
     let status = Status::compare(plan.set, &applied);
     refuse_inconsistent(&status, plan)?;
 
-    let pending: Vec<&MigrationFile> = plan
-        .set
-        .files
-        .iter()
-        .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
-        .collect();
-    let key = lock_key(&ready.server.database);
-    let prefix = migration_prefix(plan.statement_lock_timeout, key);
+    plan.check_target_not_below(&applied)?;
+    let pending = plan.to_apply(&status);
+    plan.report_skipped(&status);
+    let prefix = migration_prefix(plan.statement_lock_timeout, lock_key(&ready.server.database));
     for file in &pending {
-        ui::line(format!("applying {}", file.name()));
-        // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
-        // transaction block): the lock is checked on its own first.
-        if file.migration.no_tx {
-            let sql = format!("SELECT {}", holds_lock(key));
-            let locked: bool = bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn))
-                .await
-                .map_err(|e| fail(Failure::Migration, e))?;
-            if !locked {
-                return Err(fail(
-                    Failure::Migration,
-                    anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name()),
-                ));
-            }
-        }
-        let migration = with_lock_timeout(&file.migration, &prefix);
-        let blockers = Blockers::default();
-        let applied = tokio::select! {
-            applied = conn.apply(table, &migration) => applied,
-            never = blockers.watch(db, process) => match never {},
-        };
-        let elapsed = match applied {
-            Ok(elapsed) => elapsed,
-            Err(error) => {
-                let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
-                let mut explained = explain_failure(error, file, offset, &blockers, plan);
-                if file.migration.no_tx
-                    && let Some(note) = invalid_indexes_note(conn).await
-                {
-                    explained = anyhow!("{explained}\n  note: {note}");
-                }
-                return Err(fail(Failure::Migration, explained));
-            }
-        };
-        ui::line(format!(
-            "applied {} {} ({})",
-            file.migration.version,
-            file.migration.description,
-            ui::duration(elapsed)
-        ));
+        run_one(ready, file, &prefix, plan, db, Direction::Apply).await?;
     }
     if !pending.is_empty() {
         // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
         // what runs next (the seed) gets the server's default again.
-        sqlx::raw_sql("RESET lock_timeout").execute(&mut *conn).await.map_err(|e| fail(Failure::Migration, e))?;
+        let reset = sqlx::raw_sql("RESET lock_timeout").execute(&mut ready.conn);
+        bounded(reset).await.map_err(|e| fail(Failure::Migration, e))?;
     }
     Ok(pending.len())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Apply,
+    Revert,
+}
+
+/// Applies one migration, or reverts one with its down file, under the lock the session holds;
+/// logs it, and explains a failure with the file, the line and what is left behind.
+async fn run_one(
+    ready: &mut Ready,
+    file: &MigrationFile,
+    prefix: &str,
+    plan: &Plan<'_>,
+    db: &DatabaseSettings,
+    direction: Direction,
+) -> anyhow::Result<()> {
+    let process = ready.process.pid;
+    let key = lock_key(&ready.server.database);
+    let conn = &mut ready.conn;
+    let table = plan.settings.table_name.as_str();
+    let (doing, done) = match direction {
+        Direction::Apply => ("applying", "applied"),
+        Direction::Revert => ("reverting", "reverted"),
+    };
+    ui::line(format!("{doing} {}", file.name()));
+    // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
+    // transaction block): the lock is checked on its own first.
+    if file.migration.no_tx {
+        let sql = format!("SELECT {}", holds_lock(key));
+        let locked: bool = bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn))
+            .await
+            .map_err(|e| fail(Failure::Migration, e))?;
+        if !locked {
+            return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
+        }
+    }
+    let migration = with_lock_timeout(&file.migration, prefix);
+    let blockers = Blockers::default();
+    let ran = tokio::select! {
+        ran = async {
+            match direction {
+                Direction::Apply => conn.apply(table, &migration).await,
+                Direction::Revert => conn.revert(table, &migration).await,
+            }
+        } => ran,
+        never = blockers.watch(db, process) => match never {},
+    };
+    let elapsed = match ran {
+        Ok(elapsed) => elapsed,
+        Err(error) => {
+            let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
+            let mut explained = explain_failure(error, file, offset, &blockers, plan, done);
+            if file.migration.no_tx
+                && let Some(note) = invalid_indexes_note(conn).await
+            {
+                explained = anyhow!("{explained}\n  note: {note}");
+            }
+            return Err(fail(Failure::Migration, explained));
+        }
+    };
+    ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
+    Ok(())
 }
 
 /// The SQL condition that this server session holds the migration lock `key`.
@@ -442,13 +680,15 @@ fn explain_failure(
     offset: usize,
     blockers: &Blockers,
     plan: &Plan<'_>,
+    done: &str,
 ) -> anyhow::Error {
     let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
     let partial = if file.migration.no_tx {
         "\n  note: this migration runs without a transaction: statements before the failing one stay applied; \
          make the file safe to rerun (IF NOT EXISTS) or undo them by hand"
+            .to_owned()
     } else {
-        "\n  nothing of it was applied: its transaction rolled back"
+        format!("\n  nothing of it was {done}: its transaction rolled back")
     };
     let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = &error else {
         return anyhow!("{name}: {error}{partial}");
@@ -479,7 +719,7 @@ fn explain_failure(
             blockers.describe()
         ));
     }
-    message.push_str(partial);
+    message.push_str(&partial);
     anyhow!(message)
 }
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::context::{DbArgs, SourceArgs};
+use crate::exit::{Failure, fail};
 use crate::migrate::{MigrateOptions, migrate_step};
 use crate::seed::{required_superuser, seed_step};
 use crate::session::{self, Use};
@@ -17,6 +18,10 @@ pub struct Args {
     pub source: SourceArgs,
     #[command(flatten)]
     pub migrate: MigrateOptions,
+    /// Create the database when it does not exist (if the role may), then go on (Rails'
+    /// `db:prepare`); off by default, so a typo in POSTGRES_DB is not a new empty database
+    #[arg(long)]
+    pub create_database: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -27,16 +32,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let plan = args.migrate.plan(&set, &settings, &dir, loaded.wait_timeout);
     // One dedicated connection serves all three steps: no pool, and no second handshake.
-    session::run(&loaded, Use::Write, async |session| {
-        let migrating = Instant::now();
-        migrate_step(session, &plan).await?;
-        // After a long migration the server may have restarted; right after a short one, asking
-        // would only cost the no-op run a round trip.
-        if migrating.elapsed() > Duration::from_secs(1) {
-            session.ensure_alive().await?;
+    let steps = || {
+        session::run(&loaded, Use::Write, async |session| {
+            let migrating = Instant::now();
+            migrate_step(session, &plan).await?;
+            // After a long migration the server may have restarted; right after a short one, asking
+            // would only cost the no-op run a round trip.
+            if migrating.elapsed() > Duration::from_secs(1) {
+                session.ensure_alive().await?;
+            }
+            seed_step(&mut session.ready.conn, superuser).await
+        })
+    };
+    let done = match steps() {
+        Err(error) if args.create_database && database_missing(&error) => {
+            crate::database::create(&loaded)?;
+            steps()
         }
-        seed_step(&mut session.ready.conn, superuser).await
-    })?;
+        done => done,
+    };
+    done.map_err(|error| with_drift_note(error, &loaded, &set, &settings))?;
     ui::step(format!("database ready in {}", ui::duration(started.elapsed())));
     Ok(())
+}
+
+/// The wait ended on 3D000: the database does not exist.
+fn database_missing(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<backend::db::Fatal>().is_some_and(|f| f.kind == backend::db::FatalKind::DatabaseMissing)
+    })
+}
+
+/// A failed migration says whether the database drifted from its migrations: "someone changed
+/// the tables by hand" is a common cause, and this saves the user a second tool.
+fn with_drift_note(
+    error: anyhow::Error,
+    loaded: &crate::context::Loaded,
+    set: &backend::schema::MigrationSet,
+    settings: &backend::schema::MigrationSettings,
+) -> anyhow::Error {
+    if error.downcast_ref::<Failure>() != Some(&Failure::Migration) {
+        return error;
+    }
+    let Some(note) = crate::schema::drift_note(loaded, set, settings) else { return error };
+    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    fail(Failure::Migration, anyhow::anyhow!("{}\n  drift: {note}", causes.join(": ")))
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use backend::config::DatabaseSettings;
@@ -12,12 +11,10 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
-use crate::dev_db::DevCluster;
-use crate::diagnose::is_loopback;
+use crate::database::{in_throwaway, migrated_session, scratch_server};
 use crate::exit::{Failure, fail};
-use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::{MigrateOptions, migrate_step};
-use crate::session::Session;
+use crate::interrupt::ActiveBackend;
+use crate::migrate::MigrateOptions;
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -38,30 +35,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let root = root();
     let _root = sh.push_dir(&root);
-    let mut settings_args = args.settings.clone();
-    if settings_args.env_file.is_none() && !root.join(".env").exists() {
-        // A fresh clone or CI: the example's settings describe the local cluster.
-        settings_args.env_file = Some(root.join(".env.example"));
-        ui::line("no .env: using the settings of .env.example");
-    }
-    let loaded = args.wait.load(&settings_args)?;
+    let loaded = args.wait.load(&args.settings.or_example(&root))?;
     ensure_sqlx_cli(&sh, &root, args.install)?;
-    let server = server_for_prepare(&sh, &loaded)?;
+    let server = scratch_server(&sh, &loaded)?;
     let throwaway = format!("sqlx_prepare_{}", std::process::id());
     let target = loaded.with_database(&throwaway);
 
     ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));
     runtime()?.block_on(async {
-        maintenance(&server, &format!("CREATE DATABASE \"{throwaway}\"")).await?;
-        // Dropped on every path: failures, and SIGINT or SIGTERM, which stop the migration or
-        // sqlx-cli first.
         let active = ActiveBackend::default();
-        let prepared = interruptible(&server, &active, prepare_in(&sh, &target, &active, args.check)).await;
-        match drop_database(&server, &throwaway).await {
-            Ok(()) => ui::line(format!("dropped {throwaway}")),
-            Err(e) => ui::warn(format!("could not drop {throwaway}: {e:#}; drop it by hand")),
-        }
-        prepared
+        in_throwaway(&server, &throwaway, &active, prepare_in(&sh, &target, &active, args.check)).await
     })
 }
 
@@ -69,10 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: bool) -> anyhow::Result<()> {
     let (set, settings, dir) = SourceArgs::default().load(&target.root)?;
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
-    let mut session = Session::open(target, active).await?;
-    session.make_stoppable();
-    migrate_step(&mut session, &plan).await?;
-    drop(session);
+    drop(migrated_session(target, active, &plan).await?);
     active.set(None);
 
     ui::step(if check {
@@ -163,63 +143,6 @@ fn stale_queries(root: &Path, target_dir: &Path) -> Vec<String> {
         })
         .collect()
 }
-
-/// The configured server if it answers, else the local cluster of `dev-db`.
-fn server_for_prepare(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSettings> {
-    let db = &loaded.settings.database;
-    let maintenance = db.with_database("postgres");
-    let probe =
-        runtime()?.block_on(backend::db::connect_once(&maintenance, "prestart-sqlx-prepare", Duration::from_secs(2)));
-    match probe {
-        Ok(_) => Ok(maintenance),
-        Err(backend::db::Failure::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow!("{db}: {fatal}"))),
-        Err(backend::db::Failure::Retry(reason)) if is_loopback(db.host()) => {
-            ui::line(format!(
-                "the configured server does not answer ({reason}): using the local cluster of target/dev-db/"
-            ));
-            DevCluster::new(sh)?.start(db, None)?;
-            Ok(maintenance)
-        }
-        Err(backend::db::Failure::Retry(reason)) => Err(fail(
-            Failure::Unreachable,
-            anyhow!(
-                "{db} does not answer ({reason}): start it, or set {}=localhost to use a local cluster",
-                db.host_variable()
-            ),
-        )),
-    }
-}
-
-async fn maintenance(server: &DatabaseSettings, sql: &str) -> anyhow::Result<()> {
-    let mut ready = backend::db::connect_once(server, "prestart-sqlx-prepare", MAINTENANCE_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
-    tokio::time::timeout(
-        MAINTENANCE_TIMEOUT,
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn),
-    )
-    .await
-    .with_context(|| format!("{server}: {sql}: no answer within {} s", MAINTENANCE_TIMEOUT.as_secs()))?
-    .with_context(|| format!("{server}: {sql}"))?;
-    Ok(())
-}
-
-/// Ends the sessions still connected to `database`, then drops it. `DROP DATABASE ... WITH
-/// (FORCE)` would do both, from PostgreSQL 13 on only.
-async fn drop_database(server: &DatabaseSettings, database: &str) -> anyhow::Result<()> {
-    let quoted = database.replace('\'', "''");
-    maintenance(
-        server,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{quoted}' AND pid <> pg_backend_pid()"
-        ),
-    )
-    .await?;
-    maintenance(server, &format!("DROP DATABASE IF EXISTS \"{database}\"")).await
-}
-
-/// Each statement on the maintenance database: a server that stops answering costs seconds.
-const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The URL sqlx-cli needs, password percent-encoded. Only ever passed in the environment.
 fn database_url(db: &DatabaseSettings) -> String {

@@ -67,7 +67,8 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             ui::line(format!("ready in {}", ui::duration(started.elapsed())));
             Ok(ready)
         }
-        Err(WaitError::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow::anyhow!("{db}: {fatal}"))),
+        // The `Fatal` stays in the chain, for callers that act on its kind.
+        Err(WaitError::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow::Error::new(fatal).context(db.to_string()))),
         Err(WaitError::Deadline { last, attempts, waited }) => {
             let mut message = format!(
                 "{db} did not become ready within {} ({attempts} attempts); last: {last}",

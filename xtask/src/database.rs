@@ -1,0 +1,291 @@
+//! `cargo xtask database create|drop|reset|setup`, with sqlx-cli's meanings, through the
+//! maintenance database (`postgres`) with the same credentials; and the throwaway databases that
+//! `sqlx-prepare` and `schema` build their work in.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use backend::config::DatabaseSettings;
+use xshell::Shell;
+
+use crate::context::{DbArgs, Loaded, SourceArgs, runtime};
+use crate::dev_db::DevCluster;
+use crate::diagnose::is_loopback;
+use crate::exit::{Failure, fail};
+use crate::interrupt::{ActiveBackend, interruptible};
+use crate::migrate::{MigrateOptions, migrate_step};
+use crate::session::{self, Session, Use};
+use crate::ui;
+
+/// The database every server has, to create and drop the others from.
+const MAINTENANCE_DATABASE: &str = "postgres";
+/// Each statement on the maintenance database: a server that stops answering costs seconds.
+const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Action {
+    /// Create the database of the settings if it does not exist
+    Create(CreateArgs),
+    /// Drop the database (only with ENVIRONMENT=local unless --force; asks first on a terminal)
+    Drop(DropArgs),
+    /// Drop the database, then set it up again (same guards as drop)
+    Reset(ResetArgs),
+    /// Create the database if it does not exist, then apply the migrations
+    Setup(SetupArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct DropArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    guard: DropGuard,
+}
+
+#[derive(clap::Args, Debug)]
+struct DropGuard {
+    /// Drop even though ENVIRONMENT is not `local`
+    #[arg(long)]
+    force: bool,
+    /// Do not ask for confirmation on a terminal
+    #[arg(short = 'y', long)]
+    yes: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ResetArgs {
+    #[command(flatten)]
+    drop: DropArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    options: MigrateOptions,
+}
+
+#[derive(clap::Args, Debug)]
+struct SetupArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    options: MigrateOptions,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.action {
+        Action::Create(args) => create(&args.db.load()?),
+        Action::Drop(args) => {
+            let loaded = args.db.load()?;
+            confirm_drop(&loaded, &args.guard)?;
+            drop(&loaded)
+        }
+        Action::Reset(args) => {
+            let loaded = args.drop.db.load()?;
+            confirm_drop(&loaded, &args.drop.guard)?;
+            drop(&loaded)?;
+            setup(&loaded, &args.source, &args.options)
+        }
+        Action::Setup(args) => setup(&args.db.load()?, &args.source, &args.options),
+    }
+}
+
+/// The database the commands act on: the one migrations go to (its real name, where the app's
+/// settings may name a pooler's alias).
+fn target(loaded: &Loaded) -> DatabaseSettings {
+    loaded.settings.migration_database.clone().unwrap_or_else(|| loaded.settings.database.clone())
+}
+
+/// Creates the database of `loaded` unless it exists; says which happened.
+pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
+    let name = target(loaded).database().to_owned();
+    let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
+    session::run(&maintenance, Use::Write, async |session| {
+        ui::step(format!("create database {name}"));
+        if exists(session, &name).await? {
+            ui::line(format!("database {name} already exists"));
+            return Ok(());
+        }
+        let sql = format!("CREATE DATABASE {}", quote_identifier(&name));
+        execute(session, &sql).await.map_err(|e| explain(e, &name, "create", session.settings()))?;
+        ui::line(format!("created database {name}"));
+        Ok(())
+    })
+}
+
+fn drop(loaded: &Loaded) -> anyhow::Result<()> {
+    let name = target(loaded).database().to_owned();
+    let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
+    session::run(&maintenance, Use::Write, async |session| {
+        ui::step(format!("drop database {name}"));
+        if !exists(session, &name).await? {
+            ui::line(format!("database {name} does not exist: nothing to drop"));
+            return Ok(());
+        }
+        let sql = format!("DROP DATABASE {}", quote_identifier(&name));
+        execute(session, &sql).await.map_err(|e| explain(e, &name, "drop", session.settings()))?;
+        ui::line(format!("dropped database {name}"));
+        Ok(())
+    })
+}
+
+fn setup(loaded: &Loaded, source: &SourceArgs, options: &MigrateOptions) -> anyhow::Result<()> {
+    let (set, settings, dir) = source.load(&loaded.root)?;
+    create(loaded)?;
+    let plan = options.plan(&set, &settings, &dir, loaded.wait_timeout);
+    session::run(loaded, Use::Write, async |session| migrate_step(session, &plan).await)
+}
+
+/// `drop` and `reset` destroy data: only in `ENVIRONMENT=local` unless `--force`, and after a
+/// yes on a terminal unless `-y`.
+fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
+    let db = target(loaded);
+    let environment = &loaded.settings.environment;
+    if environment != "local" && !guard.force {
+        return Err(fail(
+            Failure::Config,
+            anyhow!(
+                "refusing to drop {db}: ENVIRONMENT={environment}, and dropping is for ENVIRONMENT=local; pass --force \
+                 if you mean to destroy this database and all its data"
+            ),
+        ));
+    }
+    if guard.yes || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    eprint!("drop database {} on {}:{} and all its data? [y/N] ", db.database(), db.host(), db.port());
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(fail(Failure::Config, anyhow!("not dropped: the answer was not yes (-y skips the question)")))
+    }
+}
+
+async fn exists(session: &mut Session<'_>, name: &str) -> anyhow::Result<bool> {
+    let query = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = $1)").bind(name);
+    backend::db::bounded(query.fetch_one(&mut session.ready.conn)).await.map_err(|e| fail(Failure::Refused, e))
+}
+
+/// `CREATE DATABASE` and `DROP DATABASE` may take longer than a query: they copy or remove files.
+async fn execute(session: &mut Session<'_>, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut session.ready.conn).await.map(|_| ())
+}
+
+/// What a refused `CREATE` or `DROP DATABASE` means, and the fix.
+fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings) -> anyhow::Error {
+    let code = error.as_database_error().and_then(|e| e.code()).unwrap_or_default();
+    let fix = match code.as_ref() {
+        "42501" => format!(
+            "the role {} may not {verb} databases: grant it (ALTER ROLE \"{}\" CREATEDB), or ask whoever runs the \
+             server to {verb} {name}",
+            server.user(),
+            server.user()
+        ),
+        "55006" => "other sessions are connected to it: stop backend and worker (and any psql) first".to_owned(),
+        _ => "see the server's message above".to_owned(),
+    };
+    fail(Failure::Refused, anyhow!("cannot {verb} database {name}: {error}\n  fix: {fix}"))
+}
+
+/// A name as an SQL identifier, whatever it holds.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The configured server if it answers, else the local cluster of `dev-db`: where throwaway
+/// databases are made. Returns the maintenance database's settings.
+pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSettings> {
+    let db = target(loaded);
+    let maintenance = db.with_database(MAINTENANCE_DATABASE);
+    let probe =
+        runtime()?.block_on(backend::db::connect_once(&maintenance, "prestart-scratch", Duration::from_secs(2)));
+    match probe {
+        Ok(_) => Ok(maintenance),
+        Err(backend::db::Failure::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow!("{maintenance}: {fatal}"))),
+        Err(backend::db::Failure::Retry(reason)) if is_loopback(db.host()) => {
+            ui::line(format!(
+                "the configured server does not answer ({reason}): using the local cluster of target/dev-db/"
+            ));
+            DevCluster::new(sh)?.start(&db, None)?;
+            Ok(maintenance)
+        }
+        Err(backend::db::Failure::Retry(reason)) => Err(fail(
+            Failure::Unreachable,
+            anyhow!(
+                "{db} does not answer ({reason}): start it, or set {}=localhost to use a local cluster",
+                db.host_variable()
+            ),
+        )),
+    }
+}
+
+/// Runs `work` in a new database `name` on `server`, dropped on every path: failures, and
+/// SIGINT or SIGTERM, which stop the server-side work of `work` first.
+pub async fn in_throwaway<T>(
+    server: &DatabaseSettings,
+    name: &str,
+    active: &ActiveBackend,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name))).await?;
+    let result = interruptible(server, active, work).await;
+    if let Err(e) = drop_throwaway(server, name).await {
+        ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand"));
+    }
+    result
+}
+
+async fn maintenance(server: &DatabaseSettings, sql: &str) -> anyhow::Result<()> {
+    let mut ready = backend::db::connect_once(server, "prestart-scratch", MAINTENANCE_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
+    tokio::time::timeout(
+        MAINTENANCE_TIMEOUT,
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn),
+    )
+    .await
+    .with_context(|| format!("{server}: {sql}: no answer within {} s", MAINTENANCE_TIMEOUT.as_secs()))?
+    .with_context(|| format!("{server}: {sql}"))?;
+    Ok(())
+}
+
+/// Ends the sessions still connected to `database`, then drops it. `DROP DATABASE ... WITH
+/// (FORCE)` would do both, from PostgreSQL 13 on only.
+async fn drop_throwaway(server: &DatabaseSettings, database: &str) -> anyhow::Result<()> {
+    let quoted = database.replace('\'', "''");
+    maintenance(
+        server,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{quoted}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await?;
+    maintenance(server, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(database))).await
+}
+
+/// A fresh session on a throwaway database, brought up to date by prestart's own migrate step.
+pub async fn migrated_session<'a>(
+    target: &'a Loaded,
+    active: &'a ActiveBackend,
+    plan: &crate::migrate::Plan<'_>,
+) -> anyhow::Result<Session<'a>> {
+    let mut session = Session::open(target, active).await?;
+    session.make_stoppable();
+    migrate_step(&mut session, plan).await?;
+    Ok(session)
+}

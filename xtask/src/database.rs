@@ -199,7 +199,9 @@ fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings
         "55006" => "other sessions are connected to it: stop backend and worker (and any psql) first".to_owned(),
         _ => "see the server's message above".to_owned(),
     };
-    fail(Failure::Refused, anyhow!("cannot {verb} database {name}: {error}\n  fix: {fix}"))
+    let said =
+        error.as_database_error().map_or_else(|| error.to_string(), |e| format!("{} (SQLSTATE {code})", e.message()));
+    fail(Failure::Refused, anyhow!("cannot {verb} database {name}: {said}\n  fix: {fix}"))
 }
 
 /// A name as an SQL identifier, whatever it holds.

@@ -195,7 +195,7 @@ fn drift(args: DriftArgs) -> anyhow::Result<()> {
     })?;
     let differences = match found {
         Ok(differences) => differences,
-        Err(cannot) => return Err(fail(Failure::Config, anyhow!("cannot look for drift: {cannot}"))),
+        Err(cannot) => return Err(fail(Failure::Refused, anyhow!("cannot look for drift: {cannot}"))),
     };
     if args.json {
         let document = serde_json::json!({ "drift": !differences.is_empty(), "differences": differences });
@@ -281,15 +281,6 @@ pub async fn find_drift(
     set: &MigrationSet,
     settings: &MigrationSettings,
 ) -> anyhow::Result<Result<Vec<Difference>, String>> {
-    let applied = applied_rows(live, &settings.table_name).await?;
-    let status = Status::compare(set, &applied);
-    let unknown: Vec<String> = status.with_state(State::Unknown).map(|e| e.version.to_string()).collect();
-    if !unknown.is_empty() {
-        return Ok(Err(format!(
-            "the database has applied migrations this code does not have ({}): compare with the code that applied them",
-            unknown.join(", ")
-        )));
-    }
     let may_create: bool =
         sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
             .fetch_one(&mut *live)
@@ -300,6 +291,27 @@ pub async fn find_drift(
              CREATEDB, or run it as a role that may)",
             server.user(),
             server.user()
+        )));
+    }
+    let applied = match applied_rows(live, &settings.table_name).await {
+        Ok(applied) => applied,
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
+            return Ok(Err(format!(
+                "the role {} may not read {} (GRANT SELECT ON {} TO \"{}\")",
+                server.user(),
+                settings.table_name,
+                settings.table_name,
+                server.user()
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let status = Status::compare(set, &applied);
+    let unknown: Vec<String> = status.with_state(State::Unknown).map(|e| e.version.to_string()).collect();
+    if !unknown.is_empty() {
+        return Ok(Err(format!(
+            "the database has applied migrations this code does not have ({}): compare with the code that applied them",
+            unknown.join(", ")
         )));
     }
     let applied_files: Vec<_> = set
@@ -454,8 +466,27 @@ fn compare(expected: &Snapshot, found: &Snapshot) -> Vec<Difference> {
             });
         }
     }
+    // The largest changes first: a table missing says more than a default changed.
+    differences.sort_by_key(|d| (KINDS.iter().position(|k| *k == d.kind), d.name.clone()));
     differences
 }
+
+/// The kinds of objects, from the largest.
+const KINDS: [&str; 13] = [
+    "extension",
+    "schema",
+    "table",
+    "view",
+    "materialized view",
+    "enum",
+    "sequence",
+    "function",
+    "procedure",
+    "column",
+    "constraint",
+    "index",
+    "trigger",
+];
 
 /// For a failed migration: whether the database has drifted, in one line, or nothing when that
 /// cannot be told (the server is gone, say).

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use backend::config::DatabaseSettings;
 use backend::schema::{MigrationSet, State, Status, applied_rows};
 use sqlx::postgres::PgConnection;
 
@@ -11,7 +12,7 @@ use crate::lint::command::lint_set;
 use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes, lock_holder, lock_key};
 
-pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnection, DatabaseSettings)>) {
     let loaded = inputs.source.load(&inputs.root);
     let dir = inputs.source.dir(&inputs.root);
     doctor.check(Area::Migrations, "migrations.files", || {
@@ -132,8 +133,9 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         "migrations.out_of_order",
         "migrations.invalid_indexes",
         "migrations.lock",
+        "migrations.drift",
     ];
-    let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
+    let (Some((mut conn, server)), Ok((set, settings, _))) = (conn, &loaded) else {
         for id in ids {
             doctor.check(Area::Migrations, id, || Ok(Outcome::skipped("needs the database and readable migrations")));
         }
@@ -217,6 +219,25 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                 )
             } else {
                 Outcome::ok("the migration lock is free")
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Migrations, "migrations.drift", async {
+            Ok(match crate::schema::find_drift(&server, &mut conn, set, settings).await? {
+                Err(cannot) => Outcome::skipped(cannot),
+                Ok(differences) if differences.is_empty() => {
+                    Outcome::ok("no drift: the schema is what the applied migrations produce")
+                }
+                Ok(differences) => Outcome::warn(
+                    format!(
+                        "the schema differs from what the applied migrations produce: {}",
+                        differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    ),
+                    "someone changed it by hand, or a migration was edited after it ran: undo the change, or put it in \
+                     a new migration (cargo xtask new-migration NAME); `cargo xtask schema drift` lists it",
+                ),
             })
         })
         .await;

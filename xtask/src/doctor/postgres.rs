@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use backend::config::DatabaseSettings;
 use backend::db::{Failure, connect_once};
 use sqlx::postgres::{PgConnection, PgSslMode};
 
@@ -16,7 +17,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const OLDEST_SUPPORTED_MAJOR: u32 = 14;
 
 /// Runs the checks; returns the connection when there is one, for the migration checks.
-pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<PgConnection> {
+/// The connection the later checks use, and its settings.
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<(PgConnection, DatabaseSettings)> {
     let ids = [
         "postgres.connect",
         "postgres.writable",
@@ -163,10 +165,10 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
 
     // The checks below send prepared statements one by one, which a pooler that shares server
     // sessions would lose or leave behind: they go to the direct connection then, if there is one.
-    let mut conn = match (pooling.shares_sessions(), direct_conn) {
-        (false, _) => ready.conn,
-        (true, Some(direct)) => direct,
-        (true, None) => {
+    let (mut conn, settings) = match (pooling.shares_sessions(), direct_conn, &direct) {
+        (false, _, _) => (ready.conn, database.clone()),
+        (true, Some(conn), Some(direct)) => (conn, direct.clone()),
+        (true, _, _) => {
             let first = ids.iter().position(|id| *id == "postgres.version").unwrap_or(ids.len());
             for id in &ids[first..] {
                 doctor.check(Area::Postgres, id, || {
@@ -292,7 +294,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             })
         })
         .await;
-    Some(conn)
+    Some((conn, settings))
 }
 
 /// What the app's role (this connection's) lacks on what the migrations created in `schema`:

@@ -89,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ui::line("sqlx-cli is not on PATH: no side-by-side figures (cargo install sqlx-cli to get them)");
         }
         figures.extend(bench.noop_prestart(args.runs, sqlx.as_deref())?);
+        figures.push(bench.drift_check(args.runs.min(10))?);
         figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
         figures.push(bench.detection_latency(&cluster, args.trials)?);
         figures.push(bench.after_promote(&sh, args.trials.min(5))?);
@@ -236,6 +237,24 @@ impl Bench {
             }
         }
         Ok(figures)
+    }
+
+    /// `schema drift` on the project's migrated schema (the database of the no-op runs): the
+    /// throwaway database, the migrations in it, both catalogs read and compared. doctor runs it.
+    fn drift_check(&self, runs: usize) -> anyhow::Result<Figure> {
+        ui::step(format!("schema drift on the project's schema ({runs} runs)"));
+        let source = root().join("migrations");
+        let args = ["schema", "drift", "--source", source.to_str().context("non-UTF-8 path")?];
+        let mut wall = Vec::new();
+        for _ in 0..runs {
+            let run = measured(&mut self.command("noop", &args))?;
+            if !run.success {
+                bail!("schema drift found drift, or failed, on a database prestart just migrated");
+            }
+            wall.push(run.wall.as_secs_f64() * 1000.0);
+        }
+        Ok(Figure::new("schema drift on the project's schema (doctor's migrations.drift)", wall, "ms")
+            .target(1000.0, "< 1 s"))
     }
 
     /// A no-op prestart through Debian's PgBouncer in session mode: the detection of the pooler

@@ -236,6 +236,13 @@ pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSet
     }
 }
 
+/// A database name no other run picks, on this machine or another: init containers of many pods
+/// are all pid 1.
+pub fn throwaway_name(purpose: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    format!("{purpose}_{}_{nanos}", std::process::id())
+}
+
 /// Runs `work` in a new database `name` on `server`, dropped on every path: failures, and
 /// SIGINT or SIGTERM, which stop the server-side work of `work` first.
 pub async fn in_throwaway<T>(
@@ -246,8 +253,9 @@ pub async fn in_throwaway<T>(
 ) -> anyhow::Result<T> {
     maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name))).await?;
     let result = interruptible(server, active, work).await;
-    if let Err(e) = drop_throwaway(server, name).await {
-        ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand"));
+    match drop_throwaway(server, name).await {
+        Ok(()) => ui::line(format!("dropped {name}")),
+        Err(e) => ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand")),
     }
     result
 }

@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnection;
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, display_path, root, runtime};
-use crate::database::{in_throwaway, migrated_session, scratch_server};
+use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -80,7 +80,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let output = args.output.clone().unwrap_or_else(|| root.join("schema.sql"));
     let pg_dump = crate::dev_db::ensure_server_bindir(&sh)?.join("pg_dump");
     let server = scratch_server(&sh, &loaded)?;
-    let throwaway = format!("prestart_schema_{}", std::process::id());
+    let throwaway = throwaway_name("prestart_schema");
     let target = loaded.with_database(&throwaway);
     ui::step(format!("build the schema of {} in the throwaway database {throwaway}", display_path(&dir)));
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
@@ -320,7 +320,7 @@ pub async fn find_drift(
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state != State::Pending))
         .collect();
     let found = snapshot(live, &settings.table_name).await?;
-    let throwaway = format!("prestart_drift_{}", std::process::id());
+    let throwaway = throwaway_name("prestart_drift");
     let maintenance = server.with_database("postgres");
     let active = ActiveBackend::default();
     let expected = in_throwaway(&maintenance, &throwaway, &active, async {

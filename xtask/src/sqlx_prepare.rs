@@ -11,7 +11,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
-use crate::database::{in_throwaway, migrated_session, scratch_server};
+use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.wait.load(&args.settings.or_example(&root))?;
     ensure_sqlx_cli(&sh, &root, args.install)?;
     let server = scratch_server(&sh, &loaded)?;
-    let throwaway = format!("sqlx_prepare_{}", std::process::id());
+    let throwaway = throwaway_name("sqlx_prepare");
     let target = loaded.with_database(&throwaway);
 
     ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));

@@ -189,7 +189,12 @@ fn postgres_refusals() {
         "data volume keeps the password",
     );
     project.write_env(&cluster, &[("POSTGRES_DB", "missing")]);
-    doctor(&project, &[], &[]).expect("postgres.connect", "fail", "database \"missing\" does not exist", "createdb");
+    doctor(&project, &[], &[]).expect(
+        "postgres.connect",
+        "fail",
+        "database \"missing\" does not exist",
+        "cargo xtask database create, or prestart --create-database",
+    );
     project.write_env(&cluster, &[("POSTGRES_SSLMODE", "require")]);
     doctor(&project, &[], &[]).expect("postgres.connect", "fail", "TLS", "turn on ssl in postgresql.conf");
 

@@ -122,7 +122,7 @@ fn a_missing_database_fails_at_once_with_the_command_that_creates_it() {
     outcome
         .assert_code(5)
         .assert_stderr_contains("database \"nosuchdb\" does not exist (SQLSTATE 3D000)")
-        .assert_stderr_contains("createdb -h 127.0.0.1")
+        .assert_stderr_contains("cargo xtask database create, or prestart --create-database")
         .assert_stderr_lacks("waiting:");
 }
 

@@ -278,7 +278,9 @@ pub struct Settings {
     /// belongs to another role.
     pub migration_database: Option<DatabaseSettings>,
     pub first_superuser: Option<FirstSuperuser>,
-    pub environment: String,
+    /// `ENVIRONMENT`; `None` when it is not set, which the stack treats as `local` except where
+    /// data would be destroyed.
+    pub environment: Option<String>,
     /// `BACKEND_BIND`: where the API listens.
     pub backend_bind: String,
     /// `KUBERNETES_SERVICE_HOST` is set: we run in a pod.
@@ -300,7 +302,7 @@ impl Settings {
             database: DatabaseSettings::from_env(env)?,
             migration_database: DatabaseSettings::for_migrations(env)?,
             first_superuser: FirstSuperuser::from_env(env)?,
-            environment: env.get("ENVIRONMENT").unwrap_or("local").to_owned(),
+            environment: env.get("ENVIRONMENT").map(str::to_owned),
             backend_bind: env.get("BACKEND_BIND").unwrap_or("0.0.0.0:8000").to_owned(),
             in_kubernetes: env.get("KUBERNETES_SERVICE_HOST").is_some(),
         })

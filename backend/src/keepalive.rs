@@ -66,10 +66,12 @@ pub fn arm(_port: u16) {}
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn with_socket(fd: i32, f: impl FnOnce(socket2::SockRef<'_>)) {
-    // SAFETY: `fd` was listed in /proc/self/fd a moment ago and the borrow ends with this call.
-    // Should another thread close it meanwhile, the calls fail with EBADF; should the number be
-    // reused at once, they read or set options of that file, and set them only where it is a TCP
-    // socket to the database port, which wants them anyway. Nothing here closes or reads it.
+    // SAFETY: `fd` was listed in /proc/self/fd a moment ago and the borrow ends with this call;
+    // nothing here reads, writes or closes it. Strictly, another thread (the services' pool
+    // connects on several) may close the number meanwhile, which the borrow's contract forbids:
+    // the option calls then fail with EBADF, or, should the number be reused at once, they touch
+    // that file and change it only where it is a TCP socket to the database port, which wants
+    // keepalives anyway. No memory is involved, so at worst an option lands on a socket of ours.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     f(socket2::SockRef::from(&fd));
 }

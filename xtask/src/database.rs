@@ -95,6 +95,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Action::Reset(args) => {
             let loaded = args.drop.db.load()?;
+            // What setup needs is read before anything is dropped: a broken folder stops here.
+            args.source.load(&loaded.root)?;
             confirm_drop(&loaded, &args.drop.guard)?;
             drop(&loaded)?;
             setup(&loaded, &args.source, &args.options)
@@ -120,8 +122,14 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
             return Ok(());
         }
         let sql = format!("CREATE DATABASE {}", quote_identifier(&name));
-        execute(session, &sql).await.map_err(|e| explain(e, &name, "create", session.settings()))?;
-        ui::line(format!("created database {name}"));
+        match execute(session, &sql).await {
+            Ok(()) => ui::line(format!("created database {name}")),
+            // Another replica's prestart created it a moment ago.
+            Err(e) if matches!(sqlstate(&e).as_str(), "42P04" | "23505") => {
+                ui::line(format!("database {name} already exists (created meanwhile)"))
+            }
+            Err(e) => return Err(explain(e, &name, "create", session.settings())),
+        }
         Ok(())
     })
 }
@@ -153,18 +161,26 @@ fn setup(loaded: &Loaded, source: &SourceArgs, options: &MigrateOptions) -> anyh
 /// yes on a terminal unless `-y`.
 fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
     let db = target(loaded);
-    let environment = &loaded.settings.environment;
-    if environment != "local" && !guard.force {
+    // Unset is not local here: a deployment that never set ENVIRONMENT must not lose its data.
+    let environment = loaded.settings.environment.as_deref();
+    if environment != Some("local") && !guard.force {
+        let said = environment.map_or_else(|| "ENVIRONMENT is not set".to_owned(), |e| format!("ENVIRONMENT={e}"));
         return Err(fail(
             Failure::Config,
             anyhow!(
-                "refusing to drop {db}: ENVIRONMENT={environment}, and dropping is for ENVIRONMENT=local; pass --force \
-                 if you mean to destroy this database and all its data"
+                "refusing to drop {db}: {said}, and dropping is for ENVIRONMENT=local; pass --force if you mean to \
+                 destroy this database and all its data"
             ),
         ));
     }
-    if guard.yes || !std::io::stdin().is_terminal() {
+    if guard.yes {
         return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(
+            Failure::Config,
+            anyhow!("refusing to drop {db} without asking, and there is no terminal to ask on: pass -y to confirm"),
+        ));
     }
     eprint!("drop database {} on {}:{} and all its data? [y/N] ", db.database(), db.host(), db.port());
     let mut answer = String::new();
@@ -181,14 +197,29 @@ async fn exists(session: &mut Session<'_>, name: &str) -> anyhow::Result<bool> {
     backend::db::bounded(query.fetch_one(&mut session.ready.conn)).await.map_err(|e| fail(Failure::Refused, e))
 }
 
-/// `CREATE DATABASE` and `DROP DATABASE` may take longer than a query: they copy or remove files.
+/// `CREATE DATABASE` and `DROP DATABASE` may take longer than a query (they copy or remove files,
+/// and before PostgreSQL 15 a create waits for a checkpoint), but not without end.
 async fn execute(session: &mut Session<'_>, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut session.ready.conn).await.map(|_| ())
+    let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut session.ready.conn);
+    match tokio::time::timeout(DATABASE_DDL_TIMEOUT, statement).await {
+        Ok(done) => done.map(|_| ()),
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", DATABASE_DDL_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// The longest a `CREATE` or `DROP DATABASE` may take.
+const DATABASE_DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn sqlstate(error: &sqlx::Error) -> String {
+    error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned()).unwrap_or_default()
 }
 
 /// What a refused `CREATE` or `DROP DATABASE` means, and the fix.
 fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings) -> anyhow::Error {
-    let code = error.as_database_error().and_then(|e| e.code()).unwrap_or_default();
+    let code = sqlstate(&error);
     let fix = match code.as_ref() {
         "42501" => format!(
             "the role {} may not {verb} databases: grant it (ALTER ROLE \"{}\" CREATEDB), or ask whoever runs the \
@@ -236,6 +267,12 @@ pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSet
     }
 }
 
+/// The settings for a throwaway database `name` on the server that migrations go to (the direct
+/// one where the app's settings name a pooler, which would not know the new database).
+pub fn throwaway_target(loaded: &Loaded, name: &str) -> Loaded {
+    loaded.for_migrations().as_ref().unwrap_or(loaded).with_database(name)
+}
+
 /// A database name no other run picks, on this machine or another: init containers of many pods
 /// are all pid 1.
 pub fn throwaway_name(purpose: &str) -> String {
@@ -243,34 +280,63 @@ pub fn throwaway_name(purpose: &str) -> String {
     format!("{purpose}_{}_{nanos}", std::process::id())
 }
 
-/// Runs `work` in a new database `name` on `server`, dropped on every path: failures, and
-/// SIGINT or SIGTERM, which stop the server-side work of `work` first.
+/// Runs `work` in a new database `name` on `server`, dropped on every path: failures, SIGINT or
+/// SIGTERM (which stop the server-side work of `work` first), and `work` being cancelled or
+/// panicking, as when an outer signal handler or timeout drops it.
 pub async fn in_throwaway<T>(
     server: &DatabaseSettings,
     name: &str,
     active: &ActiveBackend,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name))).await?;
+    let created = maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name)), CREATE_TIMEOUT).await;
+    // Even a create that timed out may finish on the server: the guard drops it all the same.
+    let guard = Throwaway { server, name };
+    created.map_err(|e| fail(Failure::Refused, e))?;
     let result = interruptible(server, active, work).await;
+    std::mem::forget(guard);
+    drop_and_say(server, name).await;
+    result
+}
+
+/// Drops the throwaway database when dropped itself: the path where `in_throwaway` was cut short.
+struct Throwaway<'a> {
+    server: &'a DatabaseSettings,
+    name: &'a str,
+}
+
+impl Drop for Throwaway<'_> {
+    fn drop(&mut self) {
+        // We may be on the async runtime's thread, which cannot wait for a future: a thread of
+        // its own, with a runtime of its own, for the few statements.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                if let Ok(runtime) = crate::context::runtime() {
+                    runtime.block_on(drop_and_say(self.server, self.name));
+                }
+            });
+        });
+    }
+}
+
+async fn drop_and_say(server: &DatabaseSettings, name: &str) {
     match drop_throwaway(server, name).await {
         Ok(()) => ui::line(format!("dropped {name}")),
         Err(e) => ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand")),
     }
-    result
 }
 
-async fn maintenance(server: &DatabaseSettings, sql: &str) -> anyhow::Result<()> {
+/// Creating a database copies a template and, before PostgreSQL 15, waits for a checkpoint.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn maintenance(server: &DatabaseSettings, sql: &str, timeout: Duration) -> anyhow::Result<()> {
     let mut ready = backend::db::connect_once(server, "prestart-scratch", MAINTENANCE_TIMEOUT)
         .await
         .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
-    tokio::time::timeout(
-        MAINTENANCE_TIMEOUT,
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn),
-    )
-    .await
-    .with_context(|| format!("{server}: {sql}: no answer within {} s", MAINTENANCE_TIMEOUT.as_secs()))?
-    .with_context(|| format!("{server}: {sql}"))?;
+    tokio::time::timeout(timeout, sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn))
+        .await
+        .with_context(|| format!("{server}: {sql}: no answer within {} s", timeout.as_secs()))?
+        .with_context(|| format!("{server}: {sql}"))?;
     Ok(())
 }
 
@@ -283,9 +349,10 @@ async fn drop_throwaway(server: &DatabaseSettings, database: &str) -> anyhow::Re
         &format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{quoted}' AND pid <> pg_backend_pid()"
         ),
+        MAINTENANCE_TIMEOUT,
     )
     .await?;
-    maintenance(server, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(database))).await
+    maintenance(server, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(database)), CREATE_TIMEOUT).await
 }
 
 /// A fresh session on a throwaway database, brought up to date by prestart's own migrate step.

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
     0    success
-    1    unexpected error (a bug, or this machine's files or tools); doctor: a check failed
+    1    unexpected error (a bug, or this machine's files or tools); doctor: a check failed; the --check
+         of schema dump and sqlx-prepare: the committed file is stale
     2    usage error (unknown command or option)
     3    configuration error (.env, environment, migrations folder, sqlx.toml)
     4    database not reachable before the wait deadline

@@ -144,22 +144,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout))?;
+    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
     session::run(&loaded, Use::Write, async |session| migrate_step(session, &plan).await)
 }
 
 fn run_revert(args: RevertArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout))?;
+    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout), true)?;
     session::run(&loaded, Use::Write, async |session| revert_step(session, &plan).await)
 }
 
 impl TargetArgs {
     /// The plan with the target and dry run; a target no migration has changes nothing (as
-    /// sqlx-cli, before connecting). Revert's 0 means "all of them".
-    fn apply_to<'a>(&self, plan: Plan<'a>) -> anyhow::Result<Plan<'a>> {
-        if let Some(target) = self.target_version.filter(|&t| t != 0 || plan.set.files.is_empty())
+    /// sqlx-cli, before connecting). For a revert, 0 means "all of them".
+    fn apply_to<'a>(&self, plan: Plan<'a>, zero_means_all: bool) -> anyhow::Result<Plan<'a>> {
+        if let Some(target) = self.target_version.filter(|&t| !(zero_means_all && t == 0))
             && !plan.set.has_version(target)
         {
             let known = plan.set.files.iter().map(|f| f.migration.version.to_string()).collect::<Vec<_>>();
@@ -245,10 +245,10 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         }
     };
     let status = Status::compare(plan.set, &applied);
-    plan.check_target_not_below(&applied)?;
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
         refuse_inconsistent(&status, plan)?;
+        plan.check_target_not_below(&applied)?;
         plan.report_skipped(&status);
         if plan.dry_run {
             for file in &pending {
@@ -340,10 +340,7 @@ async fn revert_under_lock(ready: &mut Ready, plan: &Plan<'_>, db: &DatabaseSett
 fn to_revert<'s>(plan: &'s Plan<'_>, applied: &[AppliedRow]) -> anyhow::Result<Vec<&'s MigrationFile>> {
     let status = Status::compare(plan.set, applied);
     refuse_inconsistent(&status, plan)?;
-    let Some(latest) = applied.iter().map(|r| r.version).max() else {
-        ui::line("no migration is applied: nothing to revert");
-        return Ok(Vec::new());
-    };
+    let latest = applied.iter().map(|r| r.version).max().unwrap_or(0);
     let above = match plan.target {
         Some(target) if target > latest => {
             return Err(fail(
@@ -384,7 +381,9 @@ fn to_revert<'s>(plan: &'s Plan<'_>, applied: &[AppliedRow]) -> anyhow::Result<V
             }
         }
     }
-    if downs.is_empty() {
+    if applied.is_empty() {
+        ui::line("no migration is applied: nothing to revert");
+    } else if downs.is_empty() {
         ui::line(format!("already at version {above}: nothing to revert"));
     }
     Ok(downs)

@@ -71,10 +71,18 @@ fn with_drift_note(
     set: &backend::schema::MigrationSet,
     settings: &backend::schema::MigrationSettings,
 ) -> anyhow::Error {
-    if error.downcast_ref::<Failure>() != Some(&Failure::Migration) {
+    let message = format!("{error:#}");
+    // Not where the failure itself explains the schema: a migration without a transaction left
+    // its first statements applied, or another session holds a lock mid-migration.
+    let explained = message.contains("runs without a transaction") || message.contains("lock");
+    if error.downcast_ref::<Failure>() != Some(&Failure::Migration) || explained {
         return error;
     }
-    let Some(note) = crate::schema::drift_note(loaded, set, settings) else { return error };
+    let note = match crate::schema::drift_note(loaded, set, settings) {
+        Ok(Some(note)) => note,
+        Ok(None) => return error,
+        Err(interrupted) => return interrupted,
+    };
     let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
     fail(Failure::Migration, anyhow::anyhow!("{}\n  drift: {note}", causes.join(": ")))
 }

@@ -15,7 +15,7 @@ use sqlx::postgres::PgConnection;
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, display_path, root, runtime};
-use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name};
+use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -81,7 +81,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let pg_dump = crate::dev_db::ensure_server_bindir(&sh)?.join("pg_dump");
     let server = scratch_server(&sh, &loaded)?;
     let throwaway = throwaway_name("prestart_schema");
-    let target = loaded.with_database(&throwaway);
+    let target = throwaway_target(&loaded, &throwaway);
     ui::step(format!("build the schema of {} in the throwaway database {throwaway}", display_path(&dir)));
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
     let dumped = runtime()?.block_on(async {
@@ -130,8 +130,14 @@ fn run_pg_dump(
     )
     .env("PGPASSWORD", password)
     .env("PGSSLMODE", db.ssl_mode_name())
+    .env("PGCONNECT_TIMEOUT", "10")
     .quiet()
     .ignore_status();
+    // A certificate file for verify-ca and verify-full (an inline PEM would need a file).
+    let command = match db.ssl_root_cert().filter(|cert| std::path::Path::new(cert).is_file()) {
+        Some(cert) => command.env("PGSSLROOTCERT", cert),
+        None => command,
+    };
     let output = command.output().context("cannot run pg_dump")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -189,7 +195,8 @@ fn drift(args: DriftArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, _) = args.source.load(&loaded.root)?;
     let started = Instant::now();
-    let found = session::run(&loaded, Use::Read, async |session| {
+    // Write: over the direct settings where a pooler is in the way, which the throwaway needs.
+    let found = session::run(&loaded, Use::Write, async |session| {
         let server = session.settings().clone();
         find_drift(&server, &mut session.ready.conn, &set, &settings).await
     })?;
@@ -364,7 +371,7 @@ WITH ns AS (
       AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid AND i.indrelid = pg_catalog.to_regclass($1))
       AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.objid = c.oid)
 )
-SELECT 'extension', extname::text, extversion FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'
+SELECT 'extension', extname::text, '' FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'
 UNION ALL
 SELECT 'schema', pg_catalog.quote_ident(nspname), '' FROM ns
 UNION ALL
@@ -410,9 +417,16 @@ WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_type'::
 GROUP BY n.nspname, t.typname
 "#;
 
+/// Read with `search_path` set to the catalog alone, so every name comes schema-qualified and
+/// both databases word their definitions alike whatever their search paths. The version of an
+/// extension is left out: one created before an upgrade differs from a fresh one by right.
 async fn snapshot(conn: &mut PgConnection, migrations_table: &str) -> anyhow::Result<Snapshot> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql("SET LOCAL search_path = pg_catalog").execute(&mut *tx).await?;
     let rows: Vec<(String, String, String)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(SNAPSHOT)).bind(migrations_table).fetch_all(conn).await?;
+        sqlx::query_as(sqlx::AssertSqlSafe(SNAPSHOT)).bind(migrations_table).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     Ok(rows.into_iter().map(|(kind, name, definition)| ((kind, name), definition)).collect())
 }
 
@@ -488,20 +502,30 @@ const KINDS: [&str; 13] = [
     "trigger",
 ];
 
-/// For a failed migration: whether the database has drifted, in one line, or nothing when that
-/// cannot be told (the server is gone, say).
-pub fn drift_note(loaded: &Loaded, set: &MigrationSet, settings: &MigrationSettings) -> Option<String> {
+/// For a failed migration: whether the database has drifted, in one line; nothing when that
+/// cannot be told (the server is gone, say). An interruption meanwhile is the run's outcome.
+pub fn drift_note(
+    loaded: &Loaded,
+    set: &MigrationSet,
+    settings: &MigrationSettings,
+) -> Result<Option<String>, anyhow::Error> {
     let direct = loaded.for_migrations();
     let target = direct.as_ref().unwrap_or(loaded);
     let db = target.settings.database.clone();
     let look = async {
         let mut ready = backend::db::connect_once(&db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await.ok()?;
-        find_drift(&db, &mut ready.conn, set, settings).await.ok()
+        // The throwaway database is dropped however this ends, the timeout included.
+        tokio::time::timeout(DRIFT_NOTE_BOUND, find_drift(&db, &mut ready.conn, set, settings)).await.ok()
     };
-    // Not cut short by a timeout: that would leave the throwaway database behind. Each
-    // connection is bounded, and migrations on an empty database are quick.
-    let found = runtime().ok()?.block_on(look)?;
-    Some(match found {
+    let found = match runtime()?.block_on(look) {
+        None => return Ok(None),
+        Some(Err(error)) if matches!(error.downcast_ref::<Failure>(), Some(Failure::Interrupted(_))) => {
+            return Err(error);
+        }
+        Some(Err(_)) => return Ok(None),
+        Some(Ok(found)) => found,
+    };
+    Ok(Some(match found {
         Ok(differences) if differences.is_empty() => {
             "no drift: the applied migrations produce exactly this database's schema".to_owned()
         }
@@ -510,5 +534,8 @@ pub fn drift_note(loaded: &Loaded, set: &MigrationSet, settings: &MigrationSetti
             differences.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; ")
         ),
         Err(cannot) => format!("drift not checked: {cannot}"),
-    })
+    }))
 }
+
+/// How long a failed migration's report waits for the drift check.
+const DRIFT_NOTE_BOUND: std::time::Duration = std::time::Duration::from_secs(30);

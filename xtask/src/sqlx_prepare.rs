@@ -11,7 +11,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
-use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name};
+use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ensure_sqlx_cli(&sh, &root, args.install)?;
     let server = scratch_server(&sh, &loaded)?;
     let throwaway = throwaway_name("sqlx_prepare");
-    let target = loaded.with_database(&throwaway);
+    let target = throwaway_target(&loaded, &throwaway);
 
     ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));
     runtime()?.block_on(async {

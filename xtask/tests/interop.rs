@@ -83,6 +83,8 @@ fn target_versions_dry_runs_and_reverts_match_sqlx_cli_case_by_case() {
         (&["revert", "--target-version", "1"], true, "a"),
         (&["revert", "--target-version", "0"], true, ""),
         (&["revert"], true, ""),
+        (&["revert", "--target-version", "1"], false, ""),
+        (&["run", "--target-version", "0"], false, ""),
         (&["run", "--target-version", "3"], true, "a,b,c"),
     ];
     for (args, succeeds, after) in cases {

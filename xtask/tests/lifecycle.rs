@@ -28,7 +28,7 @@ fn database_create_drop_reset_and_setup_with_their_guards() {
     let cluster = Cluster::stopped();
     cluster.start();
     let migrations = Migrations::workspace();
-    let env = cluster.env("shop");
+    let env = with(cluster.env("shop"), "ENVIRONMENT", "local");
     let database = |args: &[&str], env: &[(String, String)]| {
         let mut all = vec!["database"];
         all.extend_from_slice(args);
@@ -54,6 +54,10 @@ fn database_create_drop_reset_and_setup_with_their_guards() {
             .assert_stderr_contains("ENVIRONMENT=production")
             .assert_stderr_contains("--force");
     }
+    // Unset is not local, and without a terminal to ask on, -y must say yes.
+    let unset: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "ENVIRONMENT").cloned().collect();
+    database(&["drop", "-y"], &unset).assert_code(3).assert_stderr_contains("ENVIRONMENT is not set");
+    database(&["drop"], &env).assert_code(3).assert_stderr_contains("pass -y to confirm");
     assert_eq!(cluster.psql("shop", "SELECT count(*) FROM app_settings WHERE key = 'kept'"), "1");
 
     // A session still connected keeps a drop from happening, and the message says what to do.
@@ -76,6 +80,13 @@ fn database_create_drop_reset_and_setup_with_their_guards() {
     database(&["drop", "--force", "-y"], &production).assert_code(0).assert_stderr_contains("dropped database shop");
     assert!(!database_exists(&cluster, "shop"));
     database(&["drop", "-y"], &env).assert_code(0).assert_stderr_contains("does not exist: nothing to drop");
+    // A broken migrations folder stops a reset before anything is dropped.
+    database(&["create"], &env).assert_code(0);
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let missing = format!("{source}/nowhere");
+    Run::xtask(XTASK, &["database", "reset", "-y", "--source", &missing], &env).output().assert_code(3);
+    assert!(database_exists(&cluster, "shop"), "reset dropped the database, then failed");
+    database(&["drop", "-y"], &env).assert_code(0);
 
     // A role that may not create databases is told so, with the grant that fixes it.
     cluster.psql("postgres", &format!("CREATE ROLE clerk LOGIN PASSWORD '{}'", testkit::PASSWORD));
@@ -285,4 +296,23 @@ fn files_that_differ_only_in_ignored_characters_are_the_same_migration() {
     }
     // lint checks what is not applied yet: the applied file stays applied.
     xtask(&["lint-migrations"]).assert_code(0);
+}
+
+/// SIGTERM while drift builds its throwaway database: the run ends as interrupted, and the
+/// throwaway database is gone.
+#[test]
+fn an_interrupted_drift_check_leaves_no_throwaway_database() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_slow.sql", "SELECT pg_sleep(3);\nCREATE TABLE slow ();\n");
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let running = Run::xtask(XTASK, &["schema", "drift", "--source", &source], &env).spawn();
+    let throwaways =
+        || cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'prestart_drift_%'");
+    assert!(testkit::eventually(std::time::Duration::from_secs(10), || throwaways() == "1"), "no throwaway database");
+    running.signal("TERM");
+    running.wait_within(std::time::Duration::from_secs(20)).assert_code(143);
+    assert_eq!(throwaways(), "0");
 }

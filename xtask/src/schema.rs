@@ -59,6 +59,10 @@ struct DriftArgs {
     /// Print one JSON document instead of lines
     #[arg(long)]
     json: bool,
+    /// Build the expected schema in this empty database on the same server (emptied again after)
+    /// instead of a throwaway one: for a role that may not create databases
+    #[arg(long, value_name = "NAME")]
+    shadow_database: Option<String>,
     #[command(flatten)]
     db: crate::context::DbArgs,
     #[command(flatten)]
@@ -198,7 +202,7 @@ fn drift(args: DriftArgs) -> anyhow::Result<()> {
     // Write: over the direct settings where a pooler is in the way, which the throwaway needs.
     let found = session::run(&loaded, Use::Write, async |session| {
         let server = session.settings().clone();
-        find_drift(&server, &mut session.ready.conn, &set, &settings).await
+        find_drift(&server, &mut session.ready.conn, &set, &settings, args.shadow_database.as_deref()).await
     })?;
     let differences = match found {
         Ok(differences) => differences,
@@ -287,15 +291,17 @@ pub async fn find_drift(
     live: &mut PgConnection,
     set: &MigrationSet,
     settings: &MigrationSettings,
+    shadow: Option<&str>,
 ) -> anyhow::Result<Result<Vec<Difference>, String>> {
-    let may_create: bool =
+    let may_create: bool = shadow.is_some() || {
         sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
             .fetch_one(&mut *live)
-            .await?;
+            .await?
+    };
     if !may_create {
         return Ok(Err(format!(
             "the role {} may not create databases, and the expected schema is built in a throwaway one (ALTER ROLE \"{}\" \
-             CREATEDB, or run it as a role that may)",
+             CREATEDB; or give it an empty database of its own: cargo xtask schema drift --shadow-database NAME)",
             server.user(),
             server.user()
         )));
@@ -327,31 +333,122 @@ pub async fn find_drift(
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state != State::Pending))
         .collect();
     let found = snapshot(live, &settings.table_name).await?;
-    let throwaway = throwaway_name("prestart_drift");
-    let maintenance = server.with_database("postgres");
-    let active = ActiveBackend::default();
-    let expected = in_throwaway(&maintenance, &throwaway, &active, async {
-        let built = server.with_database(&throwaway);
-        let mut ready = backend::db::connect_once(&built, "prestart-drift", backend::db::ATTEMPT_TIMEOUT)
-            .await
-            .map_err(|e| anyhow!("cannot connect to the throwaway database: {e}"))?;
-        active.set(Some(&ready.process));
+    let build = async |conn: &mut PgConnection| -> anyhow::Result<Snapshot> {
         for schema in &settings.create_schemas {
-            ready.conn.create_schema_if_not_exists(schema).await?;
+            conn.create_schema_if_not_exists(schema).await?;
         }
-        ready.conn.ensure_migrations_table(&settings.table_name).await?;
+        conn.ensure_migrations_table(&settings.table_name).await?;
         for file in &applied_files {
-            ready.conn.apply(&settings.table_name, &file.migration).await.with_context(|| {
+            conn.apply(&settings.table_name, &file.migration).await.with_context(|| {
                 format!("{} fails on an empty database, so the expected schema cannot be built", file.name())
             })?;
         }
-        let expected = snapshot(&mut ready.conn, &settings.table_name).await?;
-        active.set(None);
-        Ok(expected)
-    })
-    .await?;
+        snapshot(conn, &settings.table_name).await
+    };
+    let expected = match shadow {
+        Some(shadow) => match in_shadow(server, live, shadow, build).await? {
+            Ok(expected) => expected,
+            Err(cannot) => return Ok(Err(cannot)),
+        },
+        None => {
+            let throwaway = throwaway_name("prestart_drift");
+            let maintenance = server.with_database("postgres");
+            let active = ActiveBackend::default();
+            in_throwaway(&maintenance, &throwaway, &active, async {
+                let mut ready = connect_to(&server.with_database(&throwaway)).await?;
+                active.set(Some(&ready.process));
+                let expected = build(&mut ready.conn).await?;
+                active.set(None);
+                Ok(expected)
+            })
+            .await?
+        }
+    };
     Ok(Ok(compare(&expected, &found)))
 }
+
+async fn connect_to(db: &DatabaseSettings) -> anyhow::Result<backend::db::Ready> {
+    backend::db::connect_once(db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {db}: {e}"))
+}
+
+/// Builds the expected schema in `shadow`, a database the user gave prestart for this (for a
+/// role that may not create databases): it must be empty, and is emptied again after, of what
+/// the build made and nothing else.
+async fn in_shadow(
+    server: &DatabaseSettings,
+    live: &mut PgConnection,
+    shadow: &str,
+    build: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<Snapshot>,
+) -> anyhow::Result<Result<Snapshot, String>> {
+    let live_name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *live).await?;
+    if live_name == shadow {
+        return Ok(Err(format!(
+            "--shadow-database {shadow} is the database itself: give an empty database of its own"
+        )));
+    }
+    let mut ready =
+        match backend::db::connect_once(&server.with_database(shadow), "prestart-drift", backend::db::ATTEMPT_TIMEOUT)
+            .await
+        {
+            Ok(ready) => ready,
+            Err(e) => return Ok(Err(format!("cannot use the shadow database {shadow}: {e}"))),
+        };
+    let held: i64 = sqlx::query_scalar(SHADOW_OBJECTS).fetch_one(&mut ready.conn).await?;
+    if held > 0 {
+        return Ok(Err(format!(
+            "the shadow database {shadow} is not empty ({held} schemas, extensions, tables, functions or types): drift \
+             empties it after each use, so it only takes an empty database of its own (CREATE DATABASE {shadow}_shadow)"
+        )));
+    }
+    let built = build(&mut ready.conn).await;
+    let emptied = sqlx::raw_sql(EMPTY_SHADOW).execute(&mut ready.conn).await;
+    let expected = built?;
+    emptied.with_context(|| format!("could not empty the shadow database {shadow} after use"))?;
+    Ok(Ok(expected))
+}
+
+/// What a shadow database holds beyond an empty one's.
+const SHADOW_OBJECTS: &str = r#"
+SELECT (SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
+          AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%')
+     + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')
+     + (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')
+     + (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public')
+     + (SELECT count(*) FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+        WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c', 'r', 'm') AND t.typrelid = 0)
+"#;
+
+/// Drops what a build made in a shadow database that was empty before it.
+const EMPTY_SHADOW: &str = r#"
+DO $prestart$ DECLARE r record; BEGIN
+    FOR r IN SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
+               AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%' LOOP
+        EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', r.nspname);
+    END LOOP;
+    FOR r IN SELECT extname FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' LOOP
+        EXECUTE pg_catalog.format('DROP EXTENSION %I CASCADE', r.extname);
+    END LOOP;
+    FOR r IN SELECT c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+             -- Sequences last: an identity column's goes with its table, and cannot go first.
+             ORDER BY c.relkind = 'S' LOOP
+        EXECUTE pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE r.relkind WHEN 'v' THEN 'VIEW'
+            WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, r.relname);
+    END LOOP;
+    FOR r IN SELECT p.oid::pg_catalog.regprocedure AS signature, p.prokind FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' LOOP
+        EXECUTE pg_catalog.format('DROP %s IF EXISTS %s CASCADE', CASE r.prokind WHEN 'p' THEN 'PROCEDURE'
+            WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.signature);
+    END LOOP;
+    FOR r IN SELECT t.typname, t.typtype FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+             WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c', 'r', 'm') AND t.typrelid = 0 LOOP
+        EXECUTE pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE r.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+            r.typname);
+    END LOOP;
+END $prestart$;
+"#;
 
 /// Every object of the schema as (kind, name) → definition, outside the system schemas, the
 /// objects of extensions and sqlx's own table.
@@ -515,7 +612,7 @@ pub fn drift_note(
     let look = async {
         let mut ready = backend::db::connect_once(&db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await.ok()?;
         // The throwaway database is dropped however this ends, the timeout included.
-        tokio::time::timeout(DRIFT_NOTE_BOUND, find_drift(&db, &mut ready.conn, set, settings)).await.ok()
+        tokio::time::timeout(DRIFT_NOTE_BOUND, find_drift(&db, &mut ready.conn, set, settings, None)).await.ok()
     };
     let found = match runtime()?.block_on(look) {
         None => return Ok(None),

@@ -316,3 +316,36 @@ fn an_interrupted_drift_check_leaves_no_throwaway_database() {
     running.wait_within(std::time::Duration::from_secs(20)).assert_code(143);
     assert_eq!(throwaways(), "0");
 }
+
+/// A role that may not create databases gets drift through a shadow database it was given: it
+/// must be empty, and is empty again after each use.
+#[test]
+fn drift_through_a_shadow_database_for_a_role_that_may_not_create_databases() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_every_kind.sql", EVERY_KIND);
+    run(&["migrate"], &cluster.env("app"), &migrations).assert_code(0);
+    cluster.psql("postgres", &format!("CREATE ROLE owner LOGIN PASSWORD '{}'", testkit::PASSWORD));
+    cluster.psql("postgres", "CREATE DATABASE shadow OWNER owner");
+    cluster.psql("app", "GRANT SELECT ON _sqlx_migrations TO owner");
+    let owner = with(cluster.env("app"), "POSTGRES_USER", "owner");
+    let drift = |extra: &[&str]| {
+        let mut args = vec!["schema", "drift"];
+        args.extend_from_slice(extra);
+        run(&args, &owner, &migrations)
+    };
+    drift(&[]).assert_code(5).assert_stderr_contains("--shadow-database NAME");
+    for _ in 0..2 {
+        drift(&["--shadow-database", "shadow"]).assert_code(0).assert_stderr_contains("no drift");
+    }
+    let left = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')";
+    assert_eq!(cluster.psql("shadow", left), "0", "the shadow database was not emptied");
+    cluster.psql("app", "ALTER TABLE items ALTER COLUMN note SET NOT NULL");
+    drift(&["--shadow-database", "shadow"]).assert_code(9).assert_stderr_contains("column public.items.note: differs");
+    // A database that holds something is refused, and keeps what it holds.
+    drift(&["--shadow-database", "app"]).assert_code(5).assert_stderr_contains("is the database itself");
+    cluster.psql("shadow", "CREATE TABLE precious (id int)");
+    drift(&["--shadow-database", "shadow"]).assert_code(5).assert_stderr_contains("is not empty");
+    assert_eq!(cluster.psql("shadow", "SELECT to_regclass('precious') IS NOT NULL"), "t");
+}

@@ -225,7 +225,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
 
     doctor
         .check_async(Area::Migrations, "migrations.drift", async {
-            Ok(match crate::schema::find_drift(&server, &mut conn, set, settings).await? {
+            Ok(match crate::schema::find_drift(&server, &mut conn, set, settings, None).await? {
                 Err(cannot) => Outcome::skipped(cannot),
                 Ok(differences) if differences.is_empty() => {
                     Outcome::ok("no drift: the schema is what the applied migrations produce")

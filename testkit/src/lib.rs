@@ -452,14 +452,6 @@ impl BrokenNetwork {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("prestart-test-{}-{n}", std::process::id());
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
-            }
-        };
         ip(&["netns", "add", &name])?;
         let network = BrokenNetwork { name };
         let inside = |args: &[&str]| {
@@ -486,14 +478,6 @@ impl BrokenNetwork {
     /// in ([`Cluster::serve`]).
     pub fn link_to_host(&self) -> Result<String, String> {
         let Link { host, inside, host_end, inside_end } = Link::of_this_process();
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
-            }
-        };
         ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &inside_end, "netns", &self.name])?;
         ip(&["addr", "add", &format!("{host}/30"), "dev", &host_end])?;
         ip(&["link", "set", &host_end, "up"])?;
@@ -532,6 +516,16 @@ impl Link {
         let slot = (pid % 16384) * 4;
         let address = |n: u32| format!("10.97.{}.{}", slot / 256, slot % 256 + n);
         Link { host: address(1), inside: address(2), host_end: format!("pt{pid}h"), inside_end: format!("pt{pid}n") }
+    }
+}
+
+/// `ip ARGS` (iproute2), with its complaint as the error.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim()))
     }
 }
 

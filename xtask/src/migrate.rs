@@ -35,6 +35,13 @@ pub struct Args {
     #[command(subcommand)]
     action: Option<Action>,
     #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What a run of migrations (up or down) needs: the database, the folder, the options, how far.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     source: SourceArgs,
@@ -62,19 +69,7 @@ enum Action {
     Status(StatusArgs),
     /// Revert the latest applied migration with its .down.sql file (--target-version: every one
     /// above that version)
-    Revert(RevertArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct RevertArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    options: MigrateOptions,
-    #[command(flatten)]
-    target: TargetArgs,
+    Revert(RunArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,13 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(Action::Revert(revert)) => return run_revert(revert),
         None => {}
     }
-    let loaded = args.db.load()?;
-    let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
+    let RunArgs { db, source, options, target } = args.run;
+    let loaded = db.load()?;
+    let (set, settings, dir) = source.load(&loaded.root)?;
+    let plan = target.apply_to(options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
     session::run(&loaded, Use::Write, async |session| migrate_step(session, &plan).await)
 }
 
-fn run_revert(args: RevertArgs) -> anyhow::Result<()> {
+fn run_revert(args: RunArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, dir) = args.source.load(&loaded.root)?;
     let plan = args.target.apply_to(args.options.plan(&set, &settings, &dir, loaded.wait_timeout), true)?;

@@ -289,13 +289,23 @@ pub async fn in_throwaway<T>(
     active: &ActiveBackend,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let created = maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name)), CREATE_TIMEOUT).await;
-    // Even a create that timed out may finish on the server: the guard drops it all the same.
+    // Armed before the create: a signal may cancel us after the server created the database
+    // but before the answer came, and a create that timed out may still finish on the server.
     let guard = Throwaway { server, name };
-    created.map_err(|e| fail(Failure::Refused, e))?;
+    let created = maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name)), CREATE_TIMEOUT).await;
+    if let Err(error) = created {
+        let taken =
+            error.chain().filter_map(|cause| cause.downcast_ref::<sqlx::Error>()).any(|e| sqlstate(e) == "42P04");
+        if taken {
+            // Not ours: leave it.
+            std::mem::forget(guard);
+        }
+        return Err(fail(Failure::Refused, error));
+    }
     let result = interruptible(server, active, work).await;
-    std::mem::forget(guard);
     drop_and_say(server, name).await;
+    // Dropped already; a cancellation during that drop leaves it to the guard.
+    std::mem::forget(guard);
     result
 }
 

@@ -221,3 +221,25 @@ fn transaction_pooling_is_told_with_several_idle_server_sessions() {
         }
     });
 }
+
+/// SIGTERM while backend or worker still waits for the database at start-up (a pod deleted
+/// before its database came up) stops it cleanly at once, not after the start-up wait.
+#[test]
+fn a_signal_during_start_up_stops_them_at_once() {
+    let cluster = Cluster::stopped();
+    for name in ["backend", "worker"] {
+        let port = claim_port();
+        let running = service(name, &cluster, &format!("127.0.0.1:{}", port.number)).spawn();
+        // The state to wait for: the process has its SIGTERM handler (bit 15 of SigCgt).
+        let pid = running.child.id();
+        let catches_sigterm = || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let mask = status.lines().find_map(|line| line.strip_prefix("SigCgt:"));
+            mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok()).is_some_and(|m| m & (1 << 14) != 0)
+        };
+        assert!(eventually(Duration::from_secs(10), catches_sigterm), "{name} never listens for SIGTERM");
+        running.signal("TERM");
+        let outcome = running.wait_within(Duration::from_secs(5));
+        outcome.assert_code(0).assert_stderr_contains(&format!("{name}: stopped before it started"));
+    }
+}

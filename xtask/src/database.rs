@@ -91,14 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::Drop(args) => {
             let loaded = args.db.load()?;
             confirm_drop(&loaded, &args.guard)?;
-            drop(&loaded)
+            drop_database(&loaded)
         }
         Action::Reset(args) => {
             let loaded = args.drop.db.load()?;
             // What setup needs is read before anything is dropped: a broken folder stops here.
             args.source.load(&loaded.root)?;
             confirm_drop(&loaded, &args.drop.guard)?;
-            drop(&loaded)?;
+            drop_database(&loaded)?;
             setup(&loaded, &args.source, &args.options)
         }
         Action::Setup(args) => setup(&args.db.load()?, &args.source, &args.options),
@@ -134,7 +134,7 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
     })
 }
 
-fn drop(loaded: &Loaded) -> anyhow::Result<()> {
+fn drop_database(loaded: &Loaded) -> anyhow::Result<()> {
     let name = target(loaded).database().to_owned();
     let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
     session::run(&maintenance, Use::Write, async |session| {

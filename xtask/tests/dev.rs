@@ -32,6 +32,8 @@ fn sigterm_and_sigint_stop_backend_and_worker_and_exit_with_the_signal_code() {
             panic!("the backend never answered: {:?}", running.wait());
         }
         assert_eq!(services.len(), 2, "expected backend and worker, found {services:?}");
+        // The worker is up too, not only started.
+        running.wait_for_stderr("[worker] worker: waiting for jobs", Duration::from_secs(60));
         running.signal(signal);
         running
             .wait()

@@ -25,7 +25,16 @@ fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    let Service { settings, migrations, db } = match service::start("backend", std::env::args().skip(1)).await {
+    // Listened for from the start: a signal while connecting stops the start-up cleanly.
+    let mut shutdown = Box::pin(service::shutdown_signal());
+    let started = tokio::select! {
+        started = service::start("backend", std::env::args().skip(1)) => started,
+        () = &mut shutdown => {
+            eprintln!("backend: stopped before it started");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let Service { settings, migrations, db } = match started {
         Ok(service) => service,
         Err(e) => return e.report("backend"),
     };
@@ -44,7 +53,7 @@ async fn serve() -> ExitCode {
         }
     };
     eprintln!("backend: listening on {}", settings.backend_bind);
-    match axum::serve(listener, router).with_graceful_shutdown(service::shutdown_signal()).await {
+    match axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
         Ok(()) => {
             eprintln!("backend: stopped");
             ExitCode::SUCCESS

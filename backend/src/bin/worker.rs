@@ -21,15 +21,23 @@ fn main() -> ExitCode {
 }
 
 async fn work() -> ExitCode {
-    let Service { db, .. } = match service::start("worker", std::env::args().skip(1)).await {
-        Ok(service) => service,
-        Err(e) => return e.report("worker"),
-    };
-    // The signal is looked at between jobs and while idle, never raced against a claim: a claim
-    // is an UPDATE that commits on its own, so cancelling one in flight could leave its job
+    // Listened for from the start: a signal while connecting stops the start-up cleanly. After
+    // that it is looked at between jobs and while idle, never raced against a claim: a claim is
+    // an UPDATE that commits on its own, so cancelling one in flight could leave its job
     // `running` with nobody on it.
     let shutdown = service::shutdown_signal();
     tokio::pin!(shutdown);
+    let started = tokio::select! {
+        started = service::start("worker", std::env::args().skip(1)) => started,
+        () = &mut shutdown => {
+            eprintln!("worker: stopped before it started");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let Service { db, .. } = match started {
+        Ok(service) => service,
+        Err(e) => return e.report("worker"),
+    };
     eprintln!("worker: waiting for jobs");
     let mut requeue = tokio::time::interval(REQUEUE_EVERY);
     while !is_ready(shutdown.as_mut()) {

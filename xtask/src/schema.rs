@@ -21,6 +21,7 @@ use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
 use crate::session::{self, Use};
 use crate::ui;
+use backend::db::bounded;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,7 +93,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
         let active = ActiveBackend::default();
         in_throwaway(&server, &throwaway, &active, async {
             drop(migrated_session(&target, &active, &plan).await?);
-            run_pg_dump(&sh, &pg_dump, &target.settings.database, &settings)
+            run_pg_dump(&sh, &pg_dump, &target.settings.database, &settings).await
         })
         .await
     })?;
@@ -119,7 +120,7 @@ fn dump(args: DumpArgs) -> anyhow::Result<()> {
 }
 
 /// `pg_dump --schema-only` of `db`, without owners, privileges, tablespaces and sqlx's table.
-fn run_pg_dump(
+async fn run_pg_dump(
     sh: &Shell,
     pg_dump: &std::path::Path,
     db: &DatabaseSettings,
@@ -142,7 +143,13 @@ fn run_pg_dump(
         Some(cert) => command.env("PGSSLROOTCERT", cert),
         None => command,
     };
-    let output = command.output().context("cannot run pg_dump")?;
+    // Awaited, not blocking: a signal stops it (killed with the future) like the rest of the run.
+    let mut command = tokio::process::Command::from(std::process::Command::from(command));
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(PG_DUMP_TIMEOUT, command.output())
+        .await
+        .map_err(|_| anyhow!("pg_dump gave no result within {} s", PG_DUMP_TIMEOUT.as_secs()))?
+        .context("cannot run pg_dump")?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let fix = if stderr.contains("version mismatch") {
@@ -154,6 +161,9 @@ fn run_pg_dump(
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
+
+/// The longest pg_dump may take on a throwaway database that holds no rows.
+const PG_DUMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// pg_dump's output without what varies by machine or run (versions, random keys, the client
 /// encoding), with a header and the migrations that make it.
@@ -294,9 +304,9 @@ pub async fn find_drift(
     shadow: Option<&str>,
 ) -> anyhow::Result<Result<Vec<Difference>, String>> {
     let may_create: bool = shadow.is_some() || {
-        sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user")
-            .fetch_one(&mut *live)
-            .await?
+        let role =
+            sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user");
+        bounded(role.fetch_one(&mut *live)).await?
     };
     if !may_create {
         return Ok(Err(format!(
@@ -306,7 +316,7 @@ pub async fn find_drift(
             server.user()
         )));
     }
-    let applied = match applied_rows(live, &settings.table_name).await {
+    let applied = match bounded(applied_rows(live, &settings.table_name)).await {
         Ok(applied) => applied,
         Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
             return Ok(Err(format!(
@@ -382,7 +392,7 @@ async fn in_shadow(
     shadow: &str,
     build: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<Snapshot>,
 ) -> anyhow::Result<Result<Snapshot, String>> {
-    let live_name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *live).await?;
+    let live_name: String = bounded(sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *live)).await?;
     if live_name == shadow {
         return Ok(Err(format!(
             "--shadow-database {shadow} is the database itself: give an empty database of its own"
@@ -395,7 +405,7 @@ async fn in_shadow(
             Ok(ready) => ready,
             Err(e) => return Ok(Err(format!("cannot use the shadow database {shadow}: {e}"))),
         };
-    let held: i64 = sqlx::query_scalar(SHADOW_OBJECTS).fetch_one(&mut ready.conn).await?;
+    let held: i64 = bounded(sqlx::query_scalar(SHADOW_OBJECTS).fetch_one(&mut ready.conn)).await?;
     if held > 0 {
         return Ok(Err(format!(
             "the shadow database {shadow} is not empty ({held} schemas, extensions, tables, functions or types): drift \
@@ -403,7 +413,7 @@ async fn in_shadow(
         )));
     }
     let built = build(&mut ready.conn).await;
-    let emptied = sqlx::raw_sql(EMPTY_SHADOW).execute(&mut ready.conn).await;
+    let emptied = bounded(sqlx::raw_sql(EMPTY_SHADOW).execute(&mut ready.conn)).await;
     let expected = built?;
     emptied.with_context(|| format!("could not empty the shadow database {shadow} after use"))?;
     Ok(Ok(expected))
@@ -519,11 +529,15 @@ GROUP BY n.nspname, t.typname
 /// extension is left out: one created before an upgrade differs from a fresh one by right.
 async fn snapshot(conn: &mut PgConnection, migrations_table: &str) -> anyhow::Result<Snapshot> {
     use sqlx::Connection as _;
-    let mut tx = conn.begin().await?;
-    sqlx::raw_sql("SET LOCAL search_path = pg_catalog").execute(&mut *tx).await?;
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(SNAPSHOT)).bind(migrations_table).fetch_all(&mut *tx).await?;
-    tx.commit().await?;
+    let read = async {
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql("SET LOCAL search_path = pg_catalog").execute(&mut *tx).await?;
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(SNAPSHOT)).bind(migrations_table).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(rows)
+    };
+    let rows = bounded(read).await?;
     Ok(rows.into_iter().map(|(kind, name, definition)| ((kind, name), definition)).collect())
 }
 

@@ -225,7 +225,15 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
 
     doctor
         .check_async(Area::Migrations, "migrations.drift", async {
-            Ok(match crate::schema::find_drift(&server, &mut conn, set, settings, None).await? {
+            // Bounded like every check; the throwaway database is dropped however this ends.
+            let look = crate::schema::find_drift(&server, &mut conn, set, settings, None);
+            let Ok(found) = tokio::time::timeout(DRIFT_CHECK_BOUND, look).await else {
+                return Ok(Outcome::skipped(format!(
+                    "the drift check took more than {} s: run `cargo xtask schema drift` to wait for it",
+                    DRIFT_CHECK_BOUND.as_secs()
+                )));
+            };
+            Ok(match found? {
                 Err(cannot) => Outcome::skipped(cannot),
                 Ok(differences) if differences.is_empty() => {
                     Outcome::ok("no drift: the schema is what the applied migrations produce")
@@ -242,6 +250,9 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
         })
         .await;
 }
+
+/// How long doctor waits for the drift check (a throwaway database and the migrations in it).
+const DRIFT_CHECK_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn state_checks(doctor: &mut Doctor, set: &MigrationSet, status: &Status) {
     let versions =

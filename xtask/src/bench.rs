@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use backend::config::{DatabaseSettings, Env};
 use xshell::Shell;
 
-use crate::context::{cargo, root, runtime};
+use crate::context::{cargo, root};
 use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
@@ -151,7 +151,7 @@ impl Bench {
     fn fresh_database_without_commit_waits(&self, name: &str) -> anyhow::Result<()> {
         self.fresh_database(name)?;
         let db = bench_settings(self.port, "postgres")?;
-        runtime()?.block_on(async {
+        crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -163,7 +163,7 @@ impl Bench {
 
     fn fresh_database(&self, name: &str) -> anyhow::Result<()> {
         let db = bench_settings(self.port, "postgres")?;
-        runtime()?.block_on(async {
+        crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -263,7 +263,7 @@ impl Bench {
         ui::step(format!("no-op prestart through PgBouncer in session mode ({runs} runs)"));
         let scratch = ServerScratch::new(sh)?;
         let dir = &scratch.dir;
-        let secret: String = runtime()?.block_on(async {
+        let secret: String = crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(
                 &bench_settings(self.port, "postgres")?,
                 "prestart-bench",
@@ -432,7 +432,7 @@ impl Bench {
         for _ in 0..trials {
             self.fresh_database("stop")?;
             let mut child = self.command("stop", &["migrate", "--source", source]).stderr(Stdio::piped()).spawn()?;
-            let running = runtime()?.block_on(async {
+            let running = crate::interrupt::block_on(async {
                 let mut watcher = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -583,7 +583,7 @@ fn suite_time(sh: &Shell) -> anyhow::Result<Figure> {
 /// What the figures depend on: cores, the server's version and durability settings.
 fn describe_machine(port: u16) -> anyhow::Result<String> {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let (version, fsync, commit): (String, String, String) = runtime()?.block_on(async {
+    let (version, fsync, commit): (String, String, String) = crate::interrupt::block_on(async {
         let settings = bench_settings(port, "postgres")?;
         let mut ready = backend::db::connect_once(&settings, "prestart-bench", Duration::from_secs(5))
             .await

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use backend::config::{Env, Settings};
 use backend::schema::{MigrationSet, MigrationSettings};
 
@@ -244,11 +243,6 @@ pub fn display_path(path: &Path) -> String {
     let cwd = std::env::current_dir().ok();
     let shown = cwd.as_deref().and_then(|cwd| path.strip_prefix(cwd).ok()).unwrap_or(path);
     shown.display().to_string()
-}
-
-/// A tokio runtime for one command: current-thread, since each command does one thing at a time.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 /// `cargo ARGS`, without the package variables `cargo run` gave us (CARGO_PKG_NAME, ...): ring's

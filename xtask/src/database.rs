@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
 use xshell::Shell;
 
-use crate::context::{DbArgs, Loaded, SourceArgs, runtime};
+use crate::context::{DbArgs, Loaded, SourceArgs};
 use crate::dev_db::DevCluster;
 use crate::diagnose::is_loopback;
 use crate::exit::{Failure, fail};
@@ -246,7 +246,7 @@ pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSet
     let db = target(loaded);
     let maintenance = db.with_database(MAINTENANCE_DATABASE);
     let probe =
-        runtime()?.block_on(backend::db::connect_once(&maintenance, "prestart-scratch", Duration::from_secs(2)));
+        crate::interrupt::block_on(backend::db::connect_once(&maintenance, "prestart-scratch", Duration::from_secs(2)));
     match probe {
         Ok(_) => Ok(maintenance),
         Err(backend::db::Failure::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow!("{maintenance}: {fatal}"))),
@@ -291,7 +291,7 @@ pub async fn in_throwaway<T>(
 ) -> anyhow::Result<T> {
     // Armed before the create: a signal may cancel us after the server created the database
     // but before the answer came, and a create that timed out may still finish on the server.
-    let guard = Throwaway { server, name };
+    let guard = Throwaway { server: server.clone(), name: name.to_owned() };
     let created = maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name)), CREATE_TIMEOUT).await;
     if let Err(error) = created {
         let taken =
@@ -310,22 +310,17 @@ pub async fn in_throwaway<T>(
 }
 
 /// Drops the throwaway database when dropped itself: the path where `in_throwaway` was cut short.
-struct Throwaway<'a> {
-    server: &'a DatabaseSettings,
-    name: &'a str,
+/// The drop runs on the runtime's worker, and the process waits for it before exiting, within
+/// its cleanup budget (a second signal ends it at once).
+struct Throwaway {
+    server: DatabaseSettings,
+    name: String,
 }
 
-impl Drop for Throwaway<'_> {
+impl Drop for Throwaway {
     fn drop(&mut self) {
-        // We may be on the async runtime's thread, which cannot wait for a future: a thread of
-        // its own, with a runtime of its own, for the few statements.
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                if let Ok(runtime) = crate::context::runtime() {
-                    runtime.block_on(drop_and_say(self.server, self.name));
-                }
-            });
-        });
+        let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
+        crate::interrupt::spawn_cleanup(async move { drop_and_say(&server, &name).await });
     }
 }
 

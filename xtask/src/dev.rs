@@ -11,13 +11,12 @@ use anyhow::{Context as _, bail};
 use backend::db::Failure as ConnectFailure;
 use xshell::{Shell, cmd};
 
-use crate::context::{DbArgs, SourceArgs, cargo, root, runtime};
+use crate::context::{DbArgs, SourceArgs, cargo, root};
 use crate::dev_db::DevCluster;
 use crate::exit::{Failure, Signal, fail};
 use crate::migrate::MigrateOptions;
 use crate::prestart;
 use crate::ui;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let db = &loaded.settings.database;
 
     ui::step(format!("look for the configured database at {db}"));
-    let probe = runtime()?.block_on(backend::db::connect_once(db, "prestart-dev", Duration::from_secs(2)));
+    let probe = crate::interrupt::block_on(backend::db::connect_once(db, "prestart-dev", Duration::from_secs(2)));
     match probe {
         Ok(_) => ui::line("it answers: using it"),
         Err(ConnectFailure::Fatal(fatal)) => {
@@ -110,16 +109,11 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
         copiers.extend(copying);
     }
     ui::step("backend and worker running: Ctrl-C stops them");
-    let stop = runtime()?.block_on(async {
-        // Registered here, not inherited: prestart's handlers stay installed after its runtime
-        // ends, and would swallow these signals.
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
+    let stop = crate::interrupt::block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                _ = interrupt.recv() => return anyhow::Ok(Stop::Signal(Signal::Interrupt)),
-                _ = terminate.recv() => return anyhow::Ok(Stop::Signal(Signal::Terminate)),
+                signal = crate::interrupt::signalled() => return anyhow::Ok(Stop::Signal(signal)),
                 _ = tick.tick() => {
                     let exited = children.iter_mut().find_map(|(name, child)| Some((*name, child.try_wait().ok()??)));
                     if let Some((name, status)) = exited {

@@ -8,7 +8,7 @@ use anyhow::{Context as _, anyhow, bail};
 use backend::config::DatabaseSettings;
 use xshell::{Shell, cmd};
 
-use crate::context::{SettingsArgs, root, runtime};
+use crate::context::{SettingsArgs, root};
 use crate::exit::{Failure, fail};
 use crate::ui;
 
@@ -234,7 +234,7 @@ impl<'a> DevCluster<'a> {
             ui::line(format!("containers of the compose network {subnet} may connect through host.docker.internal"));
         }
         // The cluster is on this machine, whatever POSTGRES_SERVER says for the containers.
-        runtime()?.block_on(create_database(&db.with_host("127.0.0.1")))
+        crate::interrupt::block_on(create_database(&db.with_host("127.0.0.1")))
     }
 
     fn init(&self, db: &DatabaseSettings) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use backend::config::{DatabaseSettings, Env};
 use xshell::{Shell, cmd};
 
-use crate::context::{cargo, root, runtime};
+use crate::context::{cargo, root};
 use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
@@ -492,7 +492,7 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> anyhow:
 }
 
 fn query(db: &DatabaseSettings, sql: &str) -> anyhow::Result<String> {
-    runtime()?.block_on(async {
+    crate::interrupt::block_on(async {
         let mut ready =
             backend::db::connect_once(db, "prestart-e2e", Duration::from_secs(5)).await.map_err(|e| anyhow!("{e}"))?;
         Ok(sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&mut ready.conn).await?)

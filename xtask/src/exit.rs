@@ -43,7 +43,7 @@ pub enum Signal {
 }
 
 impl Failure {
-    fn code(self) -> u8 {
+    pub fn exit_code(self) -> u8 {
         match self {
             Failure::ChecksFailed => 1,
             Failure::Config => 3,
@@ -86,7 +86,7 @@ pub fn report(result: anyhow::Result<()>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };
-    let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.code());
+    let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.exit_code());
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
     eprintln!("error: {}", backend::redact::redact(&causes.join(": ")));
     ExitCode::from(code)
@@ -100,10 +100,12 @@ pub fn report_panics_as_bugs() {
         let payload = info.payload();
         let message =
             payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-        eprintln!(
+        // A panic message may quote a value: through the same filter as every other line.
+        let line = format!(
             "error: internal error{location}: {}; this is a bug in prestart, please report it",
             message.unwrap_or("panic")
         );
+        eprintln!("{}", backend::redact::redact(&line));
     }));
 }
 

@@ -1,16 +1,29 @@
-//! SIGINT and SIGTERM end a run within a second, and stop the server-side work too.
+//! The process's one runtime and its one signal listener: SIGINT and SIGTERM end a run within a
+//! second, stop the server-side work too, and a second signal ends the process at once.
+//!
+//! The listener is installed before any work and lives as long as the process: tokio keeps a
+//! handler once registered, and a signal that arrives while no listener of a runtime polls it is
+//! lost, so a runtime per step dropped signals between steps. The listener runs on the
+//! runtime's own worker thread, so it answers even while a step blocks its caller.
 //!
 //! Dropping our future closes the socket, but a backend busy with a long statement would not
-//! notice for a while; sqlx cannot send a CancelRequest, so a second connection terminates it.
+//! notice for a while; sqlx cannot send a CancelRequest, so a second connection terminates it,
+//! while our own connection to it is still open: closed first, a pooler may hand that server
+//! process to another client before the terminate arrives.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use backend::config::DatabaseSettings;
 use backend::db::ServerProcess;
+use tokio::runtime::{Handle, Runtime};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::exit::{Failure, Signal, fail};
 use crate::ui;
@@ -19,6 +32,130 @@ use crate::ui;
 /// and the server's wait for the process to end, all within it, so the whole stop stays within a
 /// second.
 const STOP_BUDGET: Duration = Duration::from_millis(800);
+/// How long the cleanups still running at exit (throwaway databases and clusters being dropped)
+/// may take before the process ends without them; a second signal ends it at once.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
+
+struct Process {
+    handle: Handle,
+    /// The first signal received, if any; later ones end the process.
+    received: watch::Receiver<Option<Signal>>,
+    /// Cleanups spawned where nothing could wait for them (a guard dropped by a cancellation).
+    cleanups: Mutex<Vec<JoinHandle<()>>>,
+}
+
+static PROCESS: OnceLock<Process> = OnceLock::new();
+
+/// Builds the runtime and installs the signal listener; call once, before any work. The
+/// runtime is the caller's to shut down with [`shut_down`].
+pub fn start() -> anyhow::Result<Runtime> {
+    // One worker thread: the listener and the cleanups run there, the commands' futures on the
+    // calling thread through `block_on`.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (interrupt, terminate) = {
+        let _entered = runtime.enter();
+        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
+    };
+    let (sender, received) = watch::channel(None);
+    runtime.spawn(listen(interrupt, terminate, sender));
+    let process = Process { handle: runtime.handle().clone(), received, cleanups: Mutex::default() };
+    if PROCESS.set(process).is_err() {
+        anyhow::bail!("the runtime was started twice");
+    }
+    Ok(runtime)
+}
+
+async fn listen(
+    mut interrupt: tokio::signal::unix::Signal,
+    mut terminate: tokio::signal::unix::Signal,
+    sender: watch::Sender<Option<Signal>>,
+) {
+    loop {
+        let signal = tokio::select! {
+            _ = interrupt.recv() => Signal::Interrupt,
+            _ = terminate.recv() => Signal::Terminate,
+        };
+        if let Some(first) = *sender.borrow() {
+            ui::line(format!("received {} again: exiting now, without cleaning up", name(signal)));
+            std::process::exit(Failure::Interrupted(first).exit_code().into());
+        }
+        sender.send_replace(Some(signal));
+    }
+}
+
+/// Waits for the cleanups still running, within their budget, then ends the runtime without
+/// joining its blocking threads: a name lookup stuck in `getaddrinfo` must not hold the exit.
+pub fn shut_down(runtime: Runtime) {
+    let cleanups = PROCESS.get().map(|p| std::mem::take(&mut *p.cleanups.lock().unwrap_or_else(|e| e.into_inner())));
+    if let Some(cleanups) = cleanups.filter(|c| !c.is_empty()) {
+        let all = futures_util::future::join_all(cleanups);
+        if runtime.block_on(async { tokio::time::timeout(CLEANUP_BUDGET, all).await }).is_err() {
+            ui::warn(format!("cleanup did not finish within {} s: exiting without it", CLEANUP_BUDGET.as_secs()));
+        }
+    }
+    runtime.shutdown_background();
+}
+
+/// Runs `work` to its end on the process's runtime, from synchronous code.
+pub fn block_on<F: Future>(work: F) -> F::Output {
+    match PROCESS.get() {
+        Some(process) => process.handle.block_on(work),
+        // Only unit tests get here: main starts the runtime before any command runs.
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for a unit test")
+            .block_on(work),
+    }
+}
+
+/// Runs `cleanup` on the runtime's worker, where nothing can wait for it now (a `Drop`); the
+/// process waits for it before it exits, within the cleanup budget.
+pub fn spawn_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let Some(process) = PROCESS.get() else { return };
+    let handle = process.handle.spawn(cleanup);
+    process.cleanups.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+}
+
+/// The first signal the process received, if any.
+pub fn received() -> Option<Signal> {
+    PROCESS.get().and_then(|p| *p.received.borrow())
+}
+
+/// Resolves when the process has received a signal (at once when it already has).
+pub async fn signalled() -> Signal {
+    let Some(process) = PROCESS.get() else { return std::future::pending().await };
+    let mut received = process.received.clone();
+    match received.wait_for(Option::is_some).await {
+        Ok(signal) => signal.unwrap_or(Signal::Interrupt),
+        // The listener never ends while the process runs.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+pub fn name(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Interrupt => "SIGINT",
+        Signal::Terminate => "SIGTERM",
+    }
+}
+
+/// The error of a run a signal stopped.
+pub fn interrupted(signal: Signal) -> anyhow::Error {
+    fail(Failure::Interrupted(signal), anyhow::anyhow!("stopped before finishing; rerun to complete"))
+}
+
+/// Runs `work` unless a signal came or comes first; a cleanup of its own needs nothing else.
+pub async fn unless_signalled<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        result = work => result,
+        signal = signalled() => Err(interrupted(signal)),
+    }
+}
 
 /// The server process that runs our current statement, if any.
 #[derive(Clone, Default)]
@@ -30,22 +167,17 @@ impl ActiveBackend {
     }
 }
 
-/// Runs `work` until it ends or a signal arrives; on a signal, stops the active backend.
+/// Runs `work` until it ends or a signal arrives; on a signal, stops the active backend while
+/// `work`, and so its connection to that backend, still lives, and only then drops `work`.
 pub async fn interruptible<T>(
     db: &DatabaseSettings,
     active: &ActiveBackend,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut work = std::pin::pin!(work);
     let received = tokio::select! {
-        result = work => return result,
-        _ = interrupt.recv() => Signal::Interrupt,
-        _ = terminate.recv() => Signal::Terminate,
-    };
-    let name = match received {
-        Signal::Interrupt => "SIGINT",
-        Signal::Terminate => "SIGTERM",
+        result = &mut work => return result,
+        signal = signalled() => signal,
     };
     let deadline = Instant::now() + STOP_BUDGET;
     let process = active.0.borrow().clone();
@@ -63,6 +195,7 @@ pub async fn interruptible<T>(
             ),
         },
     };
-    ui::line(format!("received {name}: {outcome}"));
-    Err(fail(Failure::Interrupted(received), anyhow::anyhow!("stopped before finishing; rerun to complete")))
+    drop(work);
+    ui::line(format!("received {}: {outcome}", name(received)));
+    Err(interrupted(received))
 }

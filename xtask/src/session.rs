@@ -9,7 +9,7 @@
 use backend::config::DatabaseSettings;
 use backend::db::Ready;
 
-use crate::context::{Loaded, runtime};
+use crate::context::{Loaded};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
@@ -112,7 +112,7 @@ pub fn run<T>(
         ));
     }
     let active = ActiveBackend::default();
-    runtime()?.block_on(interruptible(&target.settings.database, &active, async {
+    crate::interrupt::block_on(interruptible(&target.settings.database, &active, async {
         let mut session = Session::open(target, &active).await?;
         if purpose != Use::Wait {
             session.pooling = detect_pooling(session.settings(), &mut session.ready).await;

@@ -10,7 +10,7 @@ use backend::config::DatabaseSettings;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
-use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root, runtime};
+use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root};
 use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let target = throwaway_target(&loaded, &throwaway);
 
     ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));
-    runtime()?.block_on(async {
+    crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
         in_throwaway(&server, &throwaway, &active, prepare_in(&sh, &target, &active, args.check)).await
     })

@@ -20,7 +20,7 @@ use backend::config::{ConfigError, Env, Settings};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::context::{ContextArgs, SettingsArgs, SourceArgs, root, runtime};
+use crate::context::{ContextArgs, SettingsArgs, SourceArgs, root};
 use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};
 
@@ -189,11 +189,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut doctor = Doctor::default();
     let compose = compose::Model::load(&inputs);
     env::run(&mut doctor, &inputs);
-    runtime()?.block_on(async {
+    // A signal ends doctor, not only the check it came during (which would report it as failed).
+    crate::interrupt::block_on(crate::interrupt::unless_signalled(async {
         let target = location::run(&mut doctor, &inputs, compose.as_ref().ok().and_then(Option::as_ref)).await;
         let conn = postgres::run(&mut doctor, &inputs, &target).await;
         migrations::run(&mut doctor, &inputs, conn).await;
-    });
+        Ok(())
+    }))?;
+    if let Some(signal) = crate::interrupt::received() {
+        return Err(crate::interrupt::interrupted(signal));
+    }
     compose::run(&mut doctor, &inputs, &compose);
     doctor.check(Area::Tools, "tools.sqlx_cli", || {
         let sh = xshell::Shell::new()?;

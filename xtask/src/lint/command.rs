@@ -9,7 +9,7 @@ use backend::schema::{MigrationFile, MigrationSet, applied_rows};
 use xshell::{Shell, cmd};
 
 use super::{Finding, Linter, RULES, Rule};
-use crate::context::{SettingsArgs, SourceArgs, display_path, runtime};
+use crate::context::{SettingsArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
 use crate::ui;
 
@@ -108,7 +108,7 @@ fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path)
 
 fn applied_versions(args: &Args, table: &str) -> Option<BTreeSet<i64>> {
     let loaded = args.settings.load().ok()?;
-    runtime().ok()?.block_on(async {
+    crate::interrupt::block_on(async {
         let mut ready =
             backend::db::connect_once(&loaded.settings.database, "prestart-lint", Duration::from_secs(3)).await.ok()?;
         let rows = applied_rows(&mut ready.conn, table).await.ok()?;

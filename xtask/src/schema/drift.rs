@@ -12,7 +12,7 @@ use sqlx::postgres::PgConnection;
 
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
-use crate::context::{Loaded, runtime};
+use crate::context::{Loaded};
 use crate::database::{in_throwaway, throwaway_name};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -201,7 +201,7 @@ pub fn drift_note(
         // The throwaway database is dropped however this ends, the timeout included.
         tokio::time::timeout(DRIFT_NOTE_BOUND, find_drift(&db, &mut ready.conn, set, settings, None)).await.ok()
     };
-    let found = match runtime()?.block_on(look) {
+    let found = match crate::interrupt::block_on(look) {
         None => return Ok(None),
         Some(Err(error)) if matches!(error.downcast_ref::<Failure>(), Some(Failure::Interrupted(_))) => {
             return Err(error);

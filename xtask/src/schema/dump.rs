@@ -9,7 +9,7 @@ use backend::schema::{MigrationSet, MigrationSettings};
 use xshell::{Shell, cmd};
 
 use super::DumpArgs;
-use crate::context::{display_path, root, runtime};
+use crate::context::{display_path, root};
 use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -28,7 +28,7 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     let target = throwaway_target(&loaded, &throwaway);
     ui::step(format!("build the schema of {} in the throwaway database {throwaway}", display_path(&dir)));
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
-    let dumped = runtime()?.block_on(async {
+    let dumped = crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
         in_throwaway(&server, &throwaway, &active, async {
             drop(migrated_session(&target, &active, &plan).await?);

@@ -174,7 +174,7 @@ pub async fn interruptible<T>(
     active: &ActiveBackend,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let mut work = std::pin::pin!(work);
+    let mut work = Box::pin(work);
     let received = tokio::select! {
         result = &mut work => return result,
         signal = signalled() => signal,

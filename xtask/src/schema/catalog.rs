@@ -1,7 +1,7 @@
 //! Catalog snapshots: every object of a schema as (kind, name) and its definition, read the same
 //! way from the live database and from the one the migrations build, and their differences.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use backend::db::bounded;
 use serde::Serialize;
@@ -55,196 +55,664 @@ impl std::fmt::Display for Difference {
     }
 }
 
-/// Every object of the schema as (kind, name) → definition, outside the system schemas, the
-/// objects of extensions and sqlx's own table.
-pub type Snapshot = BTreeMap<(String, String), String>;
+/// One object of a snapshot: its definition, and the object it is a part of (the table of a
+/// column, the object of a grant or a comment), which says it instead when it is on one side only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub definition: String,
+    pub parent: Option<(String, String)>,
+}
 
+/// Every object of the schema as (kind, name) → its definition, outside the system schemas, the
+/// objects of extensions, sqlx's own table and prestart's `_prestart_environment`.
+pub type Snapshot = BTreeMap<(String, String), Object>;
+
+/// The catalog read, one query. `$1` is the migrations table (its oid, or NULL): it stays out, and
+/// so does `_prestart_environment` in `public` or in the migrations table's schema, with their
+/// indexes and sequences. The migrations table's owner, the role that ran the migrations, is named
+/// `<migrator>` in owners, grants and policies: the expected database is built by whoever runs
+/// drift, the live one by the role that migrated it. In grants, the object's own owner is `<owner>`, so an `OWNER TO`
+/// changes its owner and nothing else. Other roles are compared by name.
+///
+/// The kinds, beyond the tables, columns, constraints, indexes, views and functions:
+/// - `table`: persistence (unlogged), partition key, partition of (with its bound) or inherits,
+///   typed table, access method, tablespace, reloptions and the TOAST table's, row level security
+///   (enabled, forced), replica identity;
+/// - `column`: also a collation other than its type's, storage other than its type's, compression
+///   (14+), a generated expression, a statistics target, attribute options;
+/// - `index`: also its tablespace and CLUSTER ON; `constraint`: also foreign keys whose triggers
+///   were disabled;
+/// - `sequence`: also cache, unlogged, and OWNED BY (or the identity it serves; the owner of an
+///   identity's sequence is its table's, so it has no `owner` row);
+/// - `view`, `materialized view`: also their options (security_invoker, security_barrier,
+///   check_option);
+/// - `trigger`, `rule`, `event trigger`: also their enabled state (DISABLED, ENABLE REPLICA,
+///   ENABLE ALWAYS);
+/// - `composite type` (its attributes), `domain` (base type, collation, default, NOT NULL, its
+///   named constraints), `range type` (subtype, opclass, collation, canonical, subtype_diff),
+///   `aggregate` (its pg_aggregate row), `rule`, `policy` (permissive, command, roles, USING,
+///   WITH CHECK), `statistics` (extended statistics and their target), `operator`, `cast` (those
+///   made after initdb), `collation`, `text search dictionary`, `text search configuration` (parser
+///   and mappings), `publication` (what it publishes, via root, its tables, and on 15+ their
+///   column lists and row filters and its schemas), `event trigger`;
+/// - `owner` (named `KIND NAME` after its object), `grants` (likewise: the ACL when it is not the
+///   default one, sorted, column grants included), `default privileges` (pg_default_acl, named
+///   after its role, object type and schema), `comment` (on any object listed here).
+///
+/// Left out on purpose: foreign data wrappers, servers, user mappings and foreign tables (they
+/// name other servers and credentials, which differ by environment by design); subscriptions
+/// (superuser-only catalog, per environment); roles, tablespaces and database settings (cluster or
+/// database wide, not made by migrations); security labels (need a provider); operator classes
+/// and families, conversions, text search parsers and templates, base types, languages, access
+/// methods and transforms (they need C code, so come from extensions); the owner of `public`
+/// (it comes with the database); sequence values, extension versions and collation versions
+/// (state, not schema); the comments and options of a view's columns and of a composite type's
+/// attributes.
 const SNAPSHOT: &str = r#"
 WITH ns AS (
-    SELECT oid, nspname FROM pg_catalog.pg_namespace
+    SELECT oid, nspname, nspowner, nspacl FROM pg_catalog.pg_namespace
     WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
       AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'
 ), members AS (
-    SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'
+    SELECT classid, objid FROM pg_catalog.pg_depend
+    WHERE deptype = 'e'
+       OR deptype = 'i' AND classid IN ('pg_catalog.pg_proc'::pg_catalog.regclass, 'pg_catalog.pg_cast'::pg_catalog.regclass)
+), excluded AS (
+    SELECT c.oid FROM pg_catalog.pg_class c
+    WHERE c.oid = $1
+       OR c.relname = '_prestart_environment'
+          AND (c.relnamespace = (SELECT p.oid FROM pg_catalog.pg_namespace p WHERE p.nspname = 'public')
+               OR c.relnamespace = (SELECT m.relnamespace FROM pg_catalog.pg_class m WHERE m.oid = $1))
+), roles AS (
+    SELECT r.oid, CASE WHEN r.oid = (SELECT m.relowner FROM pg_catalog.pg_class m WHERE m.oid = $1) THEN '<migrator>'
+                       ELSE pg_catalog.quote_ident(r.rolname) END AS token
+    FROM pg_catalog.pg_roles r
 ), rel AS (
-    SELECT c.oid, c.relkind, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS qname
+    SELECT c.oid, c.relkind, c.relowner, c.relacl, c.reloptions, c.relpersistence, c.reltype,
+           pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS qname,
+           CASE WHEN c.relkind IN ('r', 'p') THEN 'table' WHEN c.relkind = 'v' THEN 'view' WHEN c.relkind = 'm' THEN 'materialized view'
+                WHEN c.relkind = 'S' THEN 'sequence' WHEN c.relkind IN ('i', 'I') THEN 'index' WHEN c.relkind = 'c' THEN 'composite type'
+                ELSE 'relation' END AS kind
     FROM pg_catalog.pg_class c JOIN ns n ON n.oid = c.relnamespace
-    WHERE (c.oid IS DISTINCT FROM pg_catalog.to_regclass($1))
-      AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid AND i.indrelid = pg_catalog.to_regclass($1))
+    WHERE c.oid NOT IN (SELECT oid FROM excluded)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid AND i.indrelid IN (SELECT oid FROM excluded))
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
+                      AND d.refobjid IN (SELECT oid FROM excluded))
       AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.objid = c.oid)
-)
-SELECT 'extension', extname::text, '' FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'
+), defs (classid, objid, objsubid, kind, name, definition, parent_kind, parent_name, owner, acl, acltype, shown) AS (
+SELECT 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid, e.oid, 0, 'extension', e.extname::text,
+       'schema ' || pg_catalog.quote_ident(n.nspname), NULL, NULL, NULL::pg_catalog.oid, NULL::pg_catalog.aclitem[], NULL::"char", false
+FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname <> 'plpgsql'
 UNION ALL
-SELECT 'schema', pg_catalog.quote_ident(nspname), '' FROM ns
+-- The owner of `public` comes with the database, not with a migration.
+SELECT 'pg_catalog.pg_namespace'::pg_catalog.regclass, oid, 0, 'schema', pg_catalog.quote_ident(nspname), '', NULL, NULL,
+       nspowner, nspacl, 'n', nspname <> 'public'
+FROM ns
 UNION ALL
-SELECT 'table', qname, CASE relkind WHEN 'p' THEN 'partitioned' ELSE '' END FROM rel WHERE relkind IN ('r', 'p')
+SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid, 0, 'table', r.qname,
+       pg_catalog.concat_ws(' ',
+           CASE c.relpersistence WHEN 'u' THEN 'unlogged' END,
+           CASE WHEN c.relkind = 'p' THEN 'partitioned by ' || pg_catalog.pg_get_partkeydef(c.oid) END,
+           CASE WHEN c.relispartition THEN 'partition of '
+               || (SELECT pg_catalog.string_agg(i.inhparent::pg_catalog.regclass::text, ', ') FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
+               || ' ' || pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+           ELSE 'inherits ' || (SELECT pg_catalog.string_agg(i.inhparent::pg_catalog.regclass::text, ', ' ORDER BY i.inhseqno)
+                                FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) END,
+           'of type ' || CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END,
+           'using ' || (SELECT a.amname FROM pg_catalog.pg_am a WHERE a.oid = c.relam AND a.amname <> 'heap'),
+           'tablespace ' || (SELECT pg_catalog.quote_ident(t.spcname) FROM pg_catalog.pg_tablespace t WHERE t.oid = c.reltablespace),
+           'with (' || (SELECT pg_catalog.string_agg(o, ', ' ORDER BY o) FROM pg_catalog.unnest(c.reloptions) o) || ')',
+           'with toast (' || (SELECT pg_catalog.string_agg(o, ', ' ORDER BY o) FROM pg_catalog.pg_class t, pg_catalog.unnest(t.reloptions) o
+                              WHERE t.oid = c.reltoastrelid) || ')',
+           CASE WHEN c.relrowsecurity THEN 'row level security' END,
+           CASE WHEN c.relforcerowsecurity THEN 'forced row level security' END,
+           CASE c.relreplident WHEN 'n' THEN 'replica identity nothing' WHEN 'f' THEN 'replica identity full'
+               WHEN 'i' THEN 'replica identity using index '
+                   || (SELECT pg_catalog.quote_ident(x.relname) FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid = i.indexrelid
+                       WHERE i.indrelid = c.oid AND i.indisreplident) END),
+       NULL, NULL, c.relowner, c.relacl, 'r', true
+FROM rel r JOIN pg_catalog.pg_class c ON c.oid = r.oid WHERE r.relkind IN ('r', 'p')
 UNION ALL
-SELECT 'column', r.qname || '.' || pg_catalog.quote_ident(a.attname),
+SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, r.oid, a.attnum, 'column', r.qname || '.' || pg_catalog.quote_ident(a.attname),
        pg_catalog.format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attcollation <> t.typcollation THEN ' COLLATE ' || a.attcollation::pg_catalog.regcollation::text ELSE '' END
        || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE ' NULL' END
-       || coalesce(' DEFAULT ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), '')
+       || CASE WHEN a.attgenerated = 's' THEN coalesce(' GENERATED ALWAYS AS (' || pg_catalog.pg_get_expr(d.adbin, d.adrelid) || ') STORED', '')
+               ELSE coalesce(' DEFAULT ' || pg_catalog.pg_get_expr(d.adbin, d.adrelid), '') END
        || CASE a.attidentity WHEN 'a' THEN ' GENERATED ALWAYS AS IDENTITY' WHEN 'd' THEN ' GENERATED BY DEFAULT AS IDENTITY' ELSE '' END
-FROM rel r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+       || CASE WHEN a.attstorage <> t.typstorage THEN ' STORAGE ' || a.attstorage::text ELSE '' END
+       {compression}
+       || CASE WHEN coalesce(a.attstattarget, -1) >= 0 THEN ' STATISTICS ' || a.attstattarget ELSE '' END
+       || coalesce(' WITH (' || (SELECT pg_catalog.string_agg(o, ', ' ORDER BY o) FROM pg_catalog.unnest(a.attoptions) o) || ')', ''),
+       r.kind, r.qname, c.relowner, a.attacl, 'c', false
+FROM rel r JOIN pg_catalog.pg_class c ON c.oid = r.oid
+JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 WHERE r.relkind IN ('r', 'p')
 UNION ALL
-SELECT 'index', qname, pg_catalog.pg_get_indexdef(oid) FROM rel WHERE relkind IN ('i', 'I')
+SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, r.oid, 0, 'index', r.qname,
+       pg_catalog.pg_get_indexdef(r.oid)
+       || coalesce(' TABLESPACE ' || (SELECT pg_catalog.quote_ident(t.spcname) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_tablespace t
+                                      ON t.oid = c.reltablespace WHERE c.oid = r.oid), '')
+       || CASE WHEN i.indisclustered THEN ' (clustered)' ELSE '' END,
+       t.kind, t.qname, NULL, NULL, NULL, false
+FROM rel r JOIN pg_catalog.pg_index i ON i.indexrelid = r.oid JOIN rel t ON t.oid = i.indrelid WHERE r.relkind IN ('i', 'I')
 UNION ALL
-SELECT 'constraint', r.qname || '.' || pg_catalog.quote_ident(con.conname), pg_catalog.pg_get_constraintdef(con.oid)
+-- A foreign key whose triggers were disabled (ALTER TABLE ... DISABLE TRIGGER ALL) no longer holds.
+SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, con.oid, 0, 'constraint', r.qname || '.' || pg_catalog.quote_ident(con.conname),
+       CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgconstraint = con.oid AND t.tgisinternal AND t.tgenabled <> 'O')
+            THEN 'triggers disabled: ' ELSE '' END || pg_catalog.pg_get_constraintdef(con.oid),
+       r.kind, r.qname, NULL, NULL, NULL, false
 FROM pg_catalog.pg_constraint con JOIN rel r ON r.oid = con.conrelid
 UNION ALL
-SELECT 'sequence', r.qname,
-       pg_catalog.format('%s start %s increment %s min %s max %s%s', pg_catalog.format_type(s.seqtypid, NULL),
-                         s.seqstart, s.seqincrement, s.seqmin, s.seqmax, CASE WHEN s.seqcycle THEN ' cycle' ELSE '' END)
+-- A sequence OWNED BY a column, or an identity's, is a part of its table; an identity's owner is always its table's.
+SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, r.oid, 0, 'sequence', r.qname,
+       pg_catalog.format('%s start %s increment %s min %s max %s cache %s%s%s%s', pg_catalog.format_type(s.seqtypid, NULL),
+                         s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, CASE WHEN s.seqcycle THEN ' cycle' ELSE '' END,
+                         CASE WHEN r.relpersistence = 'u' AND dep.deptype IS DISTINCT FROM 'i' THEN ' unlogged' ELSE '' END,
+                         CASE dep.deptype WHEN 'a' THEN ' owned by ' WHEN 'i' THEN ' identity of ' ELSE '' END
+                         || coalesce(t.qname || '.' || pg_catalog.quote_ident(a.attname), '')),
+       t.kind, t.qname, r.relowner, r.relacl, 's', dep.deptype IS DISTINCT FROM 'i'
 FROM rel r JOIN pg_catalog.pg_sequence s ON s.seqrelid = r.oid
+LEFT JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND dep.objid = r.oid
+     AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND dep.deptype IN ('a', 'i') AND dep.refobjsubid > 0
+LEFT JOIN rel t ON t.oid = dep.refobjid
+LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = dep.refobjid AND a.attnum = dep.refobjsubid
 UNION ALL
-SELECT CASE relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END, qname, pg_catalog.pg_get_viewdef(oid)
-FROM rel WHERE relkind IN ('v', 'm')
+SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, r.oid, 0, r.kind, r.qname,
+       coalesce('WITH (' || (SELECT pg_catalog.string_agg(o, ', ' ORDER BY o) FROM pg_catalog.unnest(r.reloptions) o) || ')', '')
+       || pg_catalog.pg_get_viewdef(r.oid),
+       NULL, NULL, r.relowner, r.relacl, 'r', true
+FROM rel r WHERE r.relkind IN ('v', 'm')
 UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END,
+SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, r.reltype, 0, 'composite type', r.qname,
+       (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname) || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod)
+                || CASE WHEN a.attcollation <> t.typcollation THEN ' COLLATE ' || a.attcollation::pg_catalog.regcollation::text ELSE '' END,
+                ', ' ORDER BY a.attnum)
+        FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+        WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       NULL, NULL, ty.typowner, ty.typacl, 'T', true
+FROM rel r JOIN pg_catalog.pg_type ty ON ty.oid = r.reltype WHERE r.relkind = 'c'
+UNION ALL
+SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, 0,
+       CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' ELSE 'function' END,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname)
        || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-       pg_catalog.pg_get_functiondef(p.oid)
+       CASE WHEN p.prokind <> 'a' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE
+           (SELECT pg_catalog.concat_ws(', ',
+                'kind = ' || ag.aggkind::text, 'direct arguments = ' || ag.aggnumdirectargs,
+                'sfunc = ' || ag.aggtransfn::pg_catalog.regprocedure::text,
+                'stype = ' || pg_catalog.format_type(ag.aggtranstype, NULL),
+                'sspace = ' || ag.aggtransspace,
+                'finalfunc = ' || CASE WHEN ag.aggfinalfn <> 0 THEN ag.aggfinalfn::pg_catalog.regprocedure::text END,
+                'finalfunc_extra = ' || ag.aggfinalextra, 'finalfunc_modify = ' || ag.aggfinalmodify::text,
+                'combinefunc = ' || CASE WHEN ag.aggcombinefn <> 0 THEN ag.aggcombinefn::pg_catalog.regprocedure::text END,
+                'serialfunc = ' || CASE WHEN ag.aggserialfn <> 0 THEN ag.aggserialfn::pg_catalog.regprocedure::text END,
+                'deserialfunc = ' || CASE WHEN ag.aggdeserialfn <> 0 THEN ag.aggdeserialfn::pg_catalog.regprocedure::text END,
+                'initcond = ' || pg_catalog.quote_literal(ag.agginitval),
+                'msfunc = ' || CASE WHEN ag.aggmtransfn <> 0 THEN ag.aggmtransfn::pg_catalog.regprocedure::text END,
+                'minvfunc = ' || CASE WHEN ag.aggminvtransfn <> 0 THEN ag.aggminvtransfn::pg_catalog.regprocedure::text END,
+                'mstype = ' || CASE WHEN ag.aggmtranstype <> 0 THEN pg_catalog.format_type(ag.aggmtranstype, NULL) END,
+                'mfinalfunc = ' || CASE WHEN ag.aggmfinalfn <> 0 THEN ag.aggmfinalfn::pg_catalog.regprocedure::text END,
+                'minitcond = ' || pg_catalog.quote_literal(ag.aggminitval),
+                'sortop = ' || CASE WHEN ag.aggsortop <> 0 THEN ag.aggsortop::pg_catalog.regoperator::text END,
+                'parallel = ' || p.proparallel::text, 'returns ' || pg_catalog.format_type(p.prorettype, NULL))
+            FROM pg_catalog.pg_aggregate ag WHERE ag.aggfnoid = p.oid) END,
+       NULL, NULL, p.proowner, p.proacl, 'f', true
 FROM pg_catalog.pg_proc p JOIN ns n ON n.oid = p.pronamespace
-WHERE p.prokind IN ('f', 'p')
+WHERE p.prokind IN ('f', 'p', 'a', 'w')
   AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND m.objid = p.oid)
 UNION ALL
-SELECT 'trigger', r.qname || '.' || pg_catalog.quote_ident(t.tgname), pg_catalog.pg_get_triggerdef(t.oid)
+SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, t.oid, 0, 'trigger', r.qname || '.' || pg_catalog.quote_ident(t.tgname),
+       CASE t.tgenabled WHEN 'D' THEN 'DISABLED: ' WHEN 'R' THEN 'ENABLE REPLICA: ' WHEN 'A' THEN 'ENABLE ALWAYS: ' ELSE '' END
+       || pg_catalog.pg_get_triggerdef(t.oid),
+       r.kind, r.qname, NULL, NULL, NULL, false
 FROM pg_catalog.pg_trigger t JOIN rel r ON r.oid = t.tgrelid WHERE NOT t.tgisinternal
 UNION ALL
-SELECT 'enum', pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname),
-       pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
-FROM pg_catalog.pg_type t JOIN ns n ON n.oid = t.typnamespace JOIN pg_catalog.pg_enum e ON e.enumtypid = t.oid
-WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
-GROUP BY n.nspname, t.typname
+SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass, w.oid, 0, 'rule', r.qname || '.' || pg_catalog.quote_ident(w.rulename),
+       CASE w.ev_enabled WHEN 'D' THEN 'DISABLED: ' WHEN 'R' THEN 'ENABLE REPLICA: ' WHEN 'A' THEN 'ENABLE ALWAYS: ' ELSE '' END
+       || pg_catalog.pg_get_ruledef(w.oid),
+       r.kind, r.qname, NULL, NULL, NULL, false
+FROM pg_catalog.pg_rewrite w JOIN rel r ON r.oid = w.ev_class WHERE w.rulename <> '_RETURN'
+UNION ALL
+SELECT 'pg_catalog.pg_policy'::pg_catalog.regclass, pol.oid, 0, 'policy', r.qname || '.' || pg_catalog.quote_ident(pol.polname),
+       pg_catalog.concat_ws(' ',
+           CASE WHEN pol.polpermissive THEN 'AS PERMISSIVE' ELSE 'AS RESTRICTIVE' END,
+           'FOR ' || CASE pol.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+           'TO ' || (SELECT pg_catalog.string_agg(coalesce(x.token, 'PUBLIC'), ', ' ORDER BY coalesce(x.token, 'PUBLIC'))
+                     FROM pg_catalog.unnest(pol.polroles) u(role) LEFT JOIN roles x ON x.oid = u.role),
+           'USING (' || pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) || ')',
+           'WITH CHECK (' || pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid) || ')'),
+       r.kind, r.qname, NULL, NULL, NULL, false
+FROM pg_catalog.pg_policy pol JOIN rel r ON r.oid = pol.polrelid
+UNION ALL
+SELECT 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass, s.oid, 0, 'statistics',
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(s.stxname),
+       CASE WHEN coalesce(s.stxstattarget, -1) >= 0 THEN 'STATISTICS ' || s.stxstattarget || ': ' ELSE '' END
+       || pg_catalog.pg_get_statisticsobjdef(s.oid),
+       r.kind, r.qname, s.stxowner, NULL, NULL, true
+FROM pg_catalog.pg_statistic_ext s JOIN ns n ON n.oid = s.stxnamespace JOIN rel r ON r.oid = s.stxrelid
+UNION ALL
+SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid, 0,
+       CASE t.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' ELSE 'range type' END,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(t.typname),
+       CASE t.typtype
+       WHEN 'e' THEN (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                      FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid)
+       WHEN 'd' THEN pg_catalog.format_type(t.typbasetype, t.typtypmod)
+           || CASE WHEN t.typcollation <> b.typcollation THEN ' COLLATE ' || t.typcollation::pg_catalog.regcollation::text ELSE '' END
+           || coalesce(' DEFAULT ' || pg_catalog.pg_get_expr(t.typdefaultbin, 0), '')
+           || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
+           || coalesce((SELECT pg_catalog.string_agg(' CONSTRAINT ' || pg_catalog.quote_ident(con.conname) || ' '
+                                                     || pg_catalog.pg_get_constraintdef(con.oid), '' ORDER BY con.conname)
+                        FROM pg_catalog.pg_constraint con WHERE con.contypid = t.oid), '')
+       ELSE (SELECT pg_catalog.concat_ws(', ', 'subtype = ' || pg_catalog.format_type(g.rngsubtype, NULL),
+                    'subtype_opclass = ' || (SELECT pg_catalog.quote_ident(opn.nspname) || '.' || pg_catalog.quote_ident(oc.opcname)
+                                             FROM pg_catalog.pg_opclass oc JOIN pg_catalog.pg_namespace opn ON opn.oid = oc.opcnamespace
+                                             WHERE oc.oid = g.rngsubopc),
+                    'collation = ' || CASE WHEN g.rngcollation <> 0 THEN g.rngcollation::pg_catalog.regcollation::text END,
+                    'canonical = ' || CASE WHEN g.rngcanonical <> 0 THEN g.rngcanonical::pg_catalog.regprocedure::text END,
+                    'subtype_diff = ' || CASE WHEN g.rngsubdiff <> 0 THEN g.rngsubdiff::pg_catalog.regprocedure::text END)
+             FROM pg_catalog.pg_range g WHERE g.rngtypid = t.oid) END,
+       NULL, NULL, t.typowner, t.typacl, 'T', true
+FROM pg_catalog.pg_type t JOIN ns n ON n.oid = t.typnamespace LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
+WHERE t.typtype IN ('e', 'd', 'r')
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid, 0, 'operator',
+       pg_catalog.quote_ident(n.nspname) || '.' || o.oprname || '('
+       || CASE WHEN o.oprleft = 0 THEN 'NONE' ELSE pg_catalog.format_type(o.oprleft, NULL) END || ', '
+       || CASE WHEN o.oprright = 0 THEN 'NONE' ELSE pg_catalog.format_type(o.oprright, NULL) END || ')',
+       pg_catalog.concat_ws(', ', 'function = ' || o.oprcode::pg_catalog.regprocedure::text,
+           'commutator = ' || CASE WHEN o.oprcom <> 0 THEN o.oprcom::pg_catalog.regoperator::text END,
+           'negator = ' || CASE WHEN o.oprnegate <> 0 THEN o.oprnegate::pg_catalog.regoperator::text END,
+           'restrict = ' || CASE WHEN o.oprrest <> 0 THEN o.oprrest::pg_catalog.regprocedure::text END,
+           'join = ' || CASE WHEN o.oprjoin <> 0 THEN o.oprjoin::pg_catalog.regprocedure::text END,
+           CASE WHEN o.oprcanhash THEN 'hashes' END, CASE WHEN o.oprcanmerge THEN 'merges' END),
+       NULL, NULL, o.oprowner, NULL, NULL, true
+FROM pg_catalog.pg_operator o JOIN ns n ON n.oid = o.oprnamespace
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND m.objid = o.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_cast'::pg_catalog.regclass, c.oid, 0, 'cast',
+       '(' || pg_catalog.format_type(c.castsource, NULL) || ' AS ' || pg_catalog.format_type(c.casttarget, NULL) || ')',
+       CASE c.castmethod WHEN 'f' THEN 'WITH FUNCTION ' || c.castfunc::pg_catalog.regprocedure::text WHEN 'i' THEN 'WITH INOUT'
+           ELSE 'WITHOUT FUNCTION' END
+       || CASE c.castcontext WHEN 'e' THEN '' WHEN 'a' THEN ' AS ASSIGNMENT' ELSE ' AS IMPLICIT' END,
+       NULL, NULL, NULL, NULL, NULL, false
+FROM pg_catalog.pg_cast c
+WHERE c.oid >= 16384
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, c.oid, 0, 'collation',
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.collname),
+       pg_catalog.concat_ws(', ', 'provider = ' || c.collprovider::text, 'deterministic = ' || c.collisdeterministic,
+           'lc_collate = ' || c.collcollate::text, 'lc_ctype = ' || c.collctype::text {collation_locale}),
+       NULL, NULL, c.collowner, NULL, NULL, true
+FROM pg_catalog.pg_collation c JOIN ns n ON n.oid = c.collnamespace
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_collation'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, d.oid, 0, 'text search dictionary',
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(d.dictname),
+       pg_catalog.concat_ws(', ', 'template = ' || (SELECT pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.tmplname)
+                                                   FROM pg_catalog.pg_ts_template t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.tmplnamespace
+                                                   WHERE t.oid = d.dicttemplate), d.dictinitoption),
+       NULL, NULL, d.dictowner, NULL, NULL, true
+FROM pg_catalog.pg_ts_dict d JOIN ns n ON n.oid = d.dictnamespace
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_dict'::pg_catalog.regclass AND m.objid = d.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, c.oid, 0, 'text search configuration',
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.cfgname),
+       'parser = ' || (SELECT pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.prsname)
+                       FROM pg_catalog.pg_ts_parser p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.prsnamespace WHERE p.oid = c.cfgparser)
+       || coalesce('; ' || (SELECT pg_catalog.string_agg(tt.alias || ' = ' || m.dicts, ', ' ORDER BY tt.alias)
+                            FROM pg_catalog.ts_token_type(c.cfgparser) tt
+                            JOIN (SELECT maptokentype, pg_catalog.string_agg(mapdict::pg_catalog.regdictionary::text, ', ' ORDER BY mapseqno) AS dicts
+                                  FROM pg_catalog.pg_ts_config_map WHERE mapcfg = c.oid GROUP BY maptokentype) m ON m.maptokentype = tt.tokid), ''),
+       NULL, NULL, c.cfgowner, NULL, NULL, true
+FROM pg_catalog.pg_ts_config c JOIN ns n ON n.oid = c.cfgnamespace
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_config'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_publication'::pg_catalog.regclass, p.oid, 0, 'publication', pg_catalog.quote_ident(p.pubname),
+       pg_catalog.concat_ws('; ',
+           CASE WHEN p.puballtables THEN 'for all tables' END,
+           'publish ' || pg_catalog.concat_ws(', ', CASE WHEN p.pubinsert THEN 'insert' END, CASE WHEN p.pubupdate THEN 'update' END,
+                                             CASE WHEN p.pubdelete THEN 'delete' END, CASE WHEN p.pubtruncate THEN 'truncate' END),
+           CASE WHEN p.pubviaroot THEN 'via partition root' END,
+           {publication_members}),
+       NULL, NULL, p.pubowner, NULL, NULL, true
+FROM pg_catalog.pg_publication p
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_publication'::pg_catalog.regclass AND m.objid = p.oid)
+UNION ALL
+SELECT 'pg_catalog.pg_event_trigger'::pg_catalog.regclass, e.oid, 0, 'event trigger', pg_catalog.quote_ident(e.evtname),
+       CASE e.evtenabled WHEN 'D' THEN 'DISABLED: ' WHEN 'R' THEN 'ENABLE REPLICA: ' WHEN 'A' THEN 'ENABLE ALWAYS: ' ELSE '' END
+       || 'ON ' || e.evtevent
+       || coalesce(' WHEN TAG IN (' || (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(g), ', ' ORDER BY g)
+                                        FROM pg_catalog.unnest(e.evttags) g) || ')', '')
+       || ' EXECUTE FUNCTION ' || e.evtfoid::pg_catalog.regprocedure::text,
+       NULL, NULL, e.evtowner, NULL, NULL, true
+FROM pg_catalog.pg_event_trigger e
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass AND m.objid = e.oid)
+), acls (kind, name, owner, acl, acltype) AS (
+    SELECT kind, name, owner, acl, acltype FROM defs WHERE acl IS NOT NULL
+    UNION ALL
+    SELECT 'default privileges',
+           'for ' || coalesce(x.token, d.defaclrole::text) || ' on '
+           || CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions' WHEN 'T' THEN 'types'
+                  WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END
+           || CASE WHEN d.defaclnamespace = 0 THEN '' ELSE ' in ' || pg_catalog.quote_ident(n.nspname) END,
+           d.defaclrole, d.defaclacl, NULL
+    FROM pg_catalog.pg_default_acl d LEFT JOIN roles x ON x.oid = d.defaclrole
+    LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+), acl_text (kind, name, given, text) AS (
+    SELECT a.kind, a.name, v.given,
+           coalesce((SELECT pg_catalog.string_agg(g.entry, '; ' ORDER BY g.entry) FROM (
+               SELECT CASE WHEN e.grantee = a.owner THEN '<owner>' WHEN e.grantee = 0 THEN 'PUBLIC' ELSE coalesce(x.token, e.grantee::text) END
+                      || ': ' || pg_catalog.string_agg(e.privilege_type || CASE WHEN e.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END,
+                                                       ', ' ORDER BY e.privilege_type)
+                      || CASE WHEN e.grantor = a.owner THEN '' ELSE ' (granted by ' || coalesce(y.token, e.grantor::text) || ')' END AS entry
+               FROM pg_catalog.aclexplode(v.acl) e LEFT JOIN roles x ON x.oid = e.grantee LEFT JOIN roles y ON y.oid = e.grantor
+               GROUP BY e.grantee, e.grantor, x.token, y.token) g), 'none')
+    FROM acls a CROSS JOIN LATERAL (VALUES (true, a.acl), (false, CASE WHEN a.acltype IS NOT NULL THEN pg_catalog.acldefault(a.acltype, a.owner) END)) v(given, acl)
+    WHERE v.given OR a.acltype IS NOT NULL
+)
+SELECT kind, name, definition, parent_kind, parent_name FROM defs
+UNION ALL
+SELECT 'owner', d.kind || ' ' || d.name, x.token, d.kind, d.name FROM defs d JOIN roles x ON x.oid = d.owner WHERE d.shown
+UNION ALL
+SELECT 'comment', d.kind || ' ' || d.name, c.description, d.kind, d.name
+FROM defs d JOIN pg_catalog.pg_description c ON c.classoid = d.classid AND c.objoid = d.objid AND c.objsubid = d.objsubid
+UNION ALL
+SELECT 'default privileges', t.name, t.text, NULL, NULL FROM acl_text t WHERE t.kind = 'default privileges'
+UNION ALL
+SELECT 'grants', t.kind || ' ' || t.name, t.text, t.kind, t.name
+FROM acl_text t JOIN acl_text dflt ON dflt.kind = t.kind AND dflt.name = t.name AND NOT dflt.given
+WHERE t.given AND t.text <> dflt.text
+"#;
+
+/// The query for a server version (`server_version_num`): the catalog columns that came after 13.
+fn snapshot_query(version: u32) -> String {
+    let compression = if version >= 14_00_00 {
+        "|| CASE WHEN a.attcompression::text <> '' THEN ' COMPRESSION ' || a.attcompression::text ELSE '' END"
+    } else {
+        ""
+    };
+    let collation_locale = match version {
+        ..15_00_00 => "",
+        ..16_00_00 => ", 'locale = ' || c.colliculocale",
+        ..17_00_00 => ", 'locale = ' || c.colliculocale, 'rules = ' || c.collicurules",
+        _ => ", 'locale = ' || c.colllocale, 'rules = ' || c.collicurules",
+    };
+    let publication_members = if version >= 15_00_00 {
+        PUBLICATION_MEMBERS_15
+    } else {
+        "'tables ' || (SELECT pg_catalog.string_agg(pr.prrelid::pg_catalog.regclass::text, ', ' \
+         ORDER BY pr.prrelid::pg_catalog.regclass::text) FROM pg_catalog.pg_publication_rel pr WHERE pr.prpubid = p.oid)"
+    };
+    SNAPSHOT
+        .replace("{compression}", compression)
+        .replace("{collation_locale}", collation_locale)
+        .replace("{publication_members}", publication_members)
+}
+
+/// A publication's tables with their column lists and row filters, and its schemas (15+).
+const PUBLICATION_MEMBERS_15: &str = r#"
+'tables ' || (SELECT pg_catalog.string_agg(t.entry, ', ' ORDER BY t.entry) FROM (
+    SELECT pr.prrelid::pg_catalog.regclass::text
+           || coalesce(' (' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                                FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::pg_catalog.int2[])) || ')', '')
+           || coalesce(' WHERE (' || pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) || ')', '') AS entry
+    FROM pg_catalog.pg_publication_rel pr WHERE pr.prpubid = p.oid) t),
+'schemas ' || (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(n.nspname), ', ' ORDER BY n.nspname)
+               FROM pg_catalog.pg_publication_namespace pn JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
+               WHERE pn.pnpubid = p.oid)
 "#;
 
 /// Read with `search_path` set to the catalog alone, so every name comes schema-qualified and
-/// both databases word their definitions alike whatever their search paths. The version of an
+/// both databases word their definitions alike whatever their search paths. The migrations table
+/// is found first under the session's own search path, as sqlx finds it. The version of an
 /// extension is left out: one created before an upgrade differs from a fresh one by right.
 pub async fn snapshot(conn: &mut PgConnection, migrations_table: &str) -> anyhow::Result<Snapshot> {
     use sqlx::Connection as _;
+    use sqlx::postgres::types::Oid;
+    type Row = (String, String, Option<String>, Option<String>, Option<String>);
     let read = async {
         let mut tx = conn.begin().await?;
-        sqlx::raw_sql("SET LOCAL search_path = pg_catalog").execute(&mut *tx).await?;
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(SNAPSHOT)).bind(migrations_table).fetch_all(&mut *tx).await?;
+        // Under the session's search path, as sqlx finds the table; then the catalog's alone (the
+        // materialized CTE is read before the outer row sets it).
+        let (table, version, _): (Option<Oid>, i32, String) = sqlx::query_as(
+            "WITH t AS MATERIALIZED (SELECT pg_catalog.to_regclass($1)::pg_catalog.oid AS oid) \
+             SELECT t.oid, pg_catalog.current_setting('server_version_num')::int4, \
+                    pg_catalog.set_config('search_path', 'pg_catalog', true) FROM t",
+        )
+        .bind(migrations_table)
+        .fetch_one(&mut *tx)
+        .await?;
+        let query = snapshot_query(u32::try_from(version).unwrap_or_default());
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(table).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(rows)
     };
     let rows = bounded(read).await?;
-    Ok(rows.into_iter().map(|(kind, name, definition)| ((kind, name), definition)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(kind, name, definition, parent_kind, parent_name)| {
+            let parent = parent_kind.zip(parent_name);
+            ((kind, name), Object { definition: definition.unwrap_or_default(), parent })
+        })
+        .collect())
 }
 
-/// The differences, without the columns, indexes, constraints and triggers of a table that is
-/// missing or unexpected as a whole: the table says it.
+/// The differences, without the parts of an object that is missing or unexpected as a whole (the
+/// columns, indexes, constraints, triggers, rules, policies and statistics of a table, the owner,
+/// grants and comment of anything): the object says it.
 pub fn compare(expected: &Snapshot, found: &Snapshot) -> Vec<Difference> {
-    let tables_only_in = |one: &Snapshot, other: &Snapshot| -> BTreeSet<String> {
-        one.keys()
-            .filter(|(kind, name)| kind == "table" && !other.contains_key(&(kind.clone(), name.clone())))
-            .map(|(_, n)| n.clone())
-            .collect()
-    };
-    let whole: BTreeSet<String> =
-        tables_only_in(expected, found).union(&tables_only_in(found, expected)).cloned().collect();
-    let part_of_whole = |kind: &str, name: &str, definition: &str| {
-        matches!(kind, "column" | "constraint" | "trigger") && whole.iter().any(|t| name.starts_with(&format!("{t}.")))
-            || kind == "index"
-                && whole.iter().any(|t| {
-                    definition.contains(&format!(" ON {t} ")) || definition.contains(&format!(" ON ONLY {t} "))
-                })
-    };
+    let on_both = |key: &(String, String)| expected.contains_key(key) && found.contains_key(key);
+    let part_of_whole = |object: &Object| object.parent.as_ref().is_some_and(|parent| !on_both(parent));
     let mut differences = Vec::new();
-    for ((kind, name), definition) in expected {
+    for ((kind, name), object) in expected {
         match found.get(&(kind.clone(), name.clone())) {
-            None if part_of_whole(kind, name, definition) => {}
+            None if part_of_whole(object) => {}
             None => differences.push(Difference {
                 kind: kind.clone(),
                 name: name.clone(),
                 change: Change::Missing,
-                expected: Some(definition.clone()),
+                expected: Some(object.definition.clone()),
                 found: None,
             }),
-            Some(live) if live != definition => differences.push(Difference {
+            Some(live) if live.definition != object.definition => differences.push(Difference {
                 kind: kind.clone(),
                 name: name.clone(),
                 change: Change::Differs,
-                expected: Some(definition.clone()),
-                found: Some(live.clone()),
+                expected: Some(object.definition.clone()),
+                found: Some(live.definition.clone()),
             }),
             Some(_) => {}
         }
     }
-    for ((kind, name), definition) in found {
-        if !expected.contains_key(&(kind.clone(), name.clone())) && !part_of_whole(kind, name, definition) {
+    for ((kind, name), object) in found {
+        if !expected.contains_key(&(kind.clone(), name.clone())) && !part_of_whole(object) {
             differences.push(Difference {
                 kind: kind.clone(),
                 name: name.clone(),
                 change: Change::Unexpected,
                 expected: None,
-                found: Some(definition.clone()),
+                found: Some(object.definition.clone()),
             });
         }
     }
     // The largest changes first: a table missing says more than a default changed.
-    differences.sort_by_key(|d| (KINDS.iter().position(|k| *k == d.kind), d.name.clone()));
+    differences.sort_by_key(|d| (KINDS.iter().position(|k| *k == d.kind).unwrap_or(KINDS.len()), d.name.clone()));
     differences
 }
 
 /// The kinds of objects, from the largest.
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 31] = [
     "extension",
     "schema",
     "table",
     "view",
     "materialized view",
+    "composite type",
     "enum",
+    "domain",
+    "range type",
     "sequence",
     "function",
+    "aggregate",
     "procedure",
+    "operator",
+    "cast",
+    "collation",
+    "text search dictionary",
+    "text search configuration",
+    "publication",
+    "event trigger",
     "column",
     "constraint",
     "index",
+    "statistics",
     "trigger",
+    "rule",
+    "policy",
+    "default privileges",
+    "owner",
+    "grants",
+    "comment",
 ];
 
-/// What a shadow database holds beyond an empty one's.
-pub const SHADOW_OBJECTS: &str = r#"
-SELECT (SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
-          AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%')
-     + (SELECT count(*) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql')
-     + (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public')
-     + (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public')
-     + (SELECT count(*) FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-        WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c', 'r', 'm') AND t.typrelid = 0)
-"#;
+/// What a build may leave in a shadow database beyond an empty one's, each with the statement
+/// that drops it, in the order they run: one list, so that "is it empty" and "empty it" agree.
+/// Objects of extensions, and those that are parts of another (a range type's constructors, an
+/// array type, an identity's sequence), go with what they belong to.
+macro_rules! shadow_held {
+    () => {
+        r#"
+WITH members AS (
+    -- Objects of extensions, and the parts of another object (a range type's constructors, an array type).
+    SELECT classid, objid, deptype FROM pg_catalog.pg_depend WHERE deptype = 'e' OR deptype = 'i' AND objsubid = 0
+), public AS (
+    SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = 'public'
+)
+SELECT 1 AS rank, pg_catalog.format('DROP EVENT TRIGGER IF EXISTS %I', evtname) AS statement FROM pg_catalog.pg_event_trigger e
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass AND m.objid = e.oid)
+UNION ALL
+SELECT 2, pg_catalog.format('DROP PUBLICATION IF EXISTS %I', pubname) FROM pg_catalog.pg_publication
+UNION ALL
+SELECT 4, pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', nspname) FROM pg_catalog.pg_namespace
+WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
+  AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'
+UNION ALL
+SELECT 5, pg_catalog.format('DROP EXTENSION IF EXISTS %I CASCADE', extname) FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql'
+UNION ALL
+-- A default ACL goes once it holds nothing (in a schema) or its defaults again (everywhere).
+SELECT 3, pg_catalog.format('ALTER DEFAULT PRIVILEGES FOR ROLE %I%s REVOKE ALL ON %s FROM %s%s', r.rolname,
+           CASE WHEN d.defaclnamespace = 0 THEN '' ELSE pg_catalog.format(' IN SCHEMA %I', n.nspname) END, o.word,
+           (SELECT pg_catalog.string_agg(DISTINCT CASE WHEN e.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.rolname) END, ', ')
+            FROM pg_catalog.aclexplode(d.defaclacl) e LEFT JOIN pg_catalog.pg_roles g ON g.oid = e.grantee),
+           CASE WHEN d.defaclnamespace <> 0 THEN '' ELSE pg_catalog.format('; ALTER DEFAULT PRIVILEGES FOR ROLE %I GRANT ALL ON %s TO %I%s',
+               r.rolname, o.word, r.rolname, CASE WHEN d.defaclobjtype IN ('f', 'T') THEN ', PUBLIC' ELSE '' END) END)
+FROM pg_catalog.pg_default_acl d JOIN pg_catalog.pg_roles r ON r.oid = d.defaclrole
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+JOIN (VALUES ('r', 'TABLES'), ('S', 'SEQUENCES'), ('f', 'FUNCTIONS'), ('T', 'TYPES'), ('n', 'SCHEMAS')) o(objtype, word)
+  ON o.objtype = d.defaclobjtype::text
+UNION ALL
+-- Sequences and indexes after the tables: an identity column's sequence, a constraint's index, go with
+-- their table and cannot go first.
+SELECT CASE WHEN c.relkind IN ('S', 'i', 'I') THEN 7 ELSE 6 END,
+       pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+           WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'c' THEN 'TYPE' WHEN 'i' THEN 'INDEX' WHEN 'I' THEN 'INDEX'
+           ELSE 'TABLE' END, c.relname)
+FROM pg_catalog.pg_class c WHERE c.relnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.objid = c.oid
+                  AND m.deptype = 'e')
+UNION ALL
+SELECT 8, pg_catalog.format('DROP %s IF EXISTS %s CASCADE', CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
+           ELSE 'FUNCTION' END, p.oid::pg_catalog.regprocedure)
+FROM pg_catalog.pg_proc p WHERE p.pronamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND m.objid = p.oid)
+UNION ALL
+SELECT 9, pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, t.typname)
+FROM pg_catalog.pg_type t WHERE t.typnamespace = (SELECT oid FROM public) AND t.typtype IN ('e', 'd', 'r', 'b', 'p')
+  AND t.typrelid = 0
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+UNION ALL
+SELECT 10, pg_catalog.format('DROP OPERATOR IF EXISTS public.%s(%s, %s) CASCADE', o.oprname,
+           CASE WHEN o.oprleft = 0 THEN 'NONE' ELSE pg_catalog.format_type(o.oprleft, NULL) END,
+           CASE WHEN o.oprright = 0 THEN 'NONE' ELSE pg_catalog.format_type(o.oprright, NULL) END)
+FROM pg_catalog.pg_operator o WHERE o.oprnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND m.objid = o.oid)
+UNION ALL
+SELECT 11, pg_catalog.format('DROP OPERATOR CLASS IF EXISTS public.%I USING %I CASCADE', c.opcname, a.amname)
+FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod WHERE c.opcnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_opclass'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 12, pg_catalog.format('DROP OPERATOR FAMILY IF EXISTS public.%I USING %I CASCADE', f.opfname, a.amname)
+FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_am a ON a.oid = f.opfmethod WHERE f.opfnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_opfamily'::pg_catalog.regclass AND m.objid = f.oid)
+UNION ALL
+SELECT 13, pg_catalog.format('DROP CAST IF EXISTS (%s AS %s) CASCADE', pg_catalog.format_type(c.castsource, NULL),
+           pg_catalog.format_type(c.casttarget, NULL))
+FROM pg_catalog.pg_cast c WHERE c.oid >= 16384
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 14, pg_catalog.format('DROP COLLATION IF EXISTS public.%I CASCADE', c.collname)
+FROM pg_catalog.pg_collation c WHERE c.collnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_collation'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 15, pg_catalog.format('DROP CONVERSION IF EXISTS public.%I', c.conname)
+FROM pg_catalog.pg_conversion c WHERE c.connamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_conversion'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 16, pg_catalog.format('DROP TEXT SEARCH CONFIGURATION IF EXISTS public.%I CASCADE', c.cfgname)
+FROM pg_catalog.pg_ts_config c WHERE c.cfgnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_config'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 17, pg_catalog.format('DROP TEXT SEARCH DICTIONARY IF EXISTS public.%I CASCADE', d.dictname)
+FROM pg_catalog.pg_ts_dict d WHERE d.dictnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_dict'::pg_catalog.regclass AND m.objid = d.oid)
+UNION ALL
+SELECT 18, pg_catalog.format('DROP TEXT SEARCH TEMPLATE IF EXISTS public.%I CASCADE', t.tmplname)
+FROM pg_catalog.pg_ts_template t WHERE t.tmplnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_template'::pg_catalog.regclass AND m.objid = t.oid)
+UNION ALL
+SELECT 19, pg_catalog.format('DROP TEXT SEARCH PARSER IF EXISTS public.%I CASCADE', p.prsname)
+FROM pg_catalog.pg_ts_parser p WHERE p.prsnamespace = (SELECT oid FROM public)
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_ts_parser'::pg_catalog.regclass AND m.objid = p.oid)
+UNION ALL
+SELECT 20, pg_catalog.format('DROP STATISTICS IF EXISTS public.%I', s.stxname)
+FROM pg_catalog.pg_statistic_ext s WHERE s.stxnamespace = (SELECT oid FROM public)
+UNION ALL
+SELECT 21, pg_catalog.format('DROP SERVER IF EXISTS %I CASCADE', s.srvname) FROM pg_catalog.pg_foreign_server s
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_foreign_server'::pg_catalog.regclass AND m.objid = s.oid)
+UNION ALL
+SELECT 22, pg_catalog.format('DROP FOREIGN DATA WRAPPER IF EXISTS %I CASCADE', w.fdwname) FROM pg_catalog.pg_foreign_data_wrapper w
+WHERE NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_foreign_data_wrapper'::pg_catalog.regclass AND m.objid = w.oid)
+UNION ALL
+SELECT 23, pg_catalog.format('DROP ACCESS METHOD IF EXISTS %I CASCADE', a.amname) FROM pg_catalog.pg_am a WHERE a.oid >= 16384
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_am'::pg_catalog.regclass AND m.objid = a.oid)
+UNION ALL
+SELECT 24, pg_catalog.format('DROP LANGUAGE IF EXISTS %I CASCADE', l.lanname) FROM pg_catalog.pg_language l WHERE l.oid >= 16384
+  AND NOT EXISTS (SELECT FROM members m WHERE m.classid = 'pg_catalog.pg_language'::pg_catalog.regclass AND m.objid = l.oid)
+UNION ALL
+SELECT 25, pg_catalog.format('SELECT pg_catalog.lo_unlink(%s)', l.oid) FROM pg_catalog.pg_largeobject_metadata l
+"#
+    };
+}
 
-/// Drops what a build made in a shadow database that was empty before it.
-pub const EMPTY_SHADOW: &str = r#"
-DO $prestart$ DECLARE r record; BEGIN
-    FOR r IN SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('public', 'pg_catalog', 'information_schema', 'pg_toast')
-               AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%' LOOP
-        EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', r.nspname);
-    END LOOP;
-    FOR r IN SELECT extname FROM pg_catalog.pg_extension WHERE extname <> 'plpgsql' LOOP
-        EXECUTE pg_catalog.format('DROP EXTENSION %I CASCADE', r.extname);
-    END LOOP;
-    FOR r IN SELECT c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-             -- Sequences last: an identity column's goes with its table, and cannot go first.
-             ORDER BY c.relkind = 'S' LOOP
-        EXECUTE pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE r.relkind WHEN 'v' THEN 'VIEW'
-            WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END, r.relname);
-    END LOOP;
-    FOR r IN SELECT p.oid::pg_catalog.regprocedure AS signature, p.prokind FROM pg_catalog.pg_proc p
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' LOOP
-        EXECUTE pg_catalog.format('DROP %s IF EXISTS %s CASCADE', CASE r.prokind WHEN 'p' THEN 'PROCEDURE'
-            WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, r.signature);
-    END LOOP;
-    FOR r IN SELECT t.typname, t.typtype FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-             WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c', 'r', 'm') AND t.typrelid = 0 LOOP
-        EXECUTE pg_catalog.format('DROP %s IF EXISTS public.%I CASCADE', CASE r.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
-            r.typname);
-    END LOOP;
-END $prestart$;
-"#;
+/// How many objects a shadow database holds beyond an empty one's.
+pub const SHADOW_OBJECTS: &str = concat!("SELECT count(*) FROM (", shadow_held!(), ") held");
+
+/// Drops what a build made in a shadow database that was empty before it: the statements are all
+/// worded first (under the catalog search path, so every name comes qualified), then run.
+pub const EMPTY_SHADOW: &str = concat!(
+    "DO $prestart$ DECLARE statements text[]; statement text; BEGIN\n",
+    "PERFORM pg_catalog.set_config('search_path', 'pg_catalog', true);\n",
+    "SELECT pg_catalog.array_agg(h.statement ORDER BY h.rank, h.statement) INTO statements FROM (",
+    shadow_held!(),
+    ") h;\n",
+    "FOREACH statement IN ARRAY coalesce(statements, '{}') LOOP EXECUTE statement; END LOOP;\n",
+    "END $prestart$;\n"
+);

@@ -33,6 +33,30 @@ pub async fn bounded<T>(query: impl std::future::Future<Output = Result<T, sqlx:
     }
 }
 
+/// What went wrong with a query of ours, for a user: the server's message and SQLSTATE, or the
+/// network's error; never a driver's decoding message, which would only confuse.
+pub fn describe_error(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(e) => format!("{} (SQLSTATE {})", e.message(), e.code().unwrap_or_default()),
+        sqlx::Error::Io(e) => e.to_string(),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => {
+            "the server's answer had an unexpected shape (a PostgreSQL version this tool does not know?)".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `SET LOCAL statement_timeout` a little under [`QUERY_TIMEOUT`], to put before a query of ours
+/// in the same simple-query message (one implicit transaction): when our bound gives up on the
+/// answer, the server has already given up the statement, so nothing of ours stays queued there.
+pub fn server_side_bound() -> String {
+    format!("SET LOCAL statement_timeout = {}; ", QUERY_TIMEOUT.saturating_sub(Duration::from_secs(1)).as_millis())
+}
+
 /// Between cheap attempts (refused, starting up): the server answers them at once, and readiness
 /// must be noticed within 50 ms.
 const CHEAP_POLL: Duration = Duration::from_millis(20);

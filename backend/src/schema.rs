@@ -174,14 +174,24 @@ pub struct AppliedRow {
     pub checksum: Vec<u8>,
 }
 
-/// The rows of the migrations table; none when the table does not exist yet.
+/// How long a read of the migrations table waits for another session's lock on it before it
+/// gives up with 55P03 (and the caller names that session, and tries again while it may).
+pub const TABLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The applied rows of `table_name`, oldest first; none when the table does not exist yet.
 pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<Vec<AppliedRow>, sqlx::Error> {
+    // One round trip, in one implicit transaction: the server gives up the read itself before our
+    // bound does (so an abandoned read never stays queued on the server), and a table another
+    // session holds locked answers 55P03 within a second instead of queueing us behind it.
     let sql = format!(
-        "SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
-         success, checksum FROM {table_name} ORDER BY version"
+        "{}SET LOCAL lock_timeout = {}; \
+         SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
+         success, checksum FROM {table_name} ORDER BY version",
+        crate::db::server_side_bound(),
+        TABLE_LOCK_WAIT.as_millis()
     );
-    // One round trip: a missing table (SQLSTATE 42P01) is a database nothing was applied to yet.
-    let rows = match sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await {
+    // A missing table (SQLSTATE 42P01) is a database nothing was applied to yet.
+    let rows = match sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *conn).await {
         Ok(rows) => rows,
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(Vec::new()),
         Err(e) => return Err(e),

@@ -385,6 +385,11 @@ impl Bouncer {
     pub const ALIAS: &str = pgbouncer::ALIAS;
 
     pub fn start(cluster: &Cluster, mode: PoolMode) -> Bouncer {
+        Bouncer::start_with_pool_size(cluster, mode, 20)
+    }
+
+    /// The same with `default_pool_size` set: a small pool fills, and clients queue for it.
+    pub fn start_with_pool_size(cluster: &Cluster, mode: PoolMode, pool_size: u32) -> Bouncer {
         let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-").tempdir().expect("temp dir");
         let secret =
             cluster.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
@@ -394,8 +399,16 @@ impl Bouncer {
             PoolMode::Transaction => "transaction",
         };
         let run_as = is_root().then_some(SERVER_OS_USER);
-        let mut command = pgbouncer::prepare(dir.path(), claim.number, cluster.port, mode, SUPERUSER, &secret, run_as)
-            .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
+        let mut command = pgbouncer::prepare(
+            dir.path(),
+            claim.number,
+            cluster.port,
+            pgbouncer::Pool { mode, size: pool_size },
+            SUPERUSER,
+            &secret,
+            run_as,
+        )
+        .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
         chown_to_server_user(dir.path());
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pgbouncer");
         let bouncer = Bouncer { dir, port: claim.number, _port_claim: claim, child };

@@ -278,9 +278,16 @@ impl Bench {
             )
         })?;
         let port = free_port()?;
-        let mut command =
-            crate::pgbouncer::prepare(dir, port, self.port, "session", "postgres", &secret, scratch.run_as)
-                .context("PgBouncer is needed for this figure: apt-get install pgbouncer")?;
+        let mut command = crate::pgbouncer::prepare(
+            dir,
+            port,
+            self.port,
+            crate::pgbouncer::Pool { mode: "session", size: 20 },
+            "postgres",
+            &secret,
+            scratch.run_as,
+        )
+        .context("PgBouncer is needed for this figure: apt-get install pgbouncer")?;
         scratch.hand_over(sh)?;
         let mut bouncer = KillOnDrop(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
         let started = Instant::now();

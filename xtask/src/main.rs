@@ -15,6 +15,7 @@ mod exit;
 mod http;
 mod interrupt;
 mod lint;
+mod lock;
 mod migrate;
 mod new_migration;
 mod pgbouncer;

@@ -17,6 +17,13 @@ pub fn program() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// How PgBouncer pools: `session` or `transaction`, and how many server connections a pool has.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool<'a> {
+    pub mode: &'a str,
+    pub size: u32,
+}
+
 /// Writes `pgbouncer.ini` and `userlist.txt` into `dir` and returns the command that runs it in
 /// the foreground. `secret` is the role's SCRAM verifier from `pg_authid`; `run_as` the OS user
 /// when we are root, which PgBouncer refuses to be.
@@ -24,7 +31,7 @@ pub fn prepare(
     dir: &Path,
     listen_port: u16,
     server_port: u16,
-    pool_mode: &str,
+    pool: Pool<'_>,
     user: &str,
     secret: &str,
     run_as: Option<&str>,
@@ -36,9 +43,11 @@ pub fn prepare(
     let ini = format!(
         "[databases]\n{ALIAS} = host=127.0.0.1 port={server_port} dbname=app\n* = host=127.0.0.1 port={server_port}\n\n\
          [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen_port}\nunix_socket_dir =\nauth_type = scram-sha-256\n\
-         auth_file = {dir}/userlist.txt\npool_mode = {pool_mode}\nmax_client_conn = 200\ndefault_pool_size = 20\n\
+         auth_file = {dir}/userlist.txt\npool_mode = {mode}\nmax_client_conn = 200\ndefault_pool_size = {size}\n\
          logfile = {dir}/pgbouncer.log\n",
-        dir = dir.display()
+        dir = dir.display(),
+        mode = pool.mode,
+        size = pool.size
     );
     std::fs::write(dir.join("pgbouncer.ini"), ini)?;
     let mut command = match run_as {

@@ -6,10 +6,13 @@
 //! when one is set, and refuses a transaction pooler otherwise: session advisory locks and
 //! `lock_timeout` do not outlive a transaction there.
 
+use std::time::{Duration, Instant};
+
 use backend::config::DatabaseSettings;
 use backend::db::Ready;
+use backend::schema::AppliedRow;
 
-use crate::context::{Loaded};
+use crate::context::Loaded;
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
 use crate::ui;
@@ -59,13 +62,22 @@ impl<'a> Session<'a> {
         &self.loaded.settings.database
     }
 
+    /// What is left of the run's one wait budget.
+    pub fn wait_left(&self) -> Duration {
+        self.loaded.wait_left()
+    }
+
     /// Replaces the connection when `error` is one that waiting can fix (the server restarted, the
-    /// network broke); gives the error back when it is not.
+    /// network broke); gives the error back when it is not. The time since `tried` (the failed
+    /// query's start: a query that got no answer was a wait) comes out of the run's wait budget,
+    /// so a loop of queries that time out and reconnects that succeed still ends at the deadline.
     pub async fn reconnect_after(
         &mut self,
         error: sqlx::Error,
         doing: &str,
+        tried: Instant,
     ) -> anyhow::Result<Result<(), sqlx::Error>> {
+        self.loaded.spend_waiting(tried.elapsed());
         match backend::db::Failure::classify(&error, self.settings()) {
             backend::db::Failure::Retry(reason) => {
                 ui::line(format!("lost the connection {doing} ({reason}): connecting again"));
@@ -83,11 +95,34 @@ impl<'a> Session<'a> {
     /// The connection still answers, or is replaced: a server that restarted between two steps
     /// costs a reconnect, not the run.
     pub async fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        let tried = Instant::now();
         let ping = backend::db::bounded(sqlx::raw_sql("SELECT 1").execute(&mut self.ready.conn)).await;
         let Err(error) = ping else { return Ok(()) };
-        self.reconnect_after(error, "since the last step").await?.map_err(|error| {
+        self.reconnect_after(error, "since the last step", tried).await?.map_err(|error| {
             fail(Failure::Refused, anyhow::anyhow!("{}", backend::db::Failure::classify(&error, self.settings())))
         })
+    }
+}
+
+impl Session<'_> {
+    /// The applied rows of `table`, within the run's one wait budget: a table another session
+    /// holds locked is waited for (naming it), a lost connection is replaced.
+    pub async fn read_applied(&mut self, table: &str) -> anyhow::Result<Vec<AppliedRow>> {
+        loop {
+            let tried = Instant::now();
+            let deadline = tried + self.wait_left();
+            let read = crate::lock::read_applied(&mut self.ready.conn, table, deadline).await?;
+            match read {
+                Ok(rows) => {
+                    self.loaded.spend_waiting(tried.elapsed());
+                    return Ok(rows);
+                }
+                Err(error) => self
+                    .reconnect_after(error, crate::lock::BEFORE_MIGRATING, tried)
+                    .await?
+                    .map_err(|e| fail(Failure::Migration, e))?,
+            }
+        }
     }
 }
 

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 
 use backend::config::DatabaseSettings;
-use backend::schema::{MigrationSet, State, Status, applied_rows};
+use backend::schema::{MigrationSet, State, Status};
 use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::context::display_path;
 use crate::lint::command::lint_set;
 use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
-use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes, lock_holder, lock_key};
+use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnection, DatabaseSettings)>) {
     let loaded = inputs.source.load(&inputs.root);
@@ -142,11 +142,20 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
         return;
     };
     let table = settings.table_name.clone();
-    let applied = applied_rows(&mut conn, &table).await;
+    let applied = crate::lock::read_applied(&mut conn, &table, std::time::Instant::now() + TABLE_READ_BOUND).await;
     let status = match applied {
-        Ok(rows) => Status::compare(set, &rows),
-        Err(error) => {
-            let message = format!("cannot read {table}: {error}");
+        Ok(Ok(rows)) => Status::compare(set, &rows),
+        Err(locked) => {
+            let message = format!("{locked:#}");
+            for id in ids {
+                doctor.check(Area::Migrations, id, || {
+                    Ok(Outcome::fail(message.clone(), "prestart would wait for that session, and fail at its deadline"))
+                });
+            }
+            return;
+        }
+        Ok(Err(error)) => {
+            let message = format!("cannot read {table}: {}", backend::db::describe_error(&error));
             for id in ids {
                 doctor.check(Area::Migrations, id, || {
                     Ok(Outcome::fail(
@@ -202,17 +211,10 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
     doctor
         .check_async(Area::Migrations, "migrations.lock", async {
             let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await?;
-            let key = lock_key(&database);
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
-                 AND classid = ((($1::bigint >> 32) & 4294967295))::oid AND objid = (($1::bigint & 4294967295))::oid \
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            )
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await?;
+            let key = crate::lock::key(&database);
+            let held = crate::lock::is_held(&mut conn, key).await?;
             Ok(if held {
-                let holder = lock_holder(&mut conn, key).await?;
+                let holder = crate::lock::holder(&mut conn, key).await?;
                 Outcome::warn(
                     format!("the migration lock is held by {holder}"),
                     "prestart waits for it (up to --migration-lock-timeout); if that session is stuck, end it: SELECT pg_terminate_backend(pid)",
@@ -342,3 +344,6 @@ fn ignored_files(dir: &std::path::Path) -> Vec<String> {
         .filter(|name| name.ends_with(".sql") && !name.contains('_'))
         .collect()
 }
+
+/// How long doctor waits for a migrations table another session holds locked.
+const TABLE_READ_BOUND: std::time::Duration = std::time::Duration::from_secs(5);

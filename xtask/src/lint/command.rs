@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backend::schema::{MigrationFile, MigrationSet, applied_rows};
+use backend::schema::{MigrationFile, MigrationSet};
 use xshell::{Shell, cmd};
 
 use super::{Finding, Linter, RULES, Rule};
@@ -111,7 +111,8 @@ fn applied_versions(args: &Args, table: &str) -> Option<BTreeSet<i64>> {
     crate::interrupt::block_on(async {
         let mut ready =
             backend::db::connect_once(&loaded.settings.database, "prestart-lint", Duration::from_secs(3)).await.ok()?;
-        let rows = applied_rows(&mut ready.conn, table).await.ok()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let rows = crate::lock::read_applied(&mut ready.conn, table, deadline).await.ok()?.ok()?;
         Some(rows.into_iter().map(|r| r.version).collect())
     })
 }

@@ -439,9 +439,9 @@ fn snapshot_query(version: u32) -> String {
         ""
     };
     let collation_locale = match version {
-        ..15_00_00 => "",
-        ..16_00_00 => ", 'locale = ' || c.colliculocale",
-        ..17_00_00 => ", 'locale = ' || c.colliculocale, 'rules = ' || c.collicurules",
+        v if v < 15_00_00 => "",
+        v if v < 16_00_00 => ", 'locale = ' || c.colliculocale",
+        v if v < 17_00_00 => ", 'locale = ' || c.colliculocale, 'rules = ' || c.collicurules",
         _ => ", 'locale = ' || c.colllocale, 'rules = ' || c.collicurules",
     };
     let publication_members = if version >= 15_00_00 {

@@ -12,7 +12,7 @@ use sqlx::postgres::PgConnection;
 
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
-use crate::context::{Loaded};
+use crate::context::Loaded;
 use crate::database::{in_throwaway, throwaway_name};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -184,7 +184,6 @@ async fn in_shadow(
     emptied.with_context(|| format!("could not empty the shadow database {shadow} after use"))?;
     Ok(Ok(expected))
 }
-
 
 /// For a failed migration: whether the database has drifted, in one line; nothing when that
 /// cannot be told (the server is gone, say). An interruption meanwhile is the run's outcome.

@@ -143,4 +143,3 @@ fn first_difference(committed: &str, written: &str) -> String {
     let show = |lines: &[&str]| lines.iter().skip(at).take(3).map(|l| format!("\n      {l}")).collect::<String>();
     format!("; first difference at line {}:\n    committed:{}\n    migrations give:{}", at + 1, show(&old), show(&new))
 }
-

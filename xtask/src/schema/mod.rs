@@ -65,4 +65,3 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::Drift(args) => drift::run(args),
     }
 }
-

@@ -1,0 +1,217 @@
+//! The migration lock, in one place: its advisory key (the one sqlx's Migrator and sqlx-cli take),
+//! its `pg_locks` condition, taking it with a polling try-lock, naming who holds it; and who holds
+//! a lock on the migrations table itself.
+//!
+//! sqlx's Migrator takes a blocking `pg_advisory_lock` with no timeout and leaks it on errors.
+//! We take the same key with a polling try-lock (so sqlx-cli and sqlx's Migrator still exclude
+//! us), and release it on every path.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use backend::db::bounded;
+use backend::schema::{AppliedRow, applied_rows};
+use sqlx::Row as _;
+use sqlx::postgres::PgConnection;
+
+use crate::exit::{Failure, fail};
+use crate::session::Session;
+use crate::ui;
+
+/// Between two tries of the lock; cheap for the server.
+const LOCK_POLL: Duration = Duration::from_millis(100);
+/// How often to say who holds a lock while we wait for it.
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant. The
+/// name is the server's (`current_database()`), as sqlx takes it: behind a pooler's alias the
+/// configured name differs, and the two would no longer exclude each other.
+pub fn key(database: &str) -> i64 {
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32_ad9e * i64::from(CRC.checksum(database.as_bytes()))
+}
+
+/// The `pg_locks` rows (aliased `l`) of the advisory lock `key` in the current database, granted:
+/// a bigint advisory key shows as classid (high half) and objid (low half), objsubid 1.
+fn granted(key: i64) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+         AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid AND l.objid = ({key}::bigint & 4294967295)::oid"
+    )
+}
+
+/// The SQL condition that this server session holds the migration lock `key`.
+pub fn held_by_this_session(key: i64) -> String {
+    format!("EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = pg_catalog.pg_backend_pid() AND {})", granted(key))
+}
+
+/// Why a migration must not run on a session without the lock, and what to do.
+pub const NOT_LOCKED: &str = "this server session does not hold the migration lock, so the migration did not run: a \
+     transaction pooler hands each transaction another session, or a migration released the lock";
+pub const NOT_LOCKED_FIX: &str = "connect prestart to PostgreSQL directly (MIGRATION_DATABASE_URL), or remove pg_advisory_unlock calls from migrations";
+
+/// What the server says of a session holding a lock: pid, application, since when, state. A role
+/// without `pg_read_all_stats` sees only the pid of another role's session.
+const DESCRIBE_HOLDER: &str = "SELECT l.pid, nullif(a.application_name, '') AS app, \
+         to_char(coalesce(a.xact_start, a.backend_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since, \
+         a.state, a.usename::text AS role \
+     FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid";
+
+fn describe(row: &sqlx::postgres::PgRow) -> Result<String, sqlx::Error> {
+    let pid: i32 = row.try_get("pid")?;
+    let app: Option<String> = row.try_get("app")?;
+    let since: Option<String> = row.try_get("since")?;
+    let state: Option<String> = row.try_get("state")?;
+    let role: Option<String> = row.try_get("role")?;
+    Ok(match since {
+        Some(since) => format!(
+            "pid {pid} ({}, role {}, since {since}, {})",
+            app.as_deref().unwrap_or("no application name"),
+            role.as_deref().unwrap_or("unknown"),
+            state.as_deref().unwrap_or("state unknown")
+        ),
+        None => format!(
+            "pid {pid} (a session of another role; GRANT pg_read_all_stats to see its application and start time)"
+        ),
+    })
+}
+
+/// Who holds the advisory lock `key`: pid, application name, since when.
+pub async fn holder(conn: &mut PgConnection, key: i64) -> Result<String, sqlx::Error> {
+    let sql = format!("{DESCRIBE_HOLDER} WHERE {} LIMIT 1", granted(key));
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await?;
+    match row {
+        Some(row) => describe(&row),
+        None => Ok("a session that has just released it".to_owned()),
+    }
+}
+
+/// Whether another session holds the advisory lock `key` (doctor asks; nothing is taken).
+pub async fn is_held(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    let sql = format!("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE {})", granted(key));
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn).await
+}
+
+/// Who holds a lock on `table` that keeps a reader out (ACCESS EXCLUSIVE: `LOCK TABLE`, most
+/// `ALTER TABLE`s), or waits for one ahead of us.
+pub async fn table_holder(conn: &mut PgConnection, table: &str) -> Result<String, sqlx::Error> {
+    let sql = format!(
+        "{DESCRIBE_HOLDER} WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass($1) \
+         AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY NOT l.granted LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(table).fetch_optional(&mut *conn).await?;
+    match row {
+        Some(row) => describe(&row),
+        None => Ok("a session that has just released it".to_owned()),
+    }
+}
+
+/// The applied rows of `table`. While another session holds the table locked, names it and tries
+/// again until `deadline`: each try gives up its place in the lock queue within a second (see
+/// `applied_rows`), so nothing of ours stays queued behind that session. The error of a broken
+/// connection comes back for the caller to reconnect or fail on.
+pub async fn read_applied(
+    conn: &mut PgConnection,
+    table: &str,
+    deadline: Instant,
+) -> anyhow::Result<Result<Vec<AppliedRow>, sqlx::Error>> {
+    let started = Instant::now();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let error = match bounded(applied_rows(conn, table)).await {
+            Ok(rows) => {
+                if last_report.is_some() {
+                    ui::line(format!("{table} is free again after {}", ui::duration(started.elapsed())));
+                }
+                return Ok(Ok(rows));
+            }
+            Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03") => error,
+            Err(error) => return Ok(Err(error)),
+        };
+        let holder = match bounded(table_holder(conn, table)).await {
+            Ok(holder) => holder,
+            Err(_) => return Ok(Err(error)),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "{table} is still locked after {} by {holder}, so what is applied cannot be read and nothing was \
+                     changed: let that session finish, or end it (SELECT pg_terminate_backend(pid)); --wait-timeout \
+                     SECS waits longer",
+                    ui::duration(started.elapsed())
+                ),
+            ));
+        }
+        if last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+            last_report = Some(now);
+            ui::line(format!("waiting: {table} is locked by {holder} ({} s left)", (deadline - now).as_secs()));
+        }
+    }
+}
+
+/// What a lost connection interrupted, for the reconnect line.
+pub const BEFORE_MIGRATING: &str = "before migrating";
+
+/// Polls the lock until it is ours or `timeout` passes; a server restart while we wait (which
+/// also ends the holder's session) costs a reconnect.
+pub async fn acquire(session: &mut Session<'_>, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let key = key(&session.ready.server.database);
+        // The server ends this session, and frees the lock, if we are cut off mid-migration.
+        let sql = format!("SELECT pg_try_advisory_lock($1), {}", backend::keepalive::server_side());
+        let tried = Instant::now();
+        let attempt: Result<(bool, i64), _> =
+            bounded(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_one(&mut session.ready.conn)).await;
+        let locked = match attempt {
+            Ok((locked, _settings_made)) => locked,
+            Err(error) => {
+                session
+                    .reconnect_after(error, BEFORE_MIGRATING, tried)
+                    .await?
+                    .map_err(|e| fail(Failure::Migration, e))?;
+                continue;
+            }
+        };
+        if locked {
+            if last_report.is_some() {
+                ui::line(format!("got the migration lock after {}", ui::duration(started.elapsed())));
+            }
+            return Ok(());
+        }
+        let timed_out = started.elapsed() >= timeout;
+        let report_due = last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
+        if !(timed_out || report_due) {
+            tokio::time::sleep(LOCK_POLL).await;
+            continue;
+        }
+        let holder = bounded(holder(&mut session.ready.conn, key))
+            .await
+            .unwrap_or_else(|e| format!("a session that could not be named ({})", backend::db::describe_error(&e)));
+        if timed_out {
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "the migration lock is still held after {} by {holder}: wait for it to finish, or end that session \
+                     (SELECT pg_terminate_backend(pid)) if it is stuck; --migration-lock-timeout SECS waits longer",
+                    ui::duration(started.elapsed())
+                ),
+            ));
+        }
+        last_report = Some(Instant::now());
+        ui::line(format!(
+            "waiting for the migration lock held by {holder} ({} s left)",
+            timeout.saturating_sub(started.elapsed()).as_secs()
+        ));
+        tokio::time::sleep(LOCK_POLL).await;
+    }
+}
+
+/// Releases the lock `key`; if the connection itself is gone, so is the lock.
+pub async fn release(conn: &mut PgConnection, key: i64) {
+    let _ = bounded(sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(conn)).await;
+}

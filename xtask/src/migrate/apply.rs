@@ -1,0 +1,262 @@
+//! Applying and reverting migrations under the migration lock, one at a time, each through sqlx's
+//! `Migrate` so the table, the checksums and the transaction handling stay sqlx-cli's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use backend::config::DatabaseSettings;
+use backend::db::{Ready, bounded};
+use backend::schema::{AppliedRow, MigrationFile, Status};
+use sqlx::migrate::{Migrate, Migration};
+
+use super::blockers::Blockers;
+use super::explain::{explain_failure, invalid_indexes_note};
+use super::plan::{Plan, refuse_inconsistent, to_revert};
+use crate::context::display_path;
+use crate::exit::{Failure, fail};
+use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
+use crate::session::Session;
+use crate::ui;
+
+/// Applies pending migrations under the migration lock, which is released on every path.
+pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::Result<()> {
+    ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
+    let started = Instant::now();
+    // Most runs have nothing to apply: read the table without the lock, and take the lock only
+    // to apply (under it, apply_pending reads the table again).
+    let applied = session.read_applied(&plan.settings.table_name).await?;
+    let status = Status::compare(plan.set, &applied);
+    let pending = plan.to_apply(&status);
+    if pending.is_empty() || plan.dry_run {
+        refuse_inconsistent(&status, plan)?;
+        plan.check_target_not_below(&applied)?;
+        plan.report_skipped(&status);
+        if plan.dry_run {
+            for file in &pending {
+                ui::line(format!("would apply {}", file.name()));
+            }
+            ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
+            return Ok(());
+        }
+        let total = plan.set.files.len();
+        ui::line(match plan.target {
+            Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
+            None => {
+                format!("up to date: all {total} migrations were already applied ({})", ui::duration(started.elapsed()))
+            }
+        });
+        return Ok(());
+    }
+    lock::acquire(session, plan.lock_timeout).await?;
+    // The key of the server this connection reached: after a reconnect during the wait for
+    // the lock, the lock was taken on that connection with its database's key.
+    let key = lock::key(&session.ready.server.database);
+    let db = session.settings();
+    let deadline = Instant::now() + session.wait_left();
+    let result = apply_pending(&mut session.ready, plan, db, deadline).await;
+    // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
+    lock::release(&mut session.ready.conn, key).await;
+    let applied = result?;
+    let total = plan.set.files.len();
+    ui::line(match applied {
+        // Another prestart applied them while we waited for the lock.
+        0 => format!("up to date: all {total} migrations were applied meanwhile ({})", ui::duration(started.elapsed())),
+        n => {
+            let above_target =
+                plan.target.map_or(0, |t| plan.set.files.iter().filter(|f| f.migration.version > t).count());
+            let left_out =
+                if above_target > 0 { format!(" and {above_target} left above the target") } else { String::new() };
+            format!(
+                "applied {n}, {} were already applied{left_out}, in {}",
+                total.saturating_sub(n + above_target),
+                ui::duration(started.elapsed())
+            )
+        }
+    });
+    Ok(())
+}
+
+/// Reverts applied migrations with their down files, under the migration lock: the latest one,
+/// or every one above the target. Each one to revert must have a down file, checked before
+/// anything runs.
+pub async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::Result<()> {
+    ui::step(format!("revert with the down files of {}", display_path(plan.dir)));
+    let started = Instant::now();
+    if plan.dry_run {
+        let applied = session.read_applied(&plan.settings.table_name).await?;
+        let downs = to_revert(plan, &applied)?;
+        for down in &downs {
+            ui::line(format!("would revert {}", down.name()));
+        }
+        ui::line(format!("dry run: {} to revert, nothing was changed", downs.len()));
+        return Ok(());
+    }
+    lock::acquire(session, plan.lock_timeout).await?;
+    let key = lock::key(&session.ready.server.database);
+    let db = session.settings();
+    let deadline = Instant::now() + session.wait_left();
+    let result = revert_under_lock(&mut session.ready, plan, db, deadline).await;
+    lock::release(&mut session.ready.conn, key).await;
+    let reverted = result?;
+    ui::line(format!("reverted {reverted} in {}", ui::duration(started.elapsed())));
+    Ok(())
+}
+
+async fn revert_under_lock(
+    ready: &mut Ready,
+    plan: &Plan<'_>,
+    db: &DatabaseSettings,
+    deadline: Instant,
+) -> anyhow::Result<usize> {
+    let applied = read_under_lock(ready, plan, deadline).await?;
+    let downs = to_revert(plan, &applied)?;
+    let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
+    for down in &downs {
+        run_one(ready, down, &prefix, plan, db, Direction::Revert).await?;
+    }
+    Ok(downs.len())
+}
+
+/// Checks what is applied, then applies what is pending; returns how many were applied.
+async fn apply_pending(
+    ready: &mut Ready,
+    plan: &Plan<'_>,
+    db: &DatabaseSettings,
+    deadline: Instant,
+) -> anyhow::Result<usize> {
+    let conn = &mut ready.conn;
+    let table = plan.settings.table_name.as_str();
+    let prepare = async {
+        for schema in &plan.settings.create_schemas {
+            conn.create_schema_if_not_exists(schema).await?;
+        }
+        conn.ensure_migrations_table(table).await
+    };
+    tokio::time::timeout(backend::db::QUERY_TIMEOUT, prepare)
+        .await
+        .map_err(|_| {
+            fail(
+                Failure::Migration,
+                anyhow!(
+                    "the server sent no answer within {} s while preparing the migrations table",
+                    backend::db::QUERY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| fail(Failure::Migration, e))?;
+    let applied = read_under_lock(ready, plan, deadline).await?;
+    let status = Status::compare(plan.set, &applied);
+    refuse_inconsistent(&status, plan)?;
+
+    plan.check_target_not_below(&applied)?;
+    let pending = plan.to_apply(&status);
+    plan.report_skipped(&status);
+    let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
+    for file in &pending {
+        run_one(ready, file, &prefix, plan, db, Direction::Apply).await?;
+    }
+    if !pending.is_empty() {
+        // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
+        // what runs next (the seed) gets the server's default again.
+        let reset = sqlx::raw_sql("RESET lock_timeout").execute(&mut ready.conn);
+        bounded(reset).await.map_err(|e| fail(Failure::Migration, e))?;
+    }
+    Ok(pending.len())
+}
+
+/// The applied rows, read again under the lock: a lost connection lost the lock too, so it ends
+/// the run rather than reconnecting.
+async fn read_under_lock(ready: &mut Ready, plan: &Plan<'_>, deadline: Instant) -> anyhow::Result<Vec<AppliedRow>> {
+    lock::read_applied(&mut ready.conn, &plan.settings.table_name, deadline)
+        .await?
+        .map_err(|e| fail(Failure::Migration, e))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Apply,
+    Revert,
+}
+
+/// Applies one migration, or reverts one with its down file, under the lock the session holds;
+/// logs it, and explains a failure with the file, the line and what is left behind.
+async fn run_one(
+    ready: &mut Ready,
+    file: &MigrationFile,
+    prefix: &str,
+    plan: &Plan<'_>,
+    db: &DatabaseSettings,
+    direction: Direction,
+) -> anyhow::Result<()> {
+    let process = ready.process.pid;
+    let key = lock::key(&ready.server.database);
+    let conn = &mut ready.conn;
+    let table = plan.settings.table_name.as_str();
+    let (doing, done) = match direction {
+        Direction::Apply => ("applying", "applied"),
+        Direction::Revert => ("reverting", "reverted"),
+    };
+    ui::line(format!("{doing} {}", file.name()));
+    // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
+    // transaction block): the lock is checked on its own first.
+    if file.migration.no_tx {
+        let sql = format!("SELECT {}", lock::held_by_this_session(key));
+        let locked: bool = bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn))
+            .await
+            .map_err(|e| fail(Failure::Migration, e))?;
+        if !locked {
+            return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
+        }
+    }
+    let migration = with_lock_timeout(&file.migration, prefix);
+    let blockers = Blockers::default();
+    let ran = tokio::select! {
+        ran = async {
+            match direction {
+                Direction::Apply => conn.apply(table, &migration).await,
+                Direction::Revert => conn.revert(table, &migration).await,
+            }
+        } => ran,
+        never = blockers.watch(db, process) => match never {},
+    };
+    let elapsed = match ran {
+        Ok(elapsed) => elapsed,
+        Err(error) => {
+            let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
+            let mut explained = explain_failure(error, file, offset, &blockers, plan, done);
+            if file.migration.no_tx
+                && let Some(note) = invalid_indexes_note(conn).await
+            {
+                explained = anyhow!("{explained}\n  note: {note}");
+            }
+            return Err(fail(Failure::Migration, explained));
+        }
+    };
+    ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
+    Ok(())
+}
+
+/// What goes before a transactional migration's SQL, in the same query, so it costs no round
+/// trip: first a check that this server session holds the migration lock (behind a transaction
+/// pooler the lock may sit on another session, and then the migration must not run), then
+/// `SET LOCAL lock_timeout`, which ends with the migration's transaction; a migration that sets
+/// its own comes later and wins.
+fn migration_prefix(timeout: Duration, key: i64) -> String {
+    format!(
+        "DO $prestart$ BEGIN IF NOT {} THEN RAISE EXCEPTION USING MESSAGE = '{NOT_LOCKED}', HINT = '{NOT_LOCKED_FIX}'; \
+         END IF; END $prestart$;\nSET LOCAL lock_timeout = {};\n",
+        lock::held_by_this_session(key),
+        timeout.as_millis()
+    )
+}
+
+/// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`
+/// migration gets nothing: `CREATE INDEX CONCURRENTLY` waits for older transactions through lock
+/// waits, which `lock_timeout` would cancel, leaving an INVALID index.
+fn with_lock_timeout(migration: &Migration, prefix: &str) -> Migration {
+    if migration.no_tx {
+        return migration.clone();
+    }
+    let sql = sqlx::AssertSqlSafe(format!("{prefix}{}", migration.sql.as_str()));
+    Migration { sql: sqlx::SqlSafeStr::into_sql_str(sql), ..migration.clone() }
+}

@@ -1,0 +1,134 @@
+//! Nothing prestart, doctor or the database commands do may hurt the database they point at: a
+//! test per way they once could, each against real parts (a server log, a locked table,
+//! PgBouncer with a full pool, a resolver that never answers, real signals).
+
+use std::time::{Duration, Instant};
+
+use testkit::{Bouncer, Cluster, MigrationLock, Migrations, PoolMode, Run, Session, eventually};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+fn xtask(args: &[&str], env: &[(String, String)]) -> Run {
+    Run::xtask(XTASK, args, env)
+}
+
+fn with_source<'a>(args: &[&'a str], migrations: &'a Migrations) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--source", migrations.path().to_str().expect("utf-8 path")]);
+    all
+}
+
+/// Server processes of ours still there, by application name.
+fn our_sessions(cluster: &Cluster) -> String {
+    cluster.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'prestart%'")
+}
+
+/// #4: a migrations table another session holds locked. migrate waits for it naming that session,
+/// ends at its one deadline (the bounded read used to time out, reconnect with a fresh budget and
+/// queue another read, forever), and leaves no read of ours queued on the server; doctor says
+/// who holds it within its bound.
+#[test]
+fn a_locked_migrations_table_is_waited_for_until_the_deadline_naming_the_holder() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let env = cluster.env("app");
+    xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0);
+    migrations.write("20990101000000_later.sql", "CREATE TABLE later (id int);\n");
+    let holder = Session::open(
+        &cluster,
+        "SET application_name = 'hand-lock'; BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE; \
+         SELECT pg_sleep(600);",
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE relation = '_sqlx_migrations'::regclass AND granted")
+            == "1"
+    }));
+
+    let started = Instant::now();
+    let outcome = xtask(&with_source(&["migrate", "--wait-timeout", "4"], &migrations), &env)
+        .spawn()
+        .wait_within(Duration::from_secs(60));
+    let took = started.elapsed();
+    outcome
+        .assert_code(6)
+        .assert_stderr_contains("waiting: _sqlx_migrations is locked by pid")
+        .assert_stderr_contains("_sqlx_migrations is still locked after")
+        .assert_stderr_contains("hand-lock");
+    assert!(took < Duration::from_secs(30), "the 4 s deadline held for {took:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || our_sessions(&cluster) == "0"),
+        "reads of ours stay queued on the server: {}",
+        cluster.psql("postgres", "SELECT string_agg(application_name || ' ' || state, ', ') FROM pg_stat_activity")
+    );
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('later') IS NULL"), "t", "nothing was applied");
+
+    let doctor =
+        xtask(&with_source(&["doctor", "--json"], &migrations), &env).spawn().wait_within(Duration::from_secs(60));
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let check = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["id"] == "migrations.pending")
+        .expect("migrations.pending")
+        .clone();
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(check["message"].as_str().unwrap_or_default().contains("hand-lock"), "{check}");
+    cluster.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hand-lock'",
+    );
+    drop(holder);
+}
+
+/// #3: SIGTERM behind PgBouncer in session mode, its pool full and clients queued for it. The
+/// server process is terminated while our client connection still holds it: closed first, the
+/// pooler would hand it to the next client (an application's, or our own cancel connection), and
+/// the terminate would kill that one.
+#[test]
+fn sigterm_behind_a_session_pooler_never_terminates_another_clients_session() {
+    let cluster = Cluster::started();
+    let bouncer = Bouncer::start_with_pool_size(&cluster, PoolMode::Session, 3);
+    let migrations = Migrations::workspace();
+    let through_pooler = bouncer.env(&cluster, "app");
+    // Eight clients that connect, sleep a little and leave, again and again, through the pooler.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, port) = (stop.clone(), bouncer.port.to_string());
+            std::thread::spawn(move || {
+                let mut victims = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let output = std::process::Command::new("psql")
+                        .env("PGPASSWORD", testkit::PASSWORD)
+                        .args(["-X", "-Atq", "-h", "127.0.0.1", "-p", &port, "-U", testkit::SUPERUSER, "-d", "app"])
+                        .args(["-c", "SELECT pg_sleep(0.05)"])
+                        .output()
+                        .expect("psql");
+                    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+                    if stderr.contains("administrator command") {
+                        victims.push(stderr);
+                    }
+                }
+                victims
+            })
+        })
+        .collect();
+    let _lock = MigrationLock::take(&cluster, "app", "lock-holder");
+    for round in 0..5 {
+        let running = xtask(&with_source(&["migrate"], &migrations), &through_pooler).spawn();
+        running.wait_for_stderr("waiting for the migration lock", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(300));
+        running.signal("TERM");
+        let outcome = running.wait_within(Duration::from_secs(20));
+        outcome.assert_code(143);
+        assert!(
+            !outcome.stderr.contains("57P01"),
+            "round {round}: we terminated our own connection:\n{}",
+            outcome.stderr
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let victims: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
+    assert!(victims.is_empty(), "clients of the pooler were terminated: {victims:#?}");
+}

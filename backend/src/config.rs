@@ -445,6 +445,19 @@ impl DatabaseSettings {
         if MIGRATION_OVERRIDES.iter().all(|(key, _)| env.get(key).is_none()) {
             return Ok(None);
         }
+        // The overrides stand in for POSTGRES_* values; with DATABASE_URL they would silently
+        // build the migration target (and the target of `database drop`) from POSTGRES_* that
+        // the app does not use.
+        if env.get("DATABASE_URL").is_some() {
+            let set: Vec<&str> =
+                MIGRATION_OVERRIDES.iter().map(|(key, _)| *key).filter(|key| env.get(key).is_some()).collect();
+            return Err(config_error(format!(
+                "DATABASE_URL is set together with {}, which stand in for POSTGRES_* values DATABASE_URL replaces: \
+                 give the direct connection for migrations as MIGRATION_DATABASE_URL instead, or use POSTGRES_* \
+                 without DATABASE_URL",
+                set.join(", ")
+            )));
+        }
         let pick = |over: &'static str, base: &'static str| if env.get(over).is_some() { over } else { base };
         let [server, port, user, password] = MIGRATION_OVERRIDES.map(|(over, base)| pick(over, base));
         let variables = Variables { origin: "POSTGRES_MIGRATION_*", server, port, user, password, ..Variables::APP };

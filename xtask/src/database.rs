@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
+use backend::db::bounded;
 use xshell::Shell;
 
 use crate::context::{DbArgs, Loaded, SourceArgs};
@@ -115,23 +116,39 @@ fn target(loaded: &Loaded) -> DatabaseSettings {
 pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
     let name = target(loaded).database().to_owned();
     let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
-    session::run(&maintenance, Use::Write, async |session| {
+    let created = session::run(&maintenance, Use::Write, async |session| {
         ui::step(format!("create database {name}"));
         if exists(session, &name).await? {
             ui::line(format!("database {name} already exists"));
-            return Ok(());
+            return Ok(false);
         }
         let sql = format!("CREATE DATABASE {}", quote_identifier(&name));
         match execute(session, &sql).await {
             Ok(()) => ui::line(format!("created database {name}")),
             // Another replica's prestart created it a moment ago.
             Err(e) if matches!(sqlstate(&e).as_str(), "42P04" | "23505") => {
-                ui::line(format!("database {name} already exists (created meanwhile)"))
+                ui::line(format!("database {name} already exists (created meanwhile)"));
+                return Ok(false);
             }
             Err(e) => return Err(explain(e, &name, "create", session.settings())),
         }
-        Ok(())
-    })
+        Ok(true)
+    })?;
+    if created {
+        // Ours since a moment ago: it serves the environment of these settings.
+        let table =
+            backend::schema::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
+        let environment = loaded.settings.environment.as_deref();
+        session::run(loaded, Use::Write, async |session| {
+            bounded(crate::environment::record(&mut session.ready.conn, &table, environment)).await.map_err(|e| {
+                fail(
+                    Failure::Refused,
+                    anyhow!("cannot record ENVIRONMENT in {name}: {}", backend::db::describe_error(&e)),
+                )
+            })
+        })?;
+    }
+    Ok(())
 }
 
 fn drop_database(loaded: &Loaded) -> anyhow::Result<()> {
@@ -157,13 +174,13 @@ fn setup(loaded: &Loaded, source: &SourceArgs, options: &MigrateOptions) -> anyh
     session::run(loaded, Use::Write, async |session| migrate_step(session, &plan).await)
 }
 
-/// `drop` and `reset` destroy data: only in `ENVIRONMENT=local` unless `--force`, and after a
-/// yes on a terminal unless `-y`.
+/// `drop` and `reset` destroy data: only where both the settings and the database itself say
+/// `ENVIRONMENT=local` (see `crate::environment`), unless `--force`; and after a yes on a
+/// terminal unless `-y`.
 fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
     let db = target(loaded);
-    // Unset is not local here: a deployment that never set ENVIRONMENT must not lose its data.
     let environment = loaded.settings.environment.as_deref();
-    if environment != Some("local") && !guard.force {
+    if !crate::environment::is_local(environment) && !guard.force {
         let said = environment.map_or_else(|| "ENVIRONMENT is not set".to_owned(), |e| format!("ENVIRONMENT={e}"));
         return Err(fail(
             Failure::Config,
@@ -172,6 +189,9 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
                  destroy this database and all its data"
             ),
         ));
+    }
+    if !guard.force {
+        refuse_unless_recorded_local(loaded, &db)?;
     }
     if guard.yes {
         return Ok(());
@@ -190,6 +210,42 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
     } else {
         Err(fail(Failure::Config, anyhow!("not dropped: the answer was not yes (-y skips the question)")))
     }
+}
+
+/// The database must say itself that it is local: its record (see `crate::environment`), not
+/// the settings, which may point at another database than their ENVIRONMENT describes.
+fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyhow::Result<()> {
+    let table =
+        backend::schema::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
+    let recorded = session::run(loaded, Use::Write, async |session| {
+        bounded(crate::environment::recorded(&mut session.ready.conn, &table))
+            .await
+            .map_err(|e| fail(Failure::Refused, e))
+    });
+    let recorded = match recorded {
+        Ok(recorded) => recorded,
+        // Nothing to protect: drop says the database does not exist.
+        Err(error) if crate::prestart::database_missing(&error) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let where_ = format!("database {} on {}:{}", db.database(), db.host(), db.port());
+    let said = match &recorded {
+        Some(recorded) if crate::environment::is_local(recorded.environment.as_deref()) => return Ok(()),
+        Some(recorded) => format!("it records {}", recorded.describe()),
+        None => format!(
+            "it has no record of its environment ({} is missing: prestart and migrate write it, so this database was \
+             never migrated by them with ENVIRONMENT=local)",
+            crate::environment::table_for(&table)
+        ),
+    };
+    Err(fail(
+        Failure::Config,
+        anyhow!(
+            "refusing to drop {where_}: {said}, whatever ENVIRONMENT says here (an exported DATABASE_URL may point \
+             elsewhere than this .env describes)\n  fix: run prestart or migrate on it with ENVIRONMENT=local if it is \
+             a local database, or pass --force if you mean to destroy it and all its data"
+        ),
+    ))
 }
 
 async fn exists(session: &mut Session<'_>, name: &str) -> anyhow::Result<bool> {

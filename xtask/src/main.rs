@@ -11,6 +11,7 @@ mod diagnose;
 mod docker_host;
 mod doctor;
 mod e2e;
+mod environment;
 mod exit;
 mod http;
 mod interrupt;

@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The wait ended on 3D000: the database does not exist.
-fn database_missing(error: &anyhow::Error) -> bool {
+pub fn database_missing(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<backend::db::Fatal>().is_some_and(|f| f.kind == backend::db::FatalKind::DatabaseMissing)
     })

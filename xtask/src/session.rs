@@ -62,6 +62,11 @@ impl<'a> Session<'a> {
         &self.loaded.settings.database
     }
 
+    /// `ENVIRONMENT` of the settings, which migrations record in the database.
+    pub fn environment(&self) -> Option<&'a str> {
+        self.loaded.settings.environment.as_deref()
+    }
+
     /// What is left of the run's one wait budget.
     pub fn wait_left(&self) -> Duration {
         self.loaded.wait_left()

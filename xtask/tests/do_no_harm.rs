@@ -132,3 +132,72 @@ fn sigterm_behind_a_session_pooler_never_terminates_another_clients_session() {
     let victims: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
     assert!(victims.is_empty(), "clients of the pooler were terminated: {victims:#?}");
 }
+
+fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+    env
+}
+
+/// #2: `database drop` and `reset` ask the database which environment it serves (recorded by
+/// prestart and migrate), not the local settings: a `.env` saying `ENVIRONMENT=local` with an
+/// exported DATABASE_URL of production used to drop production.
+#[test]
+fn drop_and_reset_refuse_a_database_that_does_not_record_itself_as_local() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    cluster.create_database("prod");
+    let production = with(cluster.env("prod"), "ENVIRONMENT", "production");
+    xtask(&with_source(&["prestart"], &migrations), &production).output().assert_code(0);
+    assert_eq!(cluster.psql("prod", "SELECT environment FROM _prestart_environment"), "production");
+    cluster.psql("prod", "INSERT INTO app_settings (key, value) VALUES ('kept', '1')");
+    // sqlx-cli's table is as it was: the record lives beside it.
+    assert_eq!(
+        cluster.psql(
+            "prod",
+            "SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns \
+             WHERE table_name = '_sqlx_migrations'"
+        ),
+        "version,description,installed_on,success,checksum,execution_time"
+    );
+
+    // A local .env, and a production URL exported in the shell.
+    let local_shell = with(with(cluster.env("app"), "ENVIRONMENT", "local"), "DATABASE_URL", &cluster.url("prod"));
+    for command in ["drop", "reset"] {
+        let args = if command == "reset" {
+            with_source(&["database", command, "-y"], &migrations)
+        } else {
+            vec!["database", command, "-y"]
+        };
+        xtask(&args, &local_shell)
+            .output()
+            .assert_code(3)
+            .assert_stderr_contains("refusing to drop database prod on 127.0.0.1:")
+            .assert_stderr_contains("it records ENVIRONMENT=production");
+    }
+    assert_eq!(cluster.psql("prod", "SELECT count(*) FROM app_settings WHERE key = 'kept'"), "1");
+
+    // A database with no record counts as not local; migrating it locally records it.
+    cluster.create_database("unknown");
+    let unknown = with(cluster.env("unknown"), "ENVIRONMENT", "local");
+    xtask(&["database", "drop", "-y"], &unknown)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("has no record of its environment");
+    xtask(&with_source(&["migrate"], &migrations), &unknown).output().assert_code(0);
+    xtask(&["database", "drop", "-y"], &unknown)
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("dropped database unknown");
+    // --force is the way to drop what is not local.
+    xtask(&["database", "drop", "-y", "--force"], &local_shell).output().assert_code(0);
+    assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'prod'"), "0");
+
+    // DATABASE_URL with POSTGRES_MIGRATION_* built the migration (and drop) target from POSTGRES_*.
+    let mixed = with(local_shell, "POSTGRES_MIGRATION_USER", "postgres");
+    xtask(&["database", "drop", "-y"], &mixed)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("POSTGRES_MIGRATION_USER")
+        .assert_stderr_contains("MIGRATION_DATABASE_URL instead");
+}

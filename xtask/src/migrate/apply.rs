@@ -38,6 +38,7 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
             ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
             return Ok(());
         }
+        record_environment(session, plan).await;
         let total = plan.set.files.len();
         ui::line(match plan.target {
             Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
@@ -55,6 +56,9 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     let deadline = Instant::now() + session.wait_left();
     let result = apply_pending(&mut session.ready, plan, db, deadline).await;
     // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
+    if result.is_ok() {
+        record_environment(session, plan).await;
+    }
     lock::release(&mut session.ready.conn, key).await;
     let applied = result?;
     let total = plan.set.files.len();
@@ -97,6 +101,9 @@ pub async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::
     let deadline = Instant::now() + session.wait_left();
     let result = revert_under_lock(&mut session.ready, plan, db, deadline).await;
     lock::release(&mut session.ready.conn, key).await;
+    if result.is_ok() {
+        record_environment(session, plan).await;
+    }
     let reverted = result?;
     ui::line(format!("reverted {reverted} in {}", ui::duration(started.elapsed())));
     Ok(())
@@ -162,6 +169,21 @@ async fn apply_pending(
         bounded(reset).await.map_err(|e| fail(Failure::Migration, e))?;
     }
     Ok(pending.len())
+}
+
+/// Records the run's `ENVIRONMENT` in the database (see `crate::environment`) unless it says so
+/// already. Not recording only makes `database drop` refuse it, so a failure is a warning.
+async fn record_environment(session: &mut Session<'_>, plan: &Plan<'_>) {
+    let environment = session.environment();
+    let recorded = bounded(crate::environment::record(&mut session.ready.conn, &plan.settings.table_name, environment));
+    if let Err(error) = recorded.await {
+        ui::warn(format!(
+            "could not record ENVIRONMENT in {} ({}): `cargo xtask database drop` and `reset` will refuse this \
+             database without --force",
+            crate::environment::table_for(&plan.settings.table_name),
+            backend::db::describe_error(&error)
+        ));
+    }
 }
 
 /// The applied rows, read again under the lock: a lost connection lost the lock too, so it ends

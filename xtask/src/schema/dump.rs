@@ -67,10 +67,11 @@ async fn run_pg_dump(
 ) -> anyhow::Result<String> {
     let host = db.socket().map_or_else(|| db.host().to_owned(), |socket| socket.display().to_string());
     let (port, user, name, table) = (db.port().to_string(), db.user(), db.database(), &settings.table_name);
+    let environment_table = crate::environment::table_for(table);
     let password = db.password().map(|p| p.expose().to_owned()).unwrap_or_default();
     let command = cmd!(
         sh,
-        "{pg_dump} --schema-only --no-owner --no-privileges --no-tablespaces --exclude-table={table} -h {host} -p {port} -U {user} -d {name}"
+        "{pg_dump} --schema-only --no-owner --no-privileges --no-tablespaces --exclude-table={table} --exclude-table={environment_table} -h {host} -p {port} -U {user} -d {name}"
     )
     .env("PGPASSWORD", password)
     .env("PGSSLMODE", db.ssl_mode_name())

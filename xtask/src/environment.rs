@@ -1,0 +1,90 @@
+//! The environment a database serves, recorded in the database itself, as Rails records it in
+//! `ar_internal_metadata`: a local `.env` saying `ENVIRONMENT=local` is no proof that the
+//! database it points at is a local one (an exported `DATABASE_URL` of a production shell wins
+//! over it), so `database drop` and `reset` ask the database.
+//!
+//! prestart and `migrate` write it beside the migrations table, in a table of its own (sqlx-cli
+//! still reads `_sqlx_migrations` as it is), whenever they run on a database whose record is
+//! missing or says another environment.
+
+use sqlx::postgres::PgConnection;
+
+/// The table's name, in the schema of the migrations table.
+pub const TABLE: &str = "_prestart_environment";
+
+/// The record's table for the migrations table `migrations_table` (which may be qualified).
+pub fn table_for(migrations_table: &str) -> String {
+    match migrations_table.rsplit_once('.') {
+        Some((schema, _)) => format!("{schema}.{TABLE}"),
+        None => TABLE.to_owned(),
+    }
+}
+
+/// What a database says it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `ENVIRONMENT` of the run that recorded it; `None` when that run had none set.
+    pub environment: Option<String>,
+    /// When, as the server printed it.
+    pub at: String,
+}
+
+impl Recorded {
+    pub fn describe(&self) -> String {
+        match &self.environment {
+            Some(environment) => format!("ENVIRONMENT={environment} (recorded {})", self.at),
+            None => format!("no ENVIRONMENT (recorded {} by a run that had none set)", self.at),
+        }
+    }
+}
+
+/// The one rule for what counts as local: `ENVIRONMENT=local` said explicitly; unset is not.
+pub fn is_local(environment: Option<&str>) -> bool {
+    environment == Some("local")
+}
+
+/// The record of the database `conn` is connected to; `None` when it has none.
+pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result<Option<Recorded>, sqlx::Error> {
+    let sql = format!(
+        "{}SELECT environment, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {}",
+        backend::db::server_side_bound(),
+        table_for(migrations_table)
+    );
+    // One simple query: the bound and the read in one implicit transaction.
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await {
+        Ok(None) => Ok(None),
+        Ok(Some(row)) => {
+            use sqlx::Row as _;
+            Ok(Some(Recorded { environment: row.try_get(0)?, at: row.try_get(1)? }))
+        }
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01") => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Records `environment` unless the database already says it: one round trip, and no write
+/// at all when the record is current.
+pub async fn record(
+    conn: &mut PgConnection,
+    migrations_table: &str,
+    environment: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    if recorded(conn, migrations_table).await?.is_some_and(|r| r.environment.as_deref() == environment) {
+        return Ok(());
+    }
+    let table = table_for(migrations_table);
+    let value = environment.map_or_else(|| "NULL".to_owned(), |e| format!("'{}'", e.replace('\'', "''")));
+    let sql = format!(
+        "{}CREATE TABLE IF NOT EXISTS {table} (\n\
+             only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),\n\
+             environment text,\n\
+             recorded_at timestamptz NOT NULL DEFAULT now()\n\
+         );\n\
+         COMMENT ON TABLE {table} IS 'The ENVIRONMENT this database serves, recorded by prestart and migrate: database drop and reset refuse any but local';\n\
+         INSERT INTO {table} (environment) VALUES ({value}) ON CONFLICT (only_row) DO UPDATE \
+         SET environment = EXCLUDED.environment, recorded_at = now() \
+         WHERE {table}.environment IS DISTINCT FROM EXCLUDED.environment",
+        backend::db::server_side_bound()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| ())
+}

@@ -348,7 +348,9 @@ pub async fn in_throwaway<T>(
     // Armed before the create: a signal may cancel us after the server created the database
     // but before the answer came, and a create that timed out may still finish on the server.
     let guard = Throwaway { server: server.clone(), name: name.to_owned() };
-    let created = maintenance(server, &format!("CREATE DATABASE {}", quote_identifier(name)), CREATE_TIMEOUT).await;
+    // From template0: what was added to template1 is no part of what the migrations make.
+    let create = format!("CREATE DATABASE {} TEMPLATE template0", quote_identifier(name));
+    let created = maintenance(server, &create, CREATE_TIMEOUT).await;
     if let Err(error) = created {
         let taken =
             error.chain().filter_map(|cause| cause.downcast_ref::<sqlx::Error>()).any(|e| sqlstate(e) == "42P04");

@@ -26,6 +26,7 @@ mod seed;
 mod session;
 mod sqlx_prepare;
 mod test;
+mod throwaway;
 mod ui;
 mod wait;
 

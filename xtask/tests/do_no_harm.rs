@@ -201,3 +201,46 @@ fn drop_and_reset_refuse_a_database_that_does_not_record_itself_as_local() {
         .assert_stderr_contains("POSTGRES_MIGRATION_USER")
         .assert_stderr_contains("MIGRATION_DATABASE_URL instead");
 }
+
+/// #1: doctor, `schema drift` and a failed migration's drift note build the expected schema in a
+/// throwaway cluster on this machine. On the live server they used to replay every applied
+/// migration in a throwaway database: a migration's `ALTER ROLE ... SET` undid a later change by
+/// hand, and every doctor run created and dropped a database there. The server log
+/// (`log_statement = 'ddl'`) shows nothing of ours.
+#[test]
+fn doctor_drift_and_the_failure_note_only_read_the_server_they_diagnose() {
+    let cluster = Cluster::started();
+    cluster.psql("postgres", "CREATE ROLE app");
+    let migrations = Migrations::workspace();
+    migrations.write("20990101000000_items.sql", "CREATE TABLE items (id int PRIMARY KEY, name text);\n");
+    migrations.write("20990101000100_role.sql", "ALTER ROLE app SET statement_timeout = 5000;\n");
+    let env = cluster.env("app");
+    xtask(&with_source(&["prestart"], &migrations), &env).output().assert_code(0);
+    cluster.psql("postgres", "ALTER ROLE app SET statement_timeout = 9000");
+    cluster.write_conf("log_statement = 'ddl'");
+    cluster.reload();
+    let logged_before = cluster.log().len();
+
+    let doctor = xtask(&with_source(&["doctor", "--json"], &migrations), &env).output();
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let check = report["checks"].as_array().expect("checks").iter().find(|c| c["id"] == "migrations.drift").cloned();
+    let check = check.expect("migrations.drift");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert!(check["message"].as_str().unwrap_or_default().contains("throwaway PostgreSQL"), "{check}");
+    xtask(&with_source(&["schema", "drift"], &migrations), &env).output().assert_code(0);
+    let logged = cluster.log()[logged_before..].to_owned();
+    assert!(!logged.contains("statement:"), "doctor and drift ran DDL on the server:\n{logged}");
+    // A failed migration gets its drift note the same way.
+    migrations.write("20990101000200_broken.sql", "ALTER TABLE items ADD COLUMN name text;\n");
+    xtask(&with_source(&["prestart"], &migrations), &env)
+        .output()
+        .assert_code(6)
+        .assert_stderr_contains("drift: no drift");
+
+    let setting = "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setrole = 'app'::regrole";
+    assert_eq!(cluster.psql("postgres", setting), "statement_timeout=9000", "a migration ran again on the server");
+    let logged = cluster.log()[logged_before..].to_owned();
+    for statement in ["CREATE DATABASE", "DROP DATABASE", "ALTER ROLE"] {
+        assert!(!logged.contains(statement), "the server ran {statement} for us:\n{logged}");
+    }
+}

@@ -261,15 +261,21 @@ fn drift_names_each_kind_of_change_made_by_hand() {
 }
 
 #[test]
-fn drift_is_skipped_saying_why_when_the_role_may_not_create_a_database() {
+fn a_role_that_may_not_create_databases_gets_drift_from_a_local_cluster() {
     let cluster = Cluster::started();
     let migrations = Migrations::workspace();
     run(&["migrate"], &cluster.env("app"), &migrations).assert_code(0);
     cluster.psql("postgres", &format!("CREATE ROLE reader LOGIN PASSWORD '{}'", testkit::PASSWORD));
+    cluster.psql("app", "GRANT SELECT ON _sqlx_migrations TO reader");
     let reader = with(cluster.env("app"), "POSTGRES_USER", "reader");
     run(&["schema", "drift"], &reader, &migrations)
+        .assert_code(0)
+        .assert_stderr_contains("throwaway PostgreSQL 15 cluster on this machine")
+        .assert_stderr_contains("no drift");
+    // The old way, on the server itself, needs CREATEDB, and says so.
+    run(&["schema", "drift", "--shadow-on-server"], &reader, &migrations)
         .assert_code(5)
-        .assert_stderr_contains("the role reader may not create databases");
+        .assert_stderr_contains("permission denied to create database");
 }
 
 /// `ignored-chars` in sqlx.toml: a file that differs only in them (CRLF, a BOM) is the same
@@ -298,23 +304,36 @@ fn files_that_differ_only_in_ignored_characters_are_the_same_migration() {
     xtask(&["lint-migrations"]).assert_code(0);
 }
 
-/// SIGTERM while drift builds its throwaway database: the run ends as interrupted, and the
-/// throwaway database is gone.
+/// SIGTERM while drift builds the expected schema in its throwaway cluster: the run ends as
+/// interrupted, and the cluster is stopped and deleted.
 #[test]
-fn an_interrupted_drift_check_leaves_no_throwaway_database() {
+fn an_interrupted_drift_check_leaves_no_throwaway_cluster() {
     let cluster = Cluster::started();
     let migrations = Migrations::empty();
     migrations.write("1_slow.sql", "SELECT pg_sleep(3);\nCREATE TABLE slow ();\n");
     let env = cluster.env("app");
     run(&["migrate"], &env, &migrations).assert_code(0);
     let source = migrations.path().to_str().expect("utf-8").to_owned();
-    let running = Run::xtask(XTASK, &["schema", "drift", "--source", &source], &env).spawn();
-    let throwaways =
-        || cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'prestart_drift_%'");
-    assert!(testkit::eventually(std::time::Duration::from_secs(10), || throwaways() == "1"), "no throwaway database");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    testkit::set_mode(scratch.path(), 0o755);
+    let running = Run::xtask(XTASK, &["schema", "drift", "--source", &source], &env)
+        .env("TMPDIR", scratch.path().to_str().expect("utf-8"))
+        .spawn();
+    let throwaways = || std::fs::read_dir(scratch.path()).expect("scratch").count();
+    let building =
+        || cluster.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%'");
+    assert!(testkit::eventually(std::time::Duration::from_secs(20), || throwaways() == 1), "no throwaway cluster");
+    running.wait_for_stderr("wait for the database", std::time::Duration::from_secs(10));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(building(), "0", "the migration ran on the live server");
     running.signal("TERM");
     running.wait_within(std::time::Duration::from_secs(20)).assert_code(143);
-    assert_eq!(throwaways(), "0");
+    assert_eq!(throwaways(), 0, "the throwaway cluster's folder is left");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", scratch.path().to_str().expect("utf-8")])
+        .output()
+        .expect("pgrep");
+    assert!(left.stdout.is_empty(), "a throwaway server still runs: {}", String::from_utf8_lossy(&left.stdout));
 }
 
 /// A role that may not create databases gets drift through a shadow database it was given: it
@@ -334,7 +353,7 @@ fn drift_through_a_shadow_database_for_a_role_that_may_not_create_databases() {
         args.extend_from_slice(extra);
         run(&args, &owner, &migrations)
     };
-    drift(&[]).assert_code(5).assert_stderr_contains("--shadow-database NAME");
+    drift(&[]).assert_code(0).assert_stderr_contains("throwaway PostgreSQL");
     for _ in 0..2 {
         drift(&["--shadow-database", "shadow"]).assert_code(0).assert_stderr_contains("no drift");
     }

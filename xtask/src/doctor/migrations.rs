@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use backend::config::DatabaseSettings;
 use backend::schema::{MigrationSet, State, Status};
 use sqlx::postgres::PgConnection;
 
@@ -12,7 +11,7 @@ use crate::lint::command::lint_set;
 use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 
-pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnection, DatabaseSettings)>) {
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
     let loaded = inputs.source.load(&inputs.root);
     let dir = inputs.source.dir(&inputs.root);
     doctor.check(Area::Migrations, "migrations.files", || {
@@ -135,7 +134,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
         "migrations.lock",
         "migrations.drift",
     ];
-    let (Some((mut conn, server)), Ok((set, settings, _))) = (conn, &loaded) else {
+    let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
         for id in ids {
             doctor.check(Area::Migrations, id, || Ok(Outcome::skipped("needs the database and readable migrations")));
         }
@@ -228,7 +227,8 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
     doctor
         .check_async(Area::Migrations, "migrations.drift", async {
             // Bounded like every check; the throwaway database is dropped however this ends.
-            let look = crate::schema::find_drift(&server, &mut conn, set, settings, None);
+            // Built in a throwaway cluster on this machine: the server diagnosed is only read.
+            let look = crate::schema::find_drift(&mut conn, set, settings, crate::schema::Build::LocalCluster);
             let Ok(found) = tokio::time::timeout(DRIFT_CHECK_BOUND, look).await else {
                 return Ok(Outcome::skipped(format!(
                     "the drift check took more than {} s: run `cargo xtask schema drift` to wait for it",
@@ -237,10 +237,11 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<(PgConnectio
             };
             Ok(match found? {
                 Err(cannot) => Outcome::skipped(cannot),
-                Ok(differences) if differences.is_empty() => {
-                    Outcome::ok("no drift: the schema is what the applied migrations produce")
-                }
-                Ok(differences) => Outcome::warn(
+                Ok(drift) if drift.differences.is_empty() => Outcome::ok(format!(
+                    "no drift: the schema is what the applied migrations produce (built in {})",
+                    drift.built_in
+                )),
+                Ok(crate::schema::drift::Drift { differences, .. }) => Outcome::warn(
                     format!(
                         "the schema differs from what the applied migrations produce: {}",
                         differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")

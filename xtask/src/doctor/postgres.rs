@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use backend::config::DatabaseSettings;
 use backend::db::{Failure, connect_once};
 use sqlx::postgres::{PgConnection, PgSslMode};
 
@@ -18,7 +17,7 @@ const OLDEST_SUPPORTED_MAJOR: u32 = 14;
 
 /// Runs the checks; returns the connection when there is one, for the migration checks.
 /// The connection the later checks use, and its settings.
-pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<(PgConnection, DatabaseSettings)> {
+pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Option<PgConnection> {
     let ids = [
         "postgres.connect",
         "postgres.writable",
@@ -165,9 +164,9 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
 
     // The checks below send prepared statements one by one, which a pooler that shares server
     // sessions would lose or leave behind: they go to the direct connection then, if there is one.
-    let (mut conn, settings) = match (pooling.shares_sessions(), direct_conn, &direct) {
-        (false, _, _) => (ready.conn, database.clone()),
-        (true, Some(conn), Some(direct)) => (conn, direct.clone()),
+    let mut conn = match (pooling.shares_sessions(), direct_conn, &direct) {
+        (false, _, _) => ready.conn,
+        (true, Some(conn), Some(_)) => conn,
         (true, _, _) => {
             let first = ids.iter().position(|id| *id == "postgres.version").unwrap_or(ids.len());
             for id in &ids[first..] {
@@ -294,7 +293,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
             })
         })
         .await;
-    Some((conn, settings))
+    Some(conn)
 }
 
 /// What the app's role (this connection's) lacks on what the migrations created in `schema`:

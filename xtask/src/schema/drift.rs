@@ -1,41 +1,81 @@
 //! `cargo xtask schema drift`, doctor's `migrations.drift` and the drift note of a failed
 //! migration: the live schema against the one its applied migrations produce.
+//!
+//! The server being diagnosed is only read: its applied rows, its catalog and its role names, in
+//! one read-only transaction that holds the migration lock shared (so a migration cannot run
+//! between the two reads and make a spurious difference). The expected schema is built
+//! elsewhere: by default in a throwaway cluster on this machine (`crate::throwaway`), or in a
+//! database named for the purpose (`--dev-url`, `--shadow-database`), or, only when asked
+//! (`--shadow-on-server`), in a throwaway database on the live server.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use backend::config::DatabaseSettings;
+use backend::config::{DatabaseSettings, Env};
 use backend::db::bounded;
-use backend::schema::{MigrationSet, MigrationSettings, State, Status, applied_rows};
+use backend::schema::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
 use sqlx::migrate::Migrate as _;
 use sqlx::postgres::PgConnection;
 
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
 use crate::context::Loaded;
-use crate::database::{in_throwaway, throwaway_name};
+use crate::database::{in_throwaway, quote_identifier, throwaway_name};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::session::{self, Use};
+use crate::throwaway::{Binaries, LocalCluster};
 use crate::ui;
+
+/// Where the expected schema is built.
+pub enum Build {
+    /// A throwaway cluster on this machine: the default, and all doctor and the note use.
+    LocalCluster,
+    /// An empty database given for the purpose (`--dev-url`, or `--shadow-database` on the same
+    /// server): checked empty first, emptied after.
+    Dev(DatabaseSettings),
+    /// A throwaway database on the live server (`--shadow-on-server`): replays every applied
+    /// migration there, cluster-wide statements included.
+    OnServer(DatabaseSettings),
+}
+
+/// The differences, and where the expected schema was built, for the report.
+pub struct Drift {
+    pub differences: Vec<Difference>,
+    pub built_in: String,
+}
 
 pub fn run(args: DriftArgs) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let (set, settings, _) = args.source.load(&loaded.root)?;
     let started = Instant::now();
-    // Write: over the direct settings where a pooler is in the way, which the throwaway needs.
-    let found = session::run(&loaded, Use::Write, async |session| {
+    // The live database is only read, in one transaction: the app's settings serve, pooler or
+    // not; only a throwaway database on the server needs the direct settings.
+    let purpose = if args.shadow_on_server { Use::Write } else { Use::Read };
+    let found = session::run(&loaded, purpose, async |session| {
         let server = session.settings().clone();
-        find_drift(&server, &mut session.ready.conn, &set, &settings, args.shadow_database.as_deref()).await
+        let build = if let Some(url) = &args.dev_url {
+            let env = Env::from_pairs([("DATABASE_URL", url.as_str())]);
+            Build::Dev(DatabaseSettings::from_env(&env).map_err(|e| fail(Failure::Config, anyhow!("--dev-url: {e}")))?)
+        } else if let Some(shadow) = &args.shadow_database {
+            Build::Dev(server.with_database(shadow))
+        } else if args.shadow_on_server {
+            Build::OnServer(server)
+        } else {
+            Build::LocalCluster
+        };
+        find_drift(&mut session.ready.conn, &set, &settings, build).await
     })?;
-    let differences = match found {
-        Ok(differences) => differences,
+    let drift = match found {
+        Ok(drift) => drift,
         Err(cannot) => return Err(fail(Failure::Refused, anyhow!("cannot look for drift: {cannot}"))),
     };
+    let differences = drift.differences;
     if args.json {
-        let document = serde_json::json!({ "drift": !differences.is_empty(), "differences": differences });
+        let document = serde_json::json!({ "drift": !differences.is_empty(), "built_in": drift.built_in, "differences": differences });
         ui::print(format!("{}\n", serde_json::to_string_pretty(&document)?));
     } else {
+        ui::line(format!("expected schema built in {}", drift.built_in));
         for difference in &differences {
             ui::line(difference.to_string());
         }
@@ -59,43 +99,95 @@ pub fn run(args: DriftArgs) -> anyhow::Result<()> {
     ))
 }
 
-/// The live database's schema against the one its applied migrations produce, built in a
-/// throwaway database on the same server (same version, same extensions available). `Err`
-/// says why it cannot be told (no right to create a database, migrations this code lacks).
+/// What the live database says, read in one transaction under the shared migration lock.
+struct Live {
+    applied: Vec<AppliedRow>,
+    found: Snapshot,
+    roles: Vec<String>,
+    major: u32,
+    database: String,
+    /// `ENCODING ... LC_COLLATE ... LC_CTYPE ...` of the live database, for the throwaway's.
+    locale: (String, String, String),
+}
+
+/// How long the live read waits for a running migration to finish before it gives up.
+const MIGRATION_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads the live database. A migration holding the lock is waited for a few seconds; `Err`
+/// says why it cannot be read (a migration still running, no right to read the table).
+async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> anyhow::Result<Result<Live, String>> {
+    use sqlx::Connection as _;
+    let started = Instant::now();
+    loop {
+        let mut tx = live.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        // Held shared until the transaction ends: a migration (which takes it exclusively) cannot
+        // start between the rows and the catalog, and neither side waits long.
+        let (database, major, encoding, collate, ctype): (String, i32, String, String, String) = bounded(
+            sqlx::query_as(
+                "SELECT d.datname::text, pg_catalog.current_setting('server_version_num')::int4 / 10000, \
+                        pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
+                 FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
+            )
+            .fetch_one(&mut *tx),
+        )
+        .await?;
+        let key = crate::lock::key(&database);
+        let lock = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock_shared($1)").bind(key);
+        let locked: bool = bounded(lock.fetch_one(&mut *tx)).await?;
+        if !locked {
+            drop(tx);
+            if started.elapsed() >= MIGRATION_WAIT {
+                let holder =
+                    bounded(crate::lock::holder(live, key)).await.unwrap_or_else(|e| backend::db::describe_error(&e));
+                return Ok(Err(format!(
+                    "a migration is running (the migration lock is held by {holder}): run it again when it is done"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let applied = match bounded(applied_rows(&mut tx, &settings.table_name)).await {
+            Ok(applied) => applied,
+            Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
+                return Ok(Err(format!(
+                    "this role may not read {} (GRANT SELECT ON {} TO the role of these settings)",
+                    settings.table_name, settings.table_name
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let roles: Vec<String> = bounded(
+            sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
+                .fetch_all(&mut *tx),
+        )
+        .await?;
+        // Last: it leaves search_path at pg_catalog for the rest of the transaction.
+        let found = snapshot(&mut tx, &settings.table_name).await?;
+        tx.commit().await?;
+        return Ok(Ok(Live {
+            applied,
+            found,
+            roles,
+            major: u32::try_from(major).unwrap_or_default(),
+            database,
+            locale: (encoding, collate, ctype),
+        }));
+    }
+}
+
+/// The live database's schema against the one its applied migrations produce. `Err` says why it
+/// cannot be told (no server binaries here, migrations this code lacks, ...).
 pub async fn find_drift(
-    server: &DatabaseSettings,
     live: &mut PgConnection,
     set: &MigrationSet,
     settings: &MigrationSettings,
-    shadow: Option<&str>,
-) -> anyhow::Result<Result<Vec<Difference>, String>> {
-    let may_create: bool = shadow.is_some() || {
-        let role =
-            sqlx::query_scalar("SELECT rolcreatedb OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user");
-        bounded(role.fetch_one(&mut *live)).await?
+    build: Build,
+) -> anyhow::Result<Result<Drift, String>> {
+    let live = match read_live(live, settings).await? {
+        Ok(live) => live,
+        Err(cannot) => return Ok(Err(cannot)),
     };
-    if !may_create {
-        return Ok(Err(format!(
-            "the role {} may not create databases, and the expected schema is built in a throwaway one (ALTER ROLE \"{}\" \
-             CREATEDB; or give it an empty database of its own: cargo xtask schema drift --shadow-database NAME)",
-            server.user(),
-            server.user()
-        )));
-    }
-    let applied = match bounded(applied_rows(live, &settings.table_name)).await {
-        Ok(applied) => applied,
-        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
-            return Ok(Err(format!(
-                "the role {} may not read {} (GRANT SELECT ON {} TO \"{}\")",
-                server.user(),
-                settings.table_name,
-                settings.table_name,
-                server.user()
-            )));
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let status = Status::compare(set, &applied);
+    let status = Status::compare(set, &live.applied);
     let unknown: Vec<String> = status.with_state(State::Unknown).map(|e| e.version.to_string()).collect();
     if !unknown.is_empty() {
         return Ok(Err(format!(
@@ -103,44 +195,111 @@ pub async fn find_drift(
             unknown.join(", ")
         )));
     }
-    let applied_files: Vec<_> = set
+    let applied: Vec<&MigrationFile> = set
         .files
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state != State::Pending))
         .collect();
-    let found = snapshot(live, &settings.table_name).await?;
-    let build = async |conn: &mut PgConnection| -> anyhow::Result<Snapshot> {
-        for schema in &settings.create_schemas {
-            conn.create_schema_if_not_exists(schema).await?;
-        }
-        conn.ensure_migrations_table(&settings.table_name).await?;
-        for file in &applied_files {
-            conn.apply(&settings.table_name, &file.migration).await.with_context(|| {
-                format!("{} fails on an empty database, so the expected schema cannot be built", file.name())
-            })?;
-        }
-        snapshot(conn, &settings.table_name).await
+    let built = match build {
+        Build::LocalCluster => in_local_cluster(&live, &applied, settings).await?,
+        Build::Dev(dev) => in_dev_database(&dev, &live, &applied, settings).await?,
+        Build::OnServer(server) => on_server(&server, &applied, settings).await?,
     };
-    let expected = match shadow {
-        Some(shadow) => match in_shadow(server, live, shadow, build).await? {
-            Ok(expected) => expected,
-            Err(cannot) => return Ok(Err(cannot)),
-        },
-        None => {
-            let throwaway = throwaway_name("prestart_drift");
-            let maintenance = server.with_database("postgres");
-            let active = ActiveBackend::default();
-            in_throwaway(&maintenance, &throwaway, &active, async {
-                let mut ready = connect_to(&server.with_database(&throwaway)).await?;
-                active.set(Some(&ready.process));
-                let expected = build(&mut ready.conn).await?;
-                active.set(None);
-                Ok(expected)
-            })
-            .await?
-        }
+    Ok(built.map(|(expected, built_in)| Drift { differences: compare(&expected, &live.found), built_in }))
+}
+
+/// The expected schema: the applied migrations, in order, on an empty database, as sqlx applies
+/// them.
+async fn build(
+    conn: &mut PgConnection,
+    applied: &[&MigrationFile],
+    settings: &MigrationSettings,
+) -> anyhow::Result<Snapshot> {
+    for schema in &settings.create_schemas {
+        conn.create_schema_if_not_exists(schema).await?;
+    }
+    conn.ensure_migrations_table(&settings.table_name).await?;
+    for file in applied {
+        conn.apply(&settings.table_name, &file.migration).await.with_context(|| {
+            format!("{} fails on an empty database, so the expected schema cannot be built", file.name())
+        })?;
+    }
+    snapshot(conn, &settings.table_name).await
+}
+
+/// How long building the expected schema may take; it holds no rows, only DDL.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Builds in a throwaway cluster on this machine, with the live server's roles (by name: grants
+/// and owners name them) and its database's encoding and locale.
+async fn in_local_cluster(
+    live: &Live,
+    applied: &[&MigrationFile],
+    settings: &MigrationSettings,
+) -> anyhow::Result<Result<(Snapshot, String), String>> {
+    let Some(bin) = Binaries::find(Some(live.major)) else {
+        return Ok(Err(format!(
+            "this machine has no PostgreSQL server binaries to build the expected schema in a throwaway cluster \
+             (install PostgreSQL {} here, or give an empty database for it: cargo xtask schema drift --dev-url URL); \
+             the live server is never used for it",
+            live.major
+        )));
     };
-    Ok(Ok(compare(&expected, &found)))
+    let mut built_in = format!("a throwaway PostgreSQL {} cluster on this machine", bin.major);
+    if bin.major != live.major {
+        built_in.push_str(&format!(
+            " (the server runs {}, whose binaries are not installed here: definitions may word things differently)",
+            live.major
+        ));
+    }
+    let cluster = match LocalCluster::start(bin).await {
+        Ok(cluster) => cluster,
+        Err(error) => return Ok(Err(format!("cannot start a throwaway cluster on this machine: {error:#}"))),
+    };
+    if !cluster.isolated() {
+        built_in.push_str(" (not in a network namespace of its own: a migration that connects out would)");
+    }
+    let result = tokio::time::timeout(BUILD_TIMEOUT, async {
+        let mut admin = connect_to(&cluster.settings("postgres")?).await?;
+        let mut setup = String::new();
+        for role in &live.roles {
+            setup.push_str(&format!(
+                "DO $r$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {literal}) THEN CREATE ROLE {ident}; \
+                 END IF; END $r$;\n",
+                literal = quote_literal(role),
+                ident = quote_identifier(role)
+            ));
+        }
+        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut admin.conn)).await?;
+        let name = quote_identifier(&live.database);
+        let (encoding, collate, ctype) = &live.locale;
+        let with_locale = format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_literal(encoding),
+            quote_literal(collate),
+            quote_literal(ctype)
+        );
+        if let Err(error) = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(with_locale)).execute(&mut admin.conn)).await {
+            // The live locale is not installed here: names and definitions do not depend on it.
+            let plain = format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING {}", quote_literal(encoding));
+            bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(plain)).execute(&mut admin.conn))
+                .await
+                .with_context(|| format!("after {}", backend::db::describe_error(&error)))?;
+        }
+        let mut ready = connect_to(&cluster.settings(&live.database)?).await?;
+        build(&mut ready.conn, applied, settings).await
+    })
+    .await;
+    cluster.stop().await;
+    match result {
+        Ok(Ok(expected)) => Ok(Ok((expected, built_in))),
+        Ok(Err(error)) => Ok(Err(format!("in {built_in}: {error:#}"))),
+        Err(_) => Ok(Err(format!("building the expected schema took more than {} s", BUILD_TIMEOUT.as_secs()))),
+    }
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 async fn connect_to(db: &DatabaseSettings) -> anyhow::Result<backend::db::Ready> {
@@ -149,72 +308,85 @@ async fn connect_to(db: &DatabaseSettings) -> anyhow::Result<backend::db::Ready>
         .map_err(|e| anyhow!("cannot connect to {db}: {e}"))
 }
 
-/// Builds the expected schema in `shadow`, a database the user gave prestart for this (for a
-/// role that may not create databases): it must be empty, and is emptied again after, of what
-/// the build made and nothing else.
-async fn in_shadow(
-    server: &DatabaseSettings,
-    live: &mut PgConnection,
-    shadow: &str,
-    build: impl AsyncFnOnce(&mut PgConnection) -> anyhow::Result<Snapshot>,
-) -> anyhow::Result<Result<Snapshot, String>> {
-    let live_name: String = bounded(sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *live)).await?;
-    if live_name == shadow {
-        return Ok(Err(format!(
-            "--shadow-database {shadow} is the database itself: give an empty database of its own"
-        )));
+/// Builds in `dev`, an empty database given for this: it must be empty (and not the live
+/// database itself), and is emptied again after, of what the build made and nothing else.
+async fn in_dev_database(
+    dev: &DatabaseSettings,
+    live: &Live,
+    applied: &[&MigrationFile],
+    settings: &MigrationSettings,
+) -> anyhow::Result<Result<(Snapshot, String), String>> {
+    let mut ready = match backend::db::connect_once(dev, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await {
+        Ok(ready) => ready,
+        Err(e) => return Ok(Err(format!("cannot use the database {dev} for the expected schema: {e}"))),
+    };
+    let dev_name = dev.database();
+    if ready.server.database == live.database && dev_name == live.database {
+        return Ok(Err(format!("{dev_name} is the database itself: give an empty database of its own")));
     }
-    let mut ready =
-        match backend::db::connect_once(&server.with_database(shadow), "prestart-drift", backend::db::ATTEMPT_TIMEOUT)
-            .await
-        {
-            Ok(ready) => ready,
-            Err(e) => return Ok(Err(format!("cannot use the shadow database {shadow}: {e}"))),
-        };
     let held: i64 = bounded(sqlx::query_scalar(SHADOW_OBJECTS).fetch_one(&mut ready.conn)).await?;
     if held > 0 {
         return Ok(Err(format!(
-            "the shadow database {shadow} is not empty ({held} schemas, extensions, tables, functions or types): drift \
-             empties it after each use, so it only takes an empty database of its own (CREATE DATABASE {shadow}_shadow)"
+            "the database {dev_name} is not empty ({held} objects): drift empties it after each use, so it only takes \
+             an empty database of its own (CREATE DATABASE {dev_name}_shadow)"
         )));
     }
-    let built = build(&mut ready.conn).await;
+    let built = tokio::time::timeout(BUILD_TIMEOUT, build(&mut ready.conn, applied, settings)).await;
     let emptied = bounded(sqlx::raw_sql(EMPTY_SHADOW).execute(&mut ready.conn)).await;
-    let expected = built?;
-    emptied.with_context(|| format!("could not empty the shadow database {shadow} after use"))?;
-    Ok(Ok(expected))
+    let expected = match built {
+        Ok(built) => built?,
+        Err(_) => return Ok(Err(format!("building the expected schema took more than {} s", BUILD_TIMEOUT.as_secs()))),
+    };
+    emptied.with_context(|| format!("could not empty the database {dev_name} after use"))?;
+    Ok(Ok((expected, format!("the empty database {dev}, emptied again"))))
+}
+
+/// Builds in a throwaway database on the live server: what `--shadow-on-server` asks for.
+async fn on_server(
+    server: &DatabaseSettings,
+    applied: &[&MigrationFile],
+    settings: &MigrationSettings,
+) -> anyhow::Result<Result<(Snapshot, String), String>> {
+    let throwaway = throwaway_name("prestart_drift");
+    let maintenance = server.with_database("postgres");
+    let active = ActiveBackend::default();
+    let expected = in_throwaway(&maintenance, &throwaway, &active, async {
+        let mut ready = connect_to(&server.with_database(&throwaway)).await?;
+        active.set(Some(&ready.process));
+        let expected = build(&mut ready.conn, applied, settings).await?;
+        active.set(None);
+        Ok(expected)
+    })
+    .await?;
+    Ok(Ok((expected, format!("a throwaway database on the live server ({throwaway}, dropped again)"))))
 }
 
 /// For a failed migration: whether the database has drifted, in one line; nothing when that
 /// cannot be told (the server is gone, say). An interruption meanwhile is the run's outcome.
+/// Built in a throwaway cluster on this machine, never on the server.
 pub fn drift_note(
     loaded: &Loaded,
     set: &MigrationSet,
     settings: &MigrationSettings,
 ) -> Result<Option<String>, anyhow::Error> {
-    let direct = loaded.for_migrations();
-    let target = direct.as_ref().unwrap_or(loaded);
-    let db = target.settings.database.clone();
+    let db = loaded.settings.database.clone();
     let look = async {
         let mut ready = backend::db::connect_once(&db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await.ok()?;
-        // The throwaway database is dropped however this ends, the timeout included.
-        tokio::time::timeout(DRIFT_NOTE_BOUND, find_drift(&db, &mut ready.conn, set, settings, None)).await.ok()
+        let find = find_drift(&mut ready.conn, set, settings, Build::LocalCluster);
+        tokio::time::timeout(DRIFT_NOTE_BOUND, find).await.ok()
     };
-    let found = match crate::interrupt::block_on(look) {
+    let found = match crate::interrupt::block_on(crate::interrupt::unless_signalled(async { Ok(look.await) }))? {
         None => return Ok(None),
-        Some(Err(error)) if matches!(error.downcast_ref::<Failure>(), Some(Failure::Interrupted(_))) => {
-            return Err(error);
-        }
         Some(Err(_)) => return Ok(None),
         Some(Ok(found)) => found,
     };
     Ok(Some(match found {
-        Ok(differences) if differences.is_empty() => {
+        Ok(drift) if drift.differences.is_empty() => {
             "no drift: the applied migrations produce exactly this database's schema".to_owned()
         }
-        Ok(differences) => format!(
+        Ok(drift) => format!(
             "the database has drifted from its migrations (changed by hand?): {}; `cargo xtask schema drift` lists it all",
-            differences.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            drift.differences.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; ")
         ),
         Err(cannot) => format!("drift not checked: {cannot}"),
     }))

@@ -3,14 +3,14 @@
 //! name what someone changed by hand.
 
 mod catalog;
-mod drift;
+pub mod drift;
 mod dump;
 
 use std::path::PathBuf;
 
 use crate::context::{SettingsArgs, SourceArgs, WaitArgs};
 
-pub use drift::{drift_note, find_drift};
+pub use drift::{Build, drift_note, find_drift};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,15 +48,23 @@ pub struct DumpArgs {
 pub struct DriftArgs {
     /// Print one JSON document instead of lines
     #[arg(long)]
-    json: bool,
-    /// Build the expected schema in this empty database on the same server (emptied again after)
-    /// instead of a throwaway one: for a role that may not create databases
-    #[arg(long, value_name = "NAME")]
-    shadow_database: Option<String>,
+    pub json: bool,
+    /// Build the expected schema in this empty database (a URL; emptied again after) instead of a
+    /// throwaway cluster on this machine: where this machine has no PostgreSQL server binaries
+    #[arg(long, value_name = "URL", conflicts_with_all = ["shadow_database", "shadow_on_server"])]
+    pub dev_url: Option<String>,
+    /// The same, with an empty database of this name on the live server
+    #[arg(long, value_name = "NAME", conflicts_with = "shadow_on_server")]
+    pub shadow_database: Option<String>,
+    /// Build it in a throwaway database on the live server itself, as before: every applied
+    /// migration runs again there, its cluster-wide statements (ALTER ROLE, ALTER SYSTEM,
+    /// CREATE SUBSCRIPTION) included, and the role needs CREATEDB
+    #[arg(long)]
+    pub shadow_on_server: bool,
     #[command(flatten)]
-    db: crate::context::DbArgs,
+    pub db: crate::context::DbArgs,
     #[command(flatten)]
-    source: SourceArgs,
+    pub source: SourceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

@@ -1,0 +1,363 @@
+//! Throwaway PostgreSQL clusters on this machine: where drift, doctor and a failed migration's
+//! note build the schema the migrations produce, so that the server being diagnosed is only
+//! read. Replaying migrations there would run their cluster-wide statements again on it
+//! (`ALTER ROLE ... SET`, `CREATE SUBSCRIPTION`, `ALTER SYSTEM`), and create and drop a database
+//! on production on every doctor run.
+//!
+//! A cluster is copied from a template made once per major version (initdb is most of the cost),
+//! started with no TCP listener (its Unix socket in a private folder), without fsync, and, as
+//! root, in a network namespace of its own: a migration that connects out (dblink, a
+//! subscription) reaches nothing from it. It is stopped and deleted on every path: dropped by a
+//! cancellation, its removal runs as a cleanup the process waits for.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use backend::config::{DatabaseSettings, Env};
+
+use crate::ui;
+
+/// The bootstrap superuser of every throwaway cluster.
+const SUPERUSER: &str = "postgres";
+/// The OS user the server runs as when we are root (PostgreSQL refuses root).
+const SERVER_OS_USER: &str = "postgres";
+/// Starting a copied cluster takes a fraction of a second; a loaded machine, more.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The server binaries of one PostgreSQL major version on this machine.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub dir: PathBuf,
+    pub major: u32,
+}
+
+impl Binaries {
+    /// The binaries of `wanted` (the live server's major version) when installed, else the newest;
+    /// `None` when this machine has none (the init container's image, say).
+    pub fn find(wanted: Option<u32>) -> Option<Binaries> {
+        let mut found = candidates()
+            .into_iter()
+            .filter_map(|dir| Some(Binaries { major: major_of(&dir)?, dir }))
+            .collect::<Vec<_>>();
+        found.sort_by_key(|b| b.major);
+        found.dedup_by_key(|b| b.major);
+        match wanted.and_then(|w| found.iter().position(|b| b.major == w)) {
+            Some(at) => Some(found.swap_remove(at)),
+            None => found.pop(),
+        }
+    }
+}
+
+/// Folders that may hold `initdb` and `pg_ctl`: PATH's, Debian's, RHEL's (PGDG) and Homebrew's.
+fn candidates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .filter_map(|d| d.canonicalize().ok())
+        .collect();
+    // A pg_ctl on PATH is often a link into a versioned folder.
+    dirs = dirs
+        .into_iter()
+        .map(|d| {
+            std::fs::canonicalize(d.join("pg_ctl")).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or(d)
+        })
+        .collect();
+    for (root, suffix) in [("/usr/lib/postgresql", "bin"), ("/opt/homebrew/opt", "bin"), ("/usr/local/opt", "bin")] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            dirs.push(entry.path().join(suffix));
+        }
+    }
+    for entry in std::fs::read_dir("/usr").into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("pgsql-") {
+            dirs.push(entry.path().join("bin"));
+        }
+    }
+    dirs.retain(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file());
+    dirs
+}
+
+/// The major version of the server binaries in `dir`, from `postgres --version`.
+fn major_of(dir: &Path) -> Option<u32> {
+    let output = std::process::Command::new(dir.join("postgres")).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace().find_map(|word| word.split('.').next()?.parse().ok())
+}
+
+/// How a server binary is run: as the server's OS user when we are root, in a network namespace
+/// of its own when we can make one.
+#[derive(Debug, Clone)]
+struct Runner {
+    run_as: Option<&'static str>,
+    isolated: bool,
+}
+
+impl Runner {
+    fn for_this_process() -> anyhow::Result<Runner> {
+        let is_root = current_uid() == 0;
+        if !is_root {
+            return Ok(Runner { run_as: None, isolated: false });
+        }
+        if std::process::Command::new("id")
+            .args(["-u", SERVER_OS_USER])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            bail!(
+                "we run as root and there is no `{SERVER_OS_USER}` OS user to run the throwaway server as (PostgreSQL refuses root): create one (useradd -r {SERVER_OS_USER})"
+            );
+        }
+        let isolated = std::process::Command::new("unshare")
+            .args(["--net", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        Ok(Runner { run_as: Some(SERVER_OS_USER), isolated })
+    }
+
+    /// `program args...` as the server user, isolated when it can be.
+    fn command(&self, program: &Path, isolate: bool) -> tokio::process::Command {
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if isolate && self.isolated {
+            words.extend(["unshare".into(), "--net".into(), "--".into()]);
+        }
+        if let Some(user) = self.run_as {
+            words.extend(["runuser".into(), "-u".into(), user.into(), "--".into()]);
+        }
+        words.push(program.into());
+        let mut command = tokio::process::Command::new(&words[0]);
+        command.args(&words[1..]).stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    fn uid(&self) -> anyhow::Result<Option<u32>> {
+        let Some(user) = self.run_as else { return Ok(None) };
+        let output = std::process::Command::new("id").args(["-u", user]).output().context("cannot run id")?;
+        Ok(Some(String::from_utf8_lossy(&output.stdout).trim().parse().context("the uid of the server user")?))
+    }
+}
+
+fn current_uid() -> u32 {
+    // /proc/self/status says it without a libc call (unsafe code is denied in this workspace).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
+
+/// A running throwaway cluster; stopped and deleted by [`LocalCluster::stop`], or when dropped.
+pub struct LocalCluster {
+    dir: PathBuf,
+    bin: Binaries,
+    runner: Runner,
+    stopped: bool,
+}
+
+impl LocalCluster {
+    /// Starts a throwaway cluster with `bin`, and says which version and where.
+    pub async fn start(bin: Binaries) -> anyhow::Result<LocalCluster> {
+        let runner = Runner::for_this_process()?;
+        let template = template(&bin, &runner).await?;
+        let dir = private_dir(&std::env::temp_dir(), "prestart-throwaway-", runner.uid()?)?;
+        // From here on the folder is removed however this ends.
+        let cluster = LocalCluster { dir, bin, runner, stopped: false };
+        let data = cluster.dir.join("data");
+        run(
+            cluster.runner.command(Path::new("cp"), false).arg("-a").arg(&template).arg(&data),
+            "copy the cluster template",
+        )
+        .await?;
+        let socket_dir = cluster.dir.display().to_string();
+        let options = format!(
+            "-c listen_addresses='' -c unix_socket_directories='{socket_dir}' -c port=5432 -c fsync=off \
+             -c full_page_writes=off -c synchronous_commit=off -c max_connections=20 -c shared_buffers=16MB \
+             -c log_min_messages=warning"
+        );
+        let log = cluster.dir.join("server.log");
+        let mut start = cluster.runner.command(&cluster.bin.dir.join("pg_ctl"), true);
+        start
+            .args(["start", "-w", "-t"])
+            .arg(START_TIMEOUT.as_secs().to_string())
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(&options);
+        if let Err(error) = run(&mut start, "start the throwaway cluster").await {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            return Err(anyhow!("{error:#}; its log says:\n  {}", tail.join("\n  ")));
+        }
+        Ok(cluster)
+    }
+
+    /// Whether servers on it can reach the network (not when it runs in a namespace of its own).
+    pub fn isolated(&self) -> bool {
+        self.runner.isolated
+    }
+
+    /// The bootstrap superuser's settings for `database`, over the cluster's Unix socket.
+    pub fn settings(&self, database: &str) -> anyhow::Result<DatabaseSettings> {
+        let socket_dir = self.dir.display().to_string();
+        let env = Env::from_pairs([
+            ("POSTGRES_SERVER", socket_dir.as_str()),
+            ("POSTGRES_PORT", "5432"),
+            ("POSTGRES_USER", SUPERUSER),
+            ("POSTGRES_DB", database),
+            ("POSTGRES_SSLMODE", "disable"),
+        ]);
+        DatabaseSettings::from_env(&env).map_err(|e| anyhow!("the throwaway cluster's settings: {e}"))
+    }
+
+    /// Stops the server at once (nothing in it is worth a checkpoint) and deletes its folder.
+    pub async fn stop(mut self) {
+        self.stopped = true;
+        stop_and_delete(self.dir.clone(), self.bin.dir.clone(), self.runner.clone()).await;
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            crate::interrupt::spawn_cleanup(stop_and_delete(
+                self.dir.clone(),
+                self.bin.dir.clone(),
+                self.runner.clone(),
+            ));
+        }
+    }
+}
+
+async fn stop_and_delete(dir: PathBuf, bin: PathBuf, runner: Runner) {
+    let data = dir.join("data");
+    if data.join("postmaster.pid").exists() {
+        let mut stop = runner.command(&bin.join("pg_ctl"), false);
+        stop.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"]).arg(&data);
+        let _ = run(&mut stop, "stop the throwaway cluster").await;
+    }
+    if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+        ui::warn(format!("could not delete the throwaway cluster in {} ({error}): delete it by hand", dir.display()));
+    }
+}
+
+/// The cluster template of `bin`'s version, made once: initdb is most of a cluster's start.
+async fn template(bin: &Binaries, runner: &Runner) -> anyhow::Result<PathBuf> {
+    let cache = cache_dir(runner)?;
+    let template = cache.join(format!("template-{}", bin.major));
+    if template.join("PG_VERSION").is_file() {
+        return Ok(template);
+    }
+    ui::line(format!("make a cluster template for PostgreSQL {} in {} (once)", bin.major, cache.display()));
+    let building = cache.join(format!("template-{}.{}", bin.major, std::process::id()));
+    let mut initdb = runner.command(&bin.dir.join("initdb"), false);
+    initdb
+        .args([
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+            "-U",
+            SUPERUSER,
+            "-D",
+        ])
+        .arg(&building);
+    let made = run(&mut initdb, "initdb").await;
+    if let Err(error) = made {
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(error);
+    }
+    // Another run may have made it meanwhile: either copy serves.
+    if std::fs::rename(&building, &template).is_err() {
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    Ok(template)
+}
+
+/// Where templates are kept: the user's cache folder, or as root a private folder under
+/// /var/tmp that the server user owns.
+fn cache_dir(runner: &Runner) -> anyhow::Result<PathBuf> {
+    let uid = runner.uid()?;
+    if uid.is_some() {
+        let dir = PathBuf::from("/var/tmp/prestart-cluster-templates");
+        claim(&dir, uid)?;
+        return Ok(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join("prestart");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// `dir` made with mode 0700 for the server user, or taken as it is when it is a real folder
+/// only that user may write to: nobody else may plant a template there.
+fn claim(dir: &Path, server_uid: Option<u32>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            if let Some(uid) = server_uid {
+                std::os::unix::fs::chown(dir, Some(uid), None)
+                    .with_context(|| format!("cannot hand {} to the server user", dir.display()))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("cannot inspect {}: {e}", dir.display())),
+        Ok(meta) => {
+            let owner_ok = Some(meta.uid()) == server_uid || meta.uid() == 0;
+            if !meta.is_dir() || !owner_ok || meta.mode() & 0o022 != 0 {
+                bail!(
+                    "{} exists but is not a private folder of the server user: someone else may have made it; remove it \
+                     (rm -rf {}) and run again",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A new folder `prefix<random>` in `parent`, mode 0700, owned by the server user when we are root.
+fn private_dir(parent: &Path, prefix: &str, server_uid: Option<u32>) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for attempt in 0..16u32 {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let dir = parent.join(format!("{prefix}{}-{nanos}-{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                if let Some(uid) = server_uid {
+                    std::os::unix::fs::chown(&dir, Some(uid), None)
+                        .with_context(|| format!("cannot hand {} to the server user", dir.display()))?;
+                }
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(anyhow!("cannot create a folder in {}: {e}", parent.display())),
+        }
+    }
+    bail!("cannot create a private folder in {}", parent.display())
+}
+
+/// Runs `command` to its end; its stderr says why it failed.
+async fn run(command: &mut tokio::process::Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("cannot {what}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(anyhow!("cannot {what}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+}

@@ -71,11 +71,10 @@ fn with_drift_note(
     set: &backend::schema::MigrationSet,
     settings: &backend::schema::MigrationSettings,
 ) -> anyhow::Error {
-    let message = format!("{error:#}");
-    // Not where the failure itself explains the schema: a migration without a transaction left
-    // its first statements applied, or another session holds a lock mid-migration.
-    let explained = message.contains("runs without a transaction") || message.contains("lock");
-    if error.downcast_ref::<Failure>() != Some(&Failure::Migration) || explained {
+    // Only where a migration's SQL failed, and not where the failure itself explains the schema:
+    // a migration without a transaction left its first statements applied, a lock wait ran out.
+    let sql_failed = error.downcast_ref::<crate::migrate::MigrationFailed>().is_some_and(|f| !f.explains_the_schema);
+    if !sql_failed {
         return error;
     }
     let note = match crate::schema::drift_note(loaded, set, settings) {

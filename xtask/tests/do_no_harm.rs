@@ -244,3 +244,29 @@ fn doctor_drift_and_the_failure_note_only_read_the_server_they_diagnose() {
         assert!(!logged.contains(statement), "the server ran {statement} for us:\n{logged}");
     }
 }
+
+/// #8: a migration that committed, then failed in sqlx's follow-up `UPDATE ... execution_time`,
+/// was reported as "nothing of it was applied". What is reported is read back from the table.
+#[test]
+fn a_migration_that_committed_before_its_failure_is_reported_as_applied() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let env = cluster.env("app");
+    xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0);
+    cluster.psql(
+        "app",
+        "CREATE FUNCTION no_updates() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION 'execution_time may not change'; END $$; \
+         CREATE TRIGGER no_updates BEFORE UPDATE ON _sqlx_migrations FOR EACH ROW EXECUTE FUNCTION no_updates();",
+    );
+    migrations.write("20990101000000_later.sql", "CREATE TABLE later (id int);\n");
+    let outcome = xtask(&with_source(&["migrate"], &migrations), &env).output();
+    outcome
+        .assert_code(6)
+        .assert_stderr_contains("execution_time may not change")
+        .assert_stderr_contains("applied all the same");
+    assert!(!outcome.stderr.contains("nothing of it was applied"), "{}", outcome.stderr);
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('later') IS NOT NULL"), "t");
+    cluster.psql("app", "DROP TRIGGER no_updates ON _sqlx_migrations");
+    xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0).assert_stderr_contains("up to date");
+}

@@ -8,9 +8,10 @@ use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
 use backend::schema::{AppliedRow, MigrationFile, Status};
 use sqlx::migrate::{Migrate, Migration};
+use sqlx::postgres::PgConnection;
 
 use super::blockers::Blockers;
-use super::explain::{explain_failure, invalid_indexes_note};
+use super::explain::{Left, explain_failure, invalid_indexes_note};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
 use crate::exit::{Failure, fail};
@@ -245,17 +246,34 @@ async fn run_one(
         Ok(elapsed) => elapsed,
         Err(error) => {
             let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
-            let mut explained = explain_failure(error, file, offset, &blockers, plan, done);
+            let left = if file.migration.no_tx {
+                Left::PartlyApplied
+            } else {
+                what_was_left(conn, table, file, direction).await
+            };
+            let mut explained = explain_failure(error, file, offset, &blockers, plan, (doing, done), left);
             if file.migration.no_tx
                 && let Some(note) = invalid_indexes_note(conn).await
             {
-                explained = anyhow!("{explained}\n  note: {note}");
+                explained.note(&note);
             }
             return Err(fail(Failure::Migration, explained));
         }
     };
     ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
     Ok(())
+}
+
+/// Whether a transactional migration that failed is in the table after all: sqlx commits, then
+/// updates `execution_time`, and a COMMIT's answer can be lost. Read back, not assumed.
+async fn what_was_left(conn: &mut PgConnection, table: &str, file: &MigrationFile, direction: Direction) -> Left {
+    let sql = format!("SELECT true FROM {table} WHERE version = $1");
+    let row = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql)).bind(file.migration.version).fetch_optional(conn);
+    match (bounded(row).await, direction) {
+        (Ok(None), Direction::Apply) | (Ok(Some(_)), Direction::Revert) => Left::Nothing,
+        (Ok(Some(_)), Direction::Apply) | (Ok(None), Direction::Revert) => Left::Done,
+        (Err(_), _) => Left::Unknown,
+    }
 }
 
 /// What goes before a transactional migration's SQL, in the same query, so it costs no round

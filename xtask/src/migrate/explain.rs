@@ -1,7 +1,6 @@
 //! What a failed migration left behind, in words: the file, the line, the server's message, and
 //! the indexes an interrupted `CREATE INDEX CONCURRENTLY` left INVALID.
 
-use anyhow::anyhow;
 use backend::schema::MigrationFile;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
@@ -9,6 +8,43 @@ use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 use super::blockers::Blockers;
 use super::plan::Plan;
 use crate::context::display_path;
+
+/// What a failed migration left in the database, as far as is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// A `-- no-transaction` file: the statements before the failing one stay applied.
+    PartlyApplied,
+    /// Its transaction rolled back, and its row is not in the table (or, reverting, still is).
+    Nothing,
+    /// It committed and its row is in the table (or, reverting, gone): what failed came after
+    /// the COMMIT (sqlx's `UPDATE ... execution_time`), or the COMMIT's answer was lost.
+    Done,
+    /// The connection is gone, and with it the way to tell whether the COMMIT happened.
+    Unknown,
+}
+
+/// A failed migration's SQL, explained; the error a failed `run_one` carries.
+#[derive(Debug)]
+pub struct MigrationFailed {
+    message: String,
+    /// The failure itself says what the schema holds (what stayed applied, the lock that ran
+    /// out): a drift note would only repeat it.
+    pub explains_the_schema: bool,
+}
+
+impl std::fmt::Display for MigrationFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MigrationFailed {}
+
+impl MigrationFailed {
+    pub fn note(&mut self, note: &str) {
+        self.message.push_str(&format!("\n  note: {note}"));
+    }
+}
 
 /// Names the file, Postgres's message and SQLSTATE, and the line when Postgres gives a position.
 /// `offset`: the characters sent before the file's SQL, which Postgres's error position counts.
@@ -18,21 +54,36 @@ pub fn explain_failure(
     offset: usize,
     blockers: &Blockers,
     plan: &Plan<'_>,
-    done: &str,
-) -> anyhow::Error {
+    (doing, done): (&str, &str),
+    left: Left,
+) -> MigrationFailed {
     let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
-    let partial = if file.migration.no_tx {
-        "\n  note: this migration runs without a transaction: statements before the failing one stay applied; \
-         make the file safe to rerun (IF NOT EXISTS) or undo them by hand"
-            .to_owned()
-    } else {
-        format!("\n  nothing of it was {done}: its transaction rolled back")
+    let partial = match left {
+        Left::PartlyApplied => {
+            "\n  note: this migration runs without a transaction: statements before the failing one \
+             stay applied; make the file safe to rerun (IF NOT EXISTS) or undo them by hand"
+                .to_owned()
+        }
+        Left::Nothing => format!("\n  nothing of it was {done}: its transaction rolled back"),
+        Left::Done => format!(
+            "\n  it was {done} all the same: its transaction committed and {} records it; what failed came after \
+             the COMMIT, so there is nothing to redo",
+            plan.settings.table_name
+        ),
+        Left::Unknown => format!(
+            "\n  the connection was lost while {doing} it, so whether its COMMIT happened is not known: rerun, which \
+             reads {} and goes on from what it says",
+            plan.settings.table_name
+        ),
     };
+    let mut explained = MigrationFailed { message: String::new(), explains_the_schema: left != Left::Nothing };
     let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = &error else {
-        return anyhow!("{name}: {error}{partial}");
+        explained.message = format!("{name}: {error}{partial}");
+        return explained;
     };
     let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
-        return anyhow!("{name}: {db}{partial}");
+        explained.message = format!("{name}: {db}{partial}");
+        return explained;
     };
     let sql = file.migration.sql.as_str();
     let line = match pg.position() {
@@ -50,6 +101,7 @@ pub fn explain_failure(
         message.push_str(&format!("\n  hint: {hint}"));
     }
     if pg.code() == "55P03" {
+        explained.explains_the_schema = true;
         message.push_str(&format!(
             "\n  it waited {} s (--statement-lock-timeout) for a lock held by {}: let that transaction finish or end it \
              (SELECT pg_terminate_backend(pid)), then rerun; or raise --statement-lock-timeout",
@@ -58,7 +110,8 @@ pub fn explain_failure(
         ));
     }
     message.push_str(&partial);
-    anyhow!(message)
+    explained.message = message;
+    explained
 }
 
 /// The 1-based line of a 1-based character position, as Postgres reports it.

@@ -17,7 +17,7 @@ pub const PASSWORD: &str = "p@ss:w/rd%#é x";
 pub const SUPERUSER: &str = "postgres";
 const SERVER_OS_USER: &str = "postgres";
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 

@@ -270,3 +270,40 @@ fn a_migration_that_committed_before_its_failure_is_reported_as_applied() {
     cluster.psql("app", "DROP TRIGGER no_updates ON _sqlx_migrations");
     xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0).assert_stderr_contains("up to date");
 }
+
+/// #6: a resolver that never answers (a mount namespace whose resolv.conf names a UDP socket
+/// that reads and never replies, with glibc's `timeout:5 attempts:2`): `getaddrinfo` takes 10 s
+/// on the runtime's blocking threads, and the run used to wait for it at exit. The wait's
+/// deadline holds instead.
+#[test]
+fn a_resolver_that_never_answers_does_not_outlive_the_wait_deadline() {
+    if !testkit::is_root() {
+        eprintln!("skipped: a mount namespace of its own needs root");
+        return;
+    }
+    let _silent = std::net::UdpSocket::bind("127.0.0.99:53").expect("a UDP socket that never replies");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.99\noptions timeout:5 attempts:2\n").expect("resolv.conf");
+    let cluster = Cluster::started();
+    let env = with(cluster.env("app"), "POSTGRES_SERVER", "db.prestart-test.example");
+    let started = Instant::now();
+    let mount_then_run = "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"";
+    let args = [
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        mount_then_run,
+        resolv.to_str().expect("utf-8"),
+        XTASK,
+        "wait-for-db",
+        "--wait-timeout",
+        "2",
+    ];
+    let outcome = Run::program("unshare", &args, &env).spawn().wait_within(Duration::from_secs(60));
+    let took = started.elapsed();
+    outcome.assert_code(4).assert_stderr_contains("did not become ready within");
+    // 2 s of waiting plus one attempt's bound; the lookups it abandoned took 10 s each.
+    assert!(took < Duration::from_secs(8), "wait-for-db --wait-timeout 2 took {took:?}");
+}

@@ -307,3 +307,33 @@ fn a_resolver_that_never_answers_does_not_outlive_the_wait_deadline() {
     // 2 s of waiting plus one attempt's bound; the lookups it abandoned took 10 s each.
     assert!(took < Duration::from_secs(8), "wait-for-db --wait-timeout 2 took {took:?}");
 }
+
+/// #5: one runtime and one signal listener for the whole process. A SIGTERM during the drift
+/// note of a failed migration (a step after the migrate step, which had a runtime of its own)
+/// was lost for seconds and the run exited 6; it ends the run as interrupted now, and the
+/// throwaway cluster of the note is stopped and deleted.
+#[test]
+fn sigterm_during_the_drift_note_of_a_failed_migration_interrupts_the_run() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    // The expected schema takes seconds to build: the slow migration runs again in the throwaway.
+    migrations.write("20990101000000_slow.sql", "SELECT pg_sleep(5);\nCREATE TABLE slow (id int);\n");
+    let env = cluster.env("app");
+    xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0);
+    migrations.write("20990101000100_broken.sql", "CREATE TABLE slow (id int);\n");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    testkit::set_mode(scratch.path(), 0o755);
+    let running = xtask(&with_source(&["prestart"], &migrations), &env)
+        .env("TMPDIR", scratch.path().to_str().expect("utf-8"))
+        .spawn();
+    let throwaways = || std::fs::read_dir(scratch.path()).expect("scratch").count();
+    assert!(eventually(Duration::from_secs(20), || throwaways() == 1), "the drift note made no throwaway cluster");
+    std::thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    running.signal("TERM");
+    let outcome = running.wait_within(Duration::from_secs(20));
+    let took = signalled.elapsed();
+    outcome.assert_code(143);
+    assert!(took < Duration::from_secs(4), "the signal was noticed after {took:?}");
+    assert_eq!(throwaways(), 0, "the throwaway cluster's folder is left");
+}

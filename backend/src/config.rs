@@ -278,8 +278,9 @@ pub struct Settings {
     /// belongs to another role.
     pub migration_database: Option<DatabaseSettings>,
     pub first_superuser: Option<FirstSuperuser>,
-    /// `ENVIRONMENT`; `None` when it is not set, which the stack treats as `local` except where
-    /// data would be destroyed.
+    /// `ENVIRONMENT`; `None` when it is not set, which is not `local`: only `ENVIRONMENT=local`,
+    /// said explicitly, relaxes anything (the one rule is xtask's `environment::is_local`; the
+    /// backend itself judges no environment).
     pub environment: Option<String>,
     /// `BACKEND_BIND`: where the API listens.
     pub backend_bind: String,
@@ -501,12 +502,17 @@ impl DatabaseSettings {
         }
         // The url crate's errors name the part that is wrong and never quote the input; sqlx's
         // may quote a value, so they are described by the parameter names alone.
-        let parsed = url::Url::parse(url).map_err(|e| {
-            config_error(format!(
+        let parsed = url::Url::parse(url).map_err(|e| match (e, typed_port(url)) {
+            // The port as typed is only shown when it is surely not part of the password.
+            (url::ParseError::InvalidPort, Some(port)) => port_error(variable, port),
+            _ => config_error(format!(
                 "{variable} is not a valid URL ({e}): percent-encode special characters in the password \
                  (postgres://user:p%40ss@host:5432/app for p@ss)"
-            ))
+            )),
         })?;
+        if parsed.port() == Some(0) {
+            return Err(port_error(variable, "0"));
+        }
         // A `/`, `?`, `#` or `@` left unencoded ends the password early, and the rest of it would be
         // read as host, port or database name and shown as such.
         let decoded = |text: &str| percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned();
@@ -653,6 +659,28 @@ fn check_readable_file(what: &str, path: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// The port of `url` as typed, when the authority a URL reader finds is the one the user wrote:
+/// `None` when a `/`, `?` or `#` in the password ends the authority early (what the reader takes
+/// for a port is then part of the password), or when the port is not all digits.
+fn typed_port(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if rest.rfind('@') != authority.rfind('@') {
+        return None;
+    }
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let (_, port) = host_and_port.rsplit_once(':')?;
+    (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some(port)
+}
+
+/// A URL's port that is no TCP port; `port` is shown, so it must not come from the password.
+fn port_error(variable: &str, port: &str) -> ConfigError {
+    config_error(format!(
+        "{variable}: its port {port} is out of range: use a port from 1 to 65535 after the host \
+         (postgres://user:password@host:5432/app; PostgreSQL's default is 5432)"
+    ))
+}
+
 fn parse_port(variable: &str, value: &str) -> Result<u16, ConfigError> {
     match value.trim().parse::<u32>() {
         Ok(port) if (1..=65535).contains(&port) => Ok(port as u16),
@@ -738,6 +766,23 @@ mod tests {
         let env = Env::from_pairs([("DATABASE_URL", "postgres://u:/secret#x@other:6543/x")]);
         let error = DatabaseSettings::from_env(&env).expect_err("password cut short");
         assert!(error.to_string().contains("percent-encode") && !error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn a_url_port_out_of_range_is_named_unless_it_may_be_the_password() {
+        for url in ["postgres://u:secret@localhost:99999/app", "postgres://u:secret@[::1]:70000/app?sslmode=disable"] {
+            let error = DatabaseSettings::from_env(&Env::from_pairs([("DATABASE_URL", url)])).expect_err("bad port");
+            let text = error.to_string();
+            assert!(text.contains("out of range") && text.contains("1 to 65535"), "{text}");
+            assert!(!text.contains("secret") && !text.contains("percent-encode"), "{text}");
+        }
+        let error = DatabaseSettings::from_env(&Env::from_pairs([("DATABASE_URL", "postgres://u:p@h:0/app")]))
+            .expect_err("port 0");
+        assert!(error.to_string().contains("port 0 is out of range"), "{error}");
+        // `u:12345678` is what a URL reader takes for host and port: the password is cut short.
+        let url = "postgres://u:12345678/9@localhost:5432/app";
+        let error = DatabaseSettings::from_env(&Env::from_pairs([("DATABASE_URL", url)])).expect_err("cut short");
+        assert!(error.to_string().contains("percent-encode") && !error.to_string().contains("1234"), "{error}");
     }
 
     proptest::proptest! {

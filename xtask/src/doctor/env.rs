@@ -117,8 +117,19 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
         if inputs.env.get("DATABASE_URL").is_none() || inputs.env.get("POSTGRES_SERVER").is_none() {
             return Ok(Outcome::skipped("DATABASE_URL and POSTGRES_* are not both set"));
         }
-        let url = DatabaseSettings::from_env(&inputs.env)?;
-        let variables = DatabaseSettings::from_env(&inputs.env.without("DATABASE_URL"))?;
+        // Unusable settings are the user's to fix: findings, never a check that failed itself.
+        let Ok(url) = DatabaseSettings::from_env(&inputs.env) else {
+            return Ok(Outcome::skipped("DATABASE_URL cannot be used (see env.settings)"));
+        };
+        let variables = match DatabaseSettings::from_env(&inputs.env.without("DATABASE_URL")) {
+            Ok(variables) => variables,
+            Err(error) => {
+                return Ok(Outcome::warn(
+                    format!("POSTGRES_* cannot be used beside DATABASE_URL, which wins: {error}"),
+                    "remove the POSTGRES_* variables DATABASE_URL replaces, or fix them",
+                ));
+            }
+        };
         Ok(if url.to_string() == variables.to_string() {
             Outcome::ok(format!("DATABASE_URL and POSTGRES_* agree ({url})"))
         } else {
@@ -130,14 +141,22 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs) {
     });
 
     doctor.check(Area::Env, "env.default_secrets", || {
-        let environment = inputs.env.get("ENVIRONMENT").unwrap_or("local");
+        // The one rule (crate::environment::is_local): only ENVIRONMENT=local, said, is local.
+        let environment = inputs.env.get("ENVIRONMENT");
         let defaults: Vec<&str> =
             SECRET_VARIABLES.iter().copied().filter(|key| inputs.env.get(key) == Some(PLACEHOLDER_SECRET)).collect();
-        Ok(match (defaults.is_empty(), environment == "local") {
+        let said = environment.map_or_else(
+            || "ENVIRONMENT is not set, which is not local".to_owned(),
+            |environment| format!("ENVIRONMENT={environment}"),
+        );
+        Ok(match (defaults.is_empty(), crate::environment::is_local(environment)) {
             (true, _) => Outcome::ok("no secret is left at the example's placeholder"),
             (false, true) => Outcome::ok(format!("{} keep the example's placeholder, which is fine for ENVIRONMENT=local", defaults.join(", "))),
             (false, false) => Outcome::fail(
-                format!("{} still hold the placeholder of .env.example while ENVIRONMENT={environment}", defaults.join(", ")),
+                format!(
+                    "{} still hold the placeholder of .env.example while {said} (only ENVIRONMENT=local allows it)",
+                    defaults.join(", ")
+                ),
                 "set real secrets (for example: openssl rand -base64 24); a PostgreSQL volume keeps the password it was created with, so change it on the server too (ALTER ROLE ... PASSWORD)",
             ),
         })

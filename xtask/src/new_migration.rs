@@ -48,8 +48,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         settings.reversible_by_default.unwrap_or_else(|| existing.iter().any(|(_, name)| name.ends_with(".up.sql")))
     };
-    let newest = existing.iter().map(|(version, _)| *version).max();
-    let version = next_version(newest, settings.sequential_versions, utc_timestamp(SystemTime::now()));
+    let newest = existing.iter().max_by_key(|(version, _)| *version);
+    let now = utc_timestamp(SystemTime::now());
+    let Some(version) = next_version(newest.map(|(version, _)| *version), settings.sequential_versions, now) else {
+        let (version, file) = newest.map_or((i64::MAX, String::new()), |(v, file)| (*v, display_path(&dir.join(file))));
+        return Err(fail(
+            Failure::Config,
+            anyhow!(
+                "{file} has version {version}, the largest a migration version can be (sqlx stores versions as \
+                 64-bit bigint): no version can follow it; give that file a smaller version if it was never applied \
+                 anywhere"
+            ),
+        ));
+    };
     let header = if args.no_transaction { "-- no-transaction\n" } else { "" };
     let files: Vec<(PathBuf, String)> = if reversible {
         vec![
@@ -97,15 +108,16 @@ fn existing_migrations(dir: &Path) -> anyhow::Result<Vec<(i64, String)>> {
 }
 
 /// A timestamp version, or the next sequential one; always above `newest`, even when the clock
-/// is behind it or two migrations are made in the same second.
-fn next_version(newest: Option<i64>, sequential: Option<bool>, now: i64) -> i64 {
+/// is behind it or two migrations are made in the same second. `None` when `newest` is
+/// `i64::MAX`, which nothing can follow.
+fn next_version(newest: Option<i64>, sequential: Option<bool>, now: i64) -> Option<i64> {
     // sqlx-cli's inference: versions below a plausible timestamp mean sequential numbering.
     let sequential = sequential.unwrap_or_else(|| newest.is_some_and(|v| v < 1_000_000_000_000));
     match (sequential, newest) {
-        (true, Some(newest)) => newest + 1,
-        (true, None) => 1,
-        (false, Some(newest)) if newest >= now => newest + 1,
-        (false, _) => now,
+        (true, Some(newest)) => newest.checked_add(1),
+        (true, None) => Some(1),
+        (false, Some(newest)) if newest >= now => newest.checked_add(1),
+        (false, _) => Some(now),
     }
 }
 
@@ -185,12 +197,14 @@ mod tests {
     #[test]
     fn versions_always_grow() {
         let now = 20261125120000;
-        assert_eq!(next_version(None, None, now), now);
-        assert_eq!(next_version(Some(20261125110000), None, now), now);
-        assert_eq!(next_version(Some(now), None, now), now + 1, "same second");
-        assert_eq!(next_version(Some(20301231235959), None, now), 20301231235960, "clock behind the newest file");
-        assert_eq!(next_version(Some(7), None, now), 8, "sequential folders stay sequential");
-        assert_eq!(next_version(None, Some(true), now), 1);
+        assert_eq!(next_version(None, None, now), Some(now));
+        assert_eq!(next_version(Some(20261125110000), None, now), Some(now));
+        assert_eq!(next_version(Some(now), None, now), Some(now + 1), "same second");
+        assert_eq!(next_version(Some(20301231235959), None, now), Some(20301231235960), "clock behind the newest file");
+        assert_eq!(next_version(Some(7), None, now), Some(8), "sequential folders stay sequential");
+        assert_eq!(next_version(None, Some(true), now), Some(1));
+        assert_eq!(next_version(Some(i64::MAX), None, now), None, "nothing follows the largest version");
+        assert_eq!(next_version(Some(i64::MAX), Some(true), now), None);
     }
 
     #[test]

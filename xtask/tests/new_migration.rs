@@ -84,3 +84,19 @@ fn refuses_names_that_are_not_plain_words() {
     new_migration(&migrations, &[&"a".repeat(120)]).assert_code(3).assert_stderr_contains("keep it under 100");
     assert!(files(&migrations).is_empty(), "a refused name left a file");
 }
+
+#[test]
+fn no_version_can_follow_the_largest_one() {
+    for (file, args) in [
+        ("9223372036854775807_last.sql", &["next"][..]),
+        ("9223372036854775807_last.up.sql", &["next"][..]),
+        ("9223372036854775807_last.sql", &["next", "--reversible"][..]),
+    ] {
+        let migrations = Migrations::empty();
+        migrations.write(file, "SELECT 1;\n");
+        let outcome = new_migration(&migrations, args);
+        outcome.assert_code(3).assert_stderr_contains(file).assert_stderr_contains("9223372036854775807");
+        outcome.assert_stderr_lacks("panicked").assert_stderr_lacks("overflow");
+        assert_eq!(files(&migrations), [file], "a refused version left a file");
+    }
+}

@@ -62,6 +62,12 @@ pub fn server_side_bound() -> String {
 const CHEAP_POLL: Duration = Duration::from_millis(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The first pause after a read-only answer, doubling up to [`MAX_BACKOFF`]: each such answer
+/// costs the server a full login (SCRAM) and a backend process, so a standby that stays one (or
+/// `default_transaction_read_only = on`) is asked about once a second, not 50 times, by every
+/// waiting pod. The first retries stay fast (20, 40, 80 ms...) for a promotion under way; one
+/// noticed later costs at worst [`MAX_BACKOFF`] plus one attempt.
+const READ_ONLY_FIRST_BACKOFF: Duration = CHEAP_POLL;
 
 /// Why an attempt failed in a way that waiting can fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,16 +97,18 @@ pub enum RetryKind {
 }
 
 impl RetryKind {
-    /// The server (or the kernel) answers these at once, so polling fast costs it nothing.
+    /// The server (or the kernel) answers these at once, before any login, so polling fast costs
+    /// it nothing. Not [`RetryKind::ReadOnly`]: that answer comes after a full login.
     fn is_cheap(self) -> bool {
-        matches!(
-            self,
-            RetryKind::Refused
-                | RetryKind::Reset
-                | RetryKind::NotAccepting
-                | RetryKind::ReadOnly
-                | RetryKind::ServerShutdown
-        )
+        matches!(self, RetryKind::Refused | RetryKind::Reset | RetryKind::NotAccepting | RetryKind::ServerShutdown)
+    }
+
+    /// The first pause of the backoff for what is not cheap.
+    fn first_backoff(self) -> Duration {
+        match self {
+            RetryKind::ReadOnly => READ_ONLY_FIRST_BACKOFF,
+            _ => FIRST_BACKOFF,
+        }
     }
 
     /// A short stable name, for logs and JSON.
@@ -506,7 +514,7 @@ pub async fn wait_for_database(
         let remaining = deadline.saturating_sub(elapsed);
         let reason_changed = previous != Some(reason.kind);
         if reason_changed {
-            backoff = FIRST_BACKOFF;
+            backoff = reason.kind.first_backoff();
         }
         previous = Some(reason.kind);
         on_retry(&WaitProgress { reason: &reason, reason_changed, attempts, elapsed, remaining });

@@ -1,0 +1,72 @@
+//! How often the wait loop asks a server that answers but cannot write: each answer costs the
+//! server a full login and a backend process, so it backs off instead of polling every 20 ms.
+
+use testkit::{Cluster, Run};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+/// Logins to `app` the server logged since `from` bytes into its log.
+fn logins_to_app(cluster: &Cluster, from: usize) -> usize {
+    let log = cluster.log();
+    log.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("connection authorized") && line.contains("database=app"))
+        .count()
+}
+
+#[test]
+fn a_read_only_server_is_polled_with_a_backoff() {
+    let cluster = Cluster::started();
+    cluster.write_conf("default_transaction_read_only = on\nlog_connections = on");
+    cluster.reload();
+    // The reload is seen by new sessions once the postmaster has read it.
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(10), || {
+            cluster.psql("app", "SHOW default_transaction_read_only") == "on"
+        }),
+        "the server did not take the new settings"
+    );
+    let from = cluster.log().len();
+
+    let outcome = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "4"], &cluster.env("app")).output();
+    assert_ne!(outcome.code, Some(0), "a read-only server is not ready:\n{}", outcome.stderr);
+    outcome.assert_stderr_contains("default_transaction_read_only");
+
+    let logins = logins_to_app(&cluster, from);
+    eprintln!("{logins} logins in 4 s");
+    // At 20 ms throughout this was about 200; with the backoff 20 ms doubling to 1 s it is about 10.
+    assert!(logins >= 3, "the server was asked {logins} times: is log_connections on?\n{}", cluster.log());
+    assert!(
+        logins < 40,
+        "the server was asked {logins} times in 4 s\n{}\n{}",
+        outcome.stderr,
+        cluster.log().get(from..).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_server_that_becomes_writable_is_noticed_within_the_longest_pause() {
+    let cluster = Cluster::started();
+    cluster.write_conf("default_transaction_read_only = on\nlog_connections = on");
+    cluster.reload();
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(10), || {
+            cluster.psql("app", "SHOW default_transaction_read_only") == "on"
+        }),
+        "the server did not take the new settings"
+    );
+    let running = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "30"], &cluster.env("app")).spawn();
+    running.wait_for_stderr("default_transaction_read_only", std::time::Duration::from_secs(10));
+    // Long enough for the pauses to reach their longest (1 s).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cluster.write_conf("log_connections = on");
+    cluster.reload();
+    let writable = std::time::Instant::now();
+    let outcome = running.wait();
+    outcome.assert_code(0);
+    let noticed = writable.elapsed();
+    eprintln!("noticed after {noticed:?}");
+    // At worst the longest pause (1 s) and one attempt, plus the reload reaching new sessions.
+    assert!(noticed < std::time::Duration::from_millis(2500), "noticed after {noticed:?}:\n{}", outcome.stderr);
+}

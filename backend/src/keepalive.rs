@@ -41,15 +41,36 @@ pub fn server_side() -> String {
     )
 }
 
-/// Arms keepalives on every TCP socket of this process connected to `port` that has none yet.
-/// Best effort: a socket that cannot be armed keeps the kernel's defaults.
+/// Arms keepalives on the TCP socket of this process connected to `port` from `local_port` (the
+/// connection's own pair, as the server saw it); where no socket has that pair (behind a relay
+/// the server sees the relay's port), on every one to `port` that has none yet. Best effort: a
+/// socket that cannot be armed keeps the kernel's defaults.
 #[cfg(target_os = "linux")]
-pub fn arm(port: u16) {
+pub fn arm(port: u16, local_port: Option<u16>) {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
-    for fd in fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()) {
+    let fds: Vec<i32> = fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()).collect();
+    let pair = |socket: &socket2::SockRef<'_>| {
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
+        let local = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
+        (socket.r#type().ok() == Some(socket2::Type::STREAM) && peer == Some(port)).then_some(local)
+    };
+    let mut exact = false;
+    if let Some(wanted) = local_port {
+        for &fd in &fds {
+            with_socket(fd, |socket| {
+                if pair(&socket) == Some(Some(wanted)) {
+                    exact = true;
+                }
+            });
+        }
+    }
+    for fd in fds {
         with_socket(fd, |socket| {
-            let to_database = socket.r#type().ok() == Some(socket2::Type::STREAM)
-                && socket.peer_addr().ok().and_then(|a| a.as_socket()).is_some_and(|a| a.port() == port);
+            let to_database = match pair(&socket) {
+                Some(local) if exact => local == local_port,
+                Some(_) => true,
+                None => false,
+            };
             if to_database && socket.keepalive().ok() == Some(false) {
                 let probes = socket2::TcpKeepalive::new().with_time(IDLE).with_interval(INTERVAL).with_retries(PROBES);
                 let _ = socket.set_tcp_keepalive(&probes);
@@ -60,7 +81,7 @@ pub fn arm(port: u16) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn arm(_port: u16) {}
+pub fn arm(_port: u16, _local_port: Option<u16>) {}
 
 /// Calls `f` with the socket behind file descriptor `fd` of this process.
 #[cfg(target_os = "linux")]

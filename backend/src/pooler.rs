@@ -54,10 +54,16 @@ pub async fn detect_pooling(db: &DatabaseSettings, ready: &mut Ready) -> Pooling
 
 /// The server says the session arrived somewhere we did not dial.
 async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
-    if db.socket().is_some() {
-        // Our socket is named after the port it serves; the server must have that port, and
-        // see a socket too.
-        return ready.server.address.is_some() || ready.server.port != db.port();
+    if let Some(socket) = db.socket() {
+        // Our socket is named after the port it serves, in a folder the server must list: a
+        // pooler's socket may have the server's port in a folder of its own.
+        let same = |dir: &str| {
+            let dir = std::path::Path::new(dir.trim());
+            dir == socket || dir.canonicalize().ok().zip(socket.canonicalize().ok()).is_some_and(|(a, b)| a == b)
+        };
+        let in_servers_folders =
+            ready.server.socket_directories.as_deref().is_none_or(|dirs| dirs.split(',').any(same));
+        return ready.server.address.is_some() || ready.server.port != db.port() || !in_servers_folders;
     }
     let Some((address, port)) = &ready.server.address else {
         // A Unix socket on the server's side, while we dialled TCP.

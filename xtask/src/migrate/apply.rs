@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
 use backend::schema::{AppliedRow, MigrationFile, Status};
-use sqlx::migrate::{Migrate, Migration};
+use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::PgConnection;
 
 use super::blockers::Blockers;
@@ -222,14 +222,8 @@ async fn run_one(
     ui::line(format!("{doing} {}", file.name()));
     // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
     // transaction block): the lock is checked on its own first.
-    if file.migration.no_tx {
-        let sql = format!("SELECT {}", lock::held_by_this_session(key));
-        let locked: bool = bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn))
-            .await
-            .map_err(|e| fail(Failure::Migration, e))?;
-        if !locked {
-            return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
-        }
+    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
+        return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
     }
     let migration = with_lock_timeout(&file.migration, prefix);
     let blockers = Blockers::default();
@@ -248,8 +242,11 @@ async fn run_one(
             let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
             let left = if file.migration.no_tx {
                 Left::PartlyApplied
+            } else if matches!(error, MigrateError::ExecuteMigration(..)) {
+                // Its own SQL failed: sqlx never sent the COMMIT.
+                Left::Nothing
             } else {
-                what_was_left(conn, table, file, direction).await
+                what_was_left(conn, db, table, file, direction).await
             };
             let mut explained = explain_failure(error, file, offset, &blockers, plan, (doing, done), left);
             if file.migration.no_tx
@@ -260,16 +257,52 @@ async fn run_one(
             return Err(fail(Failure::Migration, explained));
         }
     };
+    // Its statements went in a message of their own: if a pooler gave that message another
+    // server session (one that a probe took for session pooling, wrongly), it is said, not hidden.
+    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
+        return Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "{} ran, but this connection is now on another server session than the one holding the migration \
+                 lock: a pooler shares server sessions, so it may have run without the lock\n  fix: {NOT_LOCKED_FIX}",
+                file.name()
+            ),
+        ));
+    }
     ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
     Ok(())
 }
 
-/// Whether a transactional migration that failed is in the table after all: sqlx commits, then
-/// updates `execution_time`, and a COMMIT's answer can be lost. Read back, not assumed.
-async fn what_was_left(conn: &mut PgConnection, table: &str, file: &MigrationFile, direction: Direction) -> Left {
+/// Whether the server session behind `conn` is still `process`, the one that took the lock, and
+/// holds it: a `-- no-transaction` file cannot carry the check in its own message (`CREATE
+/// INDEX CONCURRENTLY` refuses to share one), so it is checked before and after.
+async fn on_locked_session(conn: &mut PgConnection, key: i64, process: i32) -> anyhow::Result<bool> {
+    let sql = format!("SELECT {} AND pg_catalog.pg_backend_pid() = {process}", lock::held_by_this_session(key));
+    bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn)).await.map_err(|e| fail(Failure::Migration, e))
+}
+
+/// Whether a transactional migration that failed after its SQL ran is in the table after all:
+/// sqlx commits, then updates `execution_time`, and a COMMIT's answer can be lost. Read back, on
+/// a new connection when this one is gone, not assumed.
+async fn what_was_left(
+    conn: &mut PgConnection,
+    db: &DatabaseSettings,
+    table: &str,
+    file: &MigrationFile,
+    direction: Direction,
+) -> Left {
     let sql = format!("SELECT true FROM {table} WHERE version = $1");
-    let row = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql)).bind(file.migration.version).fetch_optional(conn);
-    match (bounded(row).await, direction) {
+    let read = async |conn: &mut PgConnection| {
+        let row = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql.clone())).bind(file.migration.version);
+        bounded(row.fetch_optional(conn)).await
+    };
+    let mut found = read(conn).await;
+    if found.is_err()
+        && let Ok(mut fresh) = backend::db::connect_once(db, "prestart-check", Duration::from_secs(2)).await
+    {
+        found = read(&mut fresh.conn).await;
+    }
+    match (found, direction) {
         (Ok(None), Direction::Apply) | (Ok(Some(_)), Direction::Revert) => Left::Nothing,
         (Ok(Some(_)), Direction::Apply) | (Ok(None), Direction::Revert) => Left::Done,
         (Err(_), _) => Left::Unknown,

@@ -337,3 +337,20 @@ fn sigterm_during_the_drift_note_of_a_failed_migration_interrupts_the_run() {
     assert!(took < Duration::from_secs(4), "the signal was noticed after {took:?}");
     assert_eq!(throwaways(), 0, "the throwaway cluster's folder is left");
 }
+
+/// The live read is one transaction: a database nothing was applied to (no migrations table)
+/// must not abort it (found by a helper's review: "current transaction is aborted").
+#[test]
+fn drift_of_a_database_nothing_was_applied_to_is_no_drift() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let env = cluster.env("app");
+    xtask(&with_source(&["schema", "drift"], &migrations), &env)
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("no drift");
+    let doctor = xtask(&with_source(&["doctor", "--json"], &migrations), &env).output();
+    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
+    let check = report["checks"].as_array().expect("checks").iter().find(|c| c["id"] == "migrations.drift").cloned();
+    assert_eq!(check.expect("migrations.drift")["status"], "ok");
+}

@@ -146,7 +146,14 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        let applied = match bounded(applied_rows(&mut tx, &settings.table_name)).await {
+        // A missing table would abort the transaction: asked first, not met.
+        let exists = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL").bind(&settings.table_name);
+        let applied = if !bounded(exists.fetch_one(&mut *tx)).await? {
+            Ok(Vec::new())
+        } else {
+            bounded(applied_rows(&mut tx, &settings.table_name)).await
+        };
+        let applied = match applied {
             Ok(applied) => applied,
             Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
                 return Ok(Err(format!(

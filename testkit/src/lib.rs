@@ -775,6 +775,14 @@ impl Outcome {
     }
 
     #[track_caller]
+    /// The finding `id` of a `doctor --json` run.
+    pub fn doctor_check(&self, id: &str) -> serde_json::Value {
+        let report: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}):\n{}\n{}", self.stdout, self.stderr));
+        let checks = report["checks"].as_array().cloned().unwrap_or_default();
+        checks.into_iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("doctor has no check {id}:\n{report}"))
+    }
+
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(self.code, Some(code), "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self

@@ -64,14 +64,7 @@ fn a_locked_migrations_table_is_waited_for_until_the_deadline_naming_the_holder(
 
     let doctor =
         xtask(&with_source(&["doctor", "--json"], &migrations), &env).spawn().wait_within(Duration::from_secs(60));
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let check = report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["id"] == "migrations.pending")
-        .expect("migrations.pending")
-        .clone();
+    let check = doctor.doctor_check("migrations.pending");
     assert_eq!(check["status"], "fail", "{check}");
     assert!(check["message"].as_str().unwrap_or_default().contains("hand-lock"), "{check}");
     cluster.psql(
@@ -222,9 +215,7 @@ fn doctor_drift_and_the_failure_note_only_read_the_server_they_diagnose() {
     let logged_before = cluster.log().len();
 
     let doctor = xtask(&with_source(&["doctor", "--json"], &migrations), &env).output();
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let check = report["checks"].as_array().expect("checks").iter().find(|c| c["id"] == "migrations.drift").cloned();
-    let check = check.expect("migrations.drift");
+    let check = doctor.doctor_check("migrations.drift");
     assert_eq!(check["status"], "ok", "{check}");
     assert!(check["message"].as_str().unwrap_or_default().contains("throwaway PostgreSQL"), "{check}");
     xtask(&with_source(&["schema", "drift"], &migrations), &env).output().assert_code(0);
@@ -350,7 +341,5 @@ fn drift_of_a_database_nothing_was_applied_to_is_no_drift() {
         .assert_code(0)
         .assert_stderr_contains("no drift");
     let doctor = xtask(&with_source(&["doctor", "--json"], &migrations), &env).output();
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let check = report["checks"].as_array().expect("checks").iter().find(|c| c["id"] == "migrations.drift").cloned();
-    assert_eq!(check.expect("migrations.drift")["status"], "ok");
+    assert_eq!(doctor.doctor_check("migrations.drift")["status"], "ok");
 }

@@ -239,14 +239,7 @@ fn drift_names_each_kind_of_change_made_by_hand() {
 
     let doctor =
         Run::xtask(XTASK, &["doctor", "--json", "--source", migrations.path().to_str().expect("utf-8")], &env).output();
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
-    let check = report["checks"]
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["id"] == "migrations.drift")
-        .expect("migrations.drift")
-        .clone();
+    let check = doctor.doctor_check("migrations.drift");
     assert_eq!(check["status"], "warn", "{check}");
     assert!(check["message"].as_str().unwrap_or_default().contains("index public.items_name: missing"), "{check}");
 
@@ -294,10 +287,8 @@ fn files_that_differ_only_in_ignored_characters_are_the_same_migration() {
     xtask(&["migrate"]).assert_code(0).assert_stderr_contains("up to date");
     xtask(&["migrate", "status"]).assert_code(0);
     let doctor = xtask(&["doctor", "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&doctor.stdout).expect("doctor --json");
     for id in ["migrations.changed", "migrations.lint"] {
-        let check = report["checks"].as_array().expect("checks").iter().find(|c| c["id"] == id).cloned();
-        let check = check.unwrap_or_else(|| panic!("no {id}"));
+        let check = doctor.doctor_check(id);
         assert_eq!(check["status"], "ok", "{check}");
     }
     // lint checks what is not applied yet: the applied file stays applied.

@@ -140,7 +140,8 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
             backend::schema::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
-            bounded(crate::environment::record(&mut session.ready.conn, &table, environment)).await.map_err(|e| {
+            let record = crate::environment::record(&mut session.ready.conn, &table, environment);
+            bounded(record).await.map(|_| ()).map_err(|e| {
                 fail(
                     Failure::Refused,
                     anyhow!("cannot record ENVIRONMENT in {name}: {}", backend::db::describe_error(&e)),
@@ -203,8 +204,15 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
         ));
     }
     eprint!("drop database {} on {}:{} and all its data? [y/N] ", db.database(), db.host(), db.port());
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).context("cannot read the answer")?;
+    // Read on a thread of its own, raced with the signal listener: Ctrl-C at the question ends
+    // the run at once, rather than after Enter.
+    let read = tokio::task::spawn_blocking(|| {
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).map(|_| answer)
+    });
+    let answer = crate::interrupt::block_on(crate::interrupt::unless_signalled(async {
+        read.await.context("cannot read the answer")?.context("cannot read the answer")
+    }))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {

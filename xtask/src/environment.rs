@@ -62,29 +62,51 @@ pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result
     }
 }
 
-/// Records `environment` unless the database already says it: one round trip, and no write
-/// at all when the record is current.
+/// What recording did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recording {
+    /// The record says this environment (now, or already).
+    Current,
+    /// The record says a non-local environment and these settings say `local`: it is kept, since
+    /// a local `.env` may point at another environment's database (an exported `DATABASE_URL`).
+    KeptNotLocal(Recorded),
+}
+
+/// Records `environment` where the database has no record, or a record that is less strict (a
+/// `local` one, for a run that is not local). A non-local record is never made local: that is
+/// the case the record exists for. One round trip when the record is current, and no write.
 pub async fn record(
     conn: &mut PgConnection,
     migrations_table: &str,
     environment: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    if recorded(conn, migrations_table).await?.is_some_and(|r| r.environment.as_deref() == environment) {
-        return Ok(());
+) -> Result<Recording, sqlx::Error> {
+    match recorded(conn, migrations_table).await? {
+        Some(recorded) if recorded.environment.as_deref() == environment => return Ok(Recording::Current),
+        Some(recorded) if !is_local(recorded.environment.as_deref()) && is_local(environment) => {
+            return Ok(Recording::KeptNotLocal(recorded));
+        }
+        _ => {}
     }
     let table = table_for(migrations_table);
     let value = environment.map_or_else(|| "NULL".to_owned(), |e| format!("'{}'", e.replace('\'', "''")));
+    let name = format!("'{}'", table.replace('\'', "''"));
+    // Made (and commented) only where it is missing: COMMENT takes the table's owner, which a
+    // later run's role may not be. The row is written under the same bounds as our reads.
     let sql = format!(
-        "{}CREATE TABLE IF NOT EXISTS {table} (\n\
-             only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),\n\
-             environment text,\n\
-             recorded_at timestamptz NOT NULL DEFAULT now()\n\
-         );\n\
-         COMMENT ON TABLE {table} IS 'The ENVIRONMENT this database serves, recorded by prestart and migrate: database drop and reset refuse any but local';\n\
+        "{}SET LOCAL lock_timeout = {};\n\
+         DO $prestart$ BEGIN IF pg_catalog.to_regclass({name}) IS NULL THEN\n\
+             CREATE TABLE {table} (\n\
+                 only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),\n\
+                 environment text,\n\
+                 recorded_at timestamptz NOT NULL DEFAULT now()\n\
+             );\n\
+             COMMENT ON TABLE {table} IS 'The ENVIRONMENT this database serves, recorded by prestart and migrate: database drop and reset refuse any but local';\n\
+         END IF; END $prestart$;\n\
          INSERT INTO {table} (environment) VALUES ({value}) ON CONFLICT (only_row) DO UPDATE \
          SET environment = EXCLUDED.environment, recorded_at = now() \
          WHERE {table}.environment IS DISTINCT FROM EXCLUDED.environment",
-        backend::db::server_side_bound()
+        backend::db::server_side_bound(),
+        backend::schema::TABLE_LOCK_WAIT.as_millis()
     );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| ())
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| Recording::Current)
 }

@@ -113,12 +113,24 @@ pub fn block_on<F: Future>(work: F) -> F::Output {
     }
 }
 
-/// Runs `cleanup` on the runtime's worker, where nothing can wait for it now (a `Drop`); the
-/// process waits for it before it exits, within the cleanup budget.
-pub fn spawn_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) {
-    let Some(process) = PROCESS.get() else { return };
-    let handle = process.handle.spawn(cleanup);
-    process.cleanups.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+/// Runs `cleanup` on the runtime's worker, to its end even when whoever started it is cancelled
+/// (or is a `Drop`, which cannot wait); the process waits for it before it exits, within the
+/// cleanup budget. The receiver says when it is done, for those who can wait.
+pub fn spawn_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let cleanup = async move {
+        cleanup.await;
+        let _ = done.send(());
+    };
+    match PROCESS.get() {
+        Some(process) => {
+            let handle = process.handle.spawn(cleanup);
+            process.cleanups.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
+        }
+        // Only unit tests run without the process's runtime.
+        None => drop(tokio::spawn(cleanup)),
+    }
+    finished
 }
 
 /// The first signal the process received, if any.
@@ -184,7 +196,10 @@ pub async fn interruptible<T>(
     let outcome = match process {
         None => "nothing was running on the server".to_owned(),
         Some(process) => match backend::db::terminate_backend(db, &process, deadline).await {
-            Ok(true) => format!("stopped {process}: its open transaction rolled back and its locks were released"),
+            Ok(true) => format!(
+                "stopped {process}: its open transaction, if any, rolled back and its locks were released (what a \
+                 -- no-transaction migration ran before it stays)"
+            ),
             Ok(false) => format!("{process} had already ended"),
             Err(e) => format!(
                 "could not stop {process} ({}); the server rolls its transaction back when it notices we are gone",

@@ -23,8 +23,9 @@ use crate::ui;
 const SUPERUSER: &str = "postgres";
 /// The OS user the server runs as when we are root (PostgreSQL refuses root).
 const SERVER_OS_USER: &str = "postgres";
-/// Starting a copied cluster takes a fraction of a second; a loaded machine, more.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Starting a copied cluster takes a fraction of a second; a loaded machine, more. Under the
+/// 30 s that doctor and a failed migration's note give the whole drift check.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The server binaries of one PostgreSQL major version on this machine.
 #[derive(Debug, Clone)]
@@ -126,8 +127,11 @@ impl Runner {
             words.extend(["runuser".into(), "-u".into(), user.into(), "--".into()]);
         }
         words.push(program.into());
+        // Not killed when dropped: as root the child is runuser, which does not pass SIGKILL on,
+        // so the program would run on unseen. Each is bounded by itself (pg_ctl's -t), and the
+        // cleanup stops whatever it started.
         let mut command = tokio::process::Command::new(&words[0]);
-        command.args(&words[1..]).stdin(Stdio::null()).kill_on_drop(true);
+        command.args(&words[1..]).stdin(Stdio::null());
         command
     }
 
@@ -211,10 +215,16 @@ impl LocalCluster {
         DatabaseSettings::from_env(&env).map_err(|e| anyhow!("the throwaway cluster's settings: {e}"))
     }
 
-    /// Stops the server at once (nothing in it is worth a checkpoint) and deletes its folder.
+    /// Stops the server at once (nothing in it is worth a checkpoint) and deletes its folder. The
+    /// work runs as a cleanup the process waits for, so it finishes even when this is cancelled.
     pub async fn stop(mut self) {
         self.stopped = true;
-        stop_and_delete(self.dir.clone(), self.bin.dir.clone(), self.runner.clone()).await;
+        let done = crate::interrupt::spawn_cleanup(stop_and_delete(
+            self.dir.clone(),
+            self.bin.dir.clone(),
+            self.runner.clone(),
+        ));
+        let _ = done.await;
     }
 }
 
@@ -232,10 +242,15 @@ impl Drop for LocalCluster {
 
 async fn stop_and_delete(dir: PathBuf, bin: PathBuf, runner: Runner) {
     let data = dir.join("data");
-    if data.join("postmaster.pid").exists() {
+    // A start cut short may still be starting the server: stopped until no server is left.
+    for _ in 0..10 {
         let mut stop = runner.command(&bin.join("pg_ctl"), false);
         stop.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"]).arg(&data);
         let _ = run(&mut stop, "stop the throwaway cluster").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !data.join("postmaster.pid").exists() {
+            break;
+        }
     }
     if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
         ui::warn(format!("could not delete the throwaway cluster in {} ({error}): delete it by hand", dir.display()));
@@ -289,13 +304,15 @@ fn cache_dir(runner: &Runner) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("prestart");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let dir = base.join(format!("prestart-{}", current_uid()));
+    claim(&dir, Some(current_uid()))?;
     Ok(dir)
 }
 
-/// `dir` made with mode 0700 for the server user, or taken as it is when it is a real folder
-/// only that user may write to: nobody else may plant a template there.
+/// `dir` made with mode 0700 for `owner` (the server user as root, else us), or taken as it is
+/// when it is a real folder (not a link) of that user or us that nobody else may write to:
+/// nobody else may plant a template there.
 fn claim(dir: &Path, server_uid: Option<u32>) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::symlink_metadata(dir) {
@@ -312,7 +329,7 @@ fn claim(dir: &Path, server_uid: Option<u32>) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow!("cannot inspect {}: {e}", dir.display())),
         Ok(meta) => {
-            let owner_ok = Some(meta.uid()) == server_uid || meta.uid() == 0;
+            let owner_ok = Some(meta.uid()) == server_uid || meta.uid() == current_uid();
             if !meta.is_dir() || !owner_ok || meta.mode() & 0o022 != 0 {
                 bail!(
                     "{} exists but is not a private folder of the server user: someone else may have made it; remove it \

@@ -156,6 +156,12 @@ fn drop_and_reset_refuse_a_database_that_does_not_record_itself_as_local() {
 
     // A local .env, and a production URL exported in the shell.
     let local_shell = with(with(cluster.env("app"), "ENVIRONMENT", "local"), "DATABASE_URL", &cluster.url("prod"));
+    // Migrating from that shell keeps the record: a non-local one is never made local.
+    xtask(&with_source(&["migrate"], &migrations), &local_shell)
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("but the database records ENVIRONMENT=production");
+    assert_eq!(cluster.psql("prod", "SELECT environment FROM _prestart_environment"), "production");
     for command in ["drop", "reset"] {
         let args = if command == "reset" {
             with_source(&["database", command, "-y"], &migrations)

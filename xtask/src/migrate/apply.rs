@@ -11,7 +11,7 @@ use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::PgConnection;
 
 use super::blockers::Blockers;
-use super::explain::{Left, explain_failure, invalid_indexes_note};
+use super::explain::{Left, commits_itself, explain_failure, invalid_indexes_note};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
 use crate::exit::{Failure, fail};
@@ -177,13 +177,21 @@ async fn apply_pending(
 async fn record_environment(session: &mut Session<'_>, plan: &Plan<'_>) {
     let environment = session.environment();
     let recorded = bounded(crate::environment::record(&mut session.ready.conn, &plan.settings.table_name, environment));
-    if let Err(error) = recorded.await {
-        ui::warn(format!(
+    match recorded.await {
+        Ok(crate::environment::Recording::Current) => {}
+        Ok(crate::environment::Recording::KeptNotLocal(recorded)) => ui::warn(format!(
+            "these settings say ENVIRONMENT=local, but the database records {}: it is kept (is a production \
+             DATABASE_URL exported in this shell?); if this really is a local database, delete the record by hand \
+             (DELETE FROM {})",
+            recorded.describe(),
+            crate::environment::table_for(&plan.settings.table_name)
+        )),
+        Err(error) => ui::warn(format!(
             "could not record ENVIRONMENT in {} ({}): `cargo xtask database drop` and `reset` will refuse this \
              database without --force",
             crate::environment::table_for(&plan.settings.table_name),
             backend::db::describe_error(&error)
-        ));
+        )),
     }
 }
 
@@ -242,6 +250,8 @@ async fn run_one(
             let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
             let left = if file.migration.no_tx {
                 Left::PartlyApplied
+            } else if commits_itself(file.migration.sql.as_str()) {
+                Left::CommittedPart
             } else if matches!(error, MigrateError::ExecuteMigration(..)) {
                 // Its own SQL failed: sqlx never sent the COMMIT.
                 Left::Nothing

@@ -14,6 +14,8 @@ use crate::context::display_path;
 pub enum Left {
     /// A `-- no-transaction` file: the statements before the failing one stay applied.
     PartlyApplied,
+    /// Its SQL holds a COMMIT of its own: what came before it stays, unrecorded.
+    CommittedPart,
     /// Its transaction rolled back, and its row is not in the table (or, reverting, still is).
     Nothing,
     /// It committed and its row is in the table (or, reverting, gone): what failed came after
@@ -64,6 +66,12 @@ pub fn explain_failure(
              stay applied; make the file safe to rerun (IF NOT EXISTS) or undo them by hand"
                 .to_owned()
         }
+        Left::CommittedPart => format!(
+            "\n  note: its SQL holds a COMMIT of its own, so the statements before that COMMIT stay, while {} does \
+             not record it: undo them by hand or make the file safe to rerun (and drop the COMMIT: sqlx runs each \
+             file in a transaction, or write `-- no-transaction`)",
+            plan.settings.table_name
+        ),
         Left::Nothing => format!("\n  nothing of it was {done}: its transaction rolled back"),
         Left::Done => format!(
             "\n  it was {done} all the same: its transaction committed and {} records it; what failed came after \
@@ -112,6 +120,15 @@ pub fn explain_failure(
     message.push_str(&partial);
     explained.message = message;
     explained
+}
+
+/// A file that ends sqlx's transaction itself: a COMMIT on a line of its own. (One inside a
+/// procedure's body counts too, and only makes the report more careful.)
+pub fn commits_itself(sql: &str) -> bool {
+    sql.lines().any(|line| {
+        let statement = line.trim().trim_end_matches(';').trim().to_ascii_uppercase();
+        matches!(statement.as_str(), "COMMIT" | "COMMIT WORK" | "COMMIT TRANSACTION")
+    })
 }
 
 /// The 1-based line of a 1-based character position, as Postgres reports it.

@@ -119,7 +119,7 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
     use sqlx::Connection as _;
     let started = Instant::now();
     loop {
-        let mut tx = live.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let mut tx = bounded(live.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")).await?;
         // Held shared until the transaction ends: a migration (which takes it exclusively) cannot
         // start between the rows and the catalog, and neither side waits long.
         let (database, major, encoding, collate, ctype): (String, i32, String, String, String) = bounded(
@@ -170,7 +170,7 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
         .await?;
         // Last: it leaves search_path at pg_catalog for the rest of the transaction.
         let found = snapshot(&mut tx, &settings.table_name).await?;
-        tx.commit().await?;
+        bounded(tx.commit()).await?;
         return Ok(Ok(Live {
             applied,
             found,

@@ -75,9 +75,29 @@ pub struct StartError {
 
 impl StartError {
     pub fn report(self, name: &str) -> ExitCode {
-        eprintln!("error: {name}: {}", crate::redact::redact(&self.message));
+        say(format!("error: {name}: {}", self.message));
         ExitCode::from(self.code)
     }
+}
+
+/// Prints one line on stderr through the redaction filter: every line backend and worker print
+/// goes through here, since a server's or a driver's message may quote a settings value.
+pub fn say(line: impl AsRef<str>) {
+    eprintln!("{}", crate::redact::redact(line.as_ref()));
+}
+
+/// A panic is a bug: one redacted line saying so (with where it happened) instead of the default
+/// report, whose message may quote a value.
+fn report_panics_as_bugs(name: &str) {
+    let name = name.to_owned();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let payload = info.payload();
+        let message =
+            payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        let message = message.unwrap_or("panic").lines().collect::<Vec<_>>().join(" ");
+        say(format!("error: {name}: internal error{location}: {message}; this is a bug, please report it"));
+    }));
 }
 
 /// Reads settings (`--env-file PATH`, else `.env` in the current folder), connects, and checks
@@ -126,7 +146,7 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
         Pooling::Transaction => " through a transaction pooler: no statement cache",
         Pooling::Undetermined => " through a pooler whose mode could not be told: treated as transaction pooling",
     };
-    eprintln!("{name}: connected to {}{through}; schema up to date", crate::redact::redact(&db.to_string()));
+    say(format!("{name}: connected to {db}{through}; schema up to date"));
     Ok(Service { settings, migrations, db: Db { pool, pooling } })
 }
 
@@ -150,16 +170,19 @@ fn env_file_argument(mut args: impl Iterator<Item = String>) -> Result<PathBuf, 
 }
 
 /// Runs a binary's async `main` on a fresh runtime; `threads` 0 means a current-thread runtime.
+/// A panic prints one redacted line (see [`say`]); one that ends `main` exits 1.
 pub fn block_on(name: &str, threads: usize, main: impl Future<Output = ExitCode>) -> ExitCode {
     crate::config::isolate_from_libpq_environment();
+    report_panics_as_bugs(name);
     let built = match threads {
         0 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
     match built {
-        Ok(runtime) => runtime.block_on(main),
+        Ok(runtime) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(main)))
+            .unwrap_or(ExitCode::FAILURE),
         Err(e) => {
-            eprintln!("error: {name}: cannot start the async runtime: {e}");
+            say(format!("error: {name}: cannot start the async runtime: {e}"));
             ExitCode::FAILURE
         }
     }

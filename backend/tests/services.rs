@@ -243,3 +243,35 @@ fn a_signal_during_start_up_stops_them_at_once() {
         outcome.assert_code(0).assert_stderr_contains(&format!("{name}: stopped before it started"));
     }
 }
+
+/// Every line they print goes through the redaction filter, this one too: `BACKEND_BIND` (here
+/// holding the password, as a value pasted into the wrong variable would) is shown in it.
+#[test]
+fn a_line_that_shows_a_setting_is_redacted() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    let outcome = service("backend", &cluster, &format!("{}:1", testkit::PASSWORD)).output();
+    outcome.assert_code(3).assert_stderr_contains("cannot listen on ********:1 (BACKEND_BIND)");
+}
+
+/// A panic in backend or worker prints one line, through the redaction filter, and exits 1: run
+/// in a child process of this test, which panics inside `service::block_on` as their `main`
+/// would, with a password in the panic message.
+#[test]
+fn a_panic_prints_one_redacted_line() {
+    if std::env::var_os("PRESTART_TEST_PANIC").is_some() {
+        backend::redact::register(testkit::PASSWORD);
+        let code = backend::service::block_on("worker", 0, async {
+            panic!("cannot go on with {}", testkit::PASSWORD);
+        });
+        std::process::exit(if code == std::process::ExitCode::FAILURE { 1 } else { 0 });
+    }
+    let test = std::env::current_exe().expect("test binary");
+    let env = [("PRESTART_TEST_PANIC".to_owned(), "1".to_owned())];
+    let outcome = Run::program(test, &["--exact", "a_panic_prints_one_redacted_line", "--nocapture"], &env).output();
+    outcome.assert_code(1);
+    let lines: Vec<&str> = outcome.stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", outcome.stderr);
+    assert!(lines[0].starts_with("error: worker: internal error at "), "{}", outcome.stderr);
+    assert!(lines[0].ends_with("cannot go on with ********; this is a bug, please report it"), "{}", outcome.stderr);
+}

@@ -30,7 +30,7 @@ async fn serve() -> ExitCode {
     let started = tokio::select! {
         started = service::start("backend", std::env::args().skip(1)) => started,
         () = &mut shutdown => {
-            eprintln!("backend: stopped before it started");
+            service::say("backend: stopped before it started");
             return ExitCode::SUCCESS;
         }
     };
@@ -48,18 +48,18 @@ async fn serve() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(&settings.backend_bind).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("error: backend: cannot listen on {} (BACKEND_BIND): {e}", settings.backend_bind);
+            service::say(format!("error: backend: cannot listen on {} (BACKEND_BIND): {e}", settings.backend_bind));
             return ExitCode::from(service::EXIT_CONFIG);
         }
     };
-    eprintln!("backend: listening on {}", settings.backend_bind);
+    service::say(format!("backend: listening on {}", settings.backend_bind));
     match axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
         Ok(()) => {
-            eprintln!("backend: stopped");
+            service::say("backend: stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: backend: {e}");
+            service::say(format!("error: backend: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -111,6 +111,6 @@ async fn show_job(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response 
 }
 
 fn database_error(error: sqlx::Error) -> Response {
-    eprintln!("backend: database error: {error}");
+    service::say(format!("backend: database error: {error}"));
     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "database unavailable" }))).into_response()
 }

@@ -30,7 +30,7 @@ async fn work() -> ExitCode {
     let started = tokio::select! {
         started = service::start("worker", std::env::args().skip(1)) => started,
         () = &mut shutdown => {
-            eprintln!("worker: stopped before it started");
+            service::say("worker: stopped before it started");
             return ExitCode::SUCCESS;
         }
     };
@@ -38,14 +38,14 @@ async fn work() -> ExitCode {
         Ok(service) => service,
         Err(e) => return e.report("worker"),
     };
-    eprintln!("worker: waiting for jobs");
+    service::say("worker: waiting for jobs");
     let mut requeue = tokio::time::interval(REQUEUE_EVERY);
     while !is_ready(shutdown.as_mut()) {
         if is_ready(std::pin::pin!(requeue.tick())) {
             match db.run(async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
                 Ok(0) => {}
-                Ok(n) => eprintln!("worker: put {n} abandoned jobs back in the queue"),
-                Err(e) => eprintln!("worker: cannot requeue abandoned jobs: {e}"),
+                Ok(n) => service::say(format!("worker: put {n} abandoned jobs back in the queue")),
+                Err(e) => service::say(format!("worker: cannot requeue abandoned jobs: {e}")),
             }
         }
         match db.run(async |conn| jobs::claim(conn).await).await {
@@ -53,11 +53,11 @@ async fn work() -> ExitCode {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
                 if let Err(e) = db.run(async |conn| jobs::finish(conn, job.id, outcome).await).await {
-                    eprintln!("worker: cannot record job {}: {e}", job.id);
+                    service::say(format!("worker: cannot record job {}: {e}", job.id));
                 }
                 match failed {
-                    None => eprintln!("worker: job {} ({}) done", job.id, job.kind),
-                    Some(error) => eprintln!("worker: job {} ({}) failed: {error}", job.id, job.kind),
+                    None => service::say(format!("worker: job {} ({}) done", job.id, job.kind)),
+                    Some(error) => service::say(format!("worker: job {} ({}) failed: {error}", job.id, job.kind)),
                 }
             }
             Ok(None) => {
@@ -67,7 +67,7 @@ async fn work() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("worker: cannot claim a job: {e}");
+                service::say(format!("worker: cannot claim a job: {e}"));
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -75,7 +75,7 @@ async fn work() -> ExitCode {
             }
         }
     }
-    eprintln!("worker: stopped");
+    service::say("worker: stopped");
     ExitCode::SUCCESS
 }
 

@@ -224,7 +224,9 @@ fn env_file_error(path: &Path, error: dotenvy::Error, parsed: usize) -> ConfigEr
     match error {
         dotenvy::Error::LineParse(..) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let at = match failing_statement(&text, parsed) {
+            let failing = failing_statement(&text, parsed);
+            register_unparsed(&text, failing.as_ref().map_or(1, |(number, _)| *number));
+            let at = match failing {
                 Some((number, Some(key))) => format!(" line {number}: cannot parse the value of {key}"),
                 Some((number, None)) => format!(" line {number}: not a KEY=value line"),
                 None => ": a line cannot be parsed".to_owned(),
@@ -235,6 +237,47 @@ fn env_file_error(path: &Path, error: dotenvy::Error, parsed: usize) -> ConfigEr
         dotenvy::Error::EnvVar(_) => config_error(format!("cannot read {}", path.display())),
         _ => config_error(format!("cannot read {}", path.display())),
     }
+}
+
+/// Registers for redaction what may be a value on the lines from `first` (1-based) on, which were
+/// never read as settings: the statement that does not parse, and those after it. Another reader
+/// of the file (compose's, a shell's) may take them differently and quote them, and nothing tells
+/// a password apart there, so every value counts as one (where the file is broken, a setting such
+/// as a host may then be blanked too). Values shorter than the redaction's minimum stay visible.
+fn register_unparsed(text: &str, first: usize) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for line in text.lines().skip(first.saturating_sub(1)) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let statement = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let value = match statement.split_once('=') {
+            Some((name, value)) if is_variable_name(name.trim_end()) => value,
+            _ => line,
+        };
+        // As typed, without its quotes, without a trailing comment, and each of those trimmed.
+        let mut forms = vec![value.to_owned()];
+        if let Some((before, _)) = value.split_once(" #") {
+            forms.push(before.to_owned());
+        }
+        for form in forms.clone() {
+            let unquoted = form.trim().trim_start_matches(['\'', '"']).trim_end_matches(['\'', '"']);
+            forms.push(unquoted.to_owned());
+        }
+        for form in &forms {
+            crate::redact::register(form);
+            // A URL's password alone, as a reader that cuts the line elsewhere may show it.
+            if let Some(password) = crate::redact::url_password_span(form) {
+                crate::redact::register(password);
+            }
+        }
+    }
+}
+
+fn is_variable_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// An I/O error's kind, which (unlike some messages) never carries file content.
@@ -805,6 +848,23 @@ mod tests {
             }
             pairs.push(("DATABASE_URL", url.as_str()));
             let _ = DatabaseSettings::from_env(&Env::from_pairs(pairs));
+        }
+    }
+
+    /// A line that does not parse was never read as a setting, and another reader may quote it:
+    /// its value, and those of the lines after it, are blanked from output all the same.
+    #[test]
+    fn values_on_lines_that_do_not_parse_are_blanked() {
+        let path = std::env::temp_dir().join(format!("prestart-unparsed-{}.env", std::process::id()));
+        std::fs::write(&path, "A=1\nOTHER=se'cret value # note\nB='after failing'\nnot a statement at all\n")
+            .expect("write");
+        let error = read_env_file(&path).expect_err("does not parse");
+        std::fs::remove_file(&path).expect("remove");
+        assert!(error.to_string().contains("line 2: cannot parse the value of OTHER"), "{error}");
+        let quoted = "unexpected character in \"OTHER=se'cret value # note\"; after failing; not a statement at all";
+        let shown = crate::redact::redact(quoted);
+        for part in ["se'cret", "after failing", "not a statement"] {
+            assert!(!shown.contains(part), "{part:?} in {shown}");
         }
     }
 }

@@ -20,8 +20,16 @@ pub const MASK: &str = "********";
 pub fn register(secret: &str) {
     let decoded = percent_encoding::percent_decode_str(secret).decode_utf8_lossy().into_owned();
     let encoded = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut forms = vec![secret.to_owned(), secret.trim().to_owned(), decoded, encoded];
+    // As tools quote it: Go's %q, Rust's `{:?}` and JSON escape `\` and `"`; Python's repr `\`
+    // and `'`.
+    for form in forms.clone() {
+        let backslashes = form.replace('\\', "\\\\");
+        forms.push(backslashes.replace('"', "\\\""));
+        forms.push(backslashes.replace('\'', "\\'"));
+    }
     let mut secrets = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
-    for form in [secret.to_owned(), secret.trim().to_owned(), decoded, encoded] {
+    for form in forms {
         if form.chars().count() >= MIN_LEN && !secrets.contains(&form) {
             secrets.push(form);
         }
@@ -84,5 +92,9 @@ mod tests {
         assert_eq!(redact("postgres@u:12345/xyz@host/db"), format!("postgres@u:{MASK}@host/db"));
         register_variable("X_PASSWORD", "p%40ssword");
         assert_eq!(redact("p@ssword and p%40ssword"), format!("{MASK} and {MASK}"));
+        // Quoted by a tool that escapes quotes and backslashes.
+        register("se'c\"r\\et");
+        assert_eq!(redact(&format!("{:?}", "x=se'c\"r\\et")), format!("\"x={MASK}\""));
+        assert_eq!(redact("'x=se\\'c\"r\\\\et'"), format!("'x={MASK}'"));
     }
 }

@@ -10,7 +10,7 @@ use backend::config::DatabaseSettings;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
-use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs, cargo, root};
+use crate::context::{Loaded, SettingsArgs, SourceArgs, Tool, WaitArgs, cargo, only_tool_environment, root};
 use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -67,7 +67,9 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
     // The macros live behind backend's `server` feature.
     args.extend(["--", "--all-targets", "--all-features"]);
     let url = database_url(&target.settings.database);
-    let command = cargo(sh, &args).env("DATABASE_URL", &url).env("SQLX_OFFLINE", "false");
+    // The one connection it needs, and nothing else of the settings or our environment.
+    let command =
+        only_tool_environment(cargo(sh, &args), Tool::Cargo).env("DATABASE_URL", &url).env("SQLX_OFFLINE", "false");
     let mut command = tokio::process::Command::from(std::process::Command::from(command));
     // Its own process group, so that stopping it (when this future is dropped on a signal) stops
     // the compilers and sqlx-cli that cargo started, not cargo alone.
@@ -109,7 +111,10 @@ impl Drop for ProcessGroup {
 /// Cargo's target folder, wherever CARGO_TARGET_DIR or a config file puts it.
 fn target_dir(sh: &Shell, root: &Path) -> std::path::PathBuf {
     let _dir = sh.push_dir(root);
-    let metadata = cargo(sh, &["metadata", "--format-version", "1", "--no-deps"]).quiet().ignore_stderr().read();
+    let metadata = only_tool_environment(cargo(sh, &["metadata", "--format-version", "1", "--no-deps"]), Tool::Cargo)
+        .quiet()
+        .ignore_stderr()
+        .read();
     metadata
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
@@ -187,7 +192,8 @@ pub fn install_command(root: &Path) -> String {
 
 /// The installed sqlx-cli's version, if any.
 pub fn installed_sqlx_cli(sh: &Shell) -> Option<String> {
-    let out = cmd!(sh, "cargo sqlx --version").quiet().ignore_stderr().read().ok()?;
+    let out =
+        only_tool_environment(cmd!(sh, "cargo sqlx --version"), Tool::Cargo).quiet().ignore_stderr().read().ok()?;
     out.split_whitespace().last().map(str::to_owned)
 }
 
@@ -197,7 +203,10 @@ fn lacks_sqlx_toml(sh: &Shell, root: &Path) -> bool {
         return false;
     }
     let _dir = sh.push_dir(root);
-    let output = cmd!(sh, "cargo sqlx migrate info --database-url not-a-url").quiet().ignore_status().output();
+    let output = only_tool_environment(cmd!(sh, "cargo sqlx migrate info --database-url not-a-url"), Tool::Cargo)
+        .quiet()
+        .ignore_status()
+        .output();
     output.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("`sqlx-toml` feature was not enabled"))
 }
 
@@ -207,7 +216,8 @@ pub fn ensure_sqlx_cli(sh: &Shell, root: &Path, install: bool) -> anyhow::Result
     let install_now = |how: &str| -> anyhow::Result<()> {
         ui::step(format!("install sqlx-cli {wanted} ({how}): {command}"));
         let words: Vec<&str> = command.split_whitespace().skip(1).collect();
-        let mut install = std::process::Command::from(cargo(sh, &words).arg("--force"));
+        let mut install =
+            std::process::Command::from(only_tool_environment(cargo(sh, &words).arg("--force"), Tool::Cargo));
         let mut child = install.stderr(std::process::Stdio::piped()).spawn().context("cannot start cargo install")?;
         // Cargo's progress goes on; its warnings about yanked crates in sqlx-cli's own lock file
         // concern sqlx-cli's authors, not the user.

@@ -71,7 +71,13 @@ impl Model {
         // `<<: *anchor` merge keys, as compose applies them.
         written.apply_merge().map_err(|e| format!("{}: {e}", file.display()))?;
         let project = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let (resolved_by, resolved, rejected) = match resolve_with_tool(&file, &project) {
+        // Read before the tool runs, so every value in the files it reads is known to the
+        // redaction filter (a line that does not parse too) when its message quotes one.
+        let env_files = parse_services(&written, &project).into_values().flat_map(|s| s.env_files);
+        for env_file in std::iter::once(project.join(".env")).chain(env_files) {
+            let _ = backend::config::read_env_file(&env_file);
+        }
+        let (resolved_by, resolved, rejected) = match resolve_with_tool(&file, &project, &text) {
             Ok(Some((tool, resolved))) => (Some(tool), resolved, None),
             Ok(None) => (None, written.clone(), None),
             Err(rejected) => (None, written.clone(), Some(rejected)),
@@ -106,7 +112,7 @@ impl Model {
 
 /// `docker compose config` (the plugin) or Debian's `docker-compose config`, whichever is
 /// installed; `None` when neither is.
-fn resolve_with_tool(file: &Path, project: &Path) -> Result<Option<(&'static str, Value)>, String> {
+fn resolve_with_tool(file: &Path, project: &Path, compose_text: &str) -> Result<Option<(&'static str, Value)>, String> {
     let sh = Shell::new().map_err(|e| e.to_string())?;
     let plugin = cmd!(sh, "docker compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
     let output = if plugin {
@@ -124,12 +130,51 @@ fn resolve_with_tool(file: &Path, project: &Path) -> Result<Option<(&'static str
     let tool = if plugin { "docker compose" } else { "docker-compose" };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        // Redacted first: blanking a quoted passage may cut a known secret, and leave part of it.
+        let first = stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map_or("no message".into(), |line| without_quoted(&backend::redact::redact(line), compose_text));
         return Err(format!("`{tool} config` rejects {}: {first}", file.display()));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let value = serde_yaml_ng::from_str(&text).map_err(|e| format!("cannot read `{tool} config` output: {e}"))?;
     Ok(Some((tool, value)))
+}
+
+/// `line` with its quoted passages (`"..."` or `'...'`, backslash escapes included) blanked, to the
+/// end of the line when a quote is not closed, but for the names the compose file itself holds
+/// (`"prestart"`, `"environment"`). Compose's parsers quote what they reject: a line of an env file,
+/// or a value interpolated from one, which may hold a password in a form the redaction filter does
+/// not know (another reader's idea of where a value ends, its escapes).
+fn without_quoted(line: &str, compose_text: &str) -> String {
+    let is_name = |text: &str| {
+        (1..=64).contains(&text.len())
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && compose_text.contains(text)
+    };
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(quote) = chars.next() {
+        out.push(quote);
+        if quote != '"' && quote != '\'' {
+            continue;
+        }
+        let (mut inner, mut escaped, mut closed) = (String::new(), false, false);
+        for c in chars.by_ref() {
+            if !escaped && c == quote {
+                closed = true;
+                break;
+            }
+            escaped = !escaped && c == '\\';
+            inner.push(c);
+        }
+        out.push_str(if closed && is_name(&inner) { &inner } else { "..." });
+        if closed {
+            out.push(quote);
+        }
+    }
+    out
 }
 
 fn parse_services(document: &Value, project: &Path) -> BTreeMap<String, Service> {
@@ -392,4 +437,19 @@ fn files(paths: &[PathBuf]) -> String {
         return "no env_file".to_owned();
     }
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_quoted;
+
+    #[test]
+    fn quoted_passages_are_blanked_but_the_compose_files_names() {
+        let compose = "services:\n  prestart:\n    environment: {}\n";
+        assert_eq!(
+            without_quoted(r#"service "prestart" in "environment": bad "se'c\"ret" and 'p\'w' then "open"#, compose),
+            r#"service "prestart" in "environment": bad "..." and '...' then "..."#
+        );
+        assert_eq!(without_quoted("line 2: near \"POSTGRES_PASSWORD=x\"", compose), "line 2: near \"...\"");
+    }
 }

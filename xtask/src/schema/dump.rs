@@ -9,7 +9,7 @@ use backend::schema::{MigrationSet, MigrationSettings};
 use xshell::{Shell, cmd};
 
 use super::DumpArgs;
-use crate::context::{display_path, root};
+use crate::context::{Tool, display_path, only_tool_environment, root};
 use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -68,16 +68,22 @@ async fn run_pg_dump(
     let host = db.socket().map_or_else(|| db.host().to_owned(), |socket| socket.display().to_string());
     let (port, user, name, table) = (db.port().to_string(), db.user(), db.database(), &settings.table_name);
     let environment_table = crate::environment::table_for(table);
-    let password = db.password().map(|p| p.expose().to_owned()).unwrap_or_default();
     let command = cmd!(
         sh,
         "{pg_dump} --schema-only --no-owner --no-privileges --no-tablespaces --exclude-table={table} --exclude-table={environment_table} -h {host} -p {port} -U {user} -d {name}"
-    )
-    .env("PGPASSWORD", password)
-    .env("PGSSLMODE", db.ssl_mode_name())
-    .env("PGCONNECT_TIMEOUT", "10")
-    .quiet()
-    .ignore_status();
+    );
+    // Nothing of our environment but PATH, HOME and the language: no settings variable, no libpq
+    // variable that would add to the connection.
+    let command = only_tool_environment(command, Tool::Postgres)
+        .env("PGSSLMODE", db.ssl_mode_name())
+        .env("PGCONNECT_TIMEOUT", "10")
+        .quiet()
+        .ignore_status();
+    // Without a password, libpq would look in ~/.pgpass: like every connection of ours, it must not.
+    let command = match db.password() {
+        Some(password) => command.env("PGPASSWORD", password.expose()),
+        None => command.env("PGPASSFILE", "/dev/null"),
+    };
     // A certificate file for verify-ca and verify-full (an inline PEM would need a file).
     let command = match db.ssl_root_cert().filter(|cert| std::path::Path::new(cert).is_file()) {
         Some(cert) => command.env("PGSSLROOTCERT", cert),

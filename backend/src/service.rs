@@ -135,7 +135,8 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |_, _| {
             Box::pin(async move {
-                crate::keepalive::arm(port);
+                // The pool's connect gives no way to ask the server which port it saw.
+                crate::keepalive::arm(port, None);
                 Ok(())
             })
         })

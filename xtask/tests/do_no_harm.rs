@@ -162,6 +162,13 @@ fn drop_and_reset_refuse_a_database_that_does_not_record_itself_as_local() {
         .assert_code(0)
         .assert_stderr_contains("but the database records ENVIRONMENT=production");
     assert_eq!(cluster.psql("prod", "SELECT environment FROM _prestart_environment"), "production");
+    let doctor = xtask(&with_source(&["doctor", "--json"], &migrations), &local_shell).output();
+    let check = doctor.doctor_check("migrations.environment");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["message"].as_str().unwrap_or_default().contains("while these settings say ENVIRONMENT=local"),
+        "{check}"
+    );
     for command in ["drop", "reset"] {
         let args = if command == "reset" {
             with_source(&["database", command, "-y"], &migrations)

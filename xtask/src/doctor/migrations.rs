@@ -132,6 +132,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         "migrations.out_of_order",
         "migrations.invalid_indexes",
         "migrations.lock",
+        "migrations.environment",
         "migrations.drift",
     ];
     let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
@@ -220,6 +221,31 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                 )
             } else {
                 Outcome::ok("the migration lock is free")
+            })
+        })
+        .await;
+
+    doctor
+        .check_async(Area::Migrations, "migrations.environment", async {
+            // The record `database drop` asks, against these settings: a local .env that reaches
+            // another environment's database (an exported DATABASE_URL) shows here first.
+            let said = inputs.settings.as_ref().ok().and_then(|s| s.environment.clone());
+            let recorded = backend::db::bounded(crate::environment::recorded(&mut conn, &settings.table_name)).await?;
+            let table = crate::environment::table_for(&settings.table_name);
+            Ok(match recorded {
+                None => Outcome::ok(format!("no recorded environment yet ({table}): prestart and migrate write it")),
+                Some(recorded) if recorded.environment == said => {
+                    Outcome::ok(format!("the database records {}, as these settings say", recorded.describe()))
+                }
+                Some(recorded) => Outcome::warn(
+                    format!(
+                        "the database records {}, while these settings say {}",
+                        recorded.describe(),
+                        said.map_or_else(|| "no ENVIRONMENT".to_owned(), |e| format!("ENVIRONMENT={e}"))
+                    ),
+                    "these settings may reach another environment's database (a DATABASE_URL exported in this shell \
+                     wins over .env): check where they point before running anything that changes it",
+                ),
             })
         })
         .await;

@@ -167,14 +167,8 @@ impl Bench {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-                .bind(name)
-                .execute(&mut ready.conn)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\"")))
-                .execute(&mut ready.conn)
-                .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
+            crate::database::drop_database(&mut ready.conn, name, true).await?;
+            crate::database::create_database(&mut ready.conn, name, crate::database::Template::Default).await?;
             Ok(())
         })
     }

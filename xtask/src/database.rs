@@ -8,21 +8,16 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
 use backend::db::bounded;
-use xshell::Shell;
+use sqlx::postgres::PgConnection;
 
 use crate::context::{DbArgs, Loaded, SourceArgs};
-use crate::dev_db::DevCluster;
-use crate::diagnose::is_loopback;
 use crate::exit::{Failure, fail};
-use crate::interrupt::{ActiveBackend, interruptible};
 use crate::migrate::{MigrateOptions, migrate_step};
 use crate::session::{self, Session, Use};
 use crate::ui;
 
 /// The database every server has, to create and drop the others from.
-const MAINTENANCE_DATABASE: &str = "postgres";
-/// Each statement on the maintenance database: a server that stops answering costs seconds.
-const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAINTENANCE_DATABASE: &str = "postgres";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,14 +87,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::Drop(args) => {
             let loaded = args.db.load()?;
             confirm_drop(&loaded, &args.guard)?;
-            drop_database(&loaded)
+            drop_command(&loaded)
         }
         Action::Reset(args) => {
             let loaded = args.drop.db.load()?;
             // What setup needs is read before anything is dropped: a broken folder stops here.
             args.source.load(&loaded.root)?;
             confirm_drop(&loaded, &args.drop.guard)?;
-            drop_database(&loaded)?;
+            drop_command(&loaded)?;
             setup(&loaded, &args.source, &args.options)
         }
         Action::Setup(args) => setup(&args.db.load()?, &args.source, &args.options),
@@ -108,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The database the commands act on: the one migrations go to (its real name, where the app's
 /// settings may name a pooler's alias).
-fn target(loaded: &Loaded) -> DatabaseSettings {
+pub fn target(loaded: &Loaded) -> DatabaseSettings {
     loaded.settings.migration_database.clone().unwrap_or_else(|| loaded.settings.database.clone())
 }
 
@@ -122,8 +117,7 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
             ui::line(format!("database {name} already exists"));
             return Ok(false);
         }
-        let sql = format!("CREATE DATABASE {}", quote_identifier(&name));
-        match execute(session, &sql).await {
+        match create_database(&mut session.ready.conn, &name, Template::Default).await {
             Ok(()) => ui::line(format!("created database {name}")),
             // Another replica's prestart created it a moment ago.
             Err(e) if matches!(sqlstate(&e).as_str(), "42P04" | "23505") => {
@@ -152,7 +146,7 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_database(loaded: &Loaded) -> anyhow::Result<()> {
+fn drop_command(loaded: &Loaded) -> anyhow::Result<()> {
     let name = target(loaded).database().to_owned();
     let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
     session::run(&maintenance, Use::Write, async |session| {
@@ -161,8 +155,8 @@ fn drop_database(loaded: &Loaded) -> anyhow::Result<()> {
             ui::line(format!("database {name} does not exist: nothing to drop"));
             return Ok(());
         }
-        let sql = format!("DROP DATABASE {}", quote_identifier(&name));
-        execute(session, &sql).await.map_err(|e| explain(e, &name, "drop", session.settings()))?;
+        let dropped = drop_database(&mut session.ready.conn, &name, false).await;
+        dropped.map_err(|e| explain(e, &name, "drop", session.settings()))?;
         ui::line(format!("dropped database {name}"));
         Ok(())
     })
@@ -257,14 +251,55 @@ fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyho
 }
 
 async fn exists(session: &mut Session<'_>, name: &str) -> anyhow::Result<bool> {
+    database_exists(&mut session.ready.conn, name).await.map_err(|e| fail(Failure::Refused, e))
+}
+
+/// Whether the database `name` exists on the server of `conn`.
+pub async fn database_exists(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
     let query = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = $1)").bind(name);
-    backend::db::bounded(query.fetch_one(&mut session.ready.conn)).await.map_err(|e| fail(Failure::Refused, e))
+    bounded(query.fetch_one(conn)).await
+}
+
+/// Which template a new database is copied from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// The server's default (template1), as `createdb` and sqlx-cli make databases.
+    Default,
+    /// template0, the pristine one: for throwaways, where what was added to template1 is no part
+    /// of what the migrations make.
+    Pristine,
+}
+
+/// `CREATE DATABASE name`: the one place databases are made (the database commands, throwaway
+/// databases, dev-db, the bench).
+pub async fn create_database(conn: &mut PgConnection, name: &str, template: Template) -> Result<(), sqlx::Error> {
+    let template = match template {
+        Template::Default => "",
+        Template::Pristine => " TEMPLATE template0",
+    };
+    ddl(conn, &format!("CREATE DATABASE {}{template}", quote_identifier(name))).await
+}
+
+/// `DROP DATABASE name`: the one place databases are dropped. `end_sessions` first ends the
+/// sessions still connected to it (a throwaway's, the bench's); the `database drop` command
+/// leaves them, and says they are there. `DROP DATABASE ... WITH (FORCE)` would do the same from
+/// PostgreSQL 13 on only.
+pub async fn drop_database(conn: &mut PgConnection, name: &str, end_sessions: bool) -> Result<(), sqlx::Error> {
+    if end_sessions {
+        let end = sqlx::query(
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+        )
+        .bind(name);
+        bounded(end.execute(&mut *conn)).await?;
+    }
+    ddl(conn, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(name))).await
 }
 
 /// `CREATE DATABASE` and `DROP DATABASE` may take longer than a query (they copy or remove files,
 /// and before PostgreSQL 15 a create waits for a checkpoint), but not without end.
-async fn execute(session: &mut Session<'_>, sql: &str) -> Result<(), sqlx::Error> {
-    let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut session.ready.conn);
+async fn ddl(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(conn);
     match tokio::time::timeout(DATABASE_DDL_TIMEOUT, statement).await {
         Ok(done) => done.map(|_| ()),
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
@@ -277,7 +312,7 @@ async fn execute(session: &mut Session<'_>, sql: &str) -> Result<(), sqlx::Error
 /// The longest a `CREATE` or `DROP DATABASE` may take.
 const DATABASE_DDL_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn sqlstate(error: &sqlx::Error) -> String {
+pub fn sqlstate(error: &sqlx::Error) -> String {
     error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned()).unwrap_or_default()
 }
 
@@ -302,138 +337,4 @@ fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings
 /// A name as an SQL identifier, whatever it holds.
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The configured server if it answers, else the local cluster of `dev-db`: where throwaway
-/// databases are made. Returns the maintenance database's settings.
-pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSettings> {
-    let db = target(loaded);
-    let maintenance = db.with_database(MAINTENANCE_DATABASE);
-    let probe =
-        crate::interrupt::block_on(backend::db::connect_once(&maintenance, "prestart-scratch", Duration::from_secs(2)));
-    match probe {
-        Ok(_) => Ok(maintenance),
-        Err(backend::db::Failure::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow!("{maintenance}: {fatal}"))),
-        Err(backend::db::Failure::Retry(reason)) if is_loopback(db.host()) => {
-            ui::line(format!(
-                "the configured server does not answer ({reason}): using the local cluster of target/dev-db/"
-            ));
-            DevCluster::new(sh)?.start(&db, None)?;
-            Ok(maintenance)
-        }
-        Err(backend::db::Failure::Retry(reason)) => Err(fail(
-            Failure::Unreachable,
-            anyhow!(
-                "{db} does not answer ({reason}): start it, or set {}=localhost to use a local cluster",
-                db.host_variable()
-            ),
-        )),
-    }
-}
-
-/// The settings for a throwaway database `name` on the server that migrations go to (the direct
-/// one where the app's settings name a pooler, which would not know the new database).
-pub fn throwaway_target(loaded: &Loaded, name: &str) -> Loaded {
-    loaded.for_migrations().as_ref().unwrap_or(loaded).with_database(name)
-}
-
-/// A database name no other run picks, on this machine or another: init containers of many pods
-/// are all pid 1.
-pub fn throwaway_name(purpose: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    format!("{purpose}_{}_{nanos}", std::process::id())
-}
-
-/// Runs `work` in a new database `name` on `server`, dropped on every path: failures, SIGINT or
-/// SIGTERM (which stop the server-side work of `work` first), and `work` being cancelled or
-/// panicking, as when an outer signal handler or timeout drops it.
-pub async fn in_throwaway<T>(
-    server: &DatabaseSettings,
-    name: &str,
-    active: &ActiveBackend,
-    work: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    // Armed before the create: a signal may cancel us after the server created the database
-    // but before the answer came, and a create that timed out may still finish on the server.
-    let guard = Throwaway { server: server.clone(), name: name.to_owned() };
-    // From template0: what was added to template1 is no part of what the migrations make.
-    let create = format!("CREATE DATABASE {} TEMPLATE template0", quote_identifier(name));
-    let created = maintenance(server, &create, CREATE_TIMEOUT).await;
-    if let Err(error) = created {
-        let taken =
-            error.chain().filter_map(|cause| cause.downcast_ref::<sqlx::Error>()).any(|e| sqlstate(e) == "42P04");
-        if taken {
-            // Not ours: leave it.
-            std::mem::forget(guard);
-        }
-        return Err(fail(Failure::Refused, error));
-    }
-    let result = interruptible(server, active, work).await;
-    drop_and_say(server, name).await;
-    // Dropped already; a cancellation during that drop leaves it to the guard.
-    std::mem::forget(guard);
-    result
-}
-
-/// Drops the throwaway database when dropped itself: the path where `in_throwaway` was cut short.
-/// The drop runs on the runtime's worker, and the process waits for it before exiting, within
-/// its cleanup budget (a second signal ends it at once).
-struct Throwaway {
-    server: DatabaseSettings,
-    name: String,
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
-        crate::interrupt::spawn_cleanup(async move { drop_and_say(&server, &name).await });
-    }
-}
-
-async fn drop_and_say(server: &DatabaseSettings, name: &str) {
-    match drop_throwaway(server, name).await {
-        Ok(()) => ui::line(format!("dropped {name}")),
-        Err(e) => ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand")),
-    }
-}
-
-/// Creating a database copies a template and, before PostgreSQL 15, waits for a checkpoint.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn maintenance(server: &DatabaseSettings, sql: &str, timeout: Duration) -> anyhow::Result<()> {
-    let mut ready = backend::db::connect_once(server, "prestart-scratch", MAINTENANCE_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
-    tokio::time::timeout(timeout, sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut ready.conn))
-        .await
-        .with_context(|| format!("{server}: {sql}: no answer within {} s", timeout.as_secs()))?
-        .with_context(|| format!("{server}: {sql}"))?;
-    Ok(())
-}
-
-/// Ends the sessions still connected to `database`, then drops it. `DROP DATABASE ... WITH
-/// (FORCE)` would do both, from PostgreSQL 13 on only.
-async fn drop_throwaway(server: &DatabaseSettings, database: &str) -> anyhow::Result<()> {
-    let quoted = database.replace('\'', "''");
-    maintenance(
-        server,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{quoted}' AND pid <> pg_backend_pid()"
-        ),
-        MAINTENANCE_TIMEOUT,
-    )
-    .await?;
-    maintenance(server, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(database)), CREATE_TIMEOUT).await
-}
-
-/// A fresh session on a throwaway database, brought up to date by prestart's own migrate step.
-pub async fn migrated_session<'a>(
-    target: &'a Loaded,
-    active: &'a ActiveBackend,
-    plan: &crate::migrate::Plan<'_>,
-) -> anyhow::Result<Session<'a>> {
-    let mut session = Session::open(target, active).await?;
-    session.make_stoppable();
-    migrate_step(&mut session, plan).await?;
-    Ok(session)
 }

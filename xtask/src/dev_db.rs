@@ -337,17 +337,13 @@ impl<'a> DevCluster<'a> {
 }
 
 async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
-    let maintenance = db.with_database("postgres");
+    let maintenance = db.with_database(crate::database::MAINTENANCE_DATABASE);
     let mut ready = backend::db::connect_once(&maintenance, "prestart-dev-db", Duration::from_secs(10))
         .await
         .map_err(|e| fail(Failure::Refused, anyhow!("{e}")))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(db.database())
-        .fetch_one(&mut ready.conn)
-        .await?;
-    if !exists {
-        let name = db.database().replace('"', "\"\"");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut ready.conn).await?;
+    if !crate::database::database_exists(&mut ready.conn, db.database()).await? {
+        let template = crate::database::Template::Default;
+        crate::database::create_database(&mut ready.conn, db.database(), template).await?;
         ui::line(format!("created database {}", db.database()));
     }
     Ok(())

@@ -11,10 +11,10 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
 use crate::context::{Loaded, SettingsArgs, SourceArgs, Tool, WaitArgs, cargo, only_tool_environment, root};
-use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
+use crate::throwaway::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]

@@ -1,6 +1,8 @@
-//! Throwaway PostgreSQL clusters on this machine: where drift, doctor and a failed migration's
-//! note build the schema the migrations produce, so that the server being diagnosed is only
-//! read. Replaying migrations there would run their cluster-wide statements again on it
+//! Throwaway PostgreSQL clusters on this machine, and throwaway databases. The clusters are
+//! where drift, doctor and a failed migration's note build the schema the migrations produce, so
+//! that the server being diagnosed is only read. The databases (schema dump, sqlx-prepare, and
+//! drift's `--shadow-on-server`) are made on a server for one piece of work and dropped on
+//! every path. Replaying migrations there would run their cluster-wide statements again on it
 //! (`ALTER ROLE ... SET`, `CREATE SUBSCRIPTION`, `ALTER SYSTEM`), and create and drop a database
 //! on production on every doctor run.
 //!
@@ -16,8 +18,20 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use backend::config::{DatabaseSettings, Env};
+use xshell::Shell;
 
+use crate::context::Loaded;
+use crate::database::{MAINTENANCE_DATABASE, Template, create_database, drop_database, sqlstate, target};
+use crate::dev_db::DevCluster;
+use crate::diagnose::is_loopback;
+use crate::exit::{Failure, fail};
+use crate::interrupt::{ActiveBackend, interruptible};
+use crate::migrate::migrate_step;
+use crate::session::Session;
 use crate::ui;
+
+/// Each connection to the maintenance database: a server that stops answering costs seconds.
+const MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bootstrap superuser of every throwaway cluster.
 const SUPERUSER: &str = "postgres";
@@ -377,4 +391,119 @@ async fn run(command: &mut tokio::process::Command, what: &str) -> anyhow::Resul
         return Ok(());
     }
     Err(anyhow!("cannot {what}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+}
+
+/// The configured server if it answers, else the local cluster of `dev-db`: where throwaway
+/// databases are made. Returns the maintenance database's settings.
+pub fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSettings> {
+    let db = target(loaded);
+    let maintenance = db.with_database(MAINTENANCE_DATABASE);
+    let probe =
+        crate::interrupt::block_on(backend::db::connect_once(&maintenance, "prestart-scratch", Duration::from_secs(2)));
+    match probe {
+        Ok(_) => Ok(maintenance),
+        Err(backend::db::Failure::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow!("{maintenance}: {fatal}"))),
+        Err(backend::db::Failure::Retry(reason)) if is_loopback(db.host()) => {
+            ui::line(format!(
+                "the configured server does not answer ({reason}): using the local cluster of target/dev-db/"
+            ));
+            DevCluster::new(sh)?.start(&db, None)?;
+            Ok(maintenance)
+        }
+        Err(backend::db::Failure::Retry(reason)) => Err(fail(
+            Failure::Unreachable,
+            anyhow!(
+                "{db} does not answer ({reason}): start it, or set {}=localhost to use a local cluster",
+                db.host_variable()
+            ),
+        )),
+    }
+}
+
+/// The settings for a throwaway database `name` on the server that migrations go to (the direct
+/// one where the app's settings name a pooler, which would not know the new database).
+pub fn throwaway_target(loaded: &Loaded, name: &str) -> Loaded {
+    loaded.for_migrations().as_ref().unwrap_or(loaded).with_database(name)
+}
+
+/// A database name no other run picks, on this machine or another: init containers of many pods
+/// are all pid 1.
+pub fn throwaway_name(purpose: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    format!("{purpose}_{}_{nanos}", std::process::id())
+}
+
+/// Runs `work` in a new database `name` on `server`, dropped on every path: failures, SIGINT or
+/// SIGTERM (which stop the server-side work of `work` first), and `work` being cancelled or
+/// panicking, as when an outer signal handler or timeout drops it.
+pub async fn in_throwaway<T>(
+    server: &DatabaseSettings,
+    name: &str,
+    active: &ActiveBackend,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut admin = backend::db::connect_once(server, "prestart-scratch", MAINTENANCE_TIMEOUT)
+        .await
+        .map_err(|e| fail(Failure::Refused, anyhow!("cannot connect to {server}: {e}")))?;
+    // Armed before the create: a signal may cancel us after the server created the database
+    // but before the answer came, and a create that timed out may still finish on the server.
+    let guard = Throwaway { server: server.clone(), name: name.to_owned() };
+    if let Err(error) = create_database(&mut admin.conn, name, Template::Pristine).await {
+        if sqlstate(&error) == "42P04" {
+            // Not ours: leave it.
+            std::mem::forget(guard);
+        }
+        return Err(fail(
+            Failure::Refused,
+            anyhow::Error::new(error).context(format!("{server}: create database {name}")),
+        ));
+    }
+    drop(admin);
+    let result = interruptible(server, active, work).await;
+    drop_and_say(server, name).await;
+    // Dropped already; a cancellation during that drop leaves it to the guard.
+    std::mem::forget(guard);
+    result
+}
+
+/// Drops the throwaway database when dropped itself: the path where `in_throwaway` was cut short.
+/// The drop runs on the runtime's worker, and the process waits for it before exiting, within
+/// its cleanup budget (a second signal ends it at once).
+struct Throwaway {
+    server: DatabaseSettings,
+    name: String,
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
+        crate::interrupt::spawn_cleanup(async move { drop_and_say(&server, &name).await });
+    }
+}
+
+async fn drop_and_say(server: &DatabaseSettings, name: &str) {
+    match drop_throwaway(server, name).await {
+        Ok(()) => ui::line(format!("dropped {name}")),
+        Err(e) => ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand")),
+    }
+}
+
+/// Ends the sessions still connected to `database`, then drops it, on a connection of its own.
+async fn drop_throwaway(server: &DatabaseSettings, database: &str) -> anyhow::Result<()> {
+    let mut admin = backend::db::connect_once(server, "prestart-scratch", MAINTENANCE_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
+    drop_database(&mut admin.conn, database, true).await.with_context(|| format!("{server}: drop database {database}"))
+}
+
+/// A fresh session on a throwaway database, brought up to date by prestart's own migrate step.
+pub async fn migrated_session<'a>(
+    target: &'a Loaded,
+    active: &'a ActiveBackend,
+    plan: &crate::migrate::Plan<'_>,
+) -> anyhow::Result<Session<'a>> {
+    let mut session = Session::open(target, active).await?;
+    session.make_stoppable();
+    migrate_step(&mut session, plan).await?;
+    Ok(session)
 }

@@ -20,11 +20,11 @@ use sqlx::postgres::PgConnection;
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
 use crate::context::Loaded;
-use crate::database::{in_throwaway, quote_identifier, throwaway_name};
+use crate::database::quote_identifier;
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::session::{self, Use};
-use crate::throwaway::{Binaries, LocalCluster};
+use crate::throwaway::{Binaries, LocalCluster, in_throwaway, throwaway_name};
 use crate::ui;
 
 /// Where the expected schema is built.

@@ -10,10 +10,10 @@ use xshell::{Shell, cmd};
 
 use super::DumpArgs;
 use crate::context::{Tool, display_path, only_tool_environment, root};
-use crate::database::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
+use crate::throwaway::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
 use crate::ui;
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {

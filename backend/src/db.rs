@@ -26,11 +26,16 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn bounded<T>(query: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
     match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(result) => result,
-        Err(_) => Err(sqlx::Error::Io(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the server sent no answer within {} s", QUERY_TIMEOUT.as_secs()),
-        ))),
+        Err(_) => Err(timed_out(QUERY_TIMEOUT)),
     }
+}
+
+/// The error of a query whose answer did not come within `bound`.
+pub fn timed_out(bound: Duration) -> sqlx::Error {
+    sqlx::Error::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the server sent no answer within {} s", bound.as_secs()),
+    ))
 }
 
 /// What went wrong with a query of ours, for a user: the server's message and SQLSTATE, or the

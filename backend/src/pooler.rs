@@ -117,6 +117,10 @@ async fn shares_server_sessions(db: &DatabaseSettings, ready: &mut Ready) -> Res
 /// Runs `work` in a transaction of its own, which holds behind any pooler and never outlives us:
 /// - the server gives up each statement just before our own bound ([`QUERY_TIMEOUT`]), so a
 ///   statement we stopped waiting for (an UPDATE that claims a job, say) cannot commit later;
+/// - our bound covers BEGIN and the work, never the COMMIT: a COMMIT in flight when a bound
+///   fires may still commit (a job claim the caller has given up on), so it is awaited until it
+///   answers or the connection is found dead ([`COMMIT_TIMEOUT`], past the keepalives'
+///   verdict);
 /// - behind a pooler that shares sessions, one transaction is one server session, from sqlx's
 ///   Parse to its Execute; `DEALLOCATE ALL` at its start and in the same message as its end
 ///   clears the statements sqlx prepares by name, which stay with that session, where another
@@ -129,12 +133,27 @@ pub async fn in_own_transaction<T>(
     let server_bound = QUERY_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1)).as_millis();
     let clear = if pooling.shares_sessions() { "; DEALLOCATE ALL" } else { "" };
     let begin = format!("BEGIN; SET LOCAL statement_timeout = {server_bound}{clear}");
+    let started = std::time::Instant::now();
     bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut *conn)).await?;
-    let result = work(&mut *conn).await;
-    // COMMIT of a transaction a failed statement aborted rolls it back, without an error.
-    let end = format!("{}{clear}", if result.is_ok() { "COMMIT" } else { "ROLLBACK" });
-    let ended = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(end)).execute(&mut *conn)).await;
-    let value = result?;
-    ended?;
-    Ok(value)
+    let left = QUERY_TIMEOUT.saturating_sub(started.elapsed());
+    // Given up before the COMMIT: the caller closes the connection, and the server rolls back.
+    let result = match tokio::time::timeout(left, work(&mut *conn)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(error)) => {
+            let rollback = format!("ROLLBACK{clear}");
+            let _ = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(rollback)).execute(&mut *conn)).await;
+            return Err(error);
+        }
+        Err(_) => return Err(crate::db::timed_out(QUERY_TIMEOUT)),
+    };
+    let end = format!("COMMIT{clear}");
+    match tokio::time::timeout(COMMIT_TIMEOUT, sqlx::raw_sql(sqlx::AssertSqlSafe(end)).execute(&mut *conn)).await {
+        Ok(ended) => ended.map(|_| result),
+        Err(_) => Err(crate::db::timed_out(COMMIT_TIMEOUT)),
+    }
 }
+
+/// How long a COMMIT's answer is awaited: a connection that went half-open is found dead by
+/// the keepalives first.
+pub const COMMIT_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(crate::keepalive::DEAD_AFTER.as_secs() + 5);

@@ -44,7 +44,8 @@ impl Db {
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
         let mut guard = CloseUnlessFinished { conn: self.pool.acquire().await?, finished: false };
-        let result = crate::db::bounded(in_own_transaction(&mut guard.conn, self.pooling, work)).await;
+        // Bounded inside, where the bound may fire: before the COMMIT, never during it.
+        let result = in_own_transaction(&mut guard.conn, self.pooling, work).await;
         // A failed call may have left the connection mid-transaction or awaiting an answer.
         guard.finished = result.is_ok();
         result

@@ -276,10 +276,14 @@ impl Cluster {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     }
 
-    /// `pg_dump --schema-only` plus the rows of the migrations table, to compare two states.
+    /// `pg_dump` of the schema and the rows (the migrations table's among them), to compare two
+    /// states.
     pub fn dump(&self, database: &str) -> String {
         let mut command = server_command("pg_dump");
-        command.args(["-h"]).arg(self.dir.path()).args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
+        // prestart's record of the environment is its own bookkeeping, beside sqlx's table, and
+        // holds when it was recorded: no part of a state to compare (with sqlx-cli's, say).
+        command.args(["--exclude-table=_prestart_environment", "-h"]).arg(self.dir.path());
+        command.args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
         let dump = run_ok(&mut command);
         // pg_dump 15.14 and later print a random `\restrict` key on every run.
         dump.lines()

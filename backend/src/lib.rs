@@ -6,9 +6,9 @@ pub mod db;
 #[cfg(feature = "server")]
 pub mod jobs;
 pub mod keepalive;
+pub mod migrations;
 pub mod pooler;
 pub mod redact;
-pub mod schema;
 pub mod seed;
 #[cfg(feature = "server")]
 pub mod service;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::{Env, Settings};
+use crate::migrations::{MigrationSettings, embedded};
 use crate::pooler::{Pooling, detect_pooling, in_own_transaction};
-use crate::schema::{MigrationSettings, embedded};
 
 /// Exit codes of backend and worker, the same numbers as xtask's for the same causes.
 pub const EXIT_CONFIG: u8 = 3;

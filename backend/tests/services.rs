@@ -32,7 +32,7 @@ fn migrate(cluster: &Cluster) {
             .database("app")
             .ssl_mode(PgSslMode::Disable);
         let mut conn = PgConnection::connect_with(&options).await.expect("connect");
-        backend::schema::embedded::MIGRATOR.run(&mut conn).await.expect("migrate");
+        backend::migrations::embedded::MIGRATOR.run(&mut conn).await.expect("migrate");
         conn.close().await.expect("close");
     });
 }

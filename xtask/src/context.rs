@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backend::config::{Env, Settings};
-use backend::schema::{MigrationSet, MigrationSettings};
+use backend::migrations::{MigrationSet, MigrationSettings};
 
 use crate::diagnose::RuntimeContext;
 use crate::exit::{Failure, fail};

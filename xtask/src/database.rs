@@ -130,8 +130,9 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
     })?;
     if created {
         // Ours since a moment ago: it serves the environment of these settings.
-        let table =
-            backend::schema::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
+        let table = backend::migrations::MigrationSettings::load(&loaded.root)
+            .map_err(|e| fail(Failure::Config, e))?
+            .table_name;
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
             let record = crate::environment::record(&mut session.ready.conn, &table, environment);
@@ -218,7 +219,7 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
 /// the settings, which may point at another database than their ENVIRONMENT describes.
 fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyhow::Result<()> {
     let table =
-        backend::schema::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
+        backend::migrations::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
     let recorded = session::run(loaded, Use::Write, async |session| {
         bounded(crate::environment::recorded(&mut session.ready.conn, &table))
             .await

@@ -106,7 +106,7 @@ pub async fn record(
          SET environment = EXCLUDED.environment, recorded_at = now() \
          WHERE {table}.environment IS DISTINCT FROM EXCLUDED.environment",
         backend::db::server_side_bound(),
-        backend::schema::TABLE_LOCK_WAIT.as_millis()
+        backend::migrations::TABLE_LOCK_WAIT.as_millis()
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| Recording::Current)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use backend::db::bounded;
-use backend::schema::{AppliedRow, applied_rows};
+use backend::migrations::{AppliedRow, applied_rows};
 use sqlx::Row as _;
 use sqlx::postgres::PgConnection;
 

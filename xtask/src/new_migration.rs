@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow};
-use backend::schema::MigrationSettings;
+use backend::migrations::MigrationSettings;
 
 use crate::context::{SourceArgs, display_path, root};
 use crate::exit::{Failure, fail};

@@ -68,8 +68,8 @@ pub fn database_missing(error: &anyhow::Error) -> bool {
 fn with_drift_note(
     error: anyhow::Error,
     loaded: &crate::context::Loaded,
-    set: &backend::schema::MigrationSet,
-    settings: &backend::schema::MigrationSettings,
+    set: &backend::migrations::MigrationSet,
+    settings: &backend::migrations::MigrationSettings,
 ) -> anyhow::Error {
     // Only where a migration's SQL failed, and not where the failure itself explains the schema:
     // a migration without a transaction left its first statements applied, a lock wait ran out.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backend::config::DatabaseSettings;
 use backend::db::Ready;
-use backend::schema::AppliedRow;
+use backend::migrations::AppliedRow;
 
 use crate::context::Loaded;
 use crate::exit::{Failure, fail};

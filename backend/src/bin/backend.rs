@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use backend::jobs;
-use backend::schema::{MigrationSettings, embedded};
+use backend::migrations::{MigrationSettings, embedded};
 use backend::service::{self, Db, Service};
 use serde::Deserialize;
 use serde_json::json;

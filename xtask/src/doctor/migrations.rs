@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use backend::schema::{MigrationSet, State, Status};
+use backend::migrations::{MigrationSet, State, Status};
 use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};

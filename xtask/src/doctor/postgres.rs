@@ -154,7 +154,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                 return Ok(Outcome::skipped("migrations and the app use one role"));
             };
             let schema = migration_schema(inputs);
-            let table = backend::schema::MigrationSettings::load(&inputs.root).unwrap_or_default().table_name;
+            let table = backend::migrations::MigrationSettings::load(&inputs.root).unwrap_or_default().table_name;
             // As the app's role, the way backend queries: in a transaction of its own.
             let check =
                 async |conn: &mut PgConnection| app_privileges(conn, database.user(), owner, &schema, &table).await;
@@ -362,7 +362,7 @@ async fn app_privileges(
 
 /// The schema the migrations table lives in (and so where migrations write by default).
 fn migration_schema(inputs: &Inputs) -> String {
-    let settings = backend::schema::MigrationSettings::load(&inputs.root).unwrap_or_default();
+    let settings = backend::migrations::MigrationSettings::load(&inputs.root).unwrap_or_default();
     match settings.table_name.split_once('.') {
         Some((schema, _)) => schema.trim_matches('"').to_owned(),
         None => settings.create_schemas.first().cloned().unwrap_or_else(|| "public".to_owned()),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backend::schema::{MigrationFile, MigrationSet};
+use backend::migrations::{MigrationFile, MigrationSet};
 use xshell::{Shell, cmd};
 
 use super::{Finding, Linter, RULES, Rule};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
-use backend::schema::{AppliedRow, MigrationFile, Status};
+use backend::migrations::{AppliedRow, MigrationFile, Status};
 use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::PgConnection;
 

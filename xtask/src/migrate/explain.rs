@@ -1,7 +1,7 @@
 //! What a failed migration left behind, in words: the file, the line, the server's message, and
 //! the indexes an interrupted `CREATE INDEX CONCURRENTLY` left INVALID.
 
-use backend::schema::MigrationFile;
+use backend::migrations::MigrationFile;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnection, PgDatabaseError, PgErrorPosition};
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backend::schema::{MigrationSet, MigrationSettings};
+use backend::migrations::{MigrationSet, MigrationSettings};
 
 use crate::context::{DbArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};

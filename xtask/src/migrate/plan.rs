@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backend::schema::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status};
+use backend::migrations::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status};
 
 use crate::context::display_path;
 use crate::exit::{Failure, fail};

@@ -1,7 +1,7 @@
 //! `cargo xtask migrate status`: the migrations beside what the database has applied.
 
 use anyhow::anyhow;
-use backend::schema::Status;
+use backend::migrations::Status;
 
 use super::StatusArgs;
 use crate::exit::{Failure, fail};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow};
 use backend::config::{DatabaseSettings, Env};
 use backend::db::bounded;
-use backend::schema::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
+use backend::migrations::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status, applied_rows};
 use sqlx::migrate::Migrate as _;
 use sqlx::postgres::PgConnection;
 

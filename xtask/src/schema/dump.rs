@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
-use backend::schema::{MigrationSet, MigrationSettings};
+use backend::migrations::{MigrationSet, MigrationSettings};
 use xshell::{Shell, cmd};
 
 use super::DumpArgs;

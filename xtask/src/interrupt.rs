@@ -3,8 +3,9 @@
 //!
 //! The listener is installed before any work and lives as long as the process: tokio keeps a
 //! handler once registered, and a signal that arrives while no listener of a runtime polls it is
-//! lost, so a runtime per step dropped signals between steps. The listener runs on the
-//! runtime's own worker thread, so it answers even while a step blocks its caller.
+//! lost, so a runtime per step dropped signals between steps. One current-thread runtime serves
+//! the whole process (a worker thread would cost a cross-thread wake-up on every answer from the
+//! server); a signal that comes while no step runs is kept by the driver and seen by the next.
 //!
 //! Dropping our future closes the socket, but a backend busy with a long statement would not
 //! notice for a while; sqlx cannot send a CancelRequest, so a second connection terminates it,
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use backend::config::DatabaseSettings;
 use backend::db::ServerProcess;
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Runtime;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,10 +35,10 @@ use crate::ui;
 const STOP_BUDGET: Duration = Duration::from_millis(800);
 /// How long the cleanups still running at exit (throwaway databases and clusters being dropped)
 /// may take before the process ends without them; a second signal ends it at once.
-const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
+pub const CLEANUP_BUDGET: Duration = Duration::from_secs(10);
 
 struct Process {
-    handle: Handle,
+    runtime: Runtime,
     /// The first signal received, if any; later ones end the process.
     received: watch::Receiver<Option<Signal>>,
     /// Cleanups spawned where nothing could wait for them (a guard dropped by a cancellation).
@@ -47,26 +48,22 @@ struct Process {
 static PROCESS: OnceLock<Process> = OnceLock::new();
 
 /// Builds the runtime and installs the signal listener; call once, before any work. The
-/// runtime is the caller's to shut down with [`shut_down`].
-pub fn start() -> anyhow::Result<Runtime> {
-    // One worker thread: the listener and the cleanups run there, the commands' futures on the
-    // calling thread through `block_on`.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+/// runtime lives in a static, never dropped: a name lookup stuck in `getaddrinfo` on its blocking
+/// pool must not hold the exit.
+pub fn start() -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (interrupt, terminate) = {
         let _entered = runtime.enter();
         (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
     };
     let (sender, received) = watch::channel(None);
     runtime.spawn(listen(interrupt, terminate, sender));
-    let process = Process { handle: runtime.handle().clone(), received, cleanups: Mutex::default() };
+    let process = Process { runtime, received, cleanups: Mutex::default() };
     if PROCESS.set(process).is_err() {
         anyhow::bail!("the runtime was started twice");
     }
-    Ok(runtime)
+    Ok(())
 }
 
 async fn listen(
@@ -87,23 +84,23 @@ async fn listen(
     }
 }
 
-/// Waits for the cleanups still running, within their budget, then ends the runtime without
-/// joining its blocking threads: a name lookup stuck in `getaddrinfo` must not hold the exit.
-pub fn shut_down(runtime: Runtime) {
-    let cleanups = PROCESS.get().map(|p| std::mem::take(&mut *p.cleanups.lock().unwrap_or_else(|e| e.into_inner())));
-    if let Some(cleanups) = cleanups.filter(|c| !c.is_empty()) {
-        let all = futures_util::future::join_all(cleanups);
-        if runtime.block_on(async { tokio::time::timeout(CLEANUP_BUDGET, all).await }).is_err() {
-            ui::warn(format!("cleanup did not finish within {} s: exiting without it", CLEANUP_BUDGET.as_secs()));
-        }
+/// Waits for the cleanups still running, within their budget.
+pub fn finish_cleanups() {
+    let Some(process) = PROCESS.get() else { return };
+    let cleanups = std::mem::take(&mut *process.cleanups.lock().unwrap_or_else(|e| e.into_inner()));
+    if cleanups.is_empty() {
+        return;
     }
-    runtime.shutdown_background();
+    let all = futures_util::future::join_all(cleanups);
+    if process.runtime.block_on(async { tokio::time::timeout(CLEANUP_BUDGET, all).await }).is_err() {
+        ui::warn(format!("cleanup did not finish within {} s: exiting without it", CLEANUP_BUDGET.as_secs()));
+    }
 }
 
 /// Runs `work` to its end on the process's runtime, from synchronous code.
 pub fn block_on<F: Future>(work: F) -> F::Output {
     match PROCESS.get() {
-        Some(process) => process.handle.block_on(work),
+        Some(process) => process.runtime.block_on(work),
         // Only unit tests get here: main starts the runtime before any command runs.
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -113,7 +110,7 @@ pub fn block_on<F: Future>(work: F) -> F::Output {
     }
 }
 
-/// Runs `cleanup` on the runtime's worker, to its end even when whoever started it is cancelled
+/// Runs `cleanup` as a task of its own, to its end even when whoever started it is cancelled
 /// (or is a `Drop`, which cannot wait); the process waits for it before it exits, within the
 /// cleanup budget. The receiver says when it is done, for those who can wait.
 pub fn spawn_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) -> tokio::sync::oneshot::Receiver<()> {
@@ -124,7 +121,7 @@ pub fn spawn_cleanup(cleanup: impl Future<Output = ()> + Send + 'static) -> toki
     };
     match PROCESS.get() {
         Some(process) => {
-            let handle = process.handle.spawn(cleanup);
+            let handle = process.runtime.spawn(cleanup);
             process.cleanups.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
         }
         // Only unit tests run without the process's runtime.

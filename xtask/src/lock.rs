@@ -35,15 +35,25 @@ pub fn key(database: &str) -> i64 {
 /// a bigint advisory key shows as classid (high half) and objid (low half), objsubid 1.
 fn granted(key: i64) -> String {
     format!(
+        "{} AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())",
+        key_condition(key)
+    )
+}
+
+fn key_condition(key: i64) -> String {
+    format!(
         "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-         AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
          AND l.classid = (({key}::bigint >> 32) & 4294967295)::oid AND l.objid = ({key}::bigint & 4294967295)::oid"
     )
 }
 
-/// The SQL condition that this server session holds the migration lock `key`.
+/// The SQL condition that this server session holds the migration lock `key` (a session is in
+/// one database: sent with every migration, it checks no more than that).
 pub fn held_by_this_session(key: i64) -> String {
-    format!("EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = pg_catalog.pg_backend_pid() AND {})", granted(key))
+    format!(
+        "EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE l.pid = pg_catalog.pg_backend_pid() AND {})",
+        key_condition(key)
+    )
 }
 
 /// Why a migration must not run on a session without the lock, and what to do.

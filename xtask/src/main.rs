@@ -79,12 +79,11 @@ fn main() -> ExitCode {
     backend::config::isolate_from_libpq_environment();
     exit::report_panics_as_bugs();
     let cli = Cli::parse();
-    let runtime = match interrupt::start() {
-        Ok(runtime) => runtime,
-        Err(error) => return exit::report(Err(error)),
-    };
+    if let Err(error) = interrupt::start() {
+        return exit::report(Err(error));
+    }
     let result = std::panic::catch_unwind(|| dispatch(cli)).unwrap_or_else(|_| Err(exit::bug()));
-    interrupt::shut_down(runtime);
+    interrupt::finish_cleanups();
     exit::report(result)
 }
 

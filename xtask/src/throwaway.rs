@@ -460,8 +460,16 @@ pub async fn in_throwaway<T>(
     }
     drop(admin);
     let result = interruptible(server, active, work).await;
-    drop_and_say(server, name).await;
-    // Dropped already; a cancellation during that drop leaves it to the guard.
+    // After a signal the drop gets the cleanup budget, no more; a second signal ends it sooner.
+    let bound = if crate::interrupt::received().is_some() { crate::interrupt::CLEANUP_BUDGET } else { Duration::MAX };
+    if tokio::time::timeout(bound, drop_and_say(server, name)).await.is_err() {
+        ui::warn(format!(
+            "the throwaway database {name} was not dropped within {} s: drop it by hand",
+            bound.as_secs()
+        ));
+    }
+    // Dropped already (or given up on, and said so); a cancellation during that drop leaves it
+    // to the guard.
     std::mem::forget(guard);
     result
 }

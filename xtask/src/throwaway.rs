@@ -88,6 +88,9 @@ fn candidates() -> Vec<PathBuf> {
         }
     }
     dirs.retain(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file());
+    // Each is asked its version by running it: once per folder.
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
     dirs
 }
 
@@ -103,32 +106,31 @@ fn major_of(dir: &Path) -> Option<u32> {
 #[derive(Debug, Clone)]
 struct Runner {
     run_as: Option<&'static str>,
+    /// The server user's uid, when we run as root.
+    server_uid: Option<u32>,
     isolated: bool,
 }
 
 impl Runner {
     fn for_this_process() -> anyhow::Result<Runner> {
-        let is_root = current_uid() == 0;
-        if !is_root {
-            return Ok(Runner { run_as: None, isolated: false });
+        if current_uid() != 0 {
+            return Ok(Runner { run_as: None, server_uid: None, isolated: false });
         }
-        if std::process::Command::new("id")
-            .args(["-u", SERVER_OS_USER])
-            .output()
-            .map(|o| !o.status.success())
-            .unwrap_or(true)
-        {
+        let id = std::process::Command::new("id").args(["-u", SERVER_OS_USER]).output().context("cannot run id")?;
+        let Some(uid) = id.status.success().then(|| String::from_utf8_lossy(&id.stdout).trim().parse().ok()).flatten()
+        else {
             bail!(
-                "we run as root and there is no `{SERVER_OS_USER}` OS user to run the throwaway server as (PostgreSQL refuses root): create one (useradd -r {SERVER_OS_USER})"
+                "we run as root and there is no `{SERVER_OS_USER}` OS user to run the throwaway server as (PostgreSQL \
+                 refuses root): create one (useradd -r {SERVER_OS_USER})"
             );
-        }
+        };
         let isolated = std::process::Command::new("unshare")
             .args(["--net", "--", "true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        Ok(Runner { run_as: Some(SERVER_OS_USER), isolated })
+        Ok(Runner { run_as: Some(SERVER_OS_USER), server_uid: Some(uid), isolated })
     }
 
     /// `program args...` as the server user, isolated when it can be.
@@ -147,12 +149,6 @@ impl Runner {
         let mut command = tokio::process::Command::new(&words[0]);
         command.args(&words[1..]).stdin(Stdio::null());
         command
-    }
-
-    fn uid(&self) -> anyhow::Result<Option<u32>> {
-        let Some(user) = self.run_as else { return Ok(None) };
-        let output = std::process::Command::new("id").args(["-u", user]).output().context("cannot run id")?;
-        Ok(Some(String::from_utf8_lossy(&output.stdout).trim().parse().context("the uid of the server user")?))
     }
 }
 
@@ -177,7 +173,7 @@ impl LocalCluster {
     pub async fn start(bin: Binaries) -> anyhow::Result<LocalCluster> {
         let runner = Runner::for_this_process()?;
         let template = template(&bin, &runner).await?;
-        let dir = private_dir(&std::env::temp_dir(), "prestart-throwaway-", runner.uid()?)?;
+        let dir = private_dir(&std::env::temp_dir(), "prestart-throwaway-", runner.server_uid)?;
         // From here on the folder is removed however this ends.
         let cluster = LocalCluster { dir, bin, runner, stopped: false };
         let data = cluster.dir.join("data");
@@ -261,20 +257,21 @@ async fn stop_and_delete(dir: PathBuf, bin: PathBuf, runner: Runner) {
         let mut stop = runner.command(&bin.join("pg_ctl"), false);
         stop.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"]).arg(&data);
         let _ = run(&mut stop, "stop the throwaway cluster").await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
         if !data.join("postmaster.pid").exists() {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
         ui::warn(format!("could not delete the throwaway cluster in {} ({error}): delete it by hand", dir.display()));
     }
 }
 
-/// The cluster template of `bin`'s version, made once: initdb is most of a cluster's start.
+/// The cluster template of `bin`'s version, made once: initdb is most of a cluster's start, and
+/// copying the template the rest, so its WAL segments are 1 MB, not 16.
 async fn template(bin: &Binaries, runner: &Runner) -> anyhow::Result<PathBuf> {
     let cache = cache_dir(runner)?;
-    let template = cache.join(format!("template-{}", bin.major));
+    let template = cache.join(format!("template-{}-wal1", bin.major));
     if template.join("PG_VERSION").is_file() {
         return Ok(template);
     }
@@ -288,6 +285,7 @@ async fn template(bin: &Binaries, runner: &Runner) -> anyhow::Result<PathBuf> {
             "--locale=C",
             "--no-sync",
             "--no-instructions",
+            "--wal-segsize=1",
             "-U",
             SUPERUSER,
             "-D",
@@ -308,7 +306,7 @@ async fn template(bin: &Binaries, runner: &Runner) -> anyhow::Result<PathBuf> {
 /// Where templates are kept: the user's cache folder, or as root a private folder under
 /// /var/tmp that the server user owns.
 fn cache_dir(runner: &Runner) -> anyhow::Result<PathBuf> {
-    let uid = runner.uid()?;
+    let uid = runner.server_uid;
     if uid.is_some() {
         let dir = PathBuf::from("/var/tmp/prestart-cluster-templates");
         claim(&dir, uid)?;

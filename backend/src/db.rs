@@ -253,7 +253,8 @@ fn classify_io(error: &io::Error) -> Retryable {
         // good as nothing listening there.
         K::AddrNotAvailable => RetryKind::Refused,
         K::HostUnreachable | K::NetworkUnreachable => RetryKind::Unreachable,
-        _ if is_resolution_failure(&text) => RetryKind::NameNotResolved,
+        // A failed name lookup has no kind of its own (tokio reports getaddrinfo's errors as
+        // uncategorised): `connect_once` asks the resolver itself to tell it apart.
         _ => RetryKind::Network,
     };
     let detail = match kind {
@@ -263,19 +264,6 @@ fn classify_io(error: &io::Error) -> Retryable {
         _ => text,
     };
     Retryable { kind, detail }
-}
-
-/// tokio reports resolver failures as uncategorised I/O errors; their text is getaddrinfo's.
-fn is_resolution_failure(text: &str) -> bool {
-    [
-        "failed to lookup address",
-        "Name or service not known",
-        "Temporary failure in name resolution",
-        "No address associated",
-        "nodename nor servname",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
 }
 
 fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> Failure {
@@ -467,14 +455,33 @@ pub async fn connect_once(
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };
+    let started = Instant::now();
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(ready)) => Ok(ready),
-        Ok(Err(error)) => Err(Failure::classify(&error, settings)),
+        Ok(Err(error)) => {
+            let failure = Failure::classify(&error, settings);
+            Err(tell_unresolved_apart(failure, settings, timeout.saturating_sub(started.elapsed())).await)
+        }
         Err(_) => Err(Failure::Retry(Retryable {
             kind: RetryKind::TimedOut,
             detail: format!("no answer within {} s", timeout.as_secs_f32()),
         })),
     }
+}
+
+/// A network failure of no known kind, to a host given by name, is a name that does not resolve
+/// when the resolver, asked itself within what is left of the attempt, finds no address for it.
+async fn tell_unresolved_apart(failure: Failure, settings: &DatabaseSettings, left: Duration) -> Failure {
+    let Failure::Retry(Retryable { kind: RetryKind::Network, .. }) = &failure else { return failure };
+    let host = settings.host();
+    if settings.socket().is_some() || host.parse::<std::net::IpAddr>().is_ok() {
+        return failure;
+    }
+    let lookup = tokio::time::timeout(left, tokio::net::lookup_host((host, settings.port()))).await;
+    if lookup.is_ok_and(|found| found.is_ok_and(|mut addresses| addresses.next().is_some())) {
+        return failure;
+    }
+    Failure::Retry(Retryable { kind: RetryKind::NameNotResolved, detail: "host name does not resolve".into() })
 }
 
 /// Our own logs say what a statement did; sqlx's per-statement log lines would only repeat it.

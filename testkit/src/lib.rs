@@ -380,8 +380,9 @@ pub enum PoolMode {
 pub struct Bouncer {
     dir: tempfile::TempDir,
     pub port: u16,
-    _port_claim: Port,
+    _port_claim: Option<Port>,
     child: Child,
+    socket: Option<tempfile::TempDir>,
 }
 
 impl Bouncer {
@@ -394,20 +395,41 @@ impl Bouncer {
 
     /// The same with `default_pool_size` set: a small pool fills, and clients queue for it.
     pub fn start_with_pool_size(cluster: &Cluster, mode: PoolMode, pool_size: u32) -> Bouncer {
+        Bouncer::launch(cluster, mode, pool_size, None)
+    }
+
+    /// PgBouncer on a Unix socket only, in a folder of its own, with the server's port number, in
+    /// front of the server's socket: what the server sees is a socket with its own port.
+    pub fn start_on_socket(cluster: &Cluster, mode: PoolMode) -> Bouncer {
+        let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-socket-").tempdir().expect("temp dir");
+        set_mode(dir.path(), 0o755);
+        chown_to_server_user(dir.path());
+        Bouncer::launch(cluster, mode, 20, Some(dir))
+    }
+
+    /// The folder of its Unix socket, when it listens on one (for POSTGRES_SERVER).
+    pub fn socket_dir(&self) -> Option<&Path> {
+        self.socket.as_ref().map(tempfile::TempDir::path)
+    }
+
+    fn launch(cluster: &Cluster, mode: PoolMode, pool_size: u32, socket: Option<tempfile::TempDir>) -> Bouncer {
         let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-").tempdir().expect("temp dir");
         let secret =
             cluster.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
-        let claim = claim_port();
+        // On a socket it takes the server's port number (in a folder of its own); on TCP, a free one.
+        let claim = socket.is_none().then(claim_port);
+        let port = claim.as_ref().map_or(cluster.port, |claim| claim.number);
         let mode = match mode {
             PoolMode::Session => "session",
             PoolMode::Transaction => "transaction",
         };
         let run_as = is_root().then_some(SERVER_OS_USER);
+        let sockets = socket.as_ref().map(|ours| (ours.path(), cluster.dir.path()));
         let mut command = pgbouncer::prepare(
             dir.path(),
-            claim.number,
+            port,
             cluster.port,
-            pgbouncer::Pool { mode, size: pool_size },
+            pgbouncer::Pool { mode, size: pool_size, sockets },
             SUPERUSER,
             &secret,
             run_as,
@@ -415,12 +437,12 @@ impl Bouncer {
         .expect("PgBouncer not found: run `cargo xtask test`, which installs it (apt-get install pgbouncer)");
         chown_to_server_user(dir.path());
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pgbouncer");
-        let bouncer = Bouncer { dir, port: claim.number, _port_claim: claim, child };
-        assert!(
-            eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", bouncer.port)).is_ok()),
-            "PgBouncer did not start:\n{}",
-            bouncer.log()
-        );
+        let bouncer = Bouncer { dir, port, _port_claim: claim, child, socket };
+        let listening = || match bouncer.socket_dir() {
+            Some(dir) => dir.join(format!(".s.PGSQL.{}", bouncer.port)).exists(),
+            None => std::net::TcpStream::connect(("127.0.0.1", bouncer.port)).is_ok(),
+        };
+        assert!(eventually(Duration::from_secs(10), listening), "PgBouncer did not start:\n{}", bouncer.log());
         bouncer
     }
 

@@ -276,7 +276,7 @@ impl Bench {
             dir,
             port,
             self.port,
-            crate::pgbouncer::Pool { mode: "session", size: 20 },
+            crate::pgbouncer::Pool { mode: "session", size: 20, sockets: None },
             "postgres",
             &secret,
             scratch.run_as,

@@ -22,6 +22,9 @@ pub fn program() -> Option<PathBuf> {
 pub struct Pool<'a> {
     pub mode: &'a str,
     pub size: u32,
+    /// Over Unix sockets only, both ways: PgBouncer's socket in the first folder, the server's in
+    /// the second (with the same port number, as a pooler beside the server often is).
+    pub sockets: Option<(&'a Path, &'a Path)>,
 }
 
 /// Writes `pgbouncer.ini` and `userlist.txt` into `dir` and returns the command that runs it in
@@ -40,11 +43,15 @@ pub fn prepare(
         std::io::Error::new(std::io::ErrorKind::NotFound, "pgbouncer not found: apt-get install pgbouncer")
     })?;
     std::fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"{secret}\"\n"))?;
+    let (server_host, listen_addr, socket_dir) = match pool.sockets {
+        Some((ours, servers)) => (servers.display().to_string(), String::new(), ours.display().to_string()),
+        None => ("127.0.0.1".to_owned(), "127.0.0.1".to_owned(), String::new()),
+    };
     let ini = format!(
-        "[databases]\n{ALIAS} = host=127.0.0.1 port={server_port} dbname=app\n* = host=127.0.0.1 port={server_port}\n\n\
-         [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen_port}\nunix_socket_dir =\nauth_type = scram-sha-256\n\
-         auth_file = {dir}/userlist.txt\npool_mode = {mode}\nmax_client_conn = 200\ndefault_pool_size = {size}\n\
-         logfile = {dir}/pgbouncer.log\n",
+        "[databases]\n{ALIAS} = host={server_host} port={server_port} dbname=app\n* = host={server_host} port={server_port}\n\n\
+         [pgbouncer]\nlisten_addr = {listen_addr}\nlisten_port = {listen_port}\nunix_socket_dir = {socket_dir}\n\
+         auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = {mode}\nmax_client_conn = 200\n\
+         default_pool_size = {size}\nlogfile = {dir}/pgbouncer.log\n",
         dir = dir.display(),
         mode = pool.mode,
         size = pool.size

@@ -227,3 +227,22 @@ fn migrations_run_as_the_owner_and_doctor_names_what_the_app_role_lacks() {
     );
     assert_eq!(privileges()["status"], "ok");
 }
+
+/// PgBouncer on a Unix socket with the server's port number, in front of the server's socket:
+/// the server sees a socket with its own port, as on a direct connection. The socket's folder
+/// tells them apart (the server lists its own); taken for direct, transaction pooling let
+/// migrations run with the lock on whatever session the pooler handed out.
+#[test]
+fn pgbouncer_on_a_unix_socket_is_not_taken_for_a_direct_connection() {
+    let cluster = Cluster::started();
+    let bouncer = Bouncer::start_on_socket(&cluster, PoolMode::Transaction);
+    let socket = bouncer.socket_dir().expect("a socket").to_str().expect("utf-8").to_owned();
+    let env = with(cluster.env("app"), "POSTGRES_SERVER", &socket);
+    let migrations = Migrations::workspace();
+    prestart(&env, &migrations, &[])
+        .output()
+        .assert_code(5)
+        .assert_stderr_contains("transaction pooling")
+        .assert_stderr_contains("MIGRATION_DATABASE_URL");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('_sqlx_migrations') IS NULL"), "t", "something was migrated");
+}

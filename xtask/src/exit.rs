@@ -3,23 +3,55 @@
 use std::fmt;
 use std::process::ExitCode;
 
-/// Shown at the end of `--help`; the README has the same table.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-    0    success
-    1    unexpected error (a bug, or this machine's files or tools); doctor: a check failed; the --check
-         of schema dump and sqlx-prepare: the committed file is stale
-    2    usage error (unknown command or option)
-    3    configuration error (.env, environment, migrations folder, sqlx.toml)
-    4    database not reachable before the wait deadline
-    5    database refused us (password, pg_hba.conf, missing database or role, permission, TLS), or a pooler did
-    6    migration failed (SQL error, changed or failed migration, lock not acquired)
-    7    seed failed
-    8    schema not up to date (migrate status)
-    9    schema drift: the database differs from what its migrations produce (schema drift)
-    130  interrupted by SIGINT (Ctrl-C)
-    143  interrupted by SIGTERM
-dev-db status exits 0 when the cluster runs and 3 when it does not, as pg_ctl status does.";
+/// Every exit code and what it means: the one source of `--help`'s list and of the README's
+/// table (a test holds the README to it).
+pub const EXIT_CODES: [(u8, &str); 12] = [
+    (0, "success"),
+    (
+        1,
+        "unexpected error (a bug, or this machine's files or tools); for `doctor`: a check failed; for `schema dump \
+         --check` and `sqlx-prepare --check`: the committed file is stale",
+    ),
+    (2, "usage error (unknown command or option)"),
+    (3, "configuration error (`.env`, environment, migrations folder, `sqlx.toml`)"),
+    (4, "database not reachable before the wait deadline"),
+    (
+        5,
+        "database refused us (password, `pg_hba.conf`, missing database or role, permission, TLS), or a pooler did (a \
+         startup parameter; transaction pooling without direct migration settings)",
+    ),
+    (
+        6,
+        "migration failed (SQL error, changed or failed migration, lock not acquired, unknown versions with \
+         `--strict`, a `--target-version` that does not fit, a revert without a down file)",
+    ),
+    (7, "seed failed"),
+    (8, "schema not up to date (`migrate status`; backend and worker refusing to start)"),
+    (9, "schema drift: the live schema differs from what its applied migrations produce (`schema drift`)"),
+    (130, "interrupted by SIGINT"),
+    (143, "interrupted by SIGTERM"),
+];
+
+/// Shown at the end of `--help`: the codes of [`EXIT_CODES`], wrapped.
+pub fn exit_codes_help() -> String {
+    let mut help = String::from("Exit codes:\n");
+    for (code, meaning) in EXIT_CODES {
+        let mut line = format!("    {code:<5}");
+        for word in meaning.replace('`', "").split_whitespace() {
+            if line.len() + word.len() > 110 {
+                help.push_str(line.trim_end());
+                help.push('\n');
+                line = " ".repeat(9);
+            }
+            line.push_str(word);
+            line.push(' ');
+        }
+        help.push_str(line.trim_end());
+        help.push('\n');
+    }
+    help.push_str("dev-db status exits 0 when the cluster runs and 3 when it does not, as pg_ctl status does.");
+    help
+}
 
 /// The kind of a failure, attached to an `anyhow::Error` as its outermost context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,4 +143,30 @@ pub fn report_panics_as_bugs() {
 
 pub fn bug() -> anyhow::Error {
     anyhow::anyhow!("stopped after an internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EXIT_CODES;
+
+    /// The README's table is this one, row for row.
+    #[test]
+    fn the_readme_lists_every_exit_code_as_the_help_does() {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("## Exit codes").nth(1).expect("an exit code section");
+        let rows: Vec<(u8, String)> = table
+            .lines()
+            .skip_while(|line| !line.starts_with("| 0 "))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let mut cells = line.trim_matches('|').split('|').map(str::trim);
+                Some((cells.next()?.parse().ok()?, cells.next()?.to_owned()))
+            })
+            .collect();
+        let wanted: Vec<(u8, String)> = EXIT_CODES
+            .iter()
+            .map(|(code, meaning)| (*code, meaning.split_whitespace().collect::<Vec<_>>().join(" ")))
+            .collect();
+        assert_eq!(rows, wanted, "README.md's exit code table differs from exit::EXIT_CODES");
+    }
 }

@@ -35,7 +35,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Get the database ready before the services start", after_help = exit::EXIT_CODES_HELP)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Get the database ready before the services start", after_help = exit::exit_codes_help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,

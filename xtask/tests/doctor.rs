@@ -356,6 +356,19 @@ fn compose_files_with_each_mistake() {
         report.expect(id, "ok", "", "");
     }
     report.expect("compose.file", "ok", "resolved by `docker", "");
+    // With Debian's docker-compose alone, doctor says to spell the README's commands its way.
+    let plugin =
+        std::process::Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    let standalone =
+        std::process::Command::new("docker-compose").arg("version").output().is_ok_and(|o| o.status.success());
+    if standalone && !plugin {
+        report.expect(
+            "compose.file",
+            "ok",
+            "write `docker-compose ...` where the README says `docker compose ...`",
+            "",
+        );
+    }
     // The compose containers would get POSTGRES_SERVER=127.0.0.1 from .env: a warning on the host.
     report.expect(
         "location.containers_view",

@@ -292,6 +292,13 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs, model: &Result<Option<Model>, S
             return Ok(Outcome::fail(rejected.clone(), "fix the compose file; the checks below read it as written"));
         }
         Ok(Outcome::ok(match model.resolved_by {
+            // Debian's docker-compose alone takes the README's commands spelt its way.
+            Some(tool @ "docker-compose") => format!(
+                "{} resolved by `{tool} config` ({} services); this machine has `docker-compose` and no compose \
+                 plugin: write `docker-compose ...` where the README says `docker compose ...`",
+                model.file.display(),
+                model.services.len()
+            ),
             Some(tool) => {
                 format!("{} resolved by `{tool} config` ({} services)", model.file.display(), model.services.len())
             }

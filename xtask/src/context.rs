@@ -79,13 +79,42 @@ impl SettingsArgs {
 
     fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
         let env = self.load_env()?;
-        let settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
+        let mut settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
         let context = ContextArgs { context }.runtime_context(settings.in_kubernetes);
+        if context == RuntimeContext::Host {
+            as_seen_from_the_host(&mut settings);
+        }
         let wait_timeout = match wait_timeout {
             Some(secs) => Duration::from_secs(secs),
             None => wait_timeout_setting(&env)?,
         };
         Ok(Loaded::new(root(), settings, context, wait_timeout))
+    }
+}
+
+/// The compose containers' name for this machine (`extra_hosts: host-gateway`), which one `.env`
+/// gives both the containers and the host.
+pub const CONTAINERS_NAME_FOR_THE_HOST: &str = "host.docker.internal";
+
+/// On the host, `host.docker.internal` means this machine, where a Linux host does not resolve
+/// the name: host commands reach the same server through loopback, and say so once. Not for
+/// `verify-full`, whose certificate names the host as configured.
+fn as_seen_from_the_host(settings: &mut Settings) {
+    let mut said = false;
+    for db in std::iter::once(&mut settings.database).chain(settings.migration_database.as_mut()) {
+        let aliased = db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST);
+        if !aliased || matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull) {
+            continue;
+        }
+        if !said {
+            crate::ui::line(format!(
+                "{}={CONTAINERS_NAME_FOR_THE_HOST} is the compose containers' name for this machine: on the host, \
+                 connecting through 127.0.0.1",
+                db.host_variable()
+            ));
+            said = true;
+        }
+        *db = db.with_host("127.0.0.1");
     }
 }
 

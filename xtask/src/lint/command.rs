@@ -83,10 +83,15 @@ pub fn format_finding(finding: &Finding) -> String {
 /// The migrations not applied yet when the database answers; else those added since the
 /// merge-base with the default branch, plus uncommitted ones; else all.
 fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path) -> (BTreeSet<i64>, String) {
-    if let Some(applied) = applied_versions(args, table) {
-        let pending = set.files.iter().map(|f| f.migration.version).filter(|v| !applied.contains(v)).collect();
-        return (pending, "the ones not applied to the database yet".into());
-    }
+    let why_not = match applied_versions(args, table) {
+        Ok(applied) => {
+            let pending = set.files.iter().map(|f| f.migration.version).filter(|v| !applied.contains(v)).collect();
+            return (pending, "the ones not applied to the database yet".into());
+        }
+        Err(why_not) => why_not,
+    };
+    // Never a silent change of mode: which files are checked depends on it.
+    crate::ui::line(format!("the database is not used to tell what is applied: {why_not}"));
     match changed_since_default_branch(root, dir) {
         Some((names, base)) => {
             let chosen = set
@@ -106,14 +111,21 @@ fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path)
     }
 }
 
-fn applied_versions(args: &Args, table: &str) -> Option<BTreeSet<i64>> {
-    let loaded = args.settings.load().ok()?;
+/// What the database has applied, or why it cannot tell.
+fn applied_versions(args: &Args, table: &str) -> Result<BTreeSet<i64>, String> {
+    let loaded = args.settings.load().map_err(|e| format!("the settings do not load ({e:#})"))?;
+    let db = &loaded.settings.database;
     crate::interrupt::block_on(async {
-        let mut ready =
-            backend::db::connect_once(&loaded.settings.database, "prestart-lint", Duration::from_secs(3)).await.ok()?;
+        let mut ready = backend::db::connect_once(db, "prestart-lint", Duration::from_secs(3))
+            .await
+            .map_err(|e| format!("{db} does not answer ({e})"))?;
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        let rows = crate::lock::read_applied(&mut ready.conn, table, deadline).await.ok()?.ok()?;
-        Some(rows.into_iter().map(|r| r.version).collect())
+        let rows = match crate::lock::read_applied(&mut ready.conn, table, deadline).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => return Err(format!("{table} cannot be read ({})", backend::db::describe_error(&error))),
+            Err(locked) => return Err(format!("{locked:#}")),
+        };
+        Ok(rows.into_iter().map(|r| r.version).collect())
     })
 }
 

@@ -477,8 +477,13 @@ async fn tell_unresolved_apart(failure: Failure, settings: &DatabaseSettings, le
     if settings.socket().is_some() || host.parse::<std::net::IpAddr>().is_ok() {
         return failure;
     }
-    let lookup = tokio::time::timeout(left, tokio::net::lookup_host((host, settings.port()))).await;
-    if lookup.is_ok_and(|found| found.is_ok_and(|mut addresses| addresses.next().is_some())) {
+    // A lookup that does not finish in time tells nothing: the failure stays as it was.
+    let unresolved = match tokio::time::timeout(left, tokio::net::lookup_host((host, settings.port()))).await {
+        Ok(Ok(mut addresses)) => addresses.next().is_none(),
+        Ok(Err(_)) => true,
+        Err(_) => false,
+    };
+    if !unresolved {
         return failure;
     }
     Failure::Retry(Retryable { kind: RetryKind::NameNotResolved, detail: "host name does not resolve".into() })

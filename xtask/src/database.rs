@@ -135,7 +135,8 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
             .table_name;
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
-            let record = crate::environment::record(&mut session.ready.conn, &table, environment);
+            // Made a moment ago: fresh.
+            let record = crate::environment::record(&mut session.ready.conn, &table, environment, true);
             bounded(record).await.map(|_| ()).map_err(|e| {
                 fail(
                     Failure::Refused,
@@ -201,11 +202,11 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
     eprint!("drop database {} on {}:{} and all its data? [y/N] ", db.database(), db.host(), db.port());
     // Read on a thread of its own, raced with the signal listener: Ctrl-C at the question ends
     // the run at once, rather than after Enter.
-    let read = tokio::task::spawn_blocking(|| {
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer).map(|_| answer)
-    });
     let answer = crate::interrupt::block_on(crate::interrupt::unless_signalled(async {
+        let read = tokio::task::spawn_blocking(|| {
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer).map(|_| answer)
+        });
         read.await.context("cannot read the answer")?.context("cannot read the answer")
     }))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
@@ -236,8 +237,8 @@ fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyho
         Some(recorded) if crate::environment::is_local(recorded.environment.as_deref()) => return Ok(()),
         Some(recorded) => format!("it records {}", recorded.describe()),
         None => format!(
-            "it has no record of its environment ({} is missing: prestart and migrate write it, so this database was \
-             never migrated by them with ENVIRONMENT=local)",
+            "it has no record of its environment ({} is missing: `database create` writes it, and prestart and \
+             migrate write ENVIRONMENT=local only into a database they migrate from empty)",
             crate::environment::table_for(&table)
         ),
     };
@@ -245,8 +246,8 @@ fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyho
         Failure::Config,
         anyhow!(
             "refusing to drop {where_}: {said}, whatever ENVIRONMENT says here (an exported DATABASE_URL may point \
-             elsewhere than this .env describes)\n  fix: run prestart or migrate on it with ENVIRONMENT=local if it is \
-             a local database, or pass --force if you mean to destroy it and all its data"
+             elsewhere than this .env describes)\n  fix: pass --force if you mean to destroy this database and all its \
+             data"
         ),
     ))
 }

@@ -65,26 +65,32 @@ pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result
 /// What recording did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recording {
-    /// The record says this environment (now, or already).
+    /// The record says this environment (now, or already), or stays missing for a local run on a
+    /// database that was not fresh.
     Current,
     /// The record says a non-local environment and these settings say `local`: it is kept, since
     /// a local `.env` may point at another environment's database (an exported `DATABASE_URL`).
     KeptNotLocal(Recorded),
 }
 
-/// Records `environment` where the database has no record, or a record that is less strict (a
-/// `local` one, for a run that is not local). A non-local record is never made local: that is
-/// the case the record exists for. One round trip when the record is current, and no write.
+/// Records `environment`, where that makes the database no easier to drop than it is: a record
+/// that is missing or `local` takes a non-local environment; `local` goes only into a database
+/// with no record that is `fresh` (just created, or migrated from empty by this run). A local
+/// `.env` with a production URL exported in the shell must never make production local, and a
+/// database that has data and no record counts as not local already. One round trip when there
+/// is nothing to write.
 pub async fn record(
     conn: &mut PgConnection,
     migrations_table: &str,
     environment: Option<&str>,
+    fresh: bool,
 ) -> Result<Recording, sqlx::Error> {
     match recorded(conn, migrations_table).await? {
         Some(recorded) if recorded.environment.as_deref() == environment => return Ok(Recording::Current),
         Some(recorded) if !is_local(recorded.environment.as_deref()) && is_local(environment) => {
             return Ok(Recording::KeptNotLocal(recorded));
         }
+        None if is_local(environment) && !fresh => return Ok(Recording::Current),
         _ => {}
     }
     let table = table_for(migrations_table);

@@ -3,9 +3,10 @@
 //!
 //! The listener is installed before any work and lives as long as the process: tokio keeps a
 //! handler once registered, and a signal that arrives while no listener of a runtime polls it is
-//! lost, so a runtime per step dropped signals between steps. One current-thread runtime serves
-//! the whole process (a worker thread would cost a cross-thread wake-up on every answer from the
-//! server); a signal that comes while no step runs is kept by the driver and seen by the next.
+//! lost, so a runtime per step dropped signals between steps. It runs on a thread of its own
+//! (with a runtime of its own that wakes only for a signal), so it answers during synchronous
+//! steps too; the commands' one current-thread runtime pays no cross-thread wake-up for each
+//! answer from the server.
 //!
 //! Dropping our future closes the socket, but a backend busy with a long statement would not
 //! notice for a while; sqlx cannot send a CancelRequest, so a second connection terminates it,
@@ -53,12 +54,30 @@ static PROCESS: OnceLock<Process> = OnceLock::new();
 pub fn start() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let (interrupt, terminate) = {
-        let _entered = runtime.enter();
-        (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)
-    };
     let (sender, received) = watch::channel(None);
-    runtime.spawn(listen(interrupt, terminate, sender));
+    // Registered before this returns: a signal from then on is the listener's.
+    let (registered, installed) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let listening = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|signals| {
+                let handlers = signals.block_on(async {
+                    Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+                })?;
+                Ok((signals, handlers))
+            });
+            match listening {
+                Ok((signals, (interrupt, terminate))) => {
+                    let _ = registered.send(Ok(()));
+                    signals.block_on(listen(interrupt, terminate, sender));
+                }
+                Err(error) => {
+                    let _ = registered.send(Err(error));
+                }
+            }
+        })
+        .context("cannot start the signal listener")?;
+    installed.recv().context("the signal listener did not start")?.context("cannot listen for SIGINT and SIGTERM")?;
     let process = Process { runtime, received, cleanups: Mutex::default() };
     if PROCESS.set(process).is_err() {
         anyhow::bail!("the runtime was started twice");

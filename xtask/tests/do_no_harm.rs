@@ -195,6 +195,15 @@ fn drop_and_reset_refuse_a_database_that_does_not_record_itself_as_local() {
         .output()
         .assert_code(0)
         .assert_stderr_contains("dropped database unknown");
+    // A database migrated before records existed (its record dropped here) and migrated again
+    // from a local shell stays unrecorded: only a fresh database takes `local`.
+    cluster.psql("prod", "DROP TABLE _prestart_environment");
+    xtask(&with_source(&["migrate"], &migrations), &local_shell).output().assert_code(0);
+    assert_eq!(cluster.psql("prod", "SELECT to_regclass('_prestart_environment') IS NULL"), "t");
+    xtask(&["database", "drop", "-y"], &local_shell)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("has no record of its environment");
     // --force is the way to drop what is not local.
     xtask(&["database", "drop", "-y", "--force"], &local_shell).output().assert_code(0);
     assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'prod'"), "0");

@@ -215,6 +215,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })
     });
 
+    // The checks after the database's run synchronously: a signal meanwhile ends doctor too.
+    if let Some(signal) = crate::interrupt::received() {
+        return Err(crate::interrupt::interrupted(signal));
+    }
     if args.json {
         crate::ui::print(format!("{}\n", render::json(&doctor, inputs.context)));
     } else {

@@ -39,7 +39,7 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
             ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
             return Ok(());
         }
-        record_environment(session, plan).await;
+        record_environment(session, plan, applied.is_empty()).await;
         let total = plan.set.files.len();
         ui::line(match plan.target {
             Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
@@ -58,7 +58,7 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     let result = apply_pending(&mut session.ready, plan, db, deadline).await;
     // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
     if result.is_ok() {
-        record_environment(session, plan).await;
+        record_environment(session, plan, applied.is_empty()).await;
     }
     lock::release(&mut session.ready.conn, key).await;
     let applied = result?;
@@ -103,7 +103,7 @@ pub async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::
     let result = revert_under_lock(&mut session.ready, plan, db, deadline).await;
     lock::release(&mut session.ready.conn, key).await;
     if result.is_ok() {
-        record_environment(session, plan).await;
+        record_environment(session, plan, false).await;
     }
     let reverted = result?;
     ui::line(format!("reverted {reverted} in {}", ui::duration(started.elapsed())));
@@ -172,11 +172,13 @@ async fn apply_pending(
     Ok(pending.len())
 }
 
-/// Records the run's `ENVIRONMENT` in the database (see `crate::environment`) unless it says so
-/// already. Not recording only makes `database drop` refuse it, so a failure is a warning.
-async fn record_environment(session: &mut Session<'_>, plan: &Plan<'_>) {
+/// Records the run's `ENVIRONMENT` in the database (see `crate::environment`); `fresh`: nothing
+/// was applied to it before this run. Not recording only makes `database drop` refuse it, so a
+/// failure is a warning.
+async fn record_environment(session: &mut Session<'_>, plan: &Plan<'_>, fresh: bool) {
     let environment = session.environment();
-    let recorded = bounded(crate::environment::record(&mut session.ready.conn, &plan.settings.table_name, environment));
+    let table = &plan.settings.table_name;
+    let recorded = bounded(crate::environment::record(&mut session.ready.conn, table, environment, fresh));
     match recorded.await {
         Ok(crate::environment::Recording::Current) => {}
         Ok(crate::environment::Recording::KeptNotLocal(recorded)) => ui::warn(format!(

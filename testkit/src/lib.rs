@@ -120,6 +120,13 @@ fn template() -> &'static Path {
     })
 }
 
+/// `env` with `key` set to `value` (in place of any value it had).
+pub fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+    env
+}
+
 /// A TCP port on 127.0.0.1 that no other test on this machine takes while this value lives.
 /// The ports are below Linux's ephemeral range (32768 and up), so no `bind(0)` and no outgoing
 /// connection lands on one; each is claimed by an exclusive lock on a file named after it, which

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{Bouncer, Cluster, MigrationLock, Migrations, PoolMode, Run, Session, eventually};
+use testkit::{Bouncer, Cluster, MigrationLock, Migrations, PoolMode, Run, Session, eventually, with};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -124,12 +124,6 @@ fn sigterm_behind_a_session_pooler_never_terminates_another_clients_session() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let victims: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
     assert!(victims.is_empty(), "clients of the pooler were terminated: {victims:#?}");
-}
-
-fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-    env
 }
 
 /// #2: `database drop` and `reset` ask the database which environment it serves (recorded by

@@ -4,7 +4,7 @@
 //! ownership, comments and the rest, each changed by hand and named once; and a shadow database
 //! is emptied of all of them, so it serves run after run.
 
-use testkit::{Cluster, Migrations, Outcome, Run};
+use testkit::{Cluster, Migrations, Outcome, Run, with};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -13,12 +13,6 @@ fn run(args: &[&str], env: &[(String, String)], migrations: &Migrations) -> Outc
     let mut all = args.to_vec();
     all.extend(["--source", &source]);
     Run::xtask(XTASK, &all, env).output()
-}
-
-fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-    env
 }
 
 /// (kind, name, change) of each difference `schema drift --json` names.

@@ -1,14 +1,8 @@
 //! One `.env` for the host and the compose containers: what each side makes of it.
 
-use testkit::{Cluster, Migrations, Run};
+use testkit::{Cluster, Migrations, Run, with};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
-
-fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-    env
-}
 
 /// `POSTGRES_SERVER=host.docker.internal`, as the seed writes it for compose: on a Linux host the
 /// name does not resolve, and it means this machine, so host commands go through loopback and

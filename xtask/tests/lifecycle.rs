@@ -2,7 +2,7 @@
 //! `prestart --create-database`), `schema dump --check`, drift built by hand for each kind of
 //! object, and `ignored-chars`, against real clusters.
 
-use testkit::{Cluster, Migrations, Outcome, Run};
+use testkit::{Cluster, Migrations, Outcome, Run, with};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -11,12 +11,6 @@ fn run(args: &[&str], env: &[(String, String)], migrations: &Migrations) -> Outc
     let mut all = args.to_vec();
     all.extend(["--source", &source]);
     Run::xtask(XTASK, &all, env).output()
-}
-
-fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-    env
 }
 
 fn database_exists(cluster: &Cluster, name: &str) -> bool {

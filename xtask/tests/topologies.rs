@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use testkit::{Bouncer, Cluster, Migrations, PoolMode, Run};
+use testkit::{Bouncer, Cluster, Migrations, PoolMode, Run, with};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
@@ -13,12 +13,6 @@ fn prestart(env: &[(String, String)], migrations: &Migrations, extra: &[&str]) -
     let mut args = vec!["prestart", "--source", &source];
     args.extend_from_slice(extra);
     Run::xtask(XTASK, &args, env)
-}
-
-fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(String, String)> {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_owned(), value.to_owned()));
-    env
 }
 
 /// Back to an empty database, for another run of every migration.

@@ -15,18 +15,23 @@ fn logins_to_app(cluster: &Cluster, from: usize) -> usize {
         .count()
 }
 
-#[test]
-fn a_read_only_server_is_polled_with_a_backoff() {
-    let cluster = Cluster::started();
+/// `default_transaction_read_only = on` with connections logged, once new sessions see it (the
+/// postmaster reads a reload a moment later).
+fn make_read_only(cluster: &Cluster) {
     cluster.write_conf("default_transaction_read_only = on\nlog_connections = on");
     cluster.reload();
-    // The reload is seen by new sessions once the postmaster has read it.
     assert!(
         testkit::eventually(std::time::Duration::from_secs(10), || {
             cluster.psql("app", "SHOW default_transaction_read_only") == "on"
         }),
         "the server did not take the new settings"
     );
+}
+
+#[test]
+fn a_read_only_server_is_polled_with_a_backoff() {
+    let cluster = Cluster::started();
+    make_read_only(&cluster);
     let from = cluster.log().len();
 
     let outcome = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "4"], &cluster.env("app")).output();
@@ -48,14 +53,7 @@ fn a_read_only_server_is_polled_with_a_backoff() {
 #[test]
 fn a_server_that_becomes_writable_is_noticed_within_the_longest_pause() {
     let cluster = Cluster::started();
-    cluster.write_conf("default_transaction_read_only = on\nlog_connections = on");
-    cluster.reload();
-    assert!(
-        testkit::eventually(std::time::Duration::from_secs(10), || {
-            cluster.psql("app", "SHOW default_transaction_read_only") == "on"
-        }),
-        "the server did not take the new settings"
-    );
+    make_read_only(&cluster);
     let running = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "30"], &cluster.env("app")).spawn();
     running.wait_for_stderr("default_transaction_read_only", std::time::Duration::from_secs(10));
     // Long enough for the pauses to reach their longest (1 s).

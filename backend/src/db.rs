@@ -385,9 +385,6 @@ pub struct ServerState {
     pub database: String,
     /// The server's `port` setting, which names its Unix socket too.
     pub port: u16,
-    /// `unix_socket_directories`: where the server's own sockets are, comma-separated; `None`
-    /// where the role may not read it (it takes pg_read_all_settings).
-    pub socket_directories: Option<String>,
 }
 
 impl ServerState {
@@ -431,8 +428,7 @@ pub async fn connect_once(
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
                     host(inet_server_addr()), inet_server_port(), current_database()::text, \
-                    current_setting('port')::int, inet_client_port(), \
-                    (SELECT setting FROM pg_settings WHERE name = 'unix_socket_directories') \
+                    current_setting('port')::int, inet_client_port() \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -451,7 +447,6 @@ pub async fn connect_once(
             address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
             database: row.try_get(6)?,
             port: row.try_get::<i32, _>(7).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
-            socket_directories: row.try_get::<Option<String>, _>(9)?,
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };

@@ -42,7 +42,7 @@ impl Pooling {
 }
 
 pub async fn detect_pooling(db: &DatabaseSettings, ready: &mut Ready) -> Pooling {
-    if !is_relayed(db, ready).await {
+    if !is_relayed(db, &mut *ready).await {
         return Pooling::Direct;
     }
     match shares_server_sessions(db, ready).await {
@@ -53,17 +53,28 @@ pub async fn detect_pooling(db: &DatabaseSettings, ready: &mut Ready) -> Pooling
 }
 
 /// The server says the session arrived somewhere we did not dial.
-async fn is_relayed(db: &DatabaseSettings, ready: &Ready) -> bool {
+/// Over a socket, also asks the server which folders its sockets are in.
+async fn is_relayed(db: &DatabaseSettings, ready: &mut Ready) -> bool {
     if let Some(socket) = db.socket() {
+        if ready.server.address.is_some() || ready.server.port != db.port() {
+            return true;
+        }
         // Our socket is named after the port it serves, in a folder the server must list: a
         // pooler's socket may have the server's port in a folder of its own.
         let same = |dir: &str| {
             let dir = std::path::Path::new(dir.trim());
             dir == socket || dir.canonicalize().ok().zip(socket.canonicalize().ok()).is_some_and(|(a, b)| a == b)
         };
-        let in_servers_folders =
-            ready.server.socket_directories.as_deref().is_none_or(|dirs| dirs.split(',').any(same));
-        return ready.server.address.is_some() || ready.server.port != db.port() || !in_servers_folders;
+        // Asked only here, over a socket: reading pg_settings on every connect would cost each
+        // run. A role that may not read it (it takes pg_read_all_settings) sees no row.
+        let listed = sqlx::raw_sql("SELECT setting FROM pg_catalog.pg_settings WHERE name = 'unix_socket_directories'")
+            .fetch_optional(&mut ready.conn);
+        let folders: Option<String> = match bounded(listed).await {
+            Ok(Some(row)) => row.try_get(0).ok(),
+            Ok(None) => None,
+            Err(_) => return true,
+        };
+        return !folders.is_none_or(|dirs| dirs.split(',').any(same));
     }
     let Some((address, port)) = &ready.server.address else {
         // A Unix socket on the server's side, while we dialled TCP.

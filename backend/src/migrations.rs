@@ -97,6 +97,14 @@ impl MigrationFile {
             None => format!("{}_{}", self.migration.version, self.migration.description.replace(' ', "_")),
         }
     }
+
+    /// The name of the file that reverts this migration, beside it: `X.down.sql` for `X.sql`
+    /// and `X.up.sql` alike.
+    pub fn down_file_name(&self) -> String {
+        let name = self.name();
+        let stem = name.strip_suffix(".up.sql").or_else(|| name.strip_suffix(".sql")).unwrap_or(&name);
+        format!("{stem}.down.sql")
+    }
 }
 
 /// The forward migrations of one source, in version order, and the down files that revert them.
@@ -158,9 +166,33 @@ impl MigrationSet {
         self.files.iter().any(|f| f.migration.version == version) || self.downs.contains_key(&version)
     }
 
-    pub fn is_reversible(&self) -> bool {
-        self.files.iter().any(|f| f.migration.migration_type == MigrationType::ReversibleUp)
+    /// What breaks the one rule of reversible migrations, as sqlx reads them: a migration can be
+    /// reverted when `<version>_<name>.down.sql` lies beside its up file, be that named
+    /// `.up.sql` or plain `.sql`. (So a down file is added to an applied migration without
+    /// touching the applied file: the checksum covers only the up SQL.)
+    pub fn pairing(&self) -> Pairing {
+        let orphan_downs = self
+            .downs
+            .iter()
+            .filter(|(version, _)| !self.files.iter().any(|f| f.migration.version == **version))
+            .map(|(_, down)| down.name())
+            .collect();
+        let ups_without_down = self
+            .files
+            .iter()
+            .filter(|f| f.migration.migration_type == MigrationType::ReversibleUp)
+            .filter(|f| !self.downs.contains_key(&f.migration.version))
+            .map(MigrationFile::down_file_name)
+            .collect();
+        Pairing { orphan_downs, ups_without_down }
     }
+}
+
+/// The down files that have no migration, and the ones `.up.sql` files announce but lack.
+#[derive(Debug, Default)]
+pub struct Pairing {
+    pub orphan_downs: Vec<String>,
+    pub ups_without_down: Vec<String>,
 }
 
 /// One row of the migrations table.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backend::config::{Env, Settings};
+use backend::config::{DatabaseSettings, Env, Settings};
 use backend::migrations::{MigrationSet, MigrationSettings};
 
 use crate::diagnose::RuntimeContext;
@@ -102,10 +102,7 @@ pub const CONTAINERS_NAME_FOR_THE_HOST: &str = "host.docker.internal";
 fn as_seen_from_the_host(settings: &mut Settings) {
     let mut said = false;
     for db in std::iter::once(&mut settings.database).chain(settings.migration_database.as_mut()) {
-        let aliased = db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST);
-        if !aliased || matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull) {
-            continue;
-        }
+        let Some(on_the_host) = host_view(db) else { continue };
         if !said {
             crate::ui::line(format!(
                 "{}={CONTAINERS_NAME_FOR_THE_HOST} is the compose containers' name for this machine: on the host, \
@@ -114,8 +111,15 @@ fn as_seen_from_the_host(settings: &mut Settings) {
             ));
             said = true;
         }
-        *db = db.with_host("127.0.0.1");
+        *db = on_the_host;
     }
+}
+
+/// The settings a command on the host connects with when `db` names the containers' name for
+/// this machine: the same server through loopback. `None` when `db` names another host.
+pub fn host_view(db: &DatabaseSettings) -> Option<DatabaseSettings> {
+    let aliased = db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST);
+    (aliased && !matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull)).then(|| db.with_host("127.0.0.1"))
 }
 
 /// `PRESTART_WAIT_TIMEOUT` from `.env` or the environment, else the default.

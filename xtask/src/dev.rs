@@ -140,12 +140,12 @@ fn run_services(sh: &Shell, db_args: &DbArgs) -> anyhow::Result<()> {
         let _ = copier.join();
     }
     match stop {
-        Stop::Signal(signal) => Err(fail(
-            Failure::Interrupted(signal),
-            anyhow::anyhow!(
-                "backend and worker stopped; the database keeps running (cargo xtask dev-db stop stops a local cluster)"
-            ),
-        )),
+        Stop::Signal(signal) => {
+            ui::step(
+                "backend and worker stopped; the database keeps running (cargo xtask dev-db stop stops a local cluster)",
+            );
+            Err(fail(Failure::Interrupted(signal), crate::exit::Stopped))
+        }
         Stop::Exited(name, status) if !status.success() => bail!("{name} exited with {status}"),
         Stop::Exited(..) => Ok(()),
     }

@@ -98,7 +98,9 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
                 "{DOCKER_HOST_NAME} resolves only inside containers (and on Docker Desktop): on this machine use {var}=localhost"
             )),
             RuntimeContext::Container if to_host => causes.push(format!(
-                "the compose service lacks `extra_hosts: [\"{DOCKER_HOST_NAME}:host-gateway\"]`, which Linux needs for this name"
+                "this container was started without a mapping for {DOCKER_HOST_NAME}, which Linux needs: a compose \
+                 service gets it from `extra_hosts: [\"{DOCKER_HOST_NAME}:host-gateway\"]`, `docker run` from \
+                 `--add-host={DOCKER_HOST_NAME}:host-gateway` (a devcontainer: in runArgs of devcontainer.json)"
             )),
             RuntimeContext::Container | RuntimeContext::Kubernetes => causes.push(format!(
                 "`{host}` is not a known name yet: compose and Kubernetes create a service's name when it starts; if it \

@@ -113,12 +113,28 @@ pub fn fail(kind: Failure, error: impl Into<anyhow::Error>) -> anyhow::Error {
     error.into().context(kind)
 }
 
+/// A run that ended the way its user ends it (Ctrl-C of `dev`): its exit code still tells the
+/// signal, but it has said what happened already, so no `error:` line follows.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// Prints the error as `error: <kind>: <causes>` on stderr and turns it into the exit code.
 pub fn report(result: anyhow::Result<()>) -> ExitCode {
     let Err(error) = result else {
         return ExitCode::SUCCESS;
     };
     let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.exit_code());
+    if error.downcast_ref::<Stopped>().is_some() {
+        return ExitCode::from(code);
+    }
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
     eprintln!("error: {}", backend::redact::redact(&causes.join(": ")));
     ExitCode::from(code)

@@ -46,7 +46,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else if args.simple {
         false
     } else {
-        settings.reversible_by_default.unwrap_or_else(|| existing.iter().any(|(_, name)| name.ends_with(".up.sql")))
+        // Pairs where a migration already has a down file (beside `X.up.sql` or `X.sql`).
+        settings.reversible_by_default.unwrap_or_else(|| existing.iter().any(|(_, name)| name.ends_with(".down.sql")))
     };
     let newest = existing.iter().max_by_key(|(version, _)| *version);
     let now = utc_timestamp(SystemTime::now());

@@ -460,7 +460,7 @@ pub async fn in_throwaway<T>(
     let result = interruptible(server, active, work).await;
     // After a signal the drop gets the cleanup budget, no more; a second signal ends it sooner.
     let bound = if crate::interrupt::received().is_some() { crate::interrupt::CLEANUP_BUDGET } else { Duration::MAX };
-    if tokio::time::timeout(bound, drop_and_say(server, name)).await.is_err() {
+    if tokio::time::timeout(bound, drop_or_warn(server, name)).await.is_err() {
         ui::warn(format!(
             "the throwaway database {name} was not dropped within {} s: drop it by hand",
             bound.as_secs()
@@ -483,14 +483,14 @@ struct Throwaway {
 impl Drop for Throwaway {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), std::mem::take(&mut self.name));
-        crate::interrupt::spawn_cleanup(async move { drop_and_say(&server, &name).await });
+        crate::interrupt::spawn_cleanup(async move { drop_or_warn(&server, &name).await });
     }
 }
 
-async fn drop_and_say(server: &DatabaseSettings, name: &str) {
-    match drop_throwaway(server, name).await {
-        Ok(()) => ui::line(format!("dropped {name}")),
-        Err(e) => ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand")),
+async fn drop_or_warn(server: &DatabaseSettings, name: &str) {
+    // Housekeeping: said only when it needs the user.
+    if let Err(e) = drop_throwaway(server, name).await {
+        ui::warn(format!("could not drop the throwaway database {name}: {e:#}; drop it by hand"));
     }
 }
 

@@ -175,13 +175,15 @@ fn where_the_database_is() {
     report.expect("postgres.connect", "skipped", "cannot be reached", "");
     doctor(&project, &["--context", "kubernetes"], &[]).expect("location.host", "warn", "sidecar", "Service");
 
+    // On the host, the containers' name for this machine is this machine: reached through
+    // loopback, where the stopped server is then looked for.
     project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal")]);
-    doctor(&project, &["--context", "host"], &[]).expect(
-        "location.host",
-        "fail",
-        "does not resolve on a Linux host",
-        "POSTGRES_SERVER=localhost",
-    );
+    let report = doctor(&project, &["--context", "host"], &[]);
+    report.expect("location.host", "ok", "commands on this host connect through 127.0.0.1", "");
+    report.expect("network.tcp", "fail", &format!("127.0.0.1:{} refused", cluster.port), "start it");
+    // verify-full keeps the name for the certificate, which this host cannot resolve.
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal"), ("POSTGRES_SSLMODE", "verify-full")]);
+    doctor(&project, &["--context", "host"], &[]).expect("location.host", "fail", "verify-full", "certificate");
 
     project.write_env(&cluster, &[("POSTGRES_SERVER", "db.does-not-exist.invalid")]);
     let report = doctor(&project, &["--context", "host"], &[]);
@@ -247,15 +249,142 @@ fn listen_addresses_too_narrow_for_containers() {
          extra_hosts: [\"host.docker.internal:host-gateway\"]\n",
     );
     let report = doctor(&project, &[], &[]);
-    // The narrowest rule: that subnet alone, and the bridge address beside localhost.
+    // The server is found where it listens; the containers' address is what it leaves out. The
+    // narrowest rule: that subnet alone, and the bridge address beside localhost.
     report
         .expect(
             "postgres.listen_addresses",
             "fail",
-            "listen_addresses = '127.0.0.1'",
+            &format!("the server runs on this machine (127.0.0.1:{} answers), but nothing listens on", cluster.port),
             "`host all all 10.77.0.0/24 scram-sha-256` (the compose network, COMPOSE_SUBNET)",
         )
-        .expect("postgres.listen_addresses", "fail", "", "cargo xtask dev-db start --serve-compose");
+        .expect("postgres.listen_addresses", "fail", "listen_addresses", "cargo xtask dev-db start --serve-compose")
+        .expect("postgres.connect", "ok", "", "");
+}
+
+/// The seed's case 8.1: `.env` says `host.docker.internal`, the server listens on 127.0.0.1
+/// only. doctor on the host finds the server (through loopback) and names the setting that keeps
+/// the containers out, instead of calling a running server stopped.
+#[test]
+fn the_seeds_case_a_server_on_loopback_only_is_found_and_the_setting_named() {
+    if !docker_bridge() {
+        return;
+    }
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal")]);
+    let report = doctor(&project, &["--context", "host"], &[]);
+    report
+        .no_check_crashed()
+        .expect("location.host", "ok", "the compose containers' name for this machine", "")
+        .expect("network.tcp", "ok", &format!("127.0.0.1:{} accepts", cluster.port), "")
+        .expect("postgres.connect", "ok", "", "")
+        .expect("postgres.listen_addresses", "fail", "the server runs on this machine", "--serve-compose")
+        .expect("postgres.containers_hba", "skipped", "", "");
+    assert!(!report.outcome.stdout.contains("nothing listens there"), "a running server called stopped");
+}
+
+/// A server that serves the compose network alone (the bridge address, and pg_hba for that
+/// subnet, as `dev-db start --serve-compose` makes it) passes on the host, whose own connection
+/// would come through the bridge from another address. Each path is judged from where it starts.
+#[test]
+fn a_server_that_serves_the_compose_network_passes_and_its_login_rule_is_judged_for_the_containers() {
+    if !docker_bridge() {
+        return;
+    }
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal"), ("COMPOSE_SUBNET", "10.78.0.0/24")]);
+    cluster.stop();
+    cluster.write_conf(&format!("listen_addresses = '127.0.0.1,{BRIDGE}'"));
+    let hba = cluster.data().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(&hba, format!("{rules}host all all 10.78.0.0/24 scram-sha-256\n")).expect("write pg_hba.conf");
+    cluster.start();
+    let report = doctor(&project, &["--context", "host"], &[]);
+    report
+        .no_check_crashed()
+        .expect("postgres.connect", "ok", "", "")
+        .expect("postgres.listen_addresses", "ok", &format!("{BRIDGE}:{} (Docker's bridge address", cluster.port), "")
+        .expect("postgres.containers_hba", "ok", "10.78.0.0/24", "");
+    for (id, check) in &report.checks {
+        let path = ["location.", "network.", "postgres."].iter().any(|area| id.starts_with(area));
+        assert!(!(path && check.status == "fail"), "{id} fails on a working setup: {check:?}");
+    }
+
+    // Another subnet in pg_hba: the containers reach the server and are refused; the fix is
+    // the one line for theirs.
+    std::fs::write(&hba, format!("{rules}host all all 10.79.0.0/24 scram-sha-256\n")).expect("write pg_hba.conf");
+    cluster.reload();
+    doctor(&project, &["--context", "host"], &[]).expect(
+        "postgres.containers_hba",
+        "fail",
+        "no pg_hba.conf line lets the compose network (10.78.0.0/24, COMPOSE_SUBNET) log in",
+        "`host all all 10.78.0.0/24 scram-sha-256`",
+    );
+    // A reject line above it decides first, as on the server.
+    std::fs::write(&hba, format!("host all all 10.0.0.0/8 reject\n{rules}host all all 10.78.0.0/24 scram-sha-256\n"))
+        .expect("write pg_hba.conf");
+    cluster.reload();
+    doctor(&project, &["--context", "host"], &[]).expect(
+        "postgres.containers_hba",
+        "fail",
+        "line 1",
+        "above that line",
+    );
+}
+
+/// In a container that is not one of the compose file's services (a devcontainer), findings
+/// about `host.docker.internal` agree: the name fails to resolve here, and the advice is for
+/// this container, not for the compose services, which the compose check finds mapped.
+#[test]
+fn findings_about_host_docker_internal_in_a_container_agree() {
+    let resolves = std::process::Command::new("getent")
+        .args(["hosts", "host.docker.internal"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if resolves {
+        eprintln!("skipped: host.docker.internal resolves in this container");
+        return;
+    }
+    let (cluster, project) = healthy();
+    project.write_env(&cluster, &[("POSTGRES_SERVER", "host.docker.internal")]);
+    let every_service_maps_it = GOOD_COMPOSE.replace(
+        "    env_file: .env\n    depends_on",
+        "    env_file: .env\n    extra_hosts: [\"host.docker.internal:host-gateway\"]\n    depends_on",
+    );
+    project.write("docker-compose.yml", &every_service_maps_it);
+    let report = doctor(&project, &["--context", "container"], &[]);
+    report
+        .expect("location.host", "ok", "fits where this runs (in a container)", "")
+        .expect(
+            "location.resolve",
+            "fail",
+            "does not resolve in a container",
+            "--add-host=host.docker.internal:host-gateway",
+        )
+        .expect("compose.extra_hosts", "ok", "every service of the compose file", "");
+    // The pairs that could contradict: the compose services map it, so the advice for the name
+    // that fails here must not be to add the mapping to them.
+    let resolve = report.get("location.resolve");
+    assert!(!resolve.hint.starts_with("the compose service lacks"), "contradicts compose.extra_hosts: {resolve:?}");
+    let unmapped = report.checks.values().filter(|c| c.message.contains("does not map")).count();
+    assert_eq!(unmapped, 0, "a finding says a mapping is missing while compose.extra_hosts says it is there");
+}
+
+/// Docker's default bridge address, where `host.docker.internal` leads containers.
+const BRIDGE: &str = "172.17.0.1";
+
+/// The tests of the containers' path need Docker's default bridge on this machine.
+fn docker_bridge() -> bool {
+    let present = std::process::Command::new("ip")
+        .args(["-4", "addr", "show", "docker0"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {BRIDGE}/")));
+    if !present {
+        eprintln!("skipped: no Docker bridge at {BRIDGE} on this machine");
+    }
+    present
 }
 
 #[test]
@@ -285,7 +414,7 @@ fn migrations_on_disk() {
     );
     report.expect("migrations.line_endings", "warn", "CRLF line endings in 20261125090000_create_users.sql", "eol=lf");
     report.expect("migrations.line_endings", "warn", "a byte-order mark in 20261125090000_create_users.sql", "");
-    report.expect("migrations.reversible_pairs", "fail", "20261201000000_pair.down.sql", "add the missing files");
+    report.expect("migrations.reversible_pairs", "warn", "20261201000000_pair.down.sql missing", "beside");
     report.expect("migrations.files", "warn", "20261201000001.sql", "rename");
     report.expect("migrations.changed", "fail", "20261125090000_create_users.sql", "new migration");
     report.expect(
@@ -298,6 +427,36 @@ fn migrations_on_disk() {
     project.write("migrations/20261201000002_dup.sql", "SELECT 1;\n");
     project.write("migrations/20261201000002_again.sql", "SELECT 2;\n");
     doctor(&project, &[], &[]).expect("migrations.files", "fail", "two migrations share version 20261201000002", "");
+}
+
+/// One rule for reversible migrations: a down file beside an applied plain `X.sql` is how a
+/// down file is added to it (the applied file untouched); doctor, revert and new-migration agree.
+#[test]
+fn a_down_file_beside_an_applied_plain_migration() {
+    let (cluster, project) = healthy();
+    project.write("migrations/20261201000000_notes.sql", "CREATE TABLE notes (id int);\n");
+    project.run(&["prestart"], &[]).output().assert_code(0);
+    project.write("migrations/20261201000000_notes.down.sql", "DROP TABLE notes;\n");
+    doctor(&project, &[], &[]).expect("migrations.reversible_pairs", "ok", "1 migration has its down file", "").expect(
+        "migrations.changed",
+        "ok",
+        "",
+        "",
+    );
+    project.run(&["migrate", "revert"], &[]).output().assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('notes') IS NULL"), "t");
+    // The next migration comes as a pair, as the folder now has a down file.
+    project.run(&["new-migration", "more"], &[]).output().assert_code(0);
+    let names: Vec<String> = std::fs::read_dir(project.path().join("migrations"))
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("_more.up.sql")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with("_more.down.sql")), "{names:?}");
+    // A down file whose migration is gone is named, not silently ignored.
+    project.write("migrations/20261201000009_gone.down.sql", "SELECT 1;\n");
+    doctor(&project, &[], &[]).expect("migrations.reversible_pairs", "warn", "no migration of their version", "");
 }
 
 #[test]

@@ -395,7 +395,7 @@ pub fn run(doctor: &mut Doctor, inputs: &Inputs, model: &Result<Option<Model>, S
             .map(|(name, _)| name.as_str())
             .collect();
         Ok(if missing.is_empty() {
-            Outcome::ok(format!("every service that uses {DOCKER_HOST_NAME} maps it"))
+            Outcome::ok(format!("every service of the compose file that uses {DOCKER_HOST_NAME} maps it (extra_hosts)"))
         } else {
             Outcome::fail(
                 format!(

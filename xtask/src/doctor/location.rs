@@ -14,12 +14,24 @@ const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the PostgreSQL checks connect to, and whether the network let us through.
 pub struct Target {
-    /// The settings to connect with; on a host, `host.docker.internal` becomes the address the
-    /// containers reach it by (Docker's bridge gateway), so we see what they will see.
+    /// The settings to connect with, as host commands do: on a host, `host.docker.internal`
+    /// means this machine, reached through loopback.
     pub database: Option<DatabaseSettings>,
     pub reachable: bool,
-    /// The containers reach this server through `host.docker.internal`.
-    pub containers_use_docker_host: bool,
+    /// The path the compose containers take to this server, judged from the host.
+    pub containers: ContainersPath,
+}
+
+/// How the compose containers reach a server on this host: through `host.docker.internal`,
+/// which is Docker's bridge address to them. Their packets arrive there from the compose
+/// network, so the server must listen on that address and let that network in.
+pub enum ContainersPath {
+    /// Not judged here: not on a host, or no container reaches this server that way.
+    NotJudged,
+    /// No Docker engine answers, so the bridge address is unknown.
+    NoDocker,
+    /// A TCP connect from here to the bridge address: what the containers' first packet meets.
+    Probed { address: String, port: u16, accepted: bool, what: String },
 }
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) -> Target {
@@ -30,26 +42,41 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
         {
             doctor.check(area, id, || Ok(Outcome::skipped("the database settings are incomplete")));
         }
-        return Target { database: None, reachable: false, containers_use_docker_host: false };
+        return Target { database: None, reachable: false, containers: ContainersPath::NotJudged };
     };
     let db = &settings.database;
     let host = db.host().to_owned();
     let var = db.host_variable();
     let compose_feeds_env = compose.is_some_and(|m| m.feeds_env_file("prestart", &inputs.env_file));
     let container_host = compose.and_then(|m| m.services.get("prestart")).and_then(|s| s.database_host());
-    let containers_use_docker_host = host.eq_ignore_ascii_case(DOCKER_HOST_NAME)
-        || container_host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(DOCKER_HOST_NAME));
-    let on_linux_host = context == RuntimeContext::Host && cfg!(target_os = "linux");
-    // On a Linux host, reach `host.docker.internal` the way containers do, through the bridge.
-    let database = if on_linux_host && host.eq_ignore_ascii_case(DOCKER_HOST_NAME) {
-        crate::docker_host::bridge_gateway().map(|gateway| db.with_host(&gateway))
-    } else {
-        Some(db.clone())
-    };
+    let names_docker_host = host.eq_ignore_ascii_case(DOCKER_HOST_NAME);
+    let containers_use_docker_host =
+        names_docker_host || container_host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(DOCKER_HOST_NAME));
+    // Each path judged from where it starts: host commands take `host.docker.internal` as this
+    // machine (loopback), the containers meet Docker's bridge address.
+    let host_view = if context == RuntimeContext::Host { crate::context::host_view(db) } else { None };
+    let database = host_view.clone().unwrap_or_else(|| db.clone());
     // Resolve and connect first: whether something answers decides how a host name is judged.
-    let probe = match &database {
-        Some(database) if !database.host().starts_with('/') => Probe::run(database).await,
-        _ => Probe::NotTried,
+    let probe = if database.host().starts_with('/') {
+        Probe::NotTried
+    } else {
+        Probe::run(database.host(), database.port()).await
+    };
+    let containers = if context == RuntimeContext::Host && containers_use_docker_host {
+        match crate::docker_host::bridge_gateway() {
+            None => ContainersPath::NoDocker,
+            Some(gateway) => match Probe::run(&gateway, db.port()).await {
+                Probe::Resolved { connected: Ok(_), .. } => {
+                    ContainersPath::Probed { address: gateway, port: db.port(), accepted: true, what: String::new() }
+                }
+                Probe::Resolved { connected: Err((_, _, what)), .. } => {
+                    ContainersPath::Probed { address: gateway, port: db.port(), accepted: false, what }
+                }
+                _ => ContainersPath::NoDocker,
+            },
+        }
+    } else {
+        ContainersPath::NotJudged
     };
 
     doctor.check(Area::Location, "location.host", || {
@@ -68,26 +95,29 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
                 ),
                 "without a sidecar, set it to the database Service's DNS name",
             ),
-            RuntimeContext::Container
-                if host.eq_ignore_ascii_case(DOCKER_HOST_NAME) && !etc_hosts_maps(DOCKER_HOST_NAME) =>
-            {
-                Outcome::fail(
-                    format!("{var}={DOCKER_HOST_NAME}, but this container does not map that name"),
-                    format!(
-                        "add extra_hosts: [\"{DOCKER_HOST_NAME}:host-gateway\"] to the service in docker-compose.yml"
-                    ),
-                )
+            RuntimeContext::Host if host_view.is_some() => {
+                let bridge = match &containers {
+                    ContainersPath::Probed { address, .. } => format!(" ({address})"),
+                    _ => String::new(),
+                };
+                Outcome::ok(format!(
+                    "{var}={DOCKER_HOST_NAME} is the compose containers' name for this machine: commands on this host \
+                     connect through 127.0.0.1, the containers through Docker's bridge address{bridge}"
+                ))
             }
-            RuntimeContext::Host if on_linux_host && host.eq_ignore_ascii_case(DOCKER_HOST_NAME) => {
-                let message =
-                    format!("{var}={DOCKER_HOST_NAME} does not resolve on a Linux host; it is a name for containers");
+            RuntimeContext::Host if names_docker_host => {
+                // verify-full keeps the name, which the certificate must carry.
+                let message = format!(
+                    "{var}={DOCKER_HOST_NAME} with POSTGRES_SSLMODE=verify-full: the name is kept for the certificate, \
+                     and it resolves only in containers (and on Docker Desktop)"
+                );
                 if compose_feeds_env {
                     Outcome::warn(
                         format!("{message} (docker-compose.yml feeds this .env to them)"),
-                        format!("for commands on this host, override it: {var}=localhost cargo xtask prestart"),
+                        format!("for commands on this host, override it with the certificate's name: {var}=... cargo xtask prestart"),
                     )
                 } else {
-                    Outcome::fail(message, format!("on this host use {var}=localhost"))
+                    Outcome::fail(message, format!("on this host set {var} to the name the server's certificate carries"))
                 }
             }
             _ => Outcome::ok(format!("{var}={host} fits where this runs ({})", context_name(context))),
@@ -106,7 +136,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
                 format!("the compose prestart container will get POSTGRES_SERVER={container_host}, which is the container itself"),
                 format!(
                     "in the .env compose reads, use `{DOCKER_HOST_NAME}` (a database on this host) or `db` (the compose \
-                     db service); on the host, override it: POSTGRES_SERVER=localhost cargo xtask prestart"
+                     db service); on the host, host commands take `{DOCKER_HOST_NAME}` as this machine"
                 ),
             )
         } else {
@@ -114,31 +144,17 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
         })
     });
 
-    let Some(database) = database else {
-        doctor.check(Area::Location, "location.resolve", || {
-            Ok(Outcome::fail(
-                format!(
-                    "cannot find the address of {DOCKER_HOST_NAME} on this host: no Docker engine answers \
-                     (docker network inspect bridge), so Docker's bridge address is unknown"
-                ),
-                "start Docker (and check that this user may use it: docker info), or use POSTGRES_SERVER=localhost on this host",
-            ))
-        });
-        doctor.check(Area::Network, "network.tcp", || Ok(Outcome::skipped("the host name does not resolve")));
-        return Target { database: None, reachable: false, containers_use_docker_host };
-    };
-
     if database.host().starts_with('/') {
         doctor.check(Area::Location, "location.resolve", || Ok(Outcome::skipped("a Unix socket needs no name")));
         doctor.check(Area::Network, "network.tcp", || Ok(Outcome::skipped("a Unix socket, not TCP")));
-        return Target { database: Some(database), reachable: true, containers_use_docker_host };
+        return Target { database: Some(database), reachable: true, containers };
     }
 
     doctor.check(Area::Location, "location.resolve", || {
         Ok(match &probe {
             Probe::NotTried => Outcome::skipped("not tried"),
             Probe::Unresolved => Outcome::fail(
-                format!("{} does not resolve", database.host()),
+                format!("{} does not resolve {}", database.host(), context_name(context)),
                 first_cause(RetryKind::NameNotResolved, &database, context),
             ),
             Probe::Resolved { addresses, .. } => {
@@ -159,7 +175,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, compose: Option<&Model>) 
         })
     });
     let reachable = probe.accepted();
-    Target { database: Some(database), reachable, containers_use_docker_host }
+    Target { database: Some(database), reachable, containers }
 }
 
 /// Name resolution and a TCP connect, done once before anything is judged.
@@ -170,15 +186,14 @@ enum Probe {
 }
 
 impl Probe {
-    async fn run(database: &DatabaseSettings) -> Probe {
-        let lookup =
-            tokio::time::timeout(NETWORK_TIMEOUT, tokio::net::lookup_host((database.host(), database.port()))).await;
+    async fn run(host: &str, port: u16) -> Probe {
+        let lookup = tokio::time::timeout(NETWORK_TIMEOUT, tokio::net::lookup_host((host, port))).await;
         let addresses: Vec<SocketAddr> = match lookup {
             Ok(Ok(found)) => found.collect(),
             _ => return Probe::Unresolved,
         };
         let mut connected =
-            Err((SocketAddr::from(([0, 0, 0, 0], database.port())), RetryKind::Unreachable, "had no address".into()));
+            Err((SocketAddr::from(([0, 0, 0, 0], port)), RetryKind::Unreachable, "had no address".into()));
         for address in &addresses {
             connected = match tokio::time::timeout(NETWORK_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
                 Ok(Ok(_)) => Ok(*address),
@@ -214,13 +229,4 @@ fn context_name(context: RuntimeContext) -> &'static str {
         RuntimeContext::Container => "in a container",
         RuntimeContext::Kubernetes => "in a Kubernetes pod",
     }
-}
-
-/// `/etc/hosts` has an entry for `name` (what compose's extra_hosts writes).
-fn etc_hosts_maps(name: &str) -> bool {
-    std::fs::read_to_string("/etc/hosts")
-        .unwrap_or_default()
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .any(|line| line.split_whitespace().skip(1).any(|h| h.eq_ignore_ascii_case(name)))
 }

@@ -1,7 +1,5 @@
 //! Migrations: the files, and the files against the database.
 
-use std::collections::BTreeMap;
-
 use backend::migrations::{MigrationSet, State, Status};
 use sqlx::postgres::PgConnection;
 
@@ -74,32 +72,32 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
     });
 
     doctor.check(Area::Migrations, "migrations.reversible_pairs", || {
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Outcome::skipped("no migrations folder")) };
-        let mut halves: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".up.sql") {
-                halves.entry(stem.to_owned()).or_default().0 = true;
-            } else if let Some(stem) = name.strip_suffix(".down.sql") {
-                halves.entry(stem.to_owned()).or_default().1 = true;
-            }
+        let Ok((set, _, _)) = &loaded else { return Ok(Outcome::skipped("the migrations cannot be read")) };
+        let pairing = set.pairing();
+        let mut found = Vec::new();
+        if !pairing.ups_without_down.is_empty() {
+            found.push(format!(
+                "`.up.sql` files without their down file, where revert stops: {} missing",
+                pairing.ups_without_down.join(", ")
+            ));
         }
-        let incomplete: Vec<String> = halves
-            .iter()
-            .filter(|(_, (up, down))| up != down)
-            .map(|(stem, (up, _))| format!("{stem}.{}.sql", if *up { "down" } else { "up" }))
-            .collect();
-        Ok(if halves.is_empty() {
-            Outcome::ok("no reversible migrations")
-        } else if incomplete.is_empty() {
-            Outcome::ok(match halves.len() {
-                1 => "1 reversible pair, complete".to_owned(),
-                n => format!("{n} reversible pairs, all complete"),
+        if !pairing.orphan_downs.is_empty() {
+            found.push(format!(
+                "down files with no migration of their version, which nothing runs: {}",
+                pairing.orphan_downs.join(", ")
+            ));
+        }
+        Ok(if found.is_empty() {
+            Outcome::ok(match set.downs.len() {
+                0 => "no reversible migrations".to_owned(),
+                1 => "1 migration has its down file".to_owned(),
+                n => format!("{n} migrations have their down files"),
             })
         } else {
-            Outcome::fail(
-                format!("missing halves of reversible migrations: {}", incomplete.join(", ")),
-                "add the missing files",
+            Outcome::warn(
+                found.join("; "),
+                "a down file is `<version>_<name>.down.sql` beside its migration, named `.up.sql` or `.sql`: add it \
+                 beside an applied migration without renaming or editing that file",
             )
         })
     });

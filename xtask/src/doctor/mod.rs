@@ -7,6 +7,7 @@
 
 mod compose;
 mod env;
+mod hba;
 mod location;
 mod migrations;
 mod postgres;

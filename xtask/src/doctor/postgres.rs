@@ -5,9 +5,9 @@ use std::time::Duration;
 use backend::db::{Failure, connect_once};
 use sqlx::postgres::{PgConnection, PgSslMode};
 
-use super::location::Target;
+use super::location::{ContainersPath, Target};
 use super::{Area, Doctor, Inputs, Outcome};
-use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
+use crate::diagnose::{is_loopback, likely_causes};
 use backend::db::bounded;
 use backend::pooler::{Pooling, detect_pooling, in_own_transaction};
 
@@ -25,10 +25,11 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         "postgres.migration_connect",
         "postgres.app_privileges",
         "postgres.version",
-        "postgres.listen_addresses",
+        "postgres.containers_hba",
         "postgres.create_privilege",
         "postgres.tls",
     ];
+    containers_listen(doctor, inputs, target);
     let skip_all = |doctor: &mut Doctor, reason: &str| {
         for id in ids {
             doctor.check(Area::Postgres, id, || Ok(Outcome::skipped(reason)));
@@ -196,21 +197,41 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         .await;
 
     doctor
-        .check_async(Area::Postgres, "postgres.listen_addresses", async {
-            if !(target.containers_use_docker_host && inputs.context == RuntimeContext::Host) {
+        .check_async(Area::Postgres, "postgres.containers_hba", async {
+            let ContainersPath::Probed { accepted: true, .. } = &target.containers else {
                 return Ok(Outcome::skipped("no container reaches this server through host.docker.internal"));
-            }
-            let listen: String = sqlx::query_scalar("SHOW listen_addresses").fetch_one(&mut conn).await?;
-            let loopback_only = listen.split(',').map(str::trim).all(is_loopback);
-            let compose_subnet = crate::docker_host::compose_subnet(&inputs.env)
-                .unwrap_or_else(|_| crate::docker_host::DEFAULT_COMPOSE_SUBNET.into());
-            Ok(if loopback_only {
-                Outcome::fail(
-                    format!("listen_addresses = '{listen}': containers reaching this server through host.docker.internal are refused"),
-                    crate::docker_host::advice(&compose_subnet),
-                )
-            } else {
-                Outcome::ok(format!("listen_addresses = '{listen}' lets containers in"))
+            };
+            let subnet = compose_subnet(inputs);
+            Ok(match super::hba::containers_login(&mut conn, &subnet, database.user(), database.database(), database.ssl_mode()).await? {
+                super::hba::Verdict::Unreadable => Outcome::skipped(
+                    "reading pg_hba.conf's rules (pg_hba_file_rules) takes a superuser, so whether the compose network \
+                     may log in is not checked from here: `docker compose run --rm prestart` shows it",
+                ),
+                super::hba::Verdict::LetIn(rule) => Outcome::ok(format!(
+                    "pg_hba.conf {rule} lets the compose network ({subnet}, COMPOSE_SUBNET) log in as {} to {}",
+                    database.user(),
+                    database.database()
+                )),
+                super::hba::Verdict::Rejected(rule) => Outcome::fail(
+                    format!("pg_hba.conf {rule} rejects the compose network ({subnet}, COMPOSE_SUBNET)"),
+                    format!(
+                        "put `{}` above that line and reload (SELECT pg_reload_conf())",
+                        crate::docker_host::hba_rule(&subnet)
+                    ),
+                ),
+                super::hba::Verdict::NoRule => Outcome::fail(
+                    format!(
+                        "no pg_hba.conf line lets the compose network ({subnet}, COMPOSE_SUBNET) log in as {} to {}: \
+                         the containers reach the server and are refused",
+                        database.user(),
+                        database.database()
+                    ),
+                    format!(
+                        "for this workspace's cluster: cargo xtask dev-db start --serve-compose; for another server: add \
+                         `{}` to pg_hba.conf and reload (SELECT pg_reload_conf())",
+                        crate::docker_host::hba_rule(&subnet)
+                    ),
+                ),
             })
         })
         .await;
@@ -294,6 +315,53 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
         })
         .await;
     Some(conn)
+}
+
+/// Whether the compose containers meet a listener at Docker's bridge address, where
+/// `host.docker.internal` leads them: a TCP connect from the host, made before anything else.
+fn containers_listen(doctor: &mut Doctor, inputs: &Inputs, target: &Target) {
+    doctor.check(Area::Postgres, "postgres.listen_addresses", || {
+        Ok(match &target.containers {
+            ContainersPath::NotJudged => {
+                Outcome::skipped("no container reaches this server through host.docker.internal")
+            }
+            ContainersPath::NoDocker => Outcome::warn(
+                "no Docker engine answers, so Docker's bridge address, where the containers arrive through \
+                 host.docker.internal, is unknown: their path is not checked",
+                "start Docker (and check that this user may use it: docker info), then run doctor again",
+            ),
+            ContainersPath::Probed { address, port, accepted: true, .. } => Outcome::ok(format!(
+                "{address}:{port} (Docker's bridge address, where the containers arrive through host.docker.internal) \
+                 accepts connections"
+            )),
+            ContainersPath::Probed { address, port, accepted: false, what } => {
+                let here = target.database.as_ref().filter(|db| {
+                    target.reachable && is_loopback(db.host()) && !db.host().starts_with('/') && db.port() == *port
+                });
+                let found = here.map_or_else(String::new, |db| {
+                    format!("the server runs on this machine ({}:{} answers), but ", db.host(), db.port())
+                });
+                let met = if what.starts_with("refused") {
+                    format!("nothing listens on {address}:{port}")
+                } else {
+                    format!("the connection to {address}:{port} {what}")
+                };
+                Outcome::fail(
+                    format!(
+                        "{found}{met}, Docker's bridge address, where the containers arrive through \
+                         host.docker.internal: the server's listen_addresses leaves that address out"
+                    ),
+                    crate::docker_host::advice(&compose_subnet(inputs)),
+                )
+            }
+        })
+    });
+}
+
+/// The compose network's subnet, as `.env` sets it (or the default).
+fn compose_subnet(inputs: &Inputs) -> String {
+    crate::docker_host::compose_subnet(&inputs.env)
+        .unwrap_or_else(|_| crate::docker_host::DEFAULT_COMPOSE_SUBNET.into())
 }
 
 /// What the app's role (this connection's) lacks on what the migrations created in `schema`:

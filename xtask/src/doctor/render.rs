@@ -17,7 +17,17 @@ pub fn human(doctor: &Doctor, color: bool) -> String {
     let paint = |code: &str, text: &str| if color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() };
     let mut out = String::new();
     let mut area: Option<Area> = None;
-    for finding in doctor.findings() {
+    let findings = doctor.findings();
+    let mut index = 0;
+    while index < findings.len() {
+        let finding = &findings[index];
+        // One cause that holds back several checks of an area is said once, with what it holds.
+        let held: Vec<&str> = findings[index..]
+            .iter()
+            .take_while(|f| f.status == Status::Skipped && f.area == finding.area && f.message == finding.message)
+            .map(|f| f.id)
+            .collect();
+        index += held.len().max(1);
         if area != Some(finding.area) {
             area = Some(finding.area);
             let _ = writeln!(out, "{}", paint("1", finding.area.title()));
@@ -28,7 +38,9 @@ pub fn human(doctor: &Doctor, color: bool) -> String {
             Status::Fail => paint("31", "✗"),
             Status::Skipped => paint("2", "-"),
         };
-        let message = if finding.status == Status::Skipped {
+        let message = if held.len() > 1 {
+            paint("2", &format!("skipped: {} ({} checks: {})", finding.message, held.len(), held.join(", ")))
+        } else if finding.status == Status::Skipped {
             paint("2", &format!("skipped: {}", finding.message))
         } else {
             finding.message.clone()

@@ -86,12 +86,7 @@ pub fn to_revert<'s>(plan: &'s Plan<'_>, applied: &[AppliedRow]) -> anyhow::Resu
             Some(down) => downs.push(down),
             None => {
                 let why = match plan.set.files.iter().find(|f| f.migration.version == row.version) {
-                    Some(file) => format!(
-                        "{} has no down file ({}_{}.down.sql beside it)",
-                        file.name(),
-                        row.version,
-                        file.migration.description.replace(' ', "_")
-                    ),
+                    Some(file) => format!("{} has no down file ({} beside it)", file.name(), file.down_file_name()),
                     None => format!(
                         "{} ({}) is applied, but this code does not have it (a newer release applied it)",
                         row.version, row.description
@@ -100,8 +95,9 @@ pub fn to_revert<'s>(plan: &'s Plan<'_>, applied: &[AppliedRow]) -> anyhow::Resu
                 return Err(fail(
                     Failure::Migration,
                     anyhow!(
-                        "{why}, so nothing was reverted\n  fix: write the down file (`cargo xtask new-migration \
-                         --reversible` makes pairs), or revert with the code that has it"
+                        "{why}, so nothing was reverted\n  fix: write that down file beside the migration (leave the \
+                         applied file as it is: its checksum covers only its own SQL), or revert with the code that \
+                         has it"
                     ),
                 ));
             }

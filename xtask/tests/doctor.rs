@@ -459,6 +459,37 @@ fn a_down_file_beside_an_applied_plain_migration() {
     doctor(&project, &[], &[]).expect("migrations.reversible_pairs", "warn", "no migration of their version", "");
 }
 
+/// doctor knows, not guesses, whether the pending migrations run: it applies them to a throwaway
+/// copy of the schema on this machine, never to the server it diagnoses.
+#[test]
+fn pending_migrations_are_tried_on_a_throwaway_copy() {
+    let (cluster, project) = healthy();
+    project.write("migrations/20261201000000_notes.sql", "CREATE TABLE notes (id int);\n");
+    doctor(&project, &[], &[]).expect("migrations.rehearsal", "ok", "the 1 pending migration run, in order", "");
+    project.write("migrations/20261201000001_broken.sql", "SELECT 1;\nCREATE TABL things (id int);\n");
+    doctor(&project, &[], &[]).expect(
+        "migrations.rehearsal",
+        "fail",
+        "20261201000001_broken.sql:2: syntax error at or near \"TABL\" (SQLSTATE 42601)",
+        "fix that file",
+    );
+    // Nothing of it reached the server diagnosed.
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('notes') IS NULL"), "t");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "3");
+}
+
+/// One cause that holds back many checks is said once in the report, with the checks it holds.
+#[test]
+fn one_network_failure_is_said_once() {
+    let cluster = Cluster::started();
+    let project = Project::new(XTASK);
+    project.write_env(&cluster, &[]);
+    cluster.stop();
+    let outcome = project.run(&["doctor"], &[]).output();
+    assert_eq!(outcome.stdout.matches("the server cannot be reached").count(), 1, "{}", outcome.stdout);
+    assert!(outcome.stdout.contains("postgres.connect, postgres.writable"), "{}", outcome.stdout);
+}
+
 #[test]
 fn migrations_against_the_database() {
     let (cluster, project) = healthy();

@@ -315,3 +315,27 @@ fn a_misspelt_variable_is_named_with_the_file_in_use() {
         .assert_stderr_contains("POSTGRES_SERVER is not set (POSTGRES_SERVR is set: did you mean POSTGRES_SERVER?)")
         .assert_stderr_contains(&format!("set it in {file}"));
 }
+
+/// A runtime error has no position; the server names the table and column, and with them the
+/// one statement of the file that touches both.
+#[test]
+fn an_error_without_a_position_names_its_statement() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    migrations.write(
+        "20261201000000_people.sql",
+        "CREATE TABLE people (nickname text);\nINSERT INTO people VALUES (NULL);\n",
+    );
+    prestart(&cluster, &migrations, &[]).output().assert_code(0);
+    migrations.write(
+        "20261201000001_nickname_required.sql",
+        "ALTER TABLE people ADD COLUMN age int;\n\nALTER TABLE people\n  ALTER COLUMN nickname SET NOT NULL;\n",
+    );
+    prestart(&cluster, &migrations, &[])
+        .output()
+        .assert_code(6)
+        .assert_stderr_contains(
+            "20261201000001_nickname_required.sql:3: column \"nickname\" of relation \"people\" contains null values",
+        )
+        .assert_stderr_contains("in the statement on column nickname of table people");
+}

@@ -8,6 +8,7 @@ use crate::context::display_path;
 use crate::lint::command::lint_set;
 use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
+use crate::schema::drift::Rehearsal;
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
     let loaded = inputs.source.load(&inputs.root);
@@ -132,6 +133,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         "migrations.lock",
         "migrations.environment",
         "migrations.drift",
+        "migrations.rehearsal",
     ];
     let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
         for id in ids {
@@ -248,18 +250,33 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         })
         .await;
 
+    // What the drift check could not tell, for the rehearsal that shares its throwaway cluster.
+    let mut rehearsal: Result<(Rehearsal, String), String> = Err("the drift check did not get that far".into());
     doctor
         .check_async(Area::Migrations, "migrations.drift", async {
-            // Bounded like every check; the throwaway database is dropped however this ends.
+            // Bounded like every check; the throwaway cluster is removed however this ends.
             // Built in a throwaway cluster on this machine: the server diagnosed is only read.
-            let look = crate::schema::find_drift(&mut conn, set, settings, crate::schema::Build::LocalCluster);
+            let look = crate::schema::find_drift(&mut conn, set, settings, crate::schema::Build::LocalCluster, true);
             let Ok(found) = tokio::time::timeout(DRIFT_CHECK_BOUND, look).await else {
+                rehearsal = Err(format!(
+                    "the throwaway copy of the schema took more than {} s to build",
+                    DRIFT_CHECK_BOUND.as_secs()
+                ));
                 return Ok(Outcome::skipped(format!(
                     "the drift check took more than {} s: run `cargo xtask schema drift` to wait for it",
                     DRIFT_CHECK_BOUND.as_secs()
                 )));
             };
-            Ok(match found? {
+            let mut found = found?;
+            rehearsal = match &mut found {
+                Ok(drift) => drift
+                    .rehearsal
+                    .take()
+                    .map(|r| (r, drift.built_in.clone()))
+                    .ok_or_else(|| "the drift check did not try them".to_owned()),
+                Err(cannot) => Err(cannot.clone()),
+            };
+            Ok(match found {
                 Err(cannot) => Outcome::skipped(cannot),
                 Ok(drift) if drift.differences.is_empty() => Outcome::ok(format!(
                     "no drift: the schema is what the applied migrations produce (built in {})",
@@ -276,6 +293,40 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
             })
         })
         .await;
+
+    doctor.check(Area::Migrations, "migrations.rehearsal", || {
+        if status.with_state(State::Pending).next().is_none() {
+            return Ok(Outcome::ok("no pending migration to try"));
+        }
+        Ok(match &rehearsal {
+            Err(cannot) => Outcome::skipped(format!("the pending migrations were not tried: {cannot}")),
+            Ok((Rehearsal::Ran(count), built_in)) => Outcome::ok(format!(
+                "the {count} pending {} run, in order, on a throwaway copy of the schema ({built_in})",
+                if *count == 1 { "migration" } else { "migrations" }
+            )),
+            Ok((Rehearsal::Failed { message, needs_this_machine: true }, built_in)) => Outcome::warn(
+                format!(
+                    "a pending migration fails on the throwaway copy of the schema ({built_in}) for want of what this \
+                     machine's PostgreSQL lacks, which the server may have: {}",
+                    one_line(message)
+                ),
+                "install it on this machine (the extension's package, say) for doctor to try the rest",
+            ),
+            Ok((Rehearsal::Failed { message, .. }, built_in)) => Outcome::fail(
+                format!(
+                    "a pending migration fails on a throwaway copy of the schema ({built_in}), so prestart would stop \
+                     there: {}",
+                    one_line(message)
+                ),
+                "fix that file (pending here; where another database applied it already, fix it in a new migration)",
+            ),
+        })
+    });
+}
+
+/// A multi-line report (detail, hint) on the report's one line.
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).collect::<Vec<_>>().join("; ")
 }
 
 /// How long doctor waits for the drift check (a throwaway database and the migrations in it).

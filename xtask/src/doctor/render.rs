@@ -21,13 +21,16 @@ pub fn human(doctor: &Doctor, color: bool) -> String {
     let mut index = 0;
     while index < findings.len() {
         let finding = &findings[index];
-        // One cause that holds back several checks of an area is said once, with what it holds.
+        // One cause that decides several checks of an area is said once, with the checks it holds.
         let held: Vec<&str> = findings[index..]
             .iter()
-            .take_while(|f| f.status == Status::Skipped && f.area == finding.area && f.message == finding.message)
+            .take_while(|f| {
+                (f.area, f.status, &f.message, &f.hint)
+                    == (finding.area, finding.status, &finding.message, &finding.hint)
+            })
             .map(|f| f.id)
             .collect();
-        index += held.len().max(1);
+        index += held.len();
         if area != Some(finding.area) {
             area = Some(finding.area);
             let _ = writeln!(out, "{}", paint("1", finding.area.title()));
@@ -38,13 +41,12 @@ pub fn human(doctor: &Doctor, color: bool) -> String {
             Status::Fail => paint("31", "✗"),
             Status::Skipped => paint("2", "-"),
         };
-        let message = if held.len() > 1 {
-            paint("2", &format!("skipped: {} ({} checks: {})", finding.message, held.len(), held.join(", ")))
-        } else if finding.status == Status::Skipped {
-            paint("2", &format!("skipped: {}", finding.message))
-        } else {
-            finding.message.clone()
+        let message = match held.as_slice() {
+            [_, _, ..] => format!("{} ({} checks: {})", finding.message, held.len(), held.join(", ")),
+            _ => finding.message.clone(),
         };
+        let message =
+            if finding.status == Status::Skipped { paint("2", &format!("skipped: {message}")) } else { message };
         let _ = writeln!(out, "  {mark} {message}");
         if let Some(hint) = &finding.hint {
             let _ = writeln!(out, "      {} {hint}", paint("2", "fix:"));

@@ -85,29 +85,11 @@ pub fn explain_failure(
         ),
     };
     let mut explained = MigrationFailed { message: String::new(), explains_the_schema: left != Left::Nothing };
-    let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = &error else {
+    let Some(pg) = postgres_error(&error) else {
         explained.message = format!("{name}: {error}{partial}");
         return explained;
     };
-    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
-        explained.message = format!("{name}: {db}{partial}");
-        return explained;
-    };
-    let sql = file.migration.sql.as_str();
-    let line = match pg.position() {
-        Some(PgErrorPosition::Original(position)) if position > offset => Some(line_of(sql, position - offset)),
-        _ => None,
-    };
-    let mut message = match line {
-        Some(line) => format!("{name}:{line}: {} (SQLSTATE {})", pg.message(), pg.code()),
-        None => format!("{name}: {} (SQLSTATE {})", pg.message(), pg.code()),
-    };
-    if let Some(detail) = pg.detail() {
-        message.push_str(&format!("\n  detail: {detail}"));
-    }
-    if let Some(hint) = pg.hint() {
-        message.push_str(&format!("\n  hint: {hint}"));
-    }
+    let mut message = describe_postgres_error(pg, file, offset);
     if pg.code() == "55P03" {
         explained.explains_the_schema = true;
         message.push_str(&format!(
@@ -120,6 +102,80 @@ pub fn explain_failure(
     message.push_str(&partial);
     explained.message = message;
     explained
+}
+
+/// The server's error inside a failed migration, when that is what failed.
+fn postgres_error(error: &MigrateError) -> Option<&PgDatabaseError> {
+    let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = error else { return None };
+    db.try_downcast_ref::<PgDatabaseError>()
+}
+
+/// The SQLSTATE of a failed migration's server error.
+pub fn sqlstate_of(error: &MigrateError) -> Option<String> {
+    postgres_error(error).map(|pg| pg.code().to_owned())
+}
+
+/// A failed migration in one message: the file and line, the server's message and SQLSTATE, its
+/// detail and hint (what doctor's rehearsal and a failed run both say).
+pub fn describe_failure(error: &MigrateError, file: &MigrationFile) -> String {
+    match postgres_error(error) {
+        Some(pg) => describe_postgres_error(pg, file, 0),
+        None => format!("{}: {error}", file.path.as_deref().map_or_else(|| file.name(), display_path)),
+    }
+}
+
+/// `file:line: message (SQLSTATE ...)`. An error raised while a statement runs (a NOT NULL
+/// that rows break, say) has no position: the line is then the one statement that names the
+/// error's table and column or constraint, when exactly one does.
+fn describe_postgres_error(pg: &PgDatabaseError, file: &MigrationFile, offset: usize) -> String {
+    let name = file.path.as_deref().map_or_else(|| file.name(), display_path);
+    let sql = file.migration.sql.as_str();
+    let line = match pg.position() {
+        Some(PgErrorPosition::Original(position)) if position > offset => Some(line_of(sql, position - offset)),
+        _ => line_naming(sql, pg.table(), pg.column().or(pg.constraint())),
+    };
+    let mut message = match line {
+        Some(line) => format!("{name}:{line}: {} (SQLSTATE {})", pg.message(), pg.code()),
+        None => format!("{name}: {} (SQLSTATE {})", pg.message(), pg.code()),
+    };
+    let object = match (pg.schema(), pg.table(), pg.column(), pg.constraint()) {
+        (_, Some(table), Some(column), _) => Some(format!("column {column} of table {table}")),
+        (_, Some(table), None, Some(constraint)) => Some(format!("constraint {constraint} on table {table}")),
+        (_, Some(table), None, None) => Some(format!("table {table}")),
+        _ => None,
+    };
+    if let (None, Some(object)) = (pg.position(), object) {
+        message.push_str(&format!("\n  in the statement on {object}"));
+    }
+    if let Some(detail) = pg.detail() {
+        message.push_str(&format!("\n  detail: {detail}"));
+    }
+    if let Some(hint) = pg.hint() {
+        message.push_str(&format!("\n  hint: {hint}"));
+    }
+    message
+}
+
+/// The 1-based line where the only statement naming both `table` and `object` starts.
+fn line_naming(sql: &str, table: Option<&str>, object: Option<&str>) -> Option<usize> {
+    let (table, object) = (table?.to_ascii_lowercase(), object?.to_ascii_lowercase());
+    let names = |text: &str, word: &str| {
+        text.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|token| token.eq_ignore_ascii_case(word))
+    };
+    let mut starts = Vec::new();
+    let mut line = 1;
+    for statement in sql.split_inclusive(';') {
+        let leading = statement.len() - statement.trim_start().len();
+        let first_line = line + statement[..leading].matches('\n').count();
+        if names(statement, &table) && names(statement, &object) {
+            starts.push(first_line);
+        }
+        line += statement.matches('\n').count();
+    }
+    match starts.as_slice() {
+        [only] => Some(*only),
+        _ => None,
+    }
 }
 
 /// A file that ends sqlx's transaction itself: a COMMIT on a line of its own. (One inside a

@@ -20,7 +20,7 @@ use crate::session::{self, Use};
 
 pub use apply::migrate_step;
 use apply::revert_step;
-pub use explain::{MigrationFailed, drop_invalid_indexes_fix, invalid_indexes};
+pub use explain::{MigrationFailed, describe_failure, drop_invalid_indexes_fix, invalid_indexes, sqlstate_of};
 pub use plan::Plan;
 use status::run_status;
 

@@ -43,6 +43,16 @@ pub enum Build {
 pub struct Drift {
     pub differences: Vec<Difference>,
     pub built_in: String,
+    /// The pending migrations run after the applied ones, when asked for.
+    pub rehearsal: Option<Rehearsal>,
+}
+
+/// The pending migrations, applied in order to the throwaway copy of the schema.
+pub enum Rehearsal {
+    /// Every one ran; how many.
+    Ran(usize),
+    /// The first that failed, in the words of a failed migration (file, line, server's message).
+    Failed { message: String, needs_this_machine: bool },
 }
 
 pub fn run(args: DriftArgs) -> anyhow::Result<()> {
@@ -64,7 +74,7 @@ pub fn run(args: DriftArgs) -> anyhow::Result<()> {
         } else {
             Build::LocalCluster
         };
-        find_drift(&mut session.ready.conn, &set, &settings, build).await
+        find_drift(&mut session.ready.conn, &set, &settings, build, false).await
     })?;
     let drift = match found {
         Ok(drift) => drift,
@@ -189,6 +199,7 @@ pub async fn find_drift(
     set: &MigrationSet,
     settings: &MigrationSettings,
     build: Build,
+    rehearse_pending: bool,
 ) -> anyhow::Result<Result<Drift, String>> {
     let live = match read_live(live, settings).await? {
         Ok(live) => live,
@@ -207,12 +218,37 @@ pub async fn find_drift(
         .iter()
         .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state != State::Pending))
         .collect();
-    let built = match build {
-        Build::LocalCluster => in_local_cluster(&live, &applied, settings).await?,
-        Build::Dev(dev) => in_dev_database(&dev, &live, &applied, settings).await?,
-        Build::OnServer(server) => on_server(&server, &applied, settings).await?,
+    let pending: Vec<&MigrationFile> = if rehearse_pending {
+        set.files
+            .iter()
+            .filter(|f| status.entries.iter().any(|e| e.version == f.migration.version && e.state == State::Pending))
+            .collect()
+    } else {
+        Vec::new()
     };
-    Ok(built.map(|(expected, built_in)| Drift { differences: compare(&expected, &live.found), built_in }))
+    let built = match build {
+        Build::LocalCluster => in_local_cluster(&live, &applied, &pending, settings).await?,
+        Build::Dev(dev) => in_dev_database(&dev, &live, &applied, settings).await?.map(|(e, b)| (e, b, None)),
+        Build::OnServer(server) => on_server(&server, &applied, settings).await?.map(|(e, b)| (e, b, None)),
+    };
+    Ok(built.map(|(expected, built_in, rehearsal)| Drift {
+        differences: compare(&expected, &live.found),
+        built_in,
+        rehearsal: rehearse_pending.then(|| rehearsal.unwrap_or(Rehearsal::Ran(0))),
+    }))
+}
+
+/// Applies `pending` in order after the applied ones, as sqlx applies them, up to the first
+/// that fails.
+async fn rehearse(conn: &mut PgConnection, pending: &[&MigrationFile], settings: &MigrationSettings) -> Rehearsal {
+    for file in pending {
+        if let Err(error) = conn.apply(&settings.table_name, &file.migration).await {
+            let needs_this_machine = crate::migrate::sqlstate_of(&error)
+                .is_some_and(|code| matches!(code.as_str(), "0A000" | "58P01" | "42883"));
+            return Rehearsal::Failed { message: crate::migrate::describe_failure(&error, file), needs_this_machine };
+        }
+    }
+    Rehearsal::Ran(pending.len())
 }
 
 /// The expected schema: the applied migrations, in order, on an empty database, as sqlx applies
@@ -242,8 +278,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
 async fn in_local_cluster(
     live: &Live,
     applied: &[&MigrationFile],
+    pending: &[&MigrationFile],
     settings: &MigrationSettings,
-) -> anyhow::Result<Result<(Snapshot, String), String>> {
+) -> anyhow::Result<Result<(Snapshot, String, Option<Rehearsal>), String>> {
     let Some(bin) = Binaries::find(Some(live.major)) else {
         return Ok(Err(format!(
             "this machine has no PostgreSQL server binaries to build the expected schema in a throwaway cluster \
@@ -294,12 +331,15 @@ async fn in_local_cluster(
                 .with_context(|| format!("after {}", backend::db::describe_error(&error)))?;
         }
         let mut ready = connect_to(&cluster.settings(&live.database)?).await?;
-        build(&mut ready.conn, applied, settings).await
+        let expected = build(&mut ready.conn, applied, settings).await?;
+        let rehearsal =
+            if pending.is_empty() { None } else { Some(rehearse(&mut ready.conn, pending, settings).await) };
+        anyhow::Ok((expected, rehearsal))
     })
     .await;
     cluster.stop().await;
     match result {
-        Ok(Ok(expected)) => Ok(Ok((expected, built_in))),
+        Ok(Ok((expected, rehearsal))) => Ok(Ok((expected, built_in, rehearsal))),
         Ok(Err(error)) => Ok(Err(format!("in {built_in}: {error:#}"))),
         Err(_) => Ok(Err(format!("building the expected schema took more than {} s", BUILD_TIMEOUT.as_secs()))),
     }
@@ -379,7 +419,7 @@ pub fn drift_note(
     let db = loaded.settings.database.clone();
     let look = async {
         let mut ready = backend::db::connect_once(&db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await.ok()?;
-        let find = find_drift(&mut ready.conn, set, settings, Build::LocalCluster);
+        let find = find_drift(&mut ready.conn, set, settings, Build::LocalCluster, false);
         tokio::time::timeout(DRIFT_NOTE_BOUND, find).await.ok()
     };
     let found = match crate::interrupt::block_on(crate::interrupt::unless_signalled(async { Ok(look.await) }))? {

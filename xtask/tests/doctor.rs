@@ -684,13 +684,70 @@ fn the_projects_own_compose_file_passes_with_and_without_a_compose_tool() {
         "compose.same_image",
         "compose.same_env_file",
         "compose.extra_hosts",
-        "compose.db_healthcheck",
     ];
     for env in [vec![], vec![("PATH".to_owned(), "/nonexistent".to_owned())]] {
         let report = doctor(&project, &["--context", "container"], &env);
         for id in ids {
             report.expect(id, "ok", "", "");
         }
+    }
+    // With the bundled db added the way .env.example says, compose's model has it, and its
+    // healthcheck is judged.
+    if compose_tool().is_some() {
+        let bundled = std::fs::read_to_string(testkit::workspace().join("docker-compose.db.yml")).expect("db file");
+        project.write("docker-compose.db.yml", &bundled);
+        project.write_env(
+            &cluster,
+            &[("POSTGRES_SERVER", "db"), ("COMPOSE_FILE", "docker-compose.yml:docker-compose.db.yml")],
+        );
+        doctor(&project, &["--context", "container"], &[]).expect(
+            "compose.db_healthcheck",
+            "ok",
+            "postgres healthchecks go over TCP",
+            "",
+        );
+    }
+}
+
+/// A stack without the bundled db gets no volume: compose creates every volume a file it reads
+/// declares, profile or not, so the db's lives in its own file.
+#[test]
+fn the_stack_without_the_bundled_db_declares_no_volume() {
+    let Some(tool) = compose_tool() else {
+        eprintln!("skipped: no compose tool");
+        return;
+    };
+    let (program, rest) = tool.split_first().expect("a program");
+    let project = Project::new(XTASK);
+    for file in ["docker-compose.yml", "docker-compose.db.yml"] {
+        project.write(file, &std::fs::read_to_string(testkit::workspace().join(file)).expect("compose file"));
+    }
+    project.write(".env", "POSTGRES_PASSWORD=x\n");
+    let config = |files: &[&str]| {
+        let mut command = std::process::Command::new(program);
+        command.args(rest).current_dir(project.path());
+        for file in files {
+            command.args(["-f", file]);
+        }
+        let output = command.args(["config", "--volumes"]).output().expect("compose config");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(config(&["docker-compose.yml"]), "");
+    assert_eq!(config(&["docker-compose.yml", "docker-compose.db.yml"]), "db-data");
+}
+
+/// `docker compose` or `docker-compose`, whichever this machine has.
+fn compose_tool() -> Option<Vec<&'static str>> {
+    let works = |program: &str, args: &[&str]| {
+        std::process::Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
+    };
+    if works("docker", &["compose", "version"]) {
+        Some(vec!["docker", "compose"])
+    } else if works("docker-compose", &["version"]) {
+        Some(vec!["docker-compose"])
+    } else {
+        None
     }
 }
 

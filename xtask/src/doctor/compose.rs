@@ -77,7 +77,12 @@ impl Model {
         for env_file in std::iter::once(project.join(".env")).chain(env_files) {
             let _ = backend::config::read_env_file(&env_file);
         }
-        let (resolved_by, resolved, rejected) = match resolve_with_tool(&file, &project, &text) {
+        // COMPOSE_FILE (from .env or the environment) adds files, as compose itself reads them.
+        let files: Vec<PathBuf> = match inputs.env.get("COMPOSE_FILE").filter(|v| !v.trim().is_empty()) {
+            Some(list) => list.split(':').map(|name| project.join(name.trim())).collect(),
+            None => vec![file.clone()],
+        };
+        let (resolved_by, resolved, rejected) = match resolve_with_tool(&files, &project, &text) {
             Ok(Some((tool, resolved))) => (Some(tool), resolved, None),
             Ok(None) => (None, written.clone(), None),
             Err(rejected) => (None, written.clone(), Some(rejected)),
@@ -112,20 +117,26 @@ impl Model {
 
 /// `docker compose config` (the plugin) or Debian's `docker-compose config`, whichever is
 /// installed; `None` when neither is.
-fn resolve_with_tool(file: &Path, project: &Path, compose_text: &str) -> Result<Option<(&'static str, Value)>, String> {
+fn resolve_with_tool(
+    files: &[PathBuf],
+    project: &Path,
+    compose_text: &str,
+) -> Result<Option<(&'static str, Value)>, String> {
     let sh = Shell::new().map_err(|e| e.to_string())?;
     let plugin = cmd!(sh, "docker compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+    let file_args: Vec<String> = files.iter().flat_map(|f| ["-f".to_owned(), f.display().to_string()]).collect();
     let output = if plugin {
         // Services under a profile are part of the project too.
-        cmd!(sh, "docker compose -f {file} --project-directory {project} --profile * config")
+        cmd!(sh, "docker compose {file_args...} --project-directory {project} --profile * config")
             .quiet()
             .ignore_status()
             .output()
     } else if cmd!(sh, "docker-compose version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
-        cmd!(sh, "docker-compose -f {file} --project-directory {project} config").quiet().ignore_status().output()
+        cmd!(sh, "docker-compose {file_args...} --project-directory {project} config").quiet().ignore_status().output()
     } else {
         return Ok(None);
     };
+    let file = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     let output = output.map_err(|e| e.to_string())?;
     let tool = if plugin { "docker compose" } else { "docker-compose" };
     if !output.status.success() {
@@ -135,7 +146,7 @@ fn resolve_with_tool(file: &Path, project: &Path, compose_text: &str) -> Result<
             .lines()
             .find(|l| !l.trim().is_empty())
             .map_or("no message".into(), |line| without_quoted(&backend::redact::redact(line), compose_text));
-        return Err(format!("`{tool} config` rejects {}: {first}", file.display()));
+        return Err(format!("`{tool} config` rejects {file}: {first}"));
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let value = serde_yaml_ng::from_str(&text).map_err(|e| format!("cannot read `{tool} config` output: {e}"))?;

@@ -506,12 +506,13 @@ pub enum WaitError {
     Deadline { last: Retryable, attempts: u32, waited: Duration },
 }
 
-/// Connects, retrying what waiting can fix until `deadline` has passed.
+/// Connects, retrying what waiting can fix until `deadline` has passed. After each failed
+/// attempt `on_retry` hears why, and may bring the deadline closer (never further).
 pub async fn wait_for_database(
     settings: &DatabaseSettings,
     application_name: &str,
-    deadline: Duration,
-    mut on_retry: impl FnMut(&WaitProgress<'_>),
+    mut deadline: Duration,
+    mut on_retry: impl FnMut(&WaitProgress<'_>) -> Option<Duration>,
 ) -> Result<Ready, WaitError> {
     let started = Instant::now();
     let mut attempts = 0u32;
@@ -531,13 +532,22 @@ pub async fn wait_for_database(
             Err(Failure::Retry(reason)) => reason,
         };
         let elapsed = started.elapsed();
-        let remaining = deadline.saturating_sub(elapsed);
         let reason_changed = previous != Some(reason.kind);
         if reason_changed {
             backoff = reason.kind.first_backoff();
         }
         previous = Some(reason.kind);
-        on_retry(&WaitProgress { reason: &reason, reason_changed, attempts, elapsed, remaining });
+        let progress = WaitProgress {
+            reason: &reason,
+            reason_changed,
+            attempts,
+            elapsed,
+            remaining: deadline.saturating_sub(elapsed),
+        };
+        if let Some(closer) = on_retry(&progress) {
+            deadline = deadline.min(closer);
+        }
+        let remaining = deadline.saturating_sub(elapsed);
         if remaining.is_zero() {
             return Err(WaitError::Deadline { last: reason, attempts, waited: elapsed });
         }

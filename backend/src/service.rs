@@ -111,7 +111,7 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
     let migrations = MigrationSettings::load(&PathBuf::from(".")).map_err(config)?;
     let db = &settings.database;
 
-    let mut ready = crate::db::wait_for_database(db, name, STARTUP_WAIT, |_| {}).await.map_err(|e| match e {
+    let mut ready = crate::db::wait_for_database(db, name, STARTUP_WAIT, |_| None).await.map_err(|e| match e {
         crate::db::WaitError::Fatal(fatal) => StartError { message: format!("{db}: {fatal}"), code: EXIT_REFUSED },
         crate::db::WaitError::Deadline { last, .. } => {
             StartError { message: format!("{db} is not reachable: {last}"), code: EXIT_UNREACHABLE }

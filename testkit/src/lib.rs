@@ -74,10 +74,11 @@ fn chown_to_server_user(path: &Path) {
     }
 }
 
-/// A cluster made by initdb once per machine and server version, copied for each test: test
+/// A cluster made by initdb once per checkout and server version, copied for each test: test
 /// processes share it (nextest runs each test in a process of its own), the first one making it
-/// under an exclusive lock while the others wait. It lives in the temporary folder, named after
-/// our uid and the server binaries, and is refused if someone else owns it.
+/// under an exclusive lock while the others wait. It lives under target/ (so `cargo clean`
+/// removes it and nothing is left in /tmp), named after our uid and the server binaries, and is
+/// refused if someone else owns it.
 fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
@@ -86,7 +87,7 @@ fn template() -> &'static Path {
         let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (server_bindir(), PASSWORD, SUPERUSER).hash(&mut hasher);
-        let dir = std::env::temp_dir().join(format!("prestart-template-{uid}-{:016x}", hasher.finish()));
+        let dir = own_files().join(format!("template-{uid}-{:016x}", hasher.finish()));
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -127,33 +128,46 @@ pub fn with(mut env: Vec<(String, String)>, key: &str, value: &str) -> Vec<(Stri
     env
 }
 
+/// The folder for what the tests keep between processes: target/testkit, when the server's OS
+/// user can reach it (as root the server runs as `postgres`), else the temporary folder.
+fn own_files() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let target = workspace().join("target");
+    let reachable = !is_root()
+        || target
+            .canonicalize()
+            .map(|path| {
+                path.ancestors().all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+            })
+            .unwrap_or(false);
+    let dir = if reachable { target.join("testkit") } else { std::env::temp_dir().join("prestart-testkit") };
+    std::fs::create_dir_all(&dir).expect("testkit folder");
+    dir
+}
+
 /// A TCP port on 127.0.0.1 that no other test on this machine takes while this value lives.
 /// The ports are below Linux's ephemeral range (32768 and up), so no `bind(0)` and no outgoing
-/// connection lands on one; each is claimed by an exclusive lock on a file named after it, which
-/// the kernel releases when the process ends, however it ends.
+/// connection lands on one; each is claimed by binding an abstract Unix socket named after it,
+/// which the kernel releases when the process ends, however it ends, and which leaves no file.
 pub struct Port {
     pub number: u16,
-    _claim: std::fs::File,
+    _claim: std::os::unix::net::UnixListener,
 }
 
 const CLAIMED_PORTS: std::ops::Range<u16> = 20000..32000;
 
 pub fn claim_port() -> Port {
-    let dir = std::env::temp_dir().join("prestart-test-ports");
-    std::fs::create_dir_all(&dir).expect("port claims folder");
+    use std::os::linux::net::SocketAddrExt;
     let span = CLAIMED_PORTS.end - CLAIMED_PORTS.start;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let offset = ((std::process::id() ^ nanos) % u32::from(span)) as u16;
     for step in 0..span {
         let number = CLAIMED_PORTS.start + (offset + step) % span;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(number.to_string()))
-            .expect("port claim file");
-        if file.try_lock().is_ok() && TcpListener::bind(("127.0.0.1", number)).is_ok() {
-            return Port { number, _claim: file };
+        let name = std::os::unix::net::SocketAddr::from_abstract_name(format!("prestart-test-port-{number}"))
+            .expect("abstract socket name");
+        let Ok(claim) = std::os::unix::net::UnixListener::bind_addr(&name) else { continue };
+        if TcpListener::bind(("127.0.0.1", number)).is_ok() {
+            return Port { number, _claim: claim };
         }
     }
     panic!("no free port in {CLAIMED_PORTS:?}")

@@ -84,11 +84,14 @@ impl SettingsArgs {
         if context == RuntimeContext::Host {
             as_seen_from_the_host(&mut settings);
         }
+        let chosen = wait_timeout.is_some() || env.get("PRESTART_WAIT_TIMEOUT").is_some();
         let wait_timeout = match wait_timeout {
             Some(secs) => Duration::from_secs(secs),
             None => wait_timeout_setting(&env)?,
         };
-        Ok(Loaded::new(root(), settings, context, wait_timeout))
+        let mut loaded = Loaded::new(root(), settings, context, wait_timeout);
+        loaded.wait_timeout_chosen = chosen;
+        Ok(loaded)
     }
 }
 
@@ -186,6 +189,8 @@ pub struct Loaded {
     pub wait_timeout: Duration,
     /// What is left of it after the waits so far; shared with `for_migrations`.
     wait_left: std::rc::Rc<std::cell::Cell<Duration>>,
+    /// The user set the deadline (`--wait-timeout`, `PRESTART_WAIT_TIMEOUT`): it is kept as given.
+    pub wait_timeout_chosen: bool,
 }
 
 impl Loaded {
@@ -196,6 +201,8 @@ impl Loaded {
             context,
             wait_timeout,
             wait_left: std::rc::Rc::new(std::cell::Cell::new(wait_timeout)),
+            // A deadline derived from another is not ours to shorten.
+            wait_timeout_chosen: true,
         }
     }
 
@@ -209,6 +216,7 @@ impl Loaded {
             context: self.context,
             wait_timeout: self.wait_timeout,
             wait_left: std::rc::Rc::clone(&self.wait_left),
+            wait_timeout_chosen: self.wait_timeout_chosen,
         })
     }
 

@@ -59,7 +59,27 @@ fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
              `brew install pgbouncer`, `sudo dnf install pgbouncer`)"
         );
     }
-    apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests")
+    // The package would start a system PgBouncer now and at every boot; the tests start their own.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let planted = !policy.exists();
+    if planted {
+        // Debian's switch for "do not start services from packages" (Docker's images ship it).
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask test: no service starts while it installs PgBouncer\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests");
+    if planted {
+        std::fs::remove_file(policy)?;
+    }
+    installed?;
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        cmd!(sh, "systemctl disable --now pgbouncer").quiet().ignore_stderr().run()?;
+    }
+    ui::line("PgBouncer installed with its system service stopped and not enabled at boot: the tests start their own");
+    Ok(())
 }
 
 /// The Kubernetes manifests are checked against Kubernetes' own schemas, offline, by

@@ -2,12 +2,29 @@
 
 use std::time::{Duration, Instant};
 
-use backend::db::{Ready, WaitError, WaitProgress};
+use backend::config::DatabaseSettings;
+use backend::db::{Ready, RetryKind, WaitError, WaitProgress};
 
 use crate::context::{DbArgs, Loaded};
-use crate::diagnose::{cause_lines, likely_causes};
+use crate::diagnose::{RuntimeContext, cause_lines, likely_causes};
 use crate::exit::{Failure, fail};
 use crate::ui;
+
+/// The default deadline, when the first attempt from a container meets what waiting seldom
+/// fixes: nothing listening on the container's own loopback, or a name that does not resolve.
+/// In compose, `up -d` waits silently for prestart all that while.
+const HOPELESS_WAIT: Duration = Duration::from_secs(30);
+
+/// From inside a container (not a pod, whose sidecars start beside it), loopback reaches only
+/// the container itself, and compose creates a service's name with its container.
+fn looks_hopeless(kind: RetryKind, db: &DatabaseSettings, context: RuntimeContext) -> bool {
+    context == RuntimeContext::Container
+        && match kind {
+            RetryKind::Refused => crate::diagnose::is_loopback(db.host()),
+            RetryKind::NameNotResolved => true,
+            _ => false,
+        }
+}
 
 /// While the reason stays the same, repeat the wait line this often rather than per attempt.
 const REPEAT_EVERY: Duration = Duration::from_secs(5);
@@ -45,10 +62,12 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
     ui::step(format!("wait for the database at {db} ({budget})"));
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;
+    let may_shorten = !loaded.wait_timeout_chosen && deadline == loaded.wait_timeout;
     let mut report = |progress: &WaitProgress<'_>| {
+        let hopeless = may_shorten && progress.attempts == 1 && looks_hopeless(progress.reason.kind, db, context);
         let due = last_line.is_none_or(|at| at.elapsed() >= REPEAT_EVERY);
         if !(progress.reason_changed || due) {
-            return;
+            return None;
         }
         last_line = Some(Instant::now());
         ui::line(format!(
@@ -61,6 +80,15 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
         for cause in cause_lines(&likely_causes(progress.reason.kind, db, context)) {
             ui::line(format!("  {cause}"));
         }
+        hopeless.then(|| {
+            ui::line(format!(
+                "  this is unlikely to change by waiting: giving up after {} s, not {} (PRESTART_WAIT_TIMEOUT=SECONDS \
+                 waits as long as it says)",
+                HOPELESS_WAIT.as_secs(),
+                deadline.as_secs()
+            ));
+            HOPELESS_WAIT
+        })
     };
     match backend::db::wait_for_database(db, APPLICATION_NAME, deadline, &mut report).await {
         Ok(ready) => {

@@ -339,3 +339,26 @@ fn an_error_without_a_position_names_its_statement() {
         )
         .assert_stderr_contains("in the statement on column nickname of table people");
 }
+
+/// In a container, a first attempt that meets the container's own empty loopback (the seed's
+/// `localhost` mistake in compose) is unlikely to change by waiting: the default deadline
+/// shrinks to 30 s and says so, while a deadline the user chose is kept.
+#[test]
+fn a_hopeless_wait_in_a_container_gives_up_early_unless_told_otherwise() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let env = testkit::with(cluster.env("app"), "POSTGRES_SERVER", "localhost");
+    let started = std::time::Instant::now();
+    xtask(&["prestart", "--context", "container", "--source", &source], &env)
+        .output()
+        .assert_code(4)
+        .assert_stderr_contains("points at the container itself")
+        .assert_stderr_contains("giving up after 30 s, not 300");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(29) && took < Duration::from_secs(90), "took {took:?}");
+    xtask(&["prestart", "--context", "container", "--wait-timeout", "2", "--source", &source], &env)
+        .output()
+        .assert_code(4)
+        .assert_stderr_lacks("giving up after");
+}

@@ -259,6 +259,30 @@ impl Project<'_> {
         Ok(())
     }
 
+    /// `doctor --context host --json` as a user runs it in this project: the release binary beside
+    /// the project's migrations, `.env` and compose file. Each check's status and texts, by id.
+    fn doctor(&self) -> anyhow::Result<std::collections::BTreeMap<String, (String, String)>> {
+        let binary = self.dir.join("xtask");
+        if !binary.exists() {
+            self.sh.copy_file(root().join("target/release/xtask"), &binary)?;
+            self.sh.create_dir(self.dir.join("migrations"))?;
+            for entry in std::fs::read_dir(root().join("migrations"))?.flatten() {
+                self.sh.copy_file(entry.path(), self.dir.join("migrations"))?;
+            }
+        }
+        let output = cmd!(self.sh, "{binary} doctor --context host --json").quiet().ignore_status().output()?;
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("doctor printed no JSON: {}", String::from_utf8_lossy(&output.stderr)))?;
+        let checks = document["checks"].as_array().context("doctor's checks")?;
+        Ok(checks
+            .iter()
+            .map(|check| {
+                let text = |key: &str| check[key].as_str().unwrap_or_default().to_owned();
+                (text("id"), (text("status"), format!("{} | fix: {}", text("message"), text("hint"))))
+            })
+            .collect())
+    }
+
     fn backend_port(&self) -> u16 {
         self.port + 1
     }
@@ -364,6 +388,27 @@ fn scenarios(
         Ok(())
     })?;
 
+    scenario("9. doctor on the host passes the setup that works, judging each path from where it starts", || {
+        let checks = project.doctor()?;
+        for id in ["postgres.connect", "postgres.listen_addresses", "postgres.containers_hba", "compose.file"] {
+            let (status, text) = checks.get(id).with_context(|| format!("no {id}"))?;
+            ensure!(status == "ok", "{id} is {status}: {text}");
+        }
+        let failed: Vec<_> = checks
+            .iter()
+            .filter(|(id, (status, _))| {
+                status == "fail" && ["location.", "network.", "postgres."].iter().any(|a| id.starts_with(a))
+            })
+            .collect();
+        ensure!(failed.is_empty(), "a working setup fails: {failed:?}");
+        // Which compose spelling this machine takes, said where the README's commands would fail.
+        let (_, compose_file) = &checks["compose.file"];
+        if project.compose.program == ["docker-compose"] {
+            ensure!(compose_file.contains("write `docker-compose ...`"), "compose.file: {compose_file}");
+        }
+        Ok(())
+    })?;
+
     scenario("8. sqlx.toml: the image ships the workspace's; a project's own migrations table is used", || {
         let shipped = cmd!(project.sh, "docker run --rm --entrypoint cat {APP_IMAGE} /app/sqlx.toml").quiet().read()?;
         ensure!(
@@ -449,6 +494,12 @@ fn scenarios(
         let logs = project.logs("prestart");
         ensure!(code.is_some_and(|c| c != 0), "prestart exited {code:?}");
         ensure!(logs.contains("listen_addresses"), "no listen_addresses diagnosis:\n{logs}");
+        // The seed's case 8.1 from the host: the running server is found, the setting named.
+        let checks = project.doctor()?;
+        let (status, text) = checks.get("postgres.listen_addresses").context("no postgres.listen_addresses")?;
+        ensure!(status == "fail" && text.contains("the server runs on this machine"), "{status}: {text}");
+        ensure!(text.contains("--serve-compose"), "no fix named: {text}");
+        ensure!(checks.get("postgres.connect").is_some_and(|(s, _)| s == "ok"), "doctor did not find the server");
         Ok(())
     })?;
 

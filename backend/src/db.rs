@@ -97,6 +97,10 @@ pub enum RetryKind {
     TooManyConnections,
     /// Any other SQLSTATE class 08 (connection exception).
     ConnectionException,
+    /// A TCP proxy or load balancer accepted the connection and closed it before the server's
+    /// first byte: no server behind it (HAProxy, a cloud load balancer or a service mesh while
+    /// the primary is down, as during a failover).
+    NoServerBehind,
     /// Another I/O error on the way to the server.
     Network,
 }
@@ -105,7 +109,14 @@ impl RetryKind {
     /// The server (or the kernel) answers these at once, before any login, so polling fast costs
     /// it nothing. Not [`RetryKind::ReadOnly`]: that answer comes after a full login.
     fn is_cheap(self) -> bool {
-        matches!(self, RetryKind::Refused | RetryKind::Reset | RetryKind::NotAccepting | RetryKind::ServerShutdown)
+        matches!(
+            self,
+            RetryKind::Refused
+                | RetryKind::Reset
+                | RetryKind::NotAccepting
+                | RetryKind::ServerShutdown
+                | RetryKind::NoServerBehind
+        )
     }
 
     /// The first pause of the backoff for what is not cheap.
@@ -129,6 +140,7 @@ impl RetryKind {
             RetryKind::ServerShutdown => "server_shutdown",
             RetryKind::TooManyConnections => "too_many_connections",
             RetryKind::ConnectionException => "connection_exception",
+            RetryKind::NoServerBehind => "no_server_behind",
             RetryKind::Network => "network_error",
         }
     }
@@ -385,9 +397,18 @@ pub struct ServerState {
     pub database: String,
     /// The server's `port` setting, which names its Unix socket too.
     pub port: u16,
+    /// `pg_postmaster_start_time()`: with the address, which server instance this is. A crash
+    /// restart keeps it; a failover, a switchover or a restart does not.
+    pub postmaster_started: String,
 }
 
 impl ServerState {
+    /// Both connections reached one server instance (the same postmaster, not restarted): what
+    /// went wrong between them was not a failover.
+    pub fn same_instance(&self, other: &ServerState) -> bool {
+        self.postmaster_started == other.postmaster_started && self.address == other.address && self.port == other.port
+    }
+
     /// Why the server cannot take writes, if it cannot.
     pub fn read_only_reason(&self) -> Option<Retryable> {
         let detail = if self.in_recovery {
@@ -428,7 +449,7 @@ pub async fn connect_once(
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
                     host(inet_server_addr()), inet_server_port(), current_database()::text, \
-                    current_setting('port')::int, inet_client_port() \
+                    current_setting('port')::int, inet_client_port(), pg_postmaster_start_time()::text \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -447,6 +468,7 @@ pub async fn connect_once(
             address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
             database: row.try_get(6)?,
             port: row.try_get::<i32, _>(7).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
+            postmaster_started: row.try_get(9)?,
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };
@@ -454,14 +476,42 @@ pub async fn connect_once(
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(ready)) => Ok(ready),
         Ok(Err(error)) => {
+            let left = timeout.saturating_sub(started.elapsed());
+            if matches!(error, sqlx::Error::Protocol(_)) && closes_before_first_byte(settings, left).await {
+                return Err(Failure::Retry(Retryable {
+                    kind: RetryKind::NoServerBehind,
+                    detail: "the connection was accepted and closed before the server's first byte".into(),
+                }));
+            }
             let failure = Failure::classify(&error, settings);
-            Err(tell_unresolved_apart(failure, settings, timeout.saturating_sub(started.elapsed())).await)
+            Err(tell_unresolved_apart(failure, settings, left).await)
         }
         Err(_) => Err(Failure::Retry(Retryable {
             kind: RetryKind::TimedOut,
             detail: format!("no answer within {} s", timeout.as_secs_f32()),
         })),
     }
+}
+
+/// sqlx reports a stream that ends before the server's answer to its first message as a
+/// protocol error (a zero byte for the answer to SSLRequest), as it reports a server that
+/// answers with bytes that are not PostgreSQL's. Asked again ourselves: a proxy with no server
+/// behind it accepts and closes without a byte, which waiting fixes; a real server that is not
+/// PostgreSQL answers something, and stays a fast failure.
+async fn closes_before_first_byte(settings: &DatabaseSettings, left: Duration) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if settings.socket().is_some() {
+        return false;
+    }
+    // The 8 bytes of an SSLRequest; a PostgreSQL server answers one byte, `S` or `N`.
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((settings.host(), settings.port())).await?;
+        stream.write_all(&SSL_REQUEST).await?;
+        let mut answer = [0u8; 1];
+        stream.read(&mut answer).await
+    };
+    matches!(tokio::time::timeout(left.min(Duration::from_secs(2)), probe).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
 /// A network failure of no known kind, to a host given by name, is a name that does not resolve

@@ -128,7 +128,15 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
                 "{var} may name a replica or a reader endpoint: point it at the primary (the writer endpoint)"
             ));
         }
-        RetryKind::ServerShutdown => causes.push("the server was shut down or restarted during the attempt".into()),
+        RetryKind::ServerShutdown => causes.push(
+            "the server was shut down or restarted during the attempt: a failover or switchover in progress, or a \
+             restart (prestart goes on as soon as a primary answers)"
+                .into(),
+        ),
+        RetryKind::NoServerBehind => causes.push(format!(
+            "a proxy or load balancer at {host}:{port} (HAProxy, a cloud load balancer, a service mesh) has no \
+             healthy server behind it: a failover in progress, or the database down behind it"
+        )),
         RetryKind::TooManyConnections => causes.push(
             "all max_connections slots are taken by other clients: close idle ones, raise max_connections, or use a pooler".into(),
         ),

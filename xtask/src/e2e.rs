@@ -461,12 +461,15 @@ fn scenarios(
         Ok(())
     })?;
 
-    scenario("2. POSTGRES_SERVER=localhost: the diagnosis while waiting, non-zero exit, no backend", || {
+    scenario("2. POSTGRES_SERVER=localhost: the diagnosis at once, exit 4 after 30 s (not 300), no backend", || {
         project.down();
-        project.write_env(&[("POSTGRES_SERVER", "localhost"), ("PRESTART_WAIT_TIMEOUT", "15")])?;
-        let code = project.up(Duration::from_secs(90))?;
+        project.write_env(&[("POSTGRES_SERVER", "localhost")])?;
+        let started = Instant::now();
+        let code = project.up(Duration::from_secs(120))?;
         let logs = project.logs("prestart");
-        ensure!(code.is_some_and(|c| c != 0), "prestart exited {code:?}");
+        ensure!(code == Some(4), "prestart exited {code:?}:\n{logs}");
+        ensure!(started.elapsed() < Duration::from_secs(75), "up took {:?}", started.elapsed());
+        ensure!(logs.contains("giving up after 30 s, not 300"), "no early end said:\n{logs}");
         ensure!(
             logs.contains("POSTGRES_SERVER=localhost inside a container points at the container itself"),
             "no diagnosis:\n{logs}"

@@ -41,7 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if migrating.elapsed() > Duration::from_secs(1) {
                 session.ensure_alive().await?;
             }
-            seed_step(&mut session.ready.conn, superuser).await
+            seed_step(session, superuser).await
         })
     };
     let done = match steps() {

@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use backend::config::{FirstSuperuser, Settings};
-use backend::seed::init_db;
+use backend::seed::{SeedError, SeedReport, init_db};
 use sqlx::postgres::PgConnection;
 
 use crate::context::DbArgs;
 use crate::exit::{Failure, fail};
-use crate::session::{self, Use};
+use crate::session::{self, Session, Use};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -21,7 +21,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    session::run(&loaded, Use::Write, async |session| seed_step(&mut session.ready.conn, superuser).await)
+    session::run(&loaded, Use::Write, async |session| seed_step(session, superuser).await)
 }
 
 /// The seed needs the first superuser; checked before anything else runs.
@@ -34,23 +34,40 @@ pub fn required_superuser(settings: &Settings) -> anyhow::Result<&FirstSuperuser
     })
 }
 
-pub async fn seed_step(conn: &mut PgConnection, superuser: &FirstSuperuser) -> anyhow::Result<()> {
+/// Seeds in one transaction. One that a failover (or a restart) cuts off runs again whole on a
+/// new connection: it only inserts what is missing, so a rerun after a COMMIT whose answer was
+/// lost changes nothing.
+pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) -> anyhow::Result<()> {
     ui::step("seed initial data");
     let started = Instant::now();
-    let limit = backend::db::QUERY_TIMEOUT;
-    let seeded = tokio::time::timeout(limit, init_db(conn, Some(superuser))).await.unwrap_or_else(|_| {
-        let silent = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the server sent no answer within {} s", limit.as_secs()),
-        );
-        Err(backend::seed::SeedError::from(sqlx::Error::Io(silent)))
-    });
-    let report = seeded.map_err(|e| {
-        fail(
-            Failure::Seed,
-            anyhow!("{e}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed"),
-        )
-    })?;
+    let mut retries = 0;
+    let report = loop {
+        let error = match seed_once(&mut session.ready.conn, superuser).await {
+            Ok(report) => break report,
+            Err(error) => error,
+        };
+        let lost = match &error {
+            SeedError::Database(e) => crate::migrate::lost_connection(e, session.settings()),
+            SeedError::Hash(_) => None,
+        };
+        let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else {
+            return Err(fail(
+                Failure::Seed,
+                anyhow!(
+                    "{error}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed"
+                ),
+            ));
+        };
+        let lost_at = Instant::now();
+        ui::line(format!("lost the connection while seeding ({}; a failover?): connecting again", lost.reason));
+        session.reconnect().await?;
+        retries += 1;
+        ui::line(format!(
+            "reconnected to {} in {}: seeding again",
+            session.settings(),
+            ui::duration(lost_at.elapsed())
+        ));
+    };
     let user = if report.superuser_created {
         format!("created the first superuser {}", superuser.email)
     } else {
@@ -62,4 +79,19 @@ pub async fn seed_step(conn: &mut PgConnection, superuser: &FirstSuperuser) -> a
         ui::duration(started.elapsed())
     ));
     Ok(())
+}
+
+/// How many times a seed cut off by a failover runs again.
+const SEED_RETRIES: u32 = 5;
+
+/// One try of the seed, bounded: a server that stops answering is a lost connection.
+async fn seed_once(conn: &mut PgConnection, superuser: &FirstSuperuser) -> Result<SeedReport, SeedError> {
+    let limit = backend::db::QUERY_TIMEOUT;
+    tokio::time::timeout(limit, init_db(conn, Some(superuser))).await.unwrap_or_else(|_| {
+        let silent = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server sent no answer within {} s", limit.as_secs()),
+        );
+        Err(SeedError::from(sqlx::Error::Io(silent)))
+    })
 }

@@ -86,15 +86,22 @@ impl<'a> Session<'a> {
         match backend::db::Failure::classify(&error, self.settings()) {
             backend::db::Failure::Retry(reason) => {
                 ui::line(format!("lost the connection {doing} ({reason}): connecting again"));
-                self.active.set(None);
-                self.ready = wait_step(self.loaded).await?;
-                if self.stoppable {
-                    self.active.set(Some(&self.ready.process));
-                }
+                self.reconnect().await?;
                 Ok(Ok(()))
             }
             backend::db::Failure::Fatal(_) => Ok(Err(error)),
         }
+    }
+
+    /// A new connection in place of one that is gone, waited for out of the run's one budget
+    /// (a failover's new primary, a restarted server).
+    pub async fn reconnect(&mut self) -> anyhow::Result<()> {
+        self.active.set(None);
+        self.ready = wait_step(self.loaded).await?;
+        if self.stoppable {
+            self.active.set(Some(&self.ready.process));
+        }
+        Ok(())
     }
 
     /// The connection still answers, or is replaced: a server that restarted between two steps

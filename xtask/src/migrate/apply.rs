@@ -49,19 +49,44 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         });
         return Ok(());
     }
-    lock::acquire(session, plan.lock_timeout).await?;
-    // The key of the server this connection reached: after a reconnect during the wait for
-    // the lock, the lock was taken on that connection with its database's key.
-    let key = lock::key(&session.ready.server.database);
-    let db = session.settings();
-    let deadline = Instant::now() + session.wait_left();
-    let result = apply_pending(&mut session.ready, plan, db, deadline).await;
-    // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
-    if result.is_ok() {
-        record_environment(session, plan, applied.is_empty()).await;
-    }
-    lock::release(&mut session.ready.conn, key).await;
-    let applied = result?;
+    let mut retries = 0;
+    let applied = loop {
+        lock::acquire(session, plan.lock_timeout).await?;
+        // The key of the server this connection reached: after a reconnect during the wait for
+        // the lock, the lock was taken on that connection with its database's key.
+        let key = lock::key(&session.ready.server.database);
+        let db = session.settings();
+        let deadline = Instant::now() + session.wait_left();
+        let ran_on = session.ready.server.clone();
+        let result = apply_pending(&mut session.ready, plan, db, deadline).await;
+        // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
+        if result.is_ok() {
+            record_environment(session, plan, applied.is_empty()).await;
+        }
+        lock::release(&mut session.ready.conn, key).await;
+        let error = match result {
+            Ok(applied) => break applied,
+            Err(error) => error,
+        };
+        let Some((what, lost)) = cut_off(&error, db).filter(|_| retries < FAILOVER_RETRIES) else {
+            return Err(error);
+        };
+        let lost_at = Instant::now();
+        ui::line(format!("lost the connection {what} ({}; a failover?): connecting again", lost.reason));
+        session.reconnect().await?;
+        // The same server instance (not restarted, not another node) lost us for a reason of
+        // its own, which may be this migration (a crash restart keeps the instance): not rerun.
+        if session.ready.server.same_instance(&ran_on) && !lost.read_only {
+            return Err(error);
+        }
+        retries += 1;
+        ui::line(format!(
+            "reconnected to {} (another server instance) in {}: taking the lock and reading {} again, then going on",
+            session.settings(),
+            ui::duration(lost_at.elapsed()),
+            plan.settings.table_name
+        ));
+    };
     let total = plan.set.files.len();
     ui::line(match applied {
         // Another prestart applied them while we waited for the lock.
@@ -79,6 +104,20 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         }
     });
     Ok(())
+}
+
+/// How many times one run goes on after a failover cut it off: each needs another server
+/// instance, so this only bounds a cluster that keeps failing over.
+const FAILOVER_RETRIES: u32 = 5;
+
+/// What a failover cut off, and why: a transactional migration (applied again, after the table
+/// is read under the lock), or the work under the lock before one ran.
+fn cut_off(error: &anyhow::Error, db: &DatabaseSettings) -> Option<(String, Lost)> {
+    if let Some(failed) = error.downcast_ref::<super::MigrationFailed>() {
+        return failed.cut_off.clone().map(|lost| (format!("while applying {}", failed.name), lost));
+    }
+    let lost = error.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>())?;
+    lost_connection(lost, db).map(|lost| ("under the migration lock".to_owned(), lost))
 }
 
 /// Reverts applied migrations with their down files, under the migration lock: the latest one,
@@ -260,7 +299,12 @@ async fn run_one(
             } else {
                 what_was_left(conn, db, table, file, direction).await
             };
+            // Cut off by a failover (or a restart): safe to run again where nothing of it stayed
+            // half done, and what it did is read back under the lock before it runs again.
+            let cut_off = connection_lost(&error, db)
+                .filter(|_| !file.migration.no_tx && left != Left::CommittedPart && direction == Direction::Apply);
             let mut explained = explain_failure(error, file, offset, &blockers, plan, (doing, done), left);
+            explained.cut_off = cut_off;
             if file.migration.no_tx
                 && let Some(note) = invalid_indexes_note(conn).await
             {
@@ -283,6 +327,33 @@ async fn run_one(
     }
     ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
     Ok(())
+}
+
+/// What a failover or a restart does to a running migration: its connection ends (57P01, a
+/// reset, an EOF), or the node it reaches can no longer write (25006). The reason, if so.
+fn connection_lost(error: &MigrateError, db: &DatabaseSettings) -> Option<Lost> {
+    let (MigrateError::ExecuteMigration(error, _) | MigrateError::Execute(error)) = error else { return None };
+    lost_connection(error, db)
+}
+
+/// A lost connection, or a server that turned read-only under it; `None` for an error of the
+/// SQL itself.
+pub fn lost_connection(error: &sqlx::Error, db: &DatabaseSettings) -> Option<Lost> {
+    if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("25006") {
+        return Some(Lost { reason: "the server can no longer write (25006)".to_owned(), read_only: true });
+    }
+    match backend::db::Failure::classify(error, db) {
+        backend::db::Failure::Retry(reason) => Some(Lost { reason: reason.to_string(), read_only: false }),
+        backend::db::Failure::Fatal(_) => None,
+    }
+}
+
+/// Why a connection was lost to a migration.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub reason: String,
+    /// The node turned into a standby: no migration makes a server do that.
+    pub read_only: bool,
 }
 
 /// Whether the server session behind `conn` is still `process`, the one that took the lock, and

@@ -32,6 +32,12 @@ pub struct MigrationFailed {
     /// The failure itself says what the schema holds (what stayed applied, the lock that ran
     /// out): a drift note would only repeat it.
     pub explains_the_schema: bool,
+    /// The file's name, for the line that says it is applied again.
+    pub name: String,
+    /// The connection was lost (or its server turned read-only) while a transactional migration
+    /// ran or committed: the server rolled it back, or it committed and its row says so; either
+    /// way running it again after reading the table under the lock is safe.
+    pub cut_off: Option<super::apply::Lost>,
 }
 
 impl std::fmt::Display for MigrationFailed {
@@ -84,7 +90,12 @@ pub fn explain_failure(
             plan.settings.table_name
         ),
     };
-    let mut explained = MigrationFailed { message: String::new(), explains_the_schema: left != Left::Nothing };
+    let mut explained = MigrationFailed {
+        message: String::new(),
+        explains_the_schema: left != Left::Nothing,
+        name: file.name(),
+        cut_off: None,
+    };
     let Some(pg) = postgres_error(&error) else {
         explained.message = format!("{name}: {error}{partial}");
         return explained;

@@ -68,3 +68,68 @@ fn a_server_that_becomes_writable_is_noticed_within_the_longest_pause() {
     // At worst the longest pause (1 s) and one attempt, plus the reload reaching new sessions.
     assert!(noticed < std::time::Duration::from_millis(2500), "noticed after {noticed:?}:\n{}", outcome.stderr);
 }
+
+/// A TCP proxy with no server behind it (HAProxy while a failover runs, a cloud load balancer,
+/// a service mesh) accepts and closes before the server's first byte: a wait, not a refusal,
+/// and prestart goes on once a server is behind it. A server that answers bytes that are not
+/// PostgreSQL's stays a fast failure.
+#[test]
+fn a_proxy_with_no_server_behind_is_waited_for_and_a_foreign_server_is_not() {
+    use std::io::{Read as _, Write as _};
+    let cluster = Cluster::started();
+    // sqlx meets the closed stream as a protocol error after its SSLRequest, as an EOF without.
+    for (sslmode, said) in [("prefer", "no healthy server behind it"), ("disable", "the connection broke during the handshake")] {
+        let port = proxy_with_no_server_for(std::time::Duration::from_millis(1500), cluster.port);
+        let env = testkit::with(cluster.env("app"), "POSTGRES_PORT", &port.to_string());
+        let env = testkit::with(env, "POSTGRES_SSLMODE", sslmode);
+        Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "20"], &env)
+            .output()
+            .assert_code(0)
+            .assert_stderr_contains(said);
+    }
+
+    // An HTTP server where PostgreSQL was expected: exit 5 at once.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http_port = http.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for mut client in http.incoming().flatten() {
+            let mut request = [0u8; 64];
+            let _ = client.read(&mut request);
+            let _ = client.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let env = testkit::with(cluster.env("app"), "POSTGRES_PORT", &http_port.to_string());
+    let env = testkit::with(env, "POSTGRES_SSLMODE", "prefer");
+    let started = std::time::Instant::now();
+    Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "20"], &env)
+        .output()
+        .assert_code(5)
+        .assert_stderr_contains("does not speak the PostgreSQL protocol");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+/// A relay to `backend_port` that, for its first `closed_for`, accepts and closes at once.
+fn proxy_with_no_server_for(closed_for: std::time::Duration, backend_port: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let opened = std::time::Instant::now();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if opened.elapsed() < closed_for {
+                drop(client);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", backend_port)) else { continue };
+            for (mut from, mut to) in [
+                (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    port
+}

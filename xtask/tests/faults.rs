@@ -334,3 +334,63 @@ fn a_server_process_that_stops_answering_costs_a_reconnect_not_the_run() {
     outcome.assert_code(0);
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "3");
 }
+
+/// The pid of the session running `pg_sleep` for prestart, once it runs.
+fn sleeping_migration(cluster: &Cluster) -> String {
+    let query = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%pg_sleep(%' AND application_name = 'prestart'";
+    let mut pid = String::new();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            pid = cluster.psql("app", query);
+            !pid.is_empty()
+        }),
+        "the migration never ran"
+    );
+    pid
+}
+
+/// A server restarted mid-migration, as a switchover ends the old primary's sessions (57P01),
+/// is another server instance when it answers again: the transactional migration, rolled back
+/// by the server, runs again there and is applied once.
+#[test]
+fn a_restart_mid_migration_runs_it_again_on_the_new_instance() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_slow.sql", "CREATE TABLE again (id int);\nSELECT pg_sleep(2);\n");
+    let running = run("migrate", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    sleeping_migration(&cluster);
+    cluster.stop();
+    cluster.start();
+    running
+        .wait()
+        .assert_code(0)
+        .assert_stderr_contains("lost the connection while applying 1_slow.sql")
+        .assert_stderr_contains("(another server instance)");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations WHERE success"), "1");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('again') IS NOT NULL"), "t");
+}
+
+/// A crash restart (a backend died; the postmaster reinitialises) keeps the server instance:
+/// the migration may be what crashed it, so it is not run again, and the run says what is left.
+#[test]
+fn a_crash_restart_mid_migration_is_not_run_again() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_slow.sql", "CREATE TABLE crashed (id int);\nSELECT pg_sleep(30);\n");
+    let running = run("migrate", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    let pid = sleeping_migration(&cluster);
+    assert!(Command::new("kill").args(["-SEGV", &pid]).status().expect("kill").success());
+    running
+        .wait()
+        .assert_code(6)
+        .assert_stderr_contains("1_slow.sql")
+        .assert_stderr_contains("it was not run again")
+        .assert_stderr_lacks("another server instance");
+    assert!(eventually(Duration::from_secs(30), || cluster
+        .psql_command("app")
+        .arg("-c")
+        .arg("SELECT 1")
+        .output()
+        .is_ok_and(|o| o.status.success())));
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('crashed') IS NULL"), "t");
+}

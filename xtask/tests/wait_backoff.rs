@@ -78,7 +78,9 @@ fn a_proxy_with_no_server_behind_is_waited_for_and_a_foreign_server_is_not() {
     use std::io::{Read as _, Write as _};
     let cluster = Cluster::started();
     // sqlx meets the closed stream as a protocol error after its SSLRequest, as an EOF without.
-    for (sslmode, said) in [("prefer", "no healthy server behind it"), ("disable", "the connection broke during the handshake")] {
+    for (sslmode, said) in
+        [("prefer", "no healthy server behind it"), ("disable", "the connection broke during the handshake")]
+    {
         let port = proxy_with_no_server_for(std::time::Duration::from_millis(1500), cluster.port);
         let env = testkit::with(cluster.env("app"), "POSTGRES_PORT", &port.to_string());
         let env = testkit::with(env, "POSTGRES_SSLMODE", sslmode);
@@ -120,10 +122,9 @@ fn proxy_with_no_server_for(closed_for: std::time::Duration, backend_port: u16) 
                 continue;
             }
             let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", backend_port)) else { continue };
-            for (mut from, mut to) in [
-                (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
-                (server, client),
-            ] {
+            for (mut from, mut to) in
+                [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+            {
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut from, &mut to);
                     let _ = to.shutdown(std::net::Shutdown::Both);

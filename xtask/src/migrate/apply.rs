@@ -73,11 +73,25 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         };
         let lost_at = Instant::now();
         ui::line(format!("lost the connection {what} ({}; a failover?): connecting again", lost.reason));
-        session.reconnect().await?;
+        if let Err(gone) = session.reconnect().await {
+            // No server came back in time: what the migration left is the news, and the wait's end
+            // a note on it (a signal meanwhile is the run's outcome).
+            if crate::interrupt::received().is_some() {
+                return Err(gone);
+            }
+            return Err(with_note(
+                error,
+                &format!("no server answered again before the deadline: {}", root_cause(&gone)),
+            ));
+        }
         // The same server instance (not restarted, not another node) lost us for a reason of
         // its own, which may be this migration (a crash restart keeps the instance): not rerun.
         if session.ready.server.same_instance(&ran_on) && !lost.read_only {
-            return Err(error);
+            return Err(with_note(
+                error,
+                "the same server instance answered again (a crash restart keeps it), so this is no failover, and the \
+                 migration may be what crashed it: it was not run again; look at the server's log, then rerun",
+            ));
         }
         retries += 1;
         ui::line(format!(
@@ -104,6 +118,22 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         }
     });
     Ok(())
+}
+
+/// `error` with a note, kept a migration failure (exit 6) when it is one.
+fn with_note(mut error: anyhow::Error, note: &str) -> anyhow::Error {
+    match error.downcast_mut::<super::MigrationFailed>() {
+        Some(failed) => {
+            failed.note(note);
+            error
+        }
+        None => error.context(note.to_owned()),
+    }
+}
+
+/// The innermost message of an error, without the kinds stacked on it.
+fn root_cause(error: &anyhow::Error) -> String {
+    error.root_cause().to_string().lines().next().unwrap_or_default().to_owned()
 }
 
 /// How many times one run goes on after a failover cut it off: each needs another server

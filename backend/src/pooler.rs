@@ -141,11 +141,29 @@ pub async fn in_own_transaction<T>(
     pooling: Pooling,
     work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
+    in_own_transaction_telling(conn, pooling, work).await.map_err(|(error, _)| error)
+}
+
+/// Where a transaction of [`in_own_transaction`] failed: before its COMMIT was sent (the server
+/// rolls it back, so running it again is safe), or at the COMMIT (which may have committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedAt {
+    BeforeCommit,
+    Commit,
+}
+
+/// [`in_own_transaction`], saying where it failed.
+pub async fn in_own_transaction_telling<T>(
+    conn: &mut PgConnection,
+    pooling: Pooling,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, (sqlx::Error, FailedAt)> {
+    let before = |error| (error, FailedAt::BeforeCommit);
     let server_bound = QUERY_TIMEOUT.saturating_sub(std::time::Duration::from_secs(1)).as_millis();
     let clear = if pooling.shares_sessions() { "; DEALLOCATE ALL" } else { "" };
     let begin = format!("BEGIN; SET LOCAL statement_timeout = {server_bound}{clear}");
     let started = std::time::Instant::now();
-    bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut *conn)).await?;
+    bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut *conn)).await.map_err(before)?;
     let left = QUERY_TIMEOUT.saturating_sub(started.elapsed());
     // Given up before the COMMIT: the caller closes the connection, and the server rolls back.
     let result = match tokio::time::timeout(left, work(&mut *conn)).await {
@@ -153,14 +171,15 @@ pub async fn in_own_transaction<T>(
         Ok(Err(error)) => {
             let rollback = format!("ROLLBACK{clear}");
             let _ = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(rollback)).execute(&mut *conn)).await;
-            return Err(error);
+            return Err(before(error));
         }
-        Err(_) => return Err(crate::db::timed_out(QUERY_TIMEOUT)),
+        Err(_) => return Err(before(crate::db::timed_out(QUERY_TIMEOUT))),
     };
     let end = format!("COMMIT{clear}");
+    let at_commit = |error| (error, FailedAt::Commit);
     match tokio::time::timeout(COMMIT_TIMEOUT, sqlx::raw_sql(sqlx::AssertSqlSafe(end)).execute(&mut *conn)).await {
-        Ok(ended) => ended.map(|_| result),
-        Err(_) => Err(crate::db::timed_out(COMMIT_TIMEOUT)),
+        Ok(ended) => ended.map(|_| result).map_err(at_commit),
+        Err(_) => Err(at_commit(crate::db::timed_out(COMMIT_TIMEOUT))),
     }
 }
 

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::config::{Env, Settings};
 use crate::migrations::{MigrationSettings, embedded};
-use crate::pooler::{Pooling, detect_pooling, in_own_transaction};
+use crate::pooler::{FailedAt, Pooling, detect_pooling, in_own_transaction, in_own_transaction_telling};
 
 /// Exit codes of backend and worker, the same numbers as xtask's for the same causes.
 pub const EXIT_CONFIG: u8 = 3;
@@ -36,20 +36,76 @@ pub struct Db {
 }
 
 impl Db {
-    /// Runs `work` on a connection of the pool, in a transaction of its own (see
+    /// Runs the work `make` makes on a connection of the pool, in a transaction of its own (see
     /// [`in_own_transaction`]). Bounded: a connection gone half-open (a paused VM, a NAT that
-    /// forgot it) costs one failed call, not a worker hanging for good.
-    pub async fn run<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T, sqlx::Error> {
-        let mut guard = CloseUnlessFinished { conn: self.pool.acquire().await?, finished: false };
-        // Bounded inside, where the bound may fire: before the COMMIT, never during it.
-        let result = in_own_transaction(&mut guard.conn, self.pooling, work).await;
-        // A failed call may have left the connection mid-transaction or awaiting an answer.
-        guard.finished = result.is_ok();
-        result
+    /// forgot it) costs one failed call, not a worker hanging for good. A connection lost to a
+    /// failover (or a node that turned read-only under it) is closed, and the work is made and
+    /// run once more on another, where that is safe: when it failed before its COMMIT was sent,
+    /// so the server rolled it back.
+    pub async fn run<T, W>(&self, make: impl Fn() -> W) -> Result<T, sqlx::Error>
+    where
+        W: AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    {
+        self.run_retrying(make, FailedAt::BeforeCommit).await
     }
+
+    /// [`Db::run`] for work that may run twice (a job's outcome recorded again): run once more
+    /// after a lost COMMIT too.
+    pub async fn run_idempotent<T, W>(&self, make: impl Fn() -> W) -> Result<T, sqlx::Error>
+    where
+        W: AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    {
+        self.run_retrying(make, FailedAt::Commit).await
+    }
+
+    async fn run_retrying<T, W>(&self, make: impl Fn() -> W, again_up_to: FailedAt) -> Result<T, sqlx::Error>
+    where
+        W: AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut guard = CloseUnlessFinished { conn: self.pool.acquire().await?, finished: false };
+            // Bounded inside, where the bound may fire: before the COMMIT, never during it.
+            let result = in_own_transaction_telling(&mut guard.conn, self.pooling, make()).await;
+            // A failed call may have left the connection mid-transaction or awaiting an answer.
+            guard.finished = result.is_ok();
+            match result {
+                Ok(done) => return Ok(done),
+                Err((error, at))
+                    if tries == 1
+                        && lost_to_failover(&error)
+                        && (at == FailedAt::BeforeCommit || again_up_to == FailedAt::Commit) =>
+                {
+                    drop(guard);
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+}
+
+/// What a failover does to a pooled connection: the server ends it (57P01, 57P02), it breaks
+/// (an I/O error, a class 08 error), or its node is now a standby that refuses writes (25006).
+fn lost_to_failover(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            matches!(code.as_ref(), "25006" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+/// A pooled connection whose server is now a standby (after a failover behind a pooler or a DNS
+/// name that flipped, nothing cuts it): closed when it is taken from the pool, in the round trip
+/// sqlx's own liveness ping would cost.
+pub async fn still_writable(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Row as _;
+    let row = sqlx::raw_sql("SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::bool)")
+        .fetch_one(conn)
+        .await?;
+    row.try_get(0)
 }
 
 /// A pooled connection that goes back to the pool only when its work finished; one dropped
@@ -134,6 +190,8 @@ pub async fn start(name: &str, args: impl Iterator<Item = String>) -> Result<Ser
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
+        .before_acquire(|conn, _| Box::pin(async move { still_writable(conn).await }))
         .after_connect(move |_, _| {
             Box::pin(async move {
                 // The pool's connect gives no way to ask the server which port it saw.

@@ -73,7 +73,15 @@ async fn health() -> Json<serde_json::Value> {
 /// 200 when the database answers and has this build's migrations; 503 with the reason otherwise.
 async fn ready(State(app): State<Arc<App>>) -> Response {
     let checked = async {
-        let checked = app.db.run(async |conn| Ok(embedded::check(conn, &app.migrations).await));
+        // Ready means able to write: after a failover, a node that turned standby is not.
+        let checked = app.db.run(|| {
+            async |conn| {
+                if !service::still_writable(conn).await? {
+                    return Ok(Err("the database takes no writes: a standby (a failover in progress?)".to_owned()));
+                }
+                Ok(embedded::check(conn, &app.migrations).await)
+            }
+        });
         checked.await.map_err(|e| format!("database not reachable: {e}"))?
     };
     match checked.await {
@@ -96,14 +104,14 @@ async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Res
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error }))).into_response();
     }
     let payload = if job.payload.is_null() { json!({}) } else { job.payload };
-    match app.db.run(async |conn| jobs::enqueue(conn, &job.kind, &payload).await).await {
+    match app.db.run(|| async |conn| jobs::enqueue(conn, &job.kind, &payload).await).await {
         Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
         Err(e) => database_error(e),
     }
 }
 
 async fn show_job(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
-    match app.db.run(async |conn| jobs::get(conn, id).await).await {
+    match app.db.run(|| async |conn| jobs::get(conn, id).await).await {
         Ok(Some(job)) => Json(job).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no job {id}") }))).into_response(),
         Err(e) => database_error(e),

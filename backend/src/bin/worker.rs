@@ -42,17 +42,17 @@ async fn work() -> ExitCode {
     let mut requeue = tokio::time::interval(REQUEUE_EVERY);
     while !is_ready(shutdown.as_mut()) {
         if is_ready(std::pin::pin!(requeue.tick())) {
-            match db.run(async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
+            match db.run(|| async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
                 Ok(0) => {}
                 Ok(n) => service::say(format!("worker: put {n} abandoned jobs back in the queue")),
                 Err(e) => service::say(format!("worker: cannot requeue abandoned jobs: {e}")),
             }
         }
-        match db.run(async |conn| jobs::claim(conn).await).await {
+        match db.run(|| async |conn| jobs::claim(conn).await).await {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
-                if let Err(e) = db.run(async |conn| jobs::finish(conn, job.id, outcome).await).await {
+                if let Err(e) = record(&db, job.id, &outcome).await {
                     service::say(format!("worker: cannot record job {}: {e}", job.id));
                 }
                 match failed {
@@ -77,6 +77,26 @@ async fn work() -> ExitCode {
     }
     service::say("worker: stopped");
     ExitCode::SUCCESS
+}
+
+/// How long the outcome of a job that ran is retried: longer than a failover takes, shorter
+/// than [`ABANDONED_AFTER_SECS`], after which another claim would run the job again.
+const RECORD_FOR: Duration = Duration::from_secs(60);
+
+/// Records a job's outcome, again and again while the database is away (a failover): recording
+/// it twice is harmless, not recording it would run the job again once it counts as abandoned.
+async fn record(db: &backend::service::Db, id: i64, outcome: &Result<Value, String>) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        let recorded = db.run_idempotent(|| async |conn| jobs::finish(conn, id, outcome.clone()).await).await;
+        match recorded {
+            Err(e) if started.elapsed() < RECORD_FOR => {
+                service::say(format!("worker: cannot record job {id} yet ({e}): trying again"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Whether `future` has finished, without waiting for it.

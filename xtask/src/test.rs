@@ -75,8 +75,13 @@ fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
         std::fs::remove_file(policy)?;
     }
     installed?;
-    if std::path::Path::new("/run/systemd/system").is_dir() {
-        cmd!(sh, "systemctl disable --now pgbouncer").quiet().ignore_stderr().run()?;
+    // The package enables its unit (and its SysV script) whether or not systemd runs now;
+    // `systemctl disable` undoes both offline too.
+    if cmd!(sh, "systemctl --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        cmd!(sh, "systemctl disable pgbouncer").quiet().ignore_stdout().ignore_stderr().run()?;
+        if std::path::Path::new("/run/systemd/system").is_dir() {
+            cmd!(sh, "systemctl stop pgbouncer").quiet().ignore_stdout().ignore_stderr().run()?;
+        }
     }
     ui::line("PgBouncer installed with its system service stopped and not enabled at boot: the tests start their own");
     Ok(())

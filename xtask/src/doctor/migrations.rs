@@ -7,8 +7,8 @@ use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::context::display_path;
+use crate::lint::Config;
 use crate::lint::command::lint_set;
-use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
@@ -107,15 +107,14 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
     doctor.check(Area::Migrations, "migrations.transactions", || {
         let Ok((set, _, _)) = &loaded else { return Ok(Outcome::skipped("the migrations cannot be read")) };
         // Statements the parser cannot read are the linter's to report, not this check's.
-        let mut findings = lint_set(set, &[&NeedsNoTransaction, &NoTransactionSingleStatement], |_| true);
-        findings.retain(|f| f.rule != UNPARSED);
+        let findings = lint_set(set, &Config::transactions_only(), None, |_| true, false).findings;
         Ok(if findings.is_empty() {
             Outcome::ok("every statement can run the way its file runs it (in a transaction or not)")
         } else {
             Outcome::fail(
                 findings
                     .iter()
-                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.why))
+                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.message))
                     .collect::<Vec<_>>()
                     .join("; "),
                 findings.first().map(|f| f.safe.clone()).unwrap_or_default(),
@@ -176,7 +175,10 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         if pending.is_empty() {
             return Ok(Outcome::ok("no pending migration to lint"));
         }
-        let findings = lint_set(set, RULES, |file| pending.contains(&file.migration.version));
+        // The same engine and settings as lint-migrations (a .squawk.toml that does not parse is
+        // lint-migrations' to report: doctor lints with the defaults then).
+        let config = Config::load(&dir, &inputs.root).unwrap_or_else(|_| Config::defaults());
+        let findings = lint_set(set, &config, None, |file| pending.contains(&file.migration.version), true).findings;
         Ok(if findings.is_empty() {
             Outcome::ok(format!("the {} pending migrations are safe for a live database", pending.len()))
         } else {

@@ -1,0 +1,232 @@
+//! `lint-migrations --locks`: measured locks, not guessed ones. The applied migrations build a
+//! throwaway copy of the schema in a throwaway cluster on this machine (never the database being
+//! checked); then each checked migration runs there the way sqlx runs it, one statement at a time,
+//! and after each, `pg_locks` of our own session says which locks that statement took. A lock is
+//! held until COMMIT, so in a transaction every statement's lock is seen; a `-- no-transaction`
+//! statement runs in autocommit and its locks end with it, so those are named as unmeasured.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use backend::migrations::{MigrationFile, MigrationSet, MigrationSettings};
+use sqlx::PgConnection;
+use squawk_syntax::SourceFile;
+use squawk_syntax::ast::AstNode;
+
+use crate::context::display_path;
+use crate::database::{Template, create_database};
+use crate::throwaway::{Binaries, LocalCluster};
+
+/// Building the copy holds no rows, only DDL; the same bound as drift's.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The database the copy is built in, on the throwaway cluster.
+const COPY: &str = "lint_locks";
+
+/// Relation locks our own session holds, outside the system catalogs (DDL takes those too, and the
+/// query itself takes ACCESS SHARE on pg_locks).
+const HELD: &str = "SELECT c.oid::int8, c.oid::regclass::text, c.relkind::text, l.mode \
+                    FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c ON c.oid = l.relation \
+                    WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' AND l.granted \
+                    AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+                    AND c.relnamespace::regnamespace::text NOT LIKE 'pg\\_toast%'";
+
+/// Tables (and partitioned tables, materialized views) there are now: those that existed before.
+const TABLES: &str = "SELECT c.oid::int8 FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'm') \
+                      AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
+
+/// One lock a statement took.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Lock {
+    oid: i64,
+    relation: String,
+    kind: String,
+    mode: String,
+}
+
+/// Prints the lock each statement of the checked migrations takes; returns how many ACCESS
+/// EXCLUSIVE locks they took on tables that existed before. `applied` build the copy first. With
+/// `deploy`, a table existed before when it existed before the first checked migration; without
+/// (`--all`), before the migration itself.
+pub fn measure(
+    set: &MigrationSet,
+    settings: &MigrationSettings,
+    applied: &BTreeSet<i64>,
+    deploy: bool,
+    to_stdout: bool,
+) -> anyhow::Result<usize> {
+    let say = |line: String| if to_stdout { println!("{line}") } else { crate::ui::line(line) };
+    crate::ui::step("measure the locks of the checked migrations in a throwaway copy of the schema (--locks)");
+    let bin = Binaries::find(None).ok_or_else(|| {
+        anyhow!(
+            "--locks needs PostgreSQL server binaries on this machine for a throwaway cluster: install them (`sudo \
+             apt-get install postgresql`, `brew install postgresql@17`), or leave --locks out"
+        )
+    })?;
+    crate::interrupt::block_on(async {
+        let cluster = LocalCluster::start(bin).await.context("start a throwaway cluster for --locks")?;
+        let work = async {
+            let mut admin = connect(&cluster.settings("postgres")?).await?;
+            create_database(&mut admin.conn, COPY, Template::Pristine).await.context("create the copy's database")?;
+            let mut ready = connect(&cluster.settings(COPY)?).await?;
+            run_all(&mut ready.conn, set, settings, applied, deploy, &say).await
+        };
+        let result = tokio::time::timeout(BUILD_TIMEOUT, work).await;
+        cluster.stop().await;
+        result.map_err(|_| anyhow!("measuring the locks took more than {} s", BUILD_TIMEOUT.as_secs()))?
+    })
+}
+
+async fn run_all(
+    conn: &mut PgConnection,
+    set: &MigrationSet,
+    settings: &MigrationSettings,
+    applied: &BTreeSet<i64>,
+    deploy: bool,
+    say: &impl Fn(String),
+) -> anyhow::Result<usize> {
+    for schema in &settings.create_schemas {
+        execute(conn, &format!("CREATE SCHEMA IF NOT EXISTS {}", crate::database::quote_identifier(schema))).await?;
+    }
+    let mut existing: Option<HashSet<i64>> = None;
+    let mut blocking = 0;
+    for file in &set.files {
+        let name = file.path.as_deref().map(display_path).unwrap_or_else(|| file.name());
+        if applied.contains(&file.migration.version) {
+            execute(conn, file.migration.sql.as_ref())
+                .await
+                .with_context(|| format!("{name} (applied) fails on the copy, so nothing after it can be measured"))?;
+            continue;
+        }
+        if existing.is_none() || !deploy {
+            existing = Some(sqlx::query_scalar(TABLES).fetch_all(&mut *conn).await?.into_iter().collect());
+        }
+        let before = existing.as_ref().map(|e| e as &HashSet<i64>).ok_or_else(|| anyhow!("no tables read"))?;
+        match measure_file(conn, file, &name, before, say).await {
+            Ok(count) => blocking += count,
+            Err(error) => {
+                say(format!("{name}: stopped here, nothing after it is measured: {error:#}"));
+                return Ok(blocking);
+            }
+        }
+    }
+    Ok(blocking)
+}
+
+/// Runs one migration statement by statement and says what each locked.
+async fn measure_file(
+    conn: &mut PgConnection,
+    file: &MigrationFile,
+    name: &str,
+    existing: &HashSet<i64>,
+    say: &impl Fn(String),
+) -> anyhow::Result<usize> {
+    let sql = file.migration.sql.as_ref();
+    let sql = sql.strip_prefix('\u{feff}').unwrap_or(sql);
+    let in_transaction = !file.migration.no_tx;
+    let parse = SourceFile::parse(sql);
+    say(format!("{name} ({}):", if in_transaction { "one transaction" } else { "-- no-transaction, autocommit" }));
+    if in_transaction {
+        execute(conn, "BEGIN").await?;
+    }
+    let mut held: HashSet<Lock> = HashSet::new();
+    let mut blocking = 0;
+    for statement in parse.tree().stmts() {
+        let range = statement.syntax().text_range();
+        let text = sql.get(usize::from(range.start())..usize::from(range.end())).unwrap_or_default();
+        let line = sql[..usize::from(range.start())].matches('\n').count() + 1;
+        let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(70).collect();
+        say(format!("  line {line}: {shown}"));
+        if let Err(error) = execute(conn, text).await {
+            if in_transaction {
+                let _ = execute(conn, "ROLLBACK").await;
+            }
+            return Err(error);
+        }
+        if !in_transaction {
+            say("    not measured: outside a transaction its locks end with the statement (CONCURRENTLY builds take \
+                 SHARE UPDATE EXCLUSIVE, which blocks neither reads nor writes)"
+                .into());
+            continue;
+        }
+        let now: HashSet<Lock> = sqlx::query_as::<_, (i64, String, String, String)>(HELD)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(oid, relation, kind, mode)| Lock { oid, relation, kind, mode })
+            .collect();
+        let mut taken: Vec<&Lock> = now.difference(&held).collect();
+        taken.sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
+        if taken.is_empty() {
+            say("    no new lock on a table or index".into());
+        }
+        for lock in taken {
+            let table = matches!(lock.kind.as_str(), "r" | "p" | "m");
+            let old = existing.contains(&lock.oid);
+            let what = if table { "table" } else { "index or other relation" };
+            let age = if !table {
+                ""
+            } else if old {
+                ", existed before"
+            } else {
+                ", new in this deploy"
+            };
+            let mode = lock.mode.trim_end_matches("Lock");
+            say(format!("    {} on {what} {}{age}: {}", spaced(mode), lock.relation, blocks(mode)));
+            if table && old && mode == "AccessExclusive" {
+                blocking += 1;
+            }
+        }
+        held = now;
+    }
+    if in_transaction {
+        execute(conn, "COMMIT").await?;
+    }
+    Ok(blocking)
+}
+
+/// `AccessExclusive` as PostgreSQL's docs spell it: ACCESS EXCLUSIVE.
+fn spaced(mode: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in mode.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// What the lock stops the application's queries from doing while it is held.
+fn blocks(mode: &str) -> &'static str {
+    match mode {
+        "AccessExclusive" => "blocks reads and writes",
+        "Exclusive" | "ShareRowExclusive" | "Share" => "blocks writes, not reads",
+        _ => "blocks neither reads nor writes",
+    }
+}
+
+async fn execute(conn: &mut PgConnection, sql: &str) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow!("{}", backend::db::describe_error(&e)))
+}
+
+async fn connect(db: &backend::config::DatabaseSettings) -> anyhow::Result<backend::db::Ready> {
+    backend::db::connect_once(db, "prestart-lint-locks", backend::db::ATTEMPT_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("cannot connect to {db}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn modes_read_as_the_docs_spell_them() {
+        assert_eq!(super::spaced("AccessExclusive"), "ACCESS EXCLUSIVE");
+        assert_eq!(super::spaced("ShareUpdateExclusive"), "SHARE UPDATE EXCLUSIVE");
+        assert_eq!(super::blocks("Share"), "blocks writes, not reads");
+    }
+}

@@ -510,11 +510,13 @@ fn the_database_tells_table_sizes_big_tables_rank_first_and_an_empty_one_is_harm
     Run::xtask(XTASK, &["migrate", "--source", &source], &cluster.env("app")).output().assert_code(0);
     cluster.psql(
         "app",
-        "INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 20000) g; ANALYZE users",
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 20000) g; ANALYZE users; \
+         CREATE UNIQUE INDEX users_email_idx ON users (email)",
     );
     migrations.write(
         "2_change.sql",
-        "ALTER TABLE teams ALTER COLUMN id TYPE numeric;\nALTER TABLE users ALTER COLUMN email TYPE varchar(200);\n",
+        "ALTER TABLE teams ALTER COLUMN id TYPE numeric;\nALTER TABLE users ALTER COLUMN email TYPE varchar(200);\n\
+         ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email);\n",
     );
     let outcome = Run::xtask(XTASK, &["lint-migrations", "--source", &source], &cluster.env("app")).output();
     outcome.assert_code(1).assert_stderr_contains("with the database's facts: PostgreSQL");
@@ -523,7 +525,15 @@ fn the_database_tells_table_sizes_big_tables_rank_first_and_an_empty_one_is_harm
     assert!(users < teams, "the big table does not rank first:\n{}", outcome.stdout);
     assert!(outcome.stdout.contains("(users is ") && outcome.stdout.contains("about 20000 rows"), "{}", outcome.stdout);
     assert!(outcome.stdout.contains("teams is empty on the database"), "{}", outcome.stdout);
-    outcome.assert_stderr_contains("1 problem in 1 of 1 checked migrations");
+    assert!(
+        outcome
+            .stdout
+            .contains("the database has CREATE UNIQUE INDEX users_email_idx ON public.users USING btree (email)")
+            && outcome.stdout.contains("`ADD CONSTRAINT ... USING INDEX users_email_idx`"),
+        "{}",
+        outcome.stdout
+    );
+    outcome.assert_stderr_contains("2 problems in 1 of 1 checked migrations");
 }
 
 #[test]

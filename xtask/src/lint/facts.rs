@@ -1,13 +1,14 @@
 //! What only the database can tell, when it answers (never required): the server's version (which
-//! changes are metadata-only there) and each table's size, so a finding on a 2 GB table says so and
-//! ranks above one on an empty table, where a rewrite is harmless.
+//! changes are metadata-only there), each table's size, so a finding on a 2 GB table says so and
+//! ranks above one on an empty table, where a rewrite is harmless, and the unique indexes a new
+//! UNIQUE or PRIMARY KEY constraint could take over instead of building its own under a lock.
 
 use std::collections::HashMap;
 
-use squawk_linter::Version;
+use squawk_linter::{Rule as Squawk, Version};
 
 use super::Finding;
-use super::rules::{Kind, Severity};
+use super::rules::{Kind, RuleId, Severity};
 
 pub struct Facts {
     pub version: Version,
@@ -15,6 +16,8 @@ pub struct Facts {
     pub version_text: String,
     /// By table name (unqualified, as the rules name them); the biggest when schemas share a name.
     tables: HashMap<String, Size>,
+    /// Valid unique indexes no constraint uses yet, by table: `(name, definition)`.
+    unique_indexes: HashMap<String, Vec<(String, String)>>,
 }
 
 #[derive(Clone, Copy)]
@@ -33,6 +36,15 @@ const TABLES: &str = "SELECT c.relname::text, pg_catalog.pg_table_size(c.oid), p
                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                       WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                       AND n.nspname NOT LIKE 'pg\\_toast%'";
+
+/// Valid unique indexes that back no constraint, outside the system schemas.
+const UNIQUE_INDEXES: &str = "SELECT t.relname::text, i.relname::text, pg_catalog.pg_get_indexdef(i.oid) \
+                              FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid \
+                              JOIN pg_catalog.pg_class t ON t.oid = x.indrelid \
+                              JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
+                              WHERE x.indisunique AND x.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                              AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint c WHERE c.conindid = i.oid) \
+                              ORDER BY 2";
 
 impl Facts {
     pub async fn read(conn: &mut sqlx::PgConnection) -> Result<Facts, sqlx::Error> {
@@ -53,14 +65,30 @@ impl Facts {
                 })
                 .or_insert(size);
         }
-        Ok(Facts { version, version_text, tables })
+        let mut unique_indexes: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (table, name, definition) in
+            sqlx::query_as::<_, (String, String, String)>(UNIQUE_INDEXES).fetch_all(&mut *conn).await?
+        {
+            unique_indexes.entry(table).or_default().push((name, definition));
+        }
+        Ok(Facts { version, version_text, tables, unique_indexes })
     }
 
     /// Adds the table's size to a finding on it; on an empty table, a lock or a rewrite is
     /// harmless: the finding says so and fails nothing.
     pub fn weigh(&self, finding: &mut Finding) {
-        let Some(size) = finding.table.as_ref().and_then(|t| self.tables.get(t)) else { return };
-        let table = finding.table.as_deref().unwrap_or_default();
+        let table = finding.table.clone().unwrap_or_default();
+        if let RuleId::Squawk(Squawk::DisallowedUniqueConstraint | Squawk::AddingSerialPrimaryKeyField) = finding.rule
+            && let Some(indexes) = self.unique_indexes.get(&table)
+        {
+            for (name, definition) in indexes {
+                finding.safe.push_str(&format!(
+                    "; the database has {definition}: if it covers these columns, `ADD CONSTRAINT ... USING INDEX \
+                     {name}` takes it over without a scan"
+                ));
+            }
+        }
+        let Some(size) = self.tables.get(&table) else { return };
         finding.table_bytes = Some(size.bytes);
         if size.heap == 0 && finding.rule.kind() == Kind::Locking {
             finding.severity = Severity::Note;

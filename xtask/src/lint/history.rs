@@ -79,15 +79,16 @@ impl History {
         }
     }
 
-    /// Why a finding of squawk's `rule` on `statement` is wrong here, if we know better.
-    pub fn knows_better(&self, rule: Squawk, statement: &ast::Stmt) -> Option<&'static str> {
-        let ast::Stmt::AlterTable(alter) = statement else { return None };
-        let table = target(statement)?;
+    /// A finding of squawk's `rule` on `statement` is wrong here: we know better.
+    pub fn knows_better(&self, rule: Squawk, statement: &ast::Stmt) -> bool {
+        let ast::Stmt::AlterTable(alter) = statement else { return false };
+        let Some(table) = target(statement) else { return false };
         let columns = |pick: fn(&AlterTableAction) -> Option<String>| -> Vec<String> {
             alter.actions().filter_map(|a| pick(&a)).collect()
         };
         match rule {
-            // squawk sees a validated check only when VALIDATE is in the same file as SET NOT NULL.
+            // A validated CHECK (... IS NOT NULL) lets SET NOT NULL skip its scan; squawk sees one only
+            // when the VALIDATE is in the same file.
             Squawk::AddingNotNullableField => {
                 let set = columns(|action| match action {
                     AlterTableAction::AlterColumn(c)
@@ -97,10 +98,10 @@ impl History {
                     }
                     _ => None,
                 });
-                (!set.is_empty() && set.iter().all(|c| self.validated.contains(&(table.clone(), c.clone()))))
-                    .then_some("a validated CHECK (... IS NOT NULL) lets SET NOT NULL skip its scan")
+                !set.is_empty() && set.iter().all(|c| self.validated.contains(&(table.clone(), c.clone())))
             }
-            // The check a SET NOT NULL made redundant: the column's NOT NULL guarantees the same.
+            // Dropping the check a SET NOT NULL made redundant: the column's NOT NULL guarantees
+            // what it did.
             Squawk::BanDropConstraint => {
                 let dropped = columns(|action| match action {
                     AlterTableAction::DropConstraint(d) => {
@@ -108,15 +109,27 @@ impl History {
                     }
                     _ => None,
                 });
-                (!dropped.is_empty()
+                !dropped.is_empty()
                     && dropped.iter().all(|name| {
                         self.not_null_checks
                             .get(name)
                             .is_some_and(|column| column.0 == table && self.not_null.contains(column))
-                    }))
-                .then_some("the column is NOT NULL now, which guarantees what the dropped check did")
+                    })
             }
-            _ => None,
+            // NOT VALID is refused for UNIQUE, PRIMARY KEY and EXCLUDE: the advice cannot be taken
+            // (disallowed-unique-constraint and adding-serial-primary-key-field give the one that can).
+            Squawk::ConstraintMissingNotValid => alter.actions().all(|action| match action {
+                AlterTableAction::AddConstraint(add) => matches!(
+                    add.constraint(),
+                    Some(
+                        ast::Constraint::UniqueConstraint(_)
+                            | ast::Constraint::PrimaryKeyConstraint(_)
+                            | ast::Constraint::ExcludeConstraint(_)
+                    )
+                ),
+                _ => true,
+            }),
+            _ => false,
         }
     }
 }

@@ -100,117 +100,7 @@ impl<'a> Engine<'a> {
             .collect();
         let mut history = self.history.clone();
         if report {
-            let lines = Lines::new(sql);
-            let mut findings = Vec::new();
-            let mut moot = false;
-            let violations = self.squawk(&parse, sql, no_transaction);
-            let mut violations = violations.into_iter().peekable();
-            for (index, statement) in statements.iter().enumerate() {
-                // Findings outside any statement: squawk's, on an ignore comment.
-                while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.start) {
-                    findings.push(self.finding(
-                        file,
-                        &lines,
-                        offset(v.text_range.start()),
-                        RuleId::Squawk(v.code),
-                        v.message,
-                        v.help,
-                        None,
-                    ));
-                }
-                let table = history::target(&statement.node);
-                if !no_transaction && let Some(what) = needs_no_transaction::refused_in_transaction(&statement.node) {
-                    let why = needs_no_transaction::why(what);
-                    let safe = Some(needs_no_transaction::SAFE.to_owned());
-                    findings.push(self.finding(
-                        file,
-                        &lines,
-                        statement.start,
-                        RuleId::Own(Own::NeedsNoTransaction),
-                        why,
-                        safe,
-                        table.clone(),
-                    ));
-                }
-                if no_transaction && index == 1 {
-                    let (why, safe) = (
-                        no_transaction_single_statement::WHY.to_owned(),
-                        Some(no_transaction_single_statement::SAFE.to_owned()),
-                    );
-                    findings.push(self.finding(
-                        file,
-                        &lines,
-                        statement.start,
-                        RuleId::Own(Own::NoTransactionSingleStatement),
-                        why,
-                        safe,
-                        table.clone(),
-                    ));
-                }
-                while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.end) {
-                    let rule = RuleId::Squawk(v.code);
-                    match v.code {
-                        // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
-                        squawk_linter::Rule::RequireLockTimeout if !no_transaction => {
-                            moot = true;
-                            continue;
-                        }
-                        // The statement runs alone, and a timeout would cancel a CONCURRENTLY build
-                        // halfway, leaving an INVALID index: prestart sets none for these files on purpose.
-                        squawk_linter::Rule::RequireLockTimeout | squawk_linter::Rule::RequireStatementTimeout
-                            if needs_no_transaction::refused_in_transaction(&statement.node).is_some() =>
-                        {
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    let new = table.as_ref().is_some_and(|t| history.new_relations.contains(t));
-                    if new && matches!(rule.kind(), Kind::Locking | Kind::Breaking) {
-                        continue;
-                    }
-                    if history.knows_better(v.code, &statement.node).is_some() {
-                        continue;
-                    }
-                    findings.push(self.finding(
-                        file,
-                        &lines,
-                        offset(v.text_range.start()),
-                        rule,
-                        v.message,
-                        v.help,
-                        table.clone(),
-                    ));
-                }
-                history.learn(&statement.node);
-            }
-            for v in violations {
-                findings.push(self.finding(
-                    file,
-                    &lines,
-                    offset(v.text_range.start()),
-                    RuleId::Squawk(v.code),
-                    v.message,
-                    v.help,
-                    None,
-                ));
-            }
-            if self.config.enabled.contains(&RuleId::Own(Own::UnparsedStatement)) {
-                findings.extend(unread(&parse, &statements).into_iter().map(|(at, error)| {
-                    let why = format!("the linter cannot parse this statement ({error}), so no rule checked it");
-                    let safe = format!(
-                        "check it by hand; if it is fine, put `-- lint: allow {}` above it",
-                        Own::UnparsedStatement.name()
-                    );
-                    self.finding(file, &lines, at, RuleId::Own(Own::UnparsedStatement), why, Some(safe), None)
-                }));
-            }
-            let allowed = exemptions(sql);
-            let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
-            findings.retain(|f| {
-                let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
-                let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
-                !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= last && *rule == f.rule)
-            });
+            let (findings, moot) = self.check(file, sql, &parse, &statements, no_transaction, &mut history);
             outcome.moot_lock_timeout += usize::from(moot);
             outcome.findings.extend(findings);
         } else {
@@ -238,33 +128,139 @@ impl<'a> Engine<'a> {
         linter.lint(parse, sql)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finding(
+    /// The findings on one file, statement by statement, each decided with what the statements
+    /// before it did (`history`, which learns as it goes); and whether require-lock-timeout was moot.
+    fn check(
         &self,
         file: &Path,
-        lines: &Lines,
-        at: usize,
-        rule: RuleId,
-        message: String,
-        help: Option<String>,
-        table: Option<String>,
-    ) -> Finding {
-        let (line, column) = lines.position(at);
+        sql: &str,
+        parse: &Parse<SourceFile>,
+        statements: &[Statement],
+        no_transaction: bool,
+        history: &mut History,
+    ) -> (Vec<Finding>, bool) {
+        let on = |rule: Own| self.config.enabled.contains(&RuleId::Own(rule));
+        let mut drafts = Vec::new();
+        let mut moot = false;
+        let mut violations = self.squawk(parse, sql, no_transaction).into_iter().peekable();
+        for (index, statement) in statements.iter().enumerate() {
+            // Findings outside any statement: squawk's, on an ignore comment.
+            while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.start) {
+                drafts.push(Draft::of(v, None));
+            }
+            let table = history::target(&statement.node);
+            let refused = needs_no_transaction::refused_in_transaction(&statement.node);
+            if let Some(what) = refused.filter(|_| !no_transaction && on(Own::NeedsNoTransaction)) {
+                drafts.push(Draft {
+                    at: statement.start,
+                    rule: RuleId::Own(Own::NeedsNoTransaction),
+                    message: needs_no_transaction::why(what),
+                    help: Some(needs_no_transaction::SAFE.to_owned()),
+                    table: table.clone(),
+                });
+            }
+            if no_transaction && index == 1 && on(Own::NoTransactionSingleStatement) {
+                drafts.push(Draft {
+                    at: statement.start,
+                    rule: RuleId::Own(Own::NoTransactionSingleStatement),
+                    message: no_transaction_single_statement::WHY.to_owned(),
+                    help: Some(no_transaction_single_statement::SAFE.to_owned()),
+                    table: table.clone(),
+                });
+            }
+            while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.end) {
+                match v.code {
+                    // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
+                    squawk_linter::Rule::RequireLockTimeout if !no_transaction => {
+                        moot = true;
+                        continue;
+                    }
+                    // The statement runs alone, and a timeout would cancel a CONCURRENTLY build
+                    // halfway, leaving an INVALID index: prestart sets none for these files on purpose.
+                    squawk_linter::Rule::RequireLockTimeout | squawk_linter::Rule::RequireStatementTimeout
+                        if refused.is_some() =>
+                    {
+                        continue;
+                    }
+                    _ => {}
+                }
+                // Nobody uses a table the deploy made yet: its locks block no one, and old code
+                // does not know it to break.
+                let new = table.as_ref().is_some_and(|t| history.new_relations.contains(t));
+                if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
+                    continue;
+                }
+                if !history.knows_better(v.code, &statement.node) {
+                    drafts.push(Draft::of(v, table.clone()));
+                }
+            }
+            history.learn(&statement.node);
+        }
+        drafts.extend(violations.map(|v| Draft::of(v, None)));
+        if on(Own::UnparsedStatement) {
+            drafts.extend(unread(parse, statements).into_iter().map(|(at, error)| Draft {
+                at,
+                rule: RuleId::Own(Own::UnparsedStatement),
+                message: format!("the linter cannot parse this statement ({error}), so no rule checked it"),
+                help: Some(format!(
+                    "check it by hand; if it is fine, put `-- lint: allow {}` above it",
+                    Own::UnparsedStatement.name()
+                )),
+                table: None,
+            }));
+        }
+        let lines = Lines::new(sql);
+        let mut findings: Vec<Finding> = drafts.into_iter().map(|draft| self.finish(file, &lines, draft)).collect();
+        let allowed = exemptions(sql);
+        let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
+        findings.retain(|f| {
+            // A comment after the previous statement, up to the end of this one.
+            let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
+            let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
+            !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= last && *rule == f.rule)
+        });
+        (findings, moot)
+    }
+
+    fn finish(&self, file: &Path, lines: &Lines, draft: Draft) -> Finding {
+        let (line, column) = lines.position(draft.at);
+        let rule = draft.rule;
         let mut finding = Finding {
             file: file.to_path_buf(),
             line,
             column,
             rule,
             severity: rule.severity(),
-            message,
-            safe: help.unwrap_or_else(|| format!("see docs/linting.md#{rule}")),
-            table,
+            message: draft.message,
+            safe: draft.help.unwrap_or_else(|| format!("see docs/linting.md#{rule}")),
+            table: draft.table,
             table_bytes: None,
         };
         if let Some(facts) = self.facts {
             facts.weigh(&mut finding);
         }
         finding
+    }
+}
+
+/// A finding before its place in the file is worked out.
+struct Draft {
+    at: usize,
+    rule: RuleId,
+    message: String,
+    help: Option<String>,
+    table: Option<String>,
+}
+
+impl Draft {
+    fn of(violation: squawk_linter::Violation, table: Option<String>) -> Draft {
+        Draft {
+            at: offset(violation.text_range.start()),
+            rule: RuleId::Squawk(violation.code),
+            message: violation.message,
+            help: violation.help,
+            table,
+        }
     }
 }
 
@@ -389,6 +385,16 @@ mod tests {
         );
         let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
         assert_eq!(rules, [(2, "require-concurrent-index-creation".to_owned())]);
+    }
+
+    #[test]
+    fn not_valid_is_not_offered_where_postgresql_refuses_it() {
+        let rules: Vec<String> =
+            lint("ALTER TABLE t ADD CONSTRAINT t_key UNIQUE (a);\nALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);")
+                .iter()
+                .map(|f| format!("{}:{}", f.line, f.rule))
+                .collect();
+        assert_eq!(rules, ["1:disallowed-unique-constraint", "2:constraint-missing-not-valid"]);
     }
 
     proptest::proptest! {

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         select(&database, &set, &root, &dir)
     };
-    let facts = database.as_ref().ok().map(|(_, facts)| facts);
+    let facts = database.as_ref().ok().and_then(|(_, facts)| facts.as_ref());
     ui::step(format!("lint {} of {} migrations in {}: {basis}", selected.len(), set.files.len(), display_path(&dir)));
     if let Some(source) = &config.source {
         ui::line(format!("rules as {} sets them", display_path(source)));
@@ -82,7 +82,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok((applied, _)) => applied.clone(),
             Err(_) => set.files.iter().map(|f| f.migration.version).filter(|v| !selected.contains(v)).collect(),
         };
-        super::locks::measure(&set, &settings, &applied, !args.all, args.format == Format::Text)?
+        let roles = facts.map(|f| f.roles.as_slice()).unwrap_or_default();
+        super::locks::measure(&set, &settings, &applied, roles, !args.all, args.format == Format::Text)?
     } else {
         0
     };
@@ -128,7 +129,7 @@ pub fn lint_set(
 /// The migrations not applied yet when the database answers; else those added since the
 /// merge-base with the default branch, plus uncommitted ones; else all.
 fn select(
-    database: &Result<(BTreeSet<i64>, Facts), String>,
+    database: &Result<(BTreeSet<i64>, Option<Facts>), String>,
     set: &MigrationSet,
     root: &Path,
     dir: &Path,
@@ -161,8 +162,12 @@ fn select(
     }
 }
 
-/// What the database has applied, and its facts, or why it cannot tell.
-fn ask_database(args: &Args, table: &str) -> Result<(BTreeSet<i64>, Facts), String> {
+/// How long the database's facts may take to read.
+const FACTS_BOUND: Duration = Duration::from_secs(3);
+
+/// What the database has applied, and its facts (when its catalog can be read), or why it cannot
+/// tell.
+fn ask_database(args: &Args, table: &str) -> Result<(BTreeSet<i64>, Option<Facts>), String> {
     let loaded = args.settings.load().map_err(|e| format!("the settings do not load ({e:#})"))?;
     let db = &loaded.settings.database;
     crate::interrupt::block_on(async {
@@ -175,9 +180,25 @@ fn ask_database(args: &Args, table: &str) -> Result<(BTreeSet<i64>, Facts), Stri
             Ok(Err(error)) => return Err(format!("{table} cannot be read ({})", backend::db::describe_error(&error))),
             Err(locked) => return Err(format!("{locked:#}")),
         };
-        let facts = Facts::read(&mut ready.conn)
-            .await
-            .map_err(|e| format!("its catalog cannot be read ({})", backend::db::describe_error(&e)))?;
+        // Facts refine the findings; without them the lint is the same as with no database.
+        // Bounded: a table's size waits for its lock, and a migration running now may hold it.
+        let facts = match tokio::time::timeout(FACTS_BOUND, Facts::read(&mut ready.conn)).await {
+            Ok(Ok(facts)) => Some(facts),
+            Ok(Err(error)) => {
+                ui::line(format!(
+                    "the database's version and table sizes are not used: {}",
+                    backend::db::describe_error(&error)
+                ));
+                None
+            }
+            Err(_) => {
+                ui::line(format!(
+                    "the database's version and table sizes are not used: reading them took more than {} s (a lock?)",
+                    FACTS_BOUND.as_secs()
+                ));
+                None
+            }
+        };
         Ok((rows.into_iter().map(|r| r.version).collect(), facts))
     })
 }

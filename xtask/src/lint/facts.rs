@@ -18,6 +18,8 @@ pub struct Facts {
     tables: HashMap<String, Size>,
     /// Valid unique indexes no constraint uses yet, by table: `(name, definition)`.
     unique_indexes: HashMap<String, Vec<(String, String)>>,
+    /// The roles, by name: grants and owners in migrations name them, so `--locks` makes them too.
+    pub roles: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -71,7 +73,10 @@ impl Facts {
         {
             unique_indexes.entry(table).or_default().push((name, definition));
         }
-        Ok(Facts { version, version_text, tables, unique_indexes })
+        let roles = sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_'")
+            .fetch_all(&mut *conn)
+            .await?;
+        Ok(Facts { version, version_text, tables, unique_indexes, roles })
     }
 
     /// Adds the table's size to a finding on it; on an empty table, a lock or a rewrite is

@@ -2,8 +2,9 @@
 //! throwaway copy of the schema in a throwaway cluster on this machine (never the database being
 //! checked); then each checked migration runs there the way sqlx runs it, one statement at a time,
 //! and after each, `pg_locks` of our own session says which locks that statement took. A lock is
-//! held until COMMIT, so in a transaction every statement's lock is seen; a `-- no-transaction`
-//! statement runs in autocommit and its locks end with it, so those are named as unmeasured.
+//! held until COMMIT, so in a transaction every statement's lock is seen. A `-- no-transaction`
+//! statement runs in autocommit and its locks end with it: a second session samples them while it
+//! runs, which may miss a short one, and says so.
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -21,20 +22,27 @@ use crate::throwaway::{Binaries, LocalCluster};
 /// Building the copy holds no rows, only DDL; the same bound as drift's.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Between two samples of an autocommit statement's locks: often enough for an index build on an
+/// empty table, without taking a core from it.
+const SAMPLE_PAUSE: Duration = Duration::from_millis(2);
+
+/// The longest the watcher's snapshot holds an autocommit statement back.
+const HOLD: Duration = Duration::from_secs(2);
+
 /// The database the copy is built in, on the throwaway cluster.
 const COPY: &str = "lint_locks";
 
-/// Relation locks our own session holds, outside the system catalogs (DDL takes those too, and the
-/// query itself takes ACCESS SHARE on pg_locks).
+/// Relation locks a session holds, outside the system catalogs (DDL takes those too, and the query
+/// itself takes ACCESS SHARE on pg_locks).
 const HELD: &str = "SELECT c.oid::int8, c.oid::regclass::text, c.relkind::text, l.mode \
                     FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c ON c.oid = l.relation \
-                    WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' AND l.granted \
+                    WHERE l.pid = $1 AND l.locktype = 'relation' AND l.granted \
                     AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
                     AND c.relnamespace::regnamespace::text NOT LIKE 'pg\\_toast%'";
 
-/// Tables (and partitioned tables, materialized views) there are now: those that existed before.
-const TABLES: &str = "SELECT c.oid::int8 FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'm') \
-                      AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
+/// The relations there are now, outside the system schemas: those that existed before.
+const RELATIONS: &str = "SELECT c.oid::int8 FROM pg_catalog.pg_class c \
+                         WHERE c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)";
 
 /// One lock a statement took.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -46,13 +54,15 @@ struct Lock {
 }
 
 /// Prints the lock each statement of the checked migrations takes; returns how many ACCESS
-/// EXCLUSIVE locks they took on tables that existed before. `applied` build the copy first. With
+/// EXCLUSIVE locks they took on tables that existed before. `applied` build the copy first, after
+/// `roles` (the database's, when it answered) are made, as grants and owners name them. With
 /// `deploy`, a table existed before when it existed before the first checked migration; without
 /// (`--all`), before the migration itself.
 pub fn measure(
     set: &MigrationSet,
     settings: &MigrationSettings,
     applied: &BTreeSet<i64>,
+    roles: &[String],
     deploy: bool,
     to_stdout: bool,
 ) -> anyhow::Result<usize> {
@@ -69,8 +79,17 @@ pub fn measure(
         let work = async {
             let mut admin = connect(&cluster.settings("postgres")?).await?;
             create_database(&mut admin.conn, COPY, Template::Pristine).await.context("create the copy's database")?;
+            for role in roles {
+                // The bootstrap superuser exists already; roles are cluster-wide, so made here once.
+                let _ =
+                    execute(&mut admin.conn, &format!("CREATE ROLE {}", crate::database::quote_identifier(role))).await;
+            }
             let mut ready = connect(&cluster.settings(COPY)?).await?;
-            run_all(&mut ready.conn, set, settings, applied, deploy, &say).await
+            let mut watcher = connect(&cluster.settings(COPY)?).await?;
+            let mut sessions = Sessions { pid: 0, conn: &mut ready.conn, watcher: &mut watcher.conn };
+            sessions.pid =
+                sqlx::query_scalar("SELECT pg_catalog.pg_backend_pid()").fetch_one(&mut *sessions.conn).await?;
+            run_all(&mut sessions, set, settings, applied, deploy, &say).await
         };
         let result = tokio::time::timeout(BUILD_TIMEOUT, work).await;
         cluster.stop().await;
@@ -78,14 +97,22 @@ pub fn measure(
     })
 }
 
+/// The session the migrations run in, and a second one that samples its locks.
+struct Sessions<'c> {
+    pid: i32,
+    conn: &'c mut PgConnection,
+    watcher: &'c mut PgConnection,
+}
+
 async fn run_all(
-    conn: &mut PgConnection,
+    sessions: &mut Sessions<'_>,
     set: &MigrationSet,
     settings: &MigrationSettings,
     applied: &BTreeSet<i64>,
     deploy: bool,
     say: &impl Fn(String),
 ) -> anyhow::Result<usize> {
+    let conn = &mut *sessions.conn;
     for schema in &settings.create_schemas {
         execute(conn, &format!("CREATE SCHEMA IF NOT EXISTS {}", crate::database::quote_identifier(schema))).await?;
     }
@@ -94,16 +121,16 @@ async fn run_all(
     for file in &set.files {
         let name = file.path.as_deref().map(display_path).unwrap_or_else(|| file.name());
         if applied.contains(&file.migration.version) {
-            execute(conn, file.migration.sql.as_ref())
+            execute(sessions.conn, file.migration.sql.as_ref())
                 .await
                 .with_context(|| format!("{name} (applied) fails on the copy, so nothing after it can be measured"))?;
             continue;
         }
         if existing.is_none() || !deploy {
-            existing = Some(sqlx::query_scalar(TABLES).fetch_all(&mut *conn).await?.into_iter().collect());
+            existing = Some(sqlx::query_scalar(RELATIONS).fetch_all(&mut *sessions.conn).await?.into_iter().collect());
         }
         let before = existing.as_ref().map(|e| e as &HashSet<i64>).ok_or_else(|| anyhow!("no tables read"))?;
-        match measure_file(conn, file, &name, before, say).await {
+        match measure_file(sessions, file, &name, before, say).await {
             Ok(count) => blocking += count,
             Err(error) => {
                 say(format!("{name}: stopped here, nothing after it is measured: {error:#}"));
@@ -116,7 +143,7 @@ async fn run_all(
 
 /// Runs one migration statement by statement and says what each locked.
 async fn measure_file(
-    conn: &mut PgConnection,
+    sessions: &mut Sessions<'_>,
     file: &MigrationFile,
     name: &str,
     existing: &HashSet<i64>,
@@ -128,7 +155,7 @@ async fn measure_file(
     let parse = SourceFile::parse(sql);
     say(format!("{name} ({}):", if in_transaction { "one transaction" } else { "-- no-transaction, autocommit" }));
     if in_transaction {
-        execute(conn, "BEGIN").await?;
+        execute(sessions.conn, "BEGIN").await?;
     }
     let mut held: HashSet<Lock> = HashSet::new();
     let mut blocking = 0;
@@ -138,52 +165,91 @@ async fn measure_file(
         let line = sql[..usize::from(range.start())].matches('\n').count() + 1;
         let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(70).collect();
         say(format!("  line {line}: {shown}"));
-        if let Err(error) = execute(conn, text).await {
-            if in_transaction {
-                let _ = execute(conn, "ROLLBACK").await;
+        let now = if in_transaction {
+            if let Err(error) = execute(sessions.conn, text).await {
+                let _ = execute(sessions.conn, "ROLLBACK").await;
+                return Err(error);
             }
-            return Err(error);
-        }
-        if !in_transaction {
-            say("    not measured: outside a transaction its locks end with the statement (CONCURRENTLY builds take \
-                 SHARE UPDATE EXCLUSIVE, which blocks neither reads nor writes)"
-                .into());
-            continue;
-        }
-        let now: HashSet<Lock> = sqlx::query_as::<_, (i64, String, String, String)>(HELD)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|(oid, relation, kind, mode)| Lock { oid, relation, kind, mode })
-            .collect();
+            locks_of(sessions.conn, sessions.pid).await?
+        } else {
+            say("    sampled while it ran (in autocommit its locks end with it; a short one may be missed):".into());
+            held.clear();
+            sampled(sessions, text).await?
+        };
         let mut taken: Vec<&Lock> = now.difference(&held).collect();
         taken.sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
         if taken.is_empty() {
-            say("    no new lock on a table or index".into());
+            say(if in_transaction { "    no new lock on a table or index" } else { "    no lock seen" }.into());
         }
         for lock in taken {
             let table = matches!(lock.kind.as_str(), "r" | "p" | "m");
-            let old = existing.contains(&lock.oid);
-            let what = if table { "table" } else { "index or other relation" };
-            let age = if !table {
-                ""
-            } else if old {
-                ", existed before"
-            } else {
-                ", new in this deploy"
+            let what = match lock.kind.as_str() {
+                "r" | "p" | "m" => "table",
+                "i" | "I" => "index",
+                _ => "relation",
             };
             let mode = lock.mode.trim_end_matches("Lock");
-            say(format!("    {} on {what} {}{age}: {}", spaced(mode), lock.relation, blocks(mode)));
-            if table && old && mode == "AccessExclusive" {
+            // A relation this deploy made is used by nobody yet: its locks block no one.
+            let effect = if existing.contains(&lock.oid) {
+                format!("existed before: {}", blocks(mode))
+            } else {
+                "new in this deploy: blocks nobody yet".into()
+            };
+            say(format!("    {} on {what} {}, {effect}", spaced(mode), lock.relation));
+            if table && existing.contains(&lock.oid) && mode == "AccessExclusive" {
                 blocking += 1;
             }
         }
         held = now;
     }
     if in_transaction {
-        execute(conn, "COMMIT").await?;
+        execute(sessions.conn, "COMMIT").await?;
     }
     Ok(blocking)
+}
+
+async fn locks_of(conn: &mut PgConnection, pid: i32) -> anyhow::Result<HashSet<Lock>> {
+    Ok(sqlx::query_as::<_, (i64, String, String, String)>(HELD)
+        .bind(pid)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(oid, relation, kind, mode)| Lock { oid, relation, kind, mode })
+        .collect())
+}
+
+/// Runs `text` in autocommit while the watcher reads its locks every few milliseconds. The watcher
+/// first takes a snapshot and keeps it: a CONCURRENTLY build waits for older snapshots, holding its
+/// locks where the samples see them; the snapshot is let go once they have been seen twice (the
+/// statement is waiting for it), or after [`HOLD`] anyway.
+async fn sampled(sessions: &mut Sessions<'_>, text: &str) -> anyhow::Result<HashSet<Lock>> {
+    let (pid, watcher) = (sessions.pid, &mut *sessions.watcher);
+    execute(watcher, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1").await?;
+    let mut holding = true;
+    let started = std::time::Instant::now();
+    let mut seen = HashSet::new();
+    let run = execute(sessions.conn, text);
+    tokio::pin!(run);
+    let result = loop {
+        tokio::select! {
+            biased;
+            result = &mut run => break result,
+            locks = locks_of(watcher, pid) => {
+                let locks = locks?;
+                let waiting = !locks.is_empty() && locks.is_subset(&seen);
+                seen.extend(locks);
+                if holding && (waiting || started.elapsed() > HOLD) {
+                    execute(watcher, "COMMIT").await?;
+                    holding = false;
+                }
+                tokio::time::sleep(SAMPLE_PAUSE).await;
+            }
+        }
+    };
+    if holding {
+        execute(watcher, "COMMIT").await?;
+    }
+    result.map(|()| seen)
 }
 
 /// `AccessExclusive` as PostgreSQL's docs spell it: ACCESS EXCLUSIVE.

@@ -214,6 +214,9 @@ impl<'a> Engine<'a> {
         let allowed = exemptions(sql);
         let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
         findings.retain(|f| {
+            if ignores_ours(f) {
+                return false;
+            }
             // A comment after the previous statement, up to the end of this one.
             let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
             let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
@@ -332,21 +335,40 @@ impl<'s> Lines<'s> {
     }
 }
 
-/// `(line, rule)` for every `-- lint: allow rule[, rule]` comment.
+/// `(line, rule)` for every `-- lint: allow rule[, rule]` comment, and every `-- squawk-ignore` of
+/// one of our rules (squawk honours its own, and calls ours unknown: see [`ignores_ours`]).
 fn exemptions(sql: &str) -> Vec<(usize, RuleId)> {
     let mut allowed = Vec::new();
     for (index, line) in sql.lines().enumerate() {
         let Some(comment) = line.split_once("--").map(|(_, c)| c.trim()) else { continue };
-        let Some(names) = comment.strip_prefix("lint:").and_then(|r| r.trim_start().strip_prefix("allow")) else {
-            continue;
+        let (names, ours_only) = match comment.strip_prefix("lint:").and_then(|r| r.trim_start().strip_prefix("allow"))
+        {
+            Some(names) => (names, false),
+            None => match comment.strip_prefix("squawk-ignore ") {
+                // Up to a trailing `-- why`, as squawk reads it.
+                Some(names) => (names.split("--").next().unwrap_or_default(), true),
+                None => continue,
+            },
         };
         for name in names.split([',', ' ']).map(str::trim).filter(|r| !r.is_empty()) {
-            if let Some(rule) = RuleId::parse(name) {
-                allowed.push((index + 1, rule));
+            match RuleId::parse(name) {
+                Some(rule @ RuleId::Own(_)) => allowed.push((index + 1, rule)),
+                Some(rule) if !ours_only => allowed.push((index + 1, rule)),
+                _ => {}
             }
         }
     }
     allowed
+}
+
+/// squawk's unused-ignore on `-- squawk-ignore needs-no-transaction`: the name is ours, and known.
+fn ignores_ours(finding: &Finding) -> bool {
+    finding.rule == RuleId::Squawk(squawk_linter::Rule::UnusedIgnore)
+        && finding
+            .message
+            .strip_prefix("unknown name ")
+            .and_then(RuleId::parse)
+            .is_some_and(|r| matches!(r, RuleId::Own(_)))
 }
 
 #[cfg(test)]
@@ -385,6 +407,13 @@ mod tests {
         );
         let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
         assert_eq!(rules, [(2, "require-concurrent-index-creation".to_owned())]);
+    }
+
+    #[test]
+    fn squawk_ignore_comments_work_for_our_rules_too() {
+        let sql = "-- squawk-ignore needs-no-transaction -- run by hand\nCREATE INDEX CONCURRENTLY a ON t (b);";
+        assert!(lint(sql).is_empty(), "{:?}", lint(sql));
+        assert_eq!(lint("-- squawk-ignore no-such-rule\nSELECT 1;")[0].rule.to_string(), "unused-ignore");
     }
 
     #[test]

@@ -190,9 +190,20 @@ impl<'a> Engine<'a> {
                 if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
                     continue;
                 }
-                if !history.knows_better(v.code, &statement.node) {
-                    drafts.push(Draft::of(v, table.clone()));
+                if history.knows_better(v.code, &statement.node) {
+                    continue;
                 }
+                let mut draft = Draft::of(v, table.clone());
+                if draft.rule == RuleId::Squawk(squawk_linter::Rule::RequireLockTimeout) {
+                    // squawk's `SET lock_timeout` would be a second statement, which a
+                    // `-- no-transaction` file cannot have; this statement needs no such file.
+                    draft.help = Some(
+                        "this statement can run in a transaction: drop the `-- no-transaction` line, and prestart \
+                         sets lock_timeout for it"
+                            .into(),
+                    );
+                }
+                drafts.push(draft);
             }
             history.learn(&statement.node);
         }
@@ -407,6 +418,28 @@ mod tests {
         );
         let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
         assert_eq!(rules, [(2, "require-concurrent-index-creation".to_owned())]);
+    }
+
+    #[test]
+    fn lock_timeout_is_moot_in_a_transaction_and_outside_one_the_header_is_the_fix() {
+        let config = Config::defaults();
+        let mut outcome = Outcome::default();
+        let mut engine = Engine::new(&config, None);
+        let sql = "ALTER TABLE t ADD COLUMN c text;";
+        engine.lint(Path::new("1.sql"), sql, false, true, true, &mut outcome);
+        assert!(outcome.findings.is_empty() && outcome.moot_lock_timeout == 1);
+        engine.lint(Path::new("2.sql"), &format!("-- no-transaction\n{sql}"), true, true, true, &mut outcome);
+        assert_eq!(outcome.findings[0].rule.to_string(), "require-lock-timeout");
+        assert!(outcome.findings[0].safe.contains("drop the `-- no-transaction` line"));
+        engine.lint(
+            Path::new("3.sql"),
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+            true,
+            true,
+            true,
+            &mut outcome,
+        );
+        assert_eq!(outcome.findings.len(), 1, "a CONCURRENTLY build is told to take a timeout");
     }
 
     #[test]

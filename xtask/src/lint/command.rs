@@ -162,6 +162,16 @@ fn select(
     }
 }
 
+/// The database's facts, bounded: a table's size waits for its lock, and a migration running now
+/// may hold it.
+pub async fn read_facts(conn: &mut sqlx::PgConnection) -> Result<Facts, String> {
+    match tokio::time::timeout(FACTS_BOUND, Facts::read(conn)).await {
+        Ok(Ok(facts)) => Ok(facts),
+        Ok(Err(error)) => Err(backend::db::describe_error(&error)),
+        Err(_) => Err(format!("reading them took more than {} s (a lock?)", FACTS_BOUND.as_secs())),
+    }
+}
+
 /// How long the database's facts may take to read.
 const FACTS_BOUND: Duration = Duration::from_secs(3);
 
@@ -181,21 +191,10 @@ fn ask_database(args: &Args, table: &str) -> Result<(BTreeSet<i64>, Option<Facts
             Err(locked) => return Err(format!("{locked:#}")),
         };
         // Facts refine the findings; without them the lint is the same as with no database.
-        // Bounded: a table's size waits for its lock, and a migration running now may hold it.
-        let facts = match tokio::time::timeout(FACTS_BOUND, Facts::read(&mut ready.conn)).await {
-            Ok(Ok(facts)) => Some(facts),
-            Ok(Err(error)) => {
-                ui::line(format!(
-                    "the database's version and table sizes are not used: {}",
-                    backend::db::describe_error(&error)
-                ));
-                None
-            }
-            Err(_) => {
-                ui::line(format!(
-                    "the database's version and table sizes are not used: reading them took more than {} s (a lock?)",
-                    FACTS_BOUND.as_secs()
-                ));
+        let facts = match read_facts(&mut ready.conn).await {
+            Ok(facts) => Some(facts),
+            Err(why) => {
+                ui::line(format!("the database's version and table sizes are not used: {why}"));
                 None
             }
         };

@@ -162,7 +162,7 @@ async fn measure_file(
     for statement in parse.tree().stmts() {
         let range = statement.syntax().text_range();
         let text = sql.get(usize::from(range.start())..usize::from(range.end())).unwrap_or_default();
-        let line = sql[..usize::from(range.start())].matches('\n').count() + 1;
+        let line = sql.get(..usize::from(range.start())).map_or(0, |before| before.matches('\n').count()) + 1;
         let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(70).collect();
         say(format!("  line {line}: {shown}"));
         let now = if in_transaction {

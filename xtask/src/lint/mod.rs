@@ -287,14 +287,8 @@ impl Own {
 impl Outcome {
     /// Errors first, then the findings on the biggest tables, then in file order.
     pub fn rank(&mut self) {
-        self.findings.sort_by(|a, b| {
-            (a.severity, std::cmp::Reverse(a.table_bytes.unwrap_or(0)), &a.file, a.line).cmp(&(
-                b.severity,
-                std::cmp::Reverse(b.table_bytes.unwrap_or(0)),
-                &b.file,
-                b.line,
-            ))
-        });
+        let key = |f: &Finding| (f.severity, std::cmp::Reverse(f.table_bytes.unwrap_or(0)), f.file.clone(), f.line);
+        self.findings.sort_by_cached_key(key);
     }
 
     /// Findings that fail the check (notes do not).

@@ -597,7 +597,7 @@ const CAREFUL: &[(&str, &str)] = &[
     ("21_validate_orders_customer_fk.sql", "ALTER TABLE orders VALIDATE CONSTRAINT orders_customer_fk;\n"),
     (
         "22_orders_created_at_idx.sql",
-        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS orders_created_at ON orders (created_at);\n",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY orders_created_at ON orders (created_at);\n",
     ),
     (
         "23_customers_email_key_idx.sql",

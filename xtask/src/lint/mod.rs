@@ -1,11 +1,12 @@
 //! The migration linter: squawk's PostgreSQL parser and rules (squawk-syntax, squawk-linter), fed
 //! what only this project knows: how sqlx runs each file (`-- no-transaction`), that prestart sets
 //! `lock_timeout` itself, which tables the deploy creates (nobody uses them yet), NOT NULL checks
-//! validated by earlier migrations, and, when the database answers, its version and table sizes.
+//! validated by earlier migrations, and, when the database answers, its version, unique indexes and
+//! table sizes. docs/linting.md lists the rules and what each of these changes.
 //!
 //! A statement the parser cannot read is reported as such, never skipped in silence. A comment
-//! `-- lint: allow RULE` above a statement (or on its lines) exempts it from that rule; squawk's
-//! own `-- squawk-ignore RULE` works for squawk's rules.
+//! `-- lint: allow RULE` or squawk's own `-- squawk-ignore RULE` above a statement (or on its
+//! lines) exempts it from that rule.
 
 mod config;
 pub mod facts;

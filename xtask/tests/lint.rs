@@ -537,6 +537,31 @@ fn the_database_tells_table_sizes_big_tables_rank_first_and_an_empty_one_is_harm
 }
 
 #[test]
+fn a_table_locked_right_now_costs_the_facts_not_the_lint() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_setup.sql", SETUP);
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    Run::xtask(XTASK, &["migrate", "--source", &source], &cluster.env("app")).output().assert_code(0);
+    migrations.write("2_change.sql", "ALTER TABLE users RENAME COLUMN email TO mail;\n");
+    let _holder = testkit::Session::open(&cluster, "BEGIN; LOCK TABLE teams IN ACCESS EXCLUSIVE MODE;");
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(10), || {
+            cluster.psql(
+                "app",
+                "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'teams'::regclass",
+            ) == "1"
+        }),
+        "the lock was not taken"
+    );
+    let started = std::time::Instant::now();
+    let outcome = Run::xtask(XTASK, &["lint-migrations", "--source", &source], &cluster.env("app")).output();
+    outcome.assert_code(1).assert_stderr_contains("the database's version and table sizes are not used");
+    assert!(outcome.stdout.contains("2_change.sql:1: renaming-column"), "{}", outcome.stdout);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the lint waited {:?}", started.elapsed());
+}
+
+#[test]
 fn locks_are_measured_statement_by_statement_on_a_throwaway_copy() {
     let cluster = Cluster::started();
     let migrations = Migrations::empty();

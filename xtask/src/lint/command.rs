@@ -162,8 +162,7 @@ fn select(
     }
 }
 
-/// The database's facts, bounded: a table's size waits for its lock, and a migration running now
-/// may hold it.
+/// The database's facts, bounded (their read sets a short lock_timeout; this bounds the rest).
 pub async fn read_facts(conn: &mut sqlx::PgConnection) -> Result<Facts, String> {
     match tokio::time::timeout(FACTS_BOUND, Facts::read(conn)).await {
         Ok(Ok(facts)) => Ok(facts),

@@ -49,7 +49,19 @@ const UNIQUE_INDEXES: &str = "SELECT t.relname::text, i.relname::text, pg_catalo
                               ORDER BY 2";
 
 impl Facts {
+    /// Reads them in a read-only transaction whose lock_timeout is short: a table's size waits for
+    /// its lock, and a migration running now may hold it, so a locked table fails the read quickly
+    /// and leaves the connection usable (doctor goes on with it).
     pub async fn read(conn: &mut sqlx::PgConnection) -> Result<Facts, sqlx::Error> {
+        use sqlx::Connection as _;
+        let mut tx = conn.begin().await?;
+        sqlx::raw_sql("SET TRANSACTION READ ONLY; SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+        let facts = Facts::read_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(facts)
+    }
+
+    async fn read_in(conn: &mut sqlx::PgConnection) -> Result<Facts, sqlx::Error> {
         let number: i32 =
             sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&mut *conn).await?;
         let version_text = format!("{}.{}", number / 10000, number % 10000);

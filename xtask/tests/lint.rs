@@ -43,6 +43,10 @@ fn locked_version(package: &str) -> String {
 /// The rules `squawk` reports on `sql`, run as sqlx would run the file; `None` when squawk is not
 /// installed.
 fn squawk(sql: &str) -> Option<Vec<String>> {
+    squawk_with(sql, &[])
+}
+
+fn squawk_with(sql: &str, extra: &[&str]) -> Option<Vec<String>> {
     let program = testkit::workspace().join("target/tools/squawk-cli/bin/squawk");
     if !program.is_file() {
         return None;
@@ -51,7 +55,7 @@ fn squawk(sql: &str) -> Option<Vec<String>> {
     let file = dir.path().join("change.sql");
     std::fs::write(&file, sql).expect("write");
     let mut command = std::process::Command::new(&program);
-    command.args(["--reporter", "json"]);
+    command.args(["--reporter", "json"]).args(extra);
     if !sql.starts_with("-- no-transaction") {
         command.arg("--assume-in-transaction");
     }
@@ -373,6 +377,52 @@ fn each_rule_fires_on_the_unsafe_change_and_not_on_the_safe_one_and_squawk_agree
             "squawk is not installed in target/tools/squawk-cli: agreement with it was not checked (`cargo xtask test` \
              installs it)"
         );
+    }
+}
+
+/// Rules off by default, each with a change it fires on once turned on.
+const TURNED_ON: &[(&str, &str)] = &[
+    ("prefer-bigint-over-int", "CREATE TABLE counters (n int);"),
+    ("prefer-bigint-over-smallint", "CREATE TABLE counters (n smallint);"),
+    ("prefer-identity", "CREATE TABLE counters (id serial);"),
+    ("prefer-robust-stmts", "-- no-transaction\nCREATE INDEX CONCURRENTLY users_email ON users (email);"),
+    ("prefer-text-field", "CREATE TABLE counters (name varchar(10));"),
+    ("prefer-timestamp-tz", "CREATE TABLE counters (at timestamp);"),
+    ("ban-char-field", "CREATE TABLE counters (code char(3));"),
+    ("require-enum-value-ordering", "ALTER TYPE mood ADD VALUE 'meh';"),
+    ("require-table-schema", "CREATE TABLE counters (n bigint);"),
+    ("require-statement-timeout", "ALTER TABLE users ADD COLUMN note text;"),
+    ("ban-drop-trigger", "DROP TRIGGER users_touch ON users;"),
+    ("ban-drop-index", "-- no-transaction\nDROP INDEX CONCURRENTLY users_email;"),
+    ("ban-set-default", "ALTER TABLE users ALTER COLUMN email SET DEFAULT '';"),
+    ("ban-disable-trigger", "ALTER TABLE users DISABLE TRIGGER users_touch;"),
+    ("ban-revoke", "REVOKE SELECT ON users FROM reporting;"),
+    ("ban-add-enum-value", "ALTER TYPE mood ADD VALUE 'meh' AFTER 'ok';"),
+    ("ban-add-column", "ALTER TABLE users ADD COLUMN note text;"),
+    (
+        "ban-concurrent-index-creation-in-transaction",
+        "CREATE INDEX CONCURRENTLY a ON users (email);\nCREATE INDEX CONCURRENTLY b ON users (team_id);",
+    ),
+];
+
+#[test]
+fn rules_off_by_default_fire_once_a_squawk_toml_turns_them_on_as_in_squawk() {
+    for (rule, sql) in TURNED_ON {
+        let project = tempfile::tempdir().expect("temp dir");
+        let migrations = project.path().join("migrations");
+        std::fs::create_dir(&migrations).expect("mkdir");
+        std::fs::write(migrations.join("1_setup.sql"), SETUP).expect("write");
+        std::fs::write(migrations.join("2_change.sql"), sql).expect("write");
+        let source = migrations.to_str().expect("utf-8");
+        let args = ["lint-migrations", "--all", "--source", source];
+        let off = Run::xtask(XTASK, &args, &[]).output();
+        assert!(!fired(&off, rule), "{rule} is on by default:\n{}", off.stdout);
+        std::fs::write(project.path().join(".squawk.toml"), format!("included_rules = [\"{rule}\"]\n")).expect("write");
+        let on = Run::xtask(XTASK, &args, &[]).output();
+        assert!(fired(&on, rule), "{rule} does not fire once turned on:\n{}{}", on.stdout, on.stderr);
+        if let Some(theirs) = squawk_with(sql, &["--include", rule]) {
+            assert!(theirs.iter().any(|r| r == rule), "{rule}: squawk does not fire on {sql:?}: {theirs:?}");
+        }
     }
 }
 

@@ -48,8 +48,11 @@ impl Config {
         match candidates.into_iter().flatten().find(|p| p.is_file()) {
             Some(path) => {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-                Config::from_toml(&text).map(|c| Config { source: Some(path.clone()), ..c }).with_context(|| {
-                    format!("{}: fix it, or remove it to lint with the defaults (docs/linting.md)", path.display())
+                Config::from_toml(&text).map(|c| Config { source: Some(path.clone()), ..c }).map_err(|e| {
+                    anyhow!(
+                        "{}: {e:#}: fix it (squawk's keys, docs/linting.md), or remove it to lint with the defaults",
+                        path.display()
+                    )
                 })
             }
             None => Ok(Config::defaults()),
@@ -75,7 +78,11 @@ impl Config {
     }
 
     fn from_toml(text: &str) -> anyhow::Result<Config> {
-        let file: SquawkToml = toml::from_str(text).map_err(|e| anyhow!("not a squawk configuration: {e}"))?;
+        let file: SquawkToml = toml::from_str(text).map_err(|e| {
+            let line =
+                e.span().and_then(|span| text.get(..span.start)).map_or(1, |before| before.matches('\n').count() + 1);
+            anyhow!("line {line}: {}", e.message())
+        })?;
         let mut config = Config::defaults();
         let named = |names: &[String]| -> anyhow::Result<Vec<RuleId>> {
             names

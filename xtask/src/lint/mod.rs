@@ -11,10 +11,10 @@
 mod config;
 pub mod facts;
 mod history;
-pub mod locks;
+mod locks;
 mod needs_no_transaction;
 mod no_transaction_single_statement;
-pub mod report;
+mod report;
 pub mod rules;
 
 pub mod command;

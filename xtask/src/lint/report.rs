@@ -26,7 +26,7 @@ pub fn render(format: Format, findings: &[Finding]) -> String {
 }
 
 /// `file:line: rule: message` and the safe way on the next line.
-pub fn text(finding: &Finding) -> String {
+fn text(finding: &Finding) -> String {
     let note = if finding.severity == Severity::Note { " (note)" } else { "" };
     format!(
         "{}:{}: {}{note}: {}\n  safe: {}",

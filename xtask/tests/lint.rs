@@ -629,13 +629,23 @@ fn locks_are_measured_statement_by_statement_on_a_throwaway_copy() {
     );
     migrations
         .write("4_concurrently.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY users_team ON users (team_id);\n");
+    migrations.write(
+        "5_rewrite.sql",
+        "-- lint: allow changing-column-type\nALTER TABLE users ALTER COLUMN team_id TYPE int;\n\
+         -- lint: allow adding-not-nullable-field\nALTER TABLE users ALTER COLUMN email SET NOT NULL;\n",
+    );
     let outcome = Run::xtask(XTASK, &["lint-migrations", "--locks", "--source", &source], &cluster.env("app")).output();
-    outcome.assert_code(1).assert_stderr_contains("1 measured ACCESS EXCLUSIVE locks on tables that existed before");
+    outcome.assert_code(1).assert_stderr_contains(
+        "3 statements scan or rewrite a table that existed before under ACCESS EXCLUSIVE (measured)",
+    );
     let out = &outcome.stdout;
     println!("{out}");
     assert!(out.contains("ACCESS EXCLUSIVE on table invoices, new in this deploy: blocks nobody yet"), "{out}");
     assert!(out.contains("SHARE on table users, existed before: blocks writes, not reads"), "{out}");
     assert!(out.contains("ACCESS EXCLUSIVE on table events, existed before: blocks reads and writes"), "{out}");
+    assert!(out.contains("it scans table events under ACCESS EXCLUSIVE"), "{out}");
+    assert!(out.contains("it rewrites table users under ACCESS EXCLUSIVE"), "{out}");
+    assert!(out.contains("it scans table users under ACCESS EXCLUSIVE"), "{out}");
     // Autocommit: sampled from a second session while the build runs (a quick one may be missed).
     assert!(out.contains("4_concurrently.sql (-- no-transaction, autocommit):"), "{out}");
     assert!(out.contains("sampled while it ran"), "{out}");
@@ -716,8 +726,27 @@ fn a_careful_teams_folder_has_no_finding() {
     let source = migrations.path().to_str().expect("utf-8").to_owned();
     let outcome = Run::xtask(XTASK, &["lint-migrations", "--all", "--source", &source], &[]).output();
     assert_eq!(outcome.code, Some(0), "false alarms:\n{}{}", outcome.stdout, outcome.stderr);
-    // And it applies: the folder is valid PostgreSQL, run the way prestart runs it.
+    // As a deploy against a live database: the first half applied and the tables full, the rest
+    // pending, checked with the database's facts and measured on a throwaway copy.
     let cluster = Cluster::started();
+    let first_half = Migrations::empty();
+    for (name, sql) in CAREFUL.iter().filter(|(name, _)| *name < "30") {
+        first_half.write(name, sql);
+    }
+    let half = first_half.path().to_str().expect("utf-8").to_owned();
+    Run::xtask(XTASK, &["migrate", "--source", &half], &cluster.env("app")).output().assert_code(0);
+    cluster.psql(
+        "app",
+        "INSERT INTO customers (email) SELECT 'c' || g || '@example.com' FROM generate_series(1, 1000) g; \
+         INSERT INTO orders (customer_id, total_cents) SELECT 1 + g % 1000, g FROM generate_series(1, 5000) g; ANALYZE",
+    );
+    let outcome = Run::xtask(XTASK, &["lint-migrations", "--locks", "--source", &source], &cluster.env("app")).output();
+    assert_eq!(outcome.code, Some(0), "false alarms on the deploy:\n{}{}", outcome.stdout, outcome.stderr);
+    outcome.assert_stderr_contains("lint 10 of 16 migrations").assert_stderr_contains("with the database's facts");
+    // Its ACCESS EXCLUSIVE locks are catalog changes, held for an instant; none scans or rewrites.
+    assert!(outcome.stdout.contains("(on orders: for an instant, no scan and no rewrite)"), "{}", outcome.stdout);
+    assert!(!outcome.stdout.contains("under ACCESS EXCLUSIVE"), "{}", outcome.stdout);
+    // And it applies: the folder is valid PostgreSQL, run the way prestart runs it.
     Run::xtask(XTASK, &["migrate", "--source", &source], &cluster.env("app")).output().assert_code(0);
 }
 

@@ -101,7 +101,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         selected.len()
     );
     if measured > 0 {
-        summary.push_str(&format!("; {measured} measured ACCESS EXCLUSIVE locks on tables that existed before"));
+        summary.push_str(&format!(
+            "; {measured} {} a table that existed before under ACCESS EXCLUSIVE (measured)",
+            if measured == 1 { "statement scans or rewrites" } else { "statements scan or rewrite" }
+        ));
     }
     Err(fail(Failure::ChecksFailed, anyhow!(summary)))
 }

@@ -53,9 +53,11 @@ struct Lock {
     mode: String,
 }
 
-/// Prints the lock each statement of the checked migrations takes; returns how many ACCESS
-/// EXCLUSIVE locks they took on tables that existed before. `applied` build the copy first, after
-/// `roles` (the database's, when it answered) are made, as grants and owners name them. With
+/// Prints the lock each statement of the checked migrations takes; returns how many statements
+/// held ACCESS EXCLUSIVE on a table that existed before while scanning or rewriting it (every read
+/// and write waits that long; a lock for a catalog change is said, and lasts an instant), plus the
+/// autocommit ones seen taking it, whose length is not measured. `applied` build the copy first,
+/// after `roles` (the database's, when it answered) are made, as grants and owners name them. With
 /// `deploy`, a table existed before when it existed before the first checked migration; without
 /// (`--all`), before the migration itself.
 pub fn measure(
@@ -165,16 +167,18 @@ async fn measure_file(
         let line = sql.get(..usize::from(range.start())).map_or(0, |before| before.matches('\n').count()) + 1;
         let shown: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(70).collect();
         say(format!("  line {line}: {shown}"));
-        let now = if in_transaction {
+        let (now, work) = if in_transaction {
+            let before = work_of(sessions.conn, existing).await?;
             if let Err(error) = execute(sessions.conn, text).await {
                 let _ = execute(sessions.conn, "ROLLBACK").await;
                 return Err(error);
             }
-            locks_of(sessions.conn, sessions.pid).await?
+            let after = work_of(sessions.conn, existing).await?;
+            (locks_of(sessions.conn, sessions.pid).await?, Some(Work::between(&before, &after)))
         } else {
             say("    sampled while it ran (in autocommit its locks end with it; a short one may be missed):".into());
             held.clear();
-            sampled(sessions, text).await?
+            (sampled(sessions, text).await?, None)
         };
         let mut taken: Vec<&Lock> = now.difference(&held).collect();
         taken.sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
@@ -182,7 +186,6 @@ async fn measure_file(
             say(if in_transaction { "    no new lock on a table or index" } else { "    no lock seen" }.into());
         }
         for lock in taken {
-            let table = matches!(lock.kind.as_str(), "r" | "p" | "m");
             let what = match lock.kind.as_str() {
                 "r" | "p" | "m" => "table",
                 "i" | "I" => "index",
@@ -196,8 +199,29 @@ async fn measure_file(
                 "new in this deploy: blocks nobody yet".into()
             };
             say(format!("    {} on {what} {}, {effect}", spaced(mode), lock.relation));
-            if table && existing.contains(&lock.oid) && mode == "AccessExclusive" {
-                blocking += 1;
+        }
+        // What an ACCESS EXCLUSIVE lock costs is how long it is held: an instant for a change of
+        // the catalog, the whole table for a scan or a rewrite. The statement's own scans and
+        // rewrites are measured, on every table it holds that lock on, taken now or earlier.
+        for lock in now.iter().filter(|l| l.mode == "AccessExclusiveLock" && existing.contains(&l.oid)) {
+            if !matches!(lock.kind.as_str(), "r" | "p" | "m") {
+                continue;
+            }
+            match work.as_ref().map(|w| w.on(lock.oid)) {
+                Some(Some(done)) => {
+                    say(format!(
+                        "    it {done} table {} under ACCESS EXCLUSIVE: every read and write waits for the whole of it",
+                        lock.relation
+                    ));
+                    blocking += 1;
+                }
+                Some(None) => {
+                    if !held.contains(lock) {
+                        say(format!("    (on {}: for an instant, no scan and no rewrite)", lock.relation));
+                    }
+                }
+                // Autocommit: how long it was held is not measured, so it counts.
+                None => blocking += 1,
             }
         }
         held = now;
@@ -206,6 +230,50 @@ async fn measure_file(
         execute(sessions.conn, "COMMIT").await?;
     }
     Ok(blocking)
+}
+
+/// Per relation that existed before: its scans so far in this transaction, and its file (a
+/// rewrite gives it a new one).
+const WORK: &str = "SELECT c.oid::int8, pg_catalog.pg_stat_get_xact_numscans(c.oid), c.relfilenode::int8 \
+                    FROM pg_catalog.pg_class c WHERE c.oid::int8 = ANY($1)";
+
+async fn work_of(conn: &mut PgConnection, existing: &HashSet<i64>) -> anyhow::Result<Vec<(i64, i64, i64)>> {
+    let oids: Vec<i64> = existing.iter().copied().collect();
+    Ok(sqlx::query_as(WORK).bind(oids).fetch_all(&mut *conn).await?)
+}
+
+/// What one statement did to the tables that existed before.
+struct Work {
+    scanned: HashSet<i64>,
+    rewritten: HashSet<i64>,
+}
+
+impl Work {
+    fn between(before: &[(i64, i64, i64)], after: &[(i64, i64, i64)]) -> Work {
+        let mut work = Work { scanned: HashSet::new(), rewritten: HashSet::new() };
+        for (oid, scans, file) in after {
+            if let Some((_, scans_before, file_before)) = before.iter().find(|(o, _, _)| o == oid) {
+                if scans > scans_before {
+                    work.scanned.insert(*oid);
+                }
+                if file != file_before {
+                    work.rewritten.insert(*oid);
+                }
+            }
+        }
+        work
+    }
+
+    /// "rewrites" or "scans", when the statement did either to `oid`.
+    fn on(&self, oid: i64) -> Option<&'static str> {
+        if self.rewritten.contains(&oid) {
+            Some("rewrites")
+        } else if self.scanned.contains(&oid) {
+            Some("scans")
+        } else {
+            None
+        }
+    }
 }
 
 async fn locks_of(conn: &mut PgConnection, pid: i32) -> anyhow::Result<HashSet<Lock>> {

@@ -29,6 +29,9 @@ pub struct Args {
     /// Also time the whole test suite, built and warm (`cargo xtask test`: a few minutes)
     #[arg(long)]
     suite: bool,
+    /// Only the linter's row (no cluster needed)
+    #[arg(long)]
+    lint_only: bool,
 }
 
 /// One line of the table.
@@ -70,6 +73,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ui::step("build the release binary");
     cargo(&sh, &["build", "--release", "--quiet", "--package", "xtask"]).run()?;
     let binary = root().join("target/release/xtask");
+    let lint = lint_schema(&binary, &root().join("target/bench-lint"), args.runs)?;
+    if args.lint_only {
+        print_table(&[lint]);
+        return Ok(());
+    }
 
     let dir = root().join("target/bench-db");
     let cluster = DevCluster::in_dir(&sh, dir.clone())?;
@@ -82,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bench = Bench { binary, port, work: dir.join("work") };
     std::fs::create_dir_all(&bench.work)?;
 
-    let mut figures = Vec::new();
+    let mut figures = vec![lint];
     let result = (|| -> anyhow::Result<()> {
         let sqlx = which("sqlx");
         if sqlx.is_none() {
@@ -544,6 +552,51 @@ impl Bench {
         Ok(Figure::new(format!("{count} prestarts at once, until the last exits"), samples, "ms")
             .target(2000.0, "< 2 s"))
     }
+}
+
+/// `lint-migrations --all` on one 200 KB schema file: squawk's parser and every rule on, and the
+/// process start, as CI runs it.
+fn lint_schema(binary: &Path, dir: &Path, runs: usize) -> anyhow::Result<Figure> {
+    let schema = schema_of_size(200 * 1024);
+    let statements = schema.matches(";\n").count();
+    ui::step(format!("lint-migrations on a 200 KB schema ({statements} statements, {runs} runs)"));
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("1_schema.sql"), &schema)?;
+    let source = dir.to_str().context("non-UTF-8 path")?;
+    let mut wall = Vec::new();
+    for _ in 0..runs {
+        let mut command = Command::new(binary);
+        command.args(["lint-migrations", "--all", "--source", source, "--format", "json"]);
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        // Its findings fail the check (exit 1): what is timed is reading them, not passing.
+        wall.push(measured(&mut command)?.wall.as_secs_f64() * 1000.0);
+    }
+    Ok(Figure::new(format!("lint-migrations on a 200 KB schema ({statements} statements)"), wall, "ms")
+        .target(100.0, "< 100 ms"))
+}
+
+/// A schema in the shapes real ones have (identity keys, foreign keys, checks, partial and
+/// expression indexes, functions, triggers, comments), repeated up to `bytes`.
+fn schema_of_size(bytes: usize) -> String {
+    let mut sql = String::new();
+    let mut i = 0;
+    while sql.len() < bytes {
+        sql.push_str(&format!(
+            "CREATE TABLE t{i} (\n    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n    owner_id bigint,\n    \
+             name text NOT NULL,\n    state text NOT NULL DEFAULT 'new' CHECK (state IN ('new', 'done')),\n    \
+             payload jsonb NOT NULL DEFAULT '{{}}',\n    created_at timestamptz NOT NULL DEFAULT now()\n);\n\
+             CREATE INDEX t{i}_open ON t{i} (owner_id) WHERE state = 'new';\n\
+             CREATE UNIQUE INDEX t{i}_name ON t{i} (lower(name));\n\
+             ALTER TABLE t{i} ADD CONSTRAINT t{i}_owner FOREIGN KEY (owner_id) REFERENCES t{i} (id) NOT VALID;\n\
+             CREATE FUNCTION t{i}_touch() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n    \
+             NEW.created_at := coalesce(NEW.created_at, now());\n    RETURN NEW;\nEND\n$$;\n\
+             CREATE TRIGGER t{i}_touch BEFORE INSERT ON t{i} FOR EACH ROW EXECUTE FUNCTION t{i}_touch();\n\
+             COMMENT ON TABLE t{i} IS 'Table {i}: one row per thing';\n\
+             ALTER TABLE t{i} ALTER COLUMN payload SET STATISTICS 100;\n\n"
+        ));
+        i += 1;
+    }
+    sql
 }
 
 fn build_times(sh: &Shell) -> anyhow::Result<Vec<Figure>> {

@@ -21,7 +21,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let bin = ensure_server_bindir(&sh)?;
     ensure_pgbouncer(&sh)?;
-    ensure_kubernetes_validate(&sh)?;
+    ensure_pypi_tool(&sh, "kubernetes-validate", "1.37.0", "kubernetes-validate", "the Kubernetes manifest tests")?;
+    // The same version as the squawk crates in Cargo.toml, so the agreement test compares like with like.
+    ensure_pypi_tool(&sh, "squawk-cli", "2.68.0", "squawk", "the linter's agreement tests")?;
     // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
     ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
     let _root = sh.push_dir(crate::context::root());
@@ -87,27 +89,29 @@ fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Kubernetes manifests are checked against Kubernetes' own schemas, offline, by
-/// kubernetes-validate (from PyPI, which ships them), in a virtual environment under target/.
-fn ensure_kubernetes_validate(sh: &Shell) -> anyhow::Result<()> {
-    let venv = crate::context::root().join("target/tools/kubernetes-validate");
-    if venv.join("bin/kubernetes-validate").is_file() {
+/// A tool the tests drive, from PyPI, in a virtual environment of its own under target/tools/:
+/// kubernetes-validate checks the Kubernetes manifests against Kubernetes' own schemas, offline;
+/// squawk-cli is the reference the linter's rules are held to (the version of the squawk crates).
+fn ensure_pypi_tool(sh: &Shell, package: &str, version: &str, program: &str, why: &str) -> anyhow::Result<()> {
+    let venv = crate::context::root().join("target/tools").join(package);
+    if venv.join("bin").join(program).is_file() {
         return Ok(());
     }
     if cmd!(sh, "python3 -m venv --help").quiet().ignore_stdout().ignore_stderr().run().is_err() {
         if !can_apt_install(sh) {
             anyhow::bail!(
-                "python3 with venv not found, and the manifest tests need it: install it (`sudo apt-get install \
-                 python3-venv`, `brew install python`)"
+                "python3 with venv not found, and {why} need it: install it (`sudo apt-get install python3-venv`, \
+                 `brew install python`)"
             );
         }
-        apt_install(sh, "python3-venv", "Python's venv for the manifest tests")?;
+        apt_install(sh, "python3-venv", &format!("Python's venv for {why}"))?;
     }
-    ui::step("install kubernetes-validate from PyPI into target/tools/ (the Kubernetes manifest tests)");
+    ui::step(format!("install {package} from PyPI into target/tools/ ({why})"));
     cmd!(sh, "python3 -m venv {venv}").quiet().run()?;
     let pip = venv.join("bin/pip");
-    cmd!(sh, "{pip} install --quiet --disable-pip-version-check kubernetes-validate==1.37.0").run().map_err(|e| {
-        anyhow::anyhow!("cannot install kubernetes-validate from PyPI ({e}): the manifest tests need it")
-    })?;
+    let pinned = format!("{package}=={version}");
+    cmd!(sh, "{pip} install --quiet --disable-pip-version-check {pinned}")
+        .run()
+        .map_err(|e| anyhow::anyhow!("cannot install {package} from PyPI ({e}): {why} need it"))?;
     Ok(())
 }

@@ -5,8 +5,9 @@ use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};
 use crate::context::display_path;
-use crate::lint::command::lint_set;
-use crate::lint::{NeedsNoTransaction, NoTransactionSingleStatement, RULES, UNPARSED};
+use crate::lint::Config;
+use crate::lint::command::{lint_set, read_facts};
+use crate::lint::rules::Severity;
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 use crate::schema::drift::Rehearsal;
 
@@ -106,15 +107,14 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
     doctor.check(Area::Migrations, "migrations.transactions", || {
         let Ok((set, _, _)) = &loaded else { return Ok(Outcome::skipped("the migrations cannot be read")) };
         // Statements the parser cannot read are the linter's to report, not this check's.
-        let mut findings = lint_set(set, &[&NeedsNoTransaction, &NoTransactionSingleStatement], |_| true);
-        findings.retain(|f| f.rule != UNPARSED);
+        let findings = lint_set(set, &Config::transactions_only(), None, |_| true, false).findings;
         Ok(if findings.is_empty() {
             Outcome::ok("every statement can run the way its file runs it (in a transaction or not)")
         } else {
             Outcome::fail(
                 findings
                     .iter()
-                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.why))
+                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.message))
                     .collect::<Vec<_>>()
                     .join("; "),
                 findings.first().map(|f| f.safe.clone()).unwrap_or_default(),
@@ -171,25 +171,35 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
     };
     state_checks(doctor, set, &status);
 
-    doctor.check(Area::Migrations, "migrations.lint", || {
-        let pending: Vec<i64> = status.with_state(State::Pending).map(|e| e.version).collect();
-        if pending.is_empty() {
-            return Ok(Outcome::ok("no pending migration to lint"));
-        }
-        let findings = lint_set(set, RULES, |file| pending.contains(&file.migration.version));
-        Ok(if findings.is_empty() {
-            Outcome::ok(format!("the {} pending migrations are safe for a live database", pending.len()))
-        } else {
-            Outcome::warn(
-                findings
-                    .iter()
-                    .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.rule))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                "see `cargo xtask lint-migrations` for why each hurts a live database and the safe way",
-            )
+    doctor
+        .check_async(Area::Migrations, "migrations.lint", async {
+            let pending: Vec<i64> = status.with_state(State::Pending).map(|e| e.version).collect();
+            if pending.is_empty() {
+                return Ok(Outcome::ok("no pending migration to lint"));
+            }
+            // The same engine, settings and database facts as lint-migrations (a .squawk.toml that
+            // does not parse is lint-migrations' to report: doctor lints with the defaults then).
+            let config = Config::load(&dir, &inputs.root).unwrap_or_else(|_| Config::defaults());
+            let facts = read_facts(&mut conn).await.ok();
+            let mut outcome =
+                lint_set(set, &config, facts.as_ref(), |file| pending.contains(&file.migration.version), true);
+            outcome.rank();
+            // A note (a lock on an empty table) is harmless: it warns of nothing.
+            let findings: Vec<_> = outcome.findings.iter().filter(|f| f.severity != Severity::Note).collect();
+            Ok(if findings.is_empty() {
+                Outcome::ok(format!("the {} pending migrations are safe for a live database", pending.len()))
+            } else {
+                Outcome::warn(
+                    findings
+                        .iter()
+                        .map(|f| format!("{}:{}: {}", display_path(&f.file), f.line, f.rule))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    "see `cargo xtask lint-migrations` for why each hurts a live database and the safe way",
+                )
+            })
         })
-    });
+        .await;
 
     doctor
         .check_async(Area::Migrations, "migrations.invalid_indexes", async {

@@ -8,7 +8,9 @@ use anyhow::anyhow;
 use backend::migrations::{MigrationFile, MigrationSet};
 use xshell::{Shell, cmd};
 
-use super::{Finding, Linter, RULES, Rule};
+use super::facts::Facts;
+use super::report::{self, Format};
+use super::{Config, Engine, Outcome};
 use crate::context::{SettingsArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
 use crate::ui;
@@ -23,68 +25,120 @@ pub struct Args {
     /// ones added since the merge-base with the default branch)
     #[arg(long)]
     all: bool,
+    /// How to print the findings
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Also apply the checked migrations to a throwaway copy of the schema in a throwaway cluster
+    /// on this machine (never on the database), and print the lock each statement takes
+    #[arg(long)]
+    locks: bool,
+    /// Print every rule and whether it is on (with this folder's .squawk.toml), then exit
+    #[arg(long)]
+    list_rules: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.settings.check_named_file()?;
     let root = crate::context::root();
     let (set, settings, dir) = args.source.load(&root)?;
+    let config = Config::load(&dir, &root).map_err(|e| fail(Failure::Config, e))?;
+    if args.list_rules {
+        for rule in super::rules::RuleId::all() {
+            println!("{rule} {}", if config.enabled.contains(&rule) { "on" } else { "off" });
+        }
+        return Ok(());
+    }
+    // --all checks the files, not a deploy: no database is asked (it may not even be this project's).
+    let database =
+        if args.all { Err("--all checks every file".to_owned()) } else { ask_database(&args, &settings.table_name) };
     let (selected, basis) = if args.all {
         (set.files.iter().map(|f| f.migration.version).collect(), "every migration (--all)".to_owned())
     } else {
-        select(&args, &set, &settings.table_name, &root, &dir)
+        select(&database, &set, &root, &dir)
     };
+    let facts = database.as_ref().ok().and_then(|(_, facts)| facts.as_ref());
     ui::step(format!("lint {} of {} migrations in {}: {basis}", selected.len(), set.files.len(), display_path(&dir)));
-    let findings = lint_set(&set, RULES, |file| selected.contains(&file.migration.version));
-    for finding in &findings {
-        println!("{}", format_finding(finding));
+    if let Some(source) = &config.source {
+        ui::line(format!("rules as {} sets them", display_path(source)));
     }
-    if findings.is_empty() {
+    if let Some(facts) = facts {
+        ui::line(format!("with the database's facts: PostgreSQL {}, its table sizes", facts.version_text));
+    }
+    let mut outcome = lint_set(&set, &config, facts, |file| selected.contains(&file.migration.version), !args.all);
+    outcome.rank();
+    if outcome.moot_lock_timeout > 0 {
+        ui::line(format!(
+            "require-lock-timeout left out in {} transactional {}: prestart sets lock_timeout for each (--statement-lock-timeout)",
+            outcome.moot_lock_timeout,
+            if outcome.moot_lock_timeout == 1 { "file" } else { "files" }
+        ));
+    }
+    let rendered = report::render(args.format, &outcome.findings);
+    if !rendered.is_empty() || args.format == Format::Json {
+        println!("{rendered}");
+    }
+    let measured = if args.locks {
+        let applied: BTreeSet<i64> = match &database {
+            Ok((applied, _)) => applied.clone(),
+            Err(_) => set.files.iter().map(|f| f.migration.version).filter(|v| !selected.contains(v)).collect(),
+        };
+        let roles = facts.map(|f| f.roles.as_slice()).unwrap_or_default();
+        super::locks::measure(&set, &settings, &applied, roles, !args.all, args.format == Format::Text)?
+    } else {
+        0
+    };
+    let failing = outcome.failing();
+    if failing == 0 && measured == 0 {
         ui::line("no problems");
         return Ok(());
     }
-    let files: BTreeSet<&PathBuf> = findings.iter().map(|f| &f.file).collect();
-    Err(fail(
-        Failure::ChecksFailed,
-        anyhow!(
-            "{} {} in {} of {} checked migrations",
-            findings.len(),
-            if findings.len() == 1 { "problem" } else { "problems" },
-            files.len(),
-            selected.len()
-        ),
-    ))
+    let files: BTreeSet<&PathBuf> =
+        outcome.findings.iter().filter(|f| f.severity != super::rules::Severity::Note).map(|f| &f.file).collect();
+    let mut summary = format!(
+        "{failing} {} in {} of {} checked migrations",
+        if failing == 1 { "problem" } else { "problems" },
+        files.len(),
+        selected.len()
+    );
+    if measured > 0 {
+        summary.push_str(&format!(
+            "; {measured} {} a table that existed before under ACCESS EXCLUSIVE (measured)",
+            if measured == 1 { "statement scans or rewrites" } else { "statements scan or rewrite" }
+        ));
+    }
+    Err(fail(Failure::ChecksFailed, anyhow!(summary)))
 }
 
 /// Lints the whole set in version order (so later files see what earlier ones did), reporting
-/// only the files `report` picks.
-pub fn lint_set(set: &MigrationSet, rules: &[&dyn Rule], report: impl Fn(&MigrationFile) -> bool) -> Vec<Finding> {
-    let mut linter = Linter::default();
-    let mut findings = Vec::new();
+/// only the files `report` picks. With `deploy`, the picked files are one deploy: tables an
+/// earlier one creates are new to the later ones.
+pub fn lint_set(
+    set: &MigrationSet,
+    config: &Config,
+    facts: Option<&Facts>,
+    report: impl Fn(&MigrationFile) -> bool,
+    deploy: bool,
+) -> Outcome {
+    let mut engine = Engine::new(config, facts);
+    let mut outcome = Outcome::default();
     for file in &set.files {
         let path = file.path.clone().unwrap_or_else(|| PathBuf::from(file.name()));
-        findings.extend(linter.lint(&path, file.migration.sql.as_str(), file.migration.no_tx, rules, report(file)));
+        let picked = report(file);
+        engine.lint(&path, file.migration.sql.as_str(), file.migration.no_tx, picked, deploy && picked, &mut outcome);
     }
-    findings
-}
-
-/// `file:line: rule: why` and the safe way on the next line.
-pub fn format_finding(finding: &Finding) -> String {
-    format!(
-        "{}:{}: {}: {}\n  safe: {}",
-        display_path(&finding.file),
-        finding.line,
-        finding.rule,
-        finding.why,
-        finding.safe
-    )
+    outcome
 }
 
 /// The migrations not applied yet when the database answers; else those added since the
 /// merge-base with the default branch, plus uncommitted ones; else all.
-fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path) -> (BTreeSet<i64>, String) {
-    let why_not = match applied_versions(args, table) {
-        Ok(applied) => {
+fn select(
+    database: &Result<(BTreeSet<i64>, Option<Facts>), String>,
+    set: &MigrationSet,
+    root: &Path,
+    dir: &Path,
+) -> (BTreeSet<i64>, String) {
+    let why_not = match database {
+        Ok((applied, _)) => {
             let pending = set.files.iter().map(|f| f.migration.version).filter(|v| !applied.contains(v)).collect();
             return (pending, "the ones not applied to the database yet".into());
         }
@@ -111,8 +165,21 @@ fn select(args: &Args, set: &MigrationSet, table: &str, root: &Path, dir: &Path)
     }
 }
 
-/// What the database has applied, or why it cannot tell.
-fn applied_versions(args: &Args, table: &str) -> Result<BTreeSet<i64>, String> {
+/// The database's facts, bounded (their read sets a short lock_timeout; this bounds the rest).
+pub async fn read_facts(conn: &mut sqlx::PgConnection) -> Result<Facts, String> {
+    match tokio::time::timeout(FACTS_BOUND, Facts::read(conn)).await {
+        Ok(Ok(facts)) => Ok(facts),
+        Ok(Err(error)) => Err(backend::db::describe_error(&error)),
+        Err(_) => Err(format!("reading them took more than {} s (a lock?)", FACTS_BOUND.as_secs())),
+    }
+}
+
+/// How long the database's facts may take to read.
+const FACTS_BOUND: Duration = Duration::from_secs(3);
+
+/// What the database has applied, and its facts (when its catalog can be read), or why it cannot
+/// tell.
+fn ask_database(args: &Args, table: &str) -> Result<(BTreeSet<i64>, Option<Facts>), String> {
     let loaded = args.settings.load().map_err(|e| format!("the settings do not load ({e:#})"))?;
     let db = &loaded.settings.database;
     crate::interrupt::block_on(async {
@@ -125,7 +192,15 @@ fn applied_versions(args: &Args, table: &str) -> Result<BTreeSet<i64>, String> {
             Ok(Err(error)) => return Err(format!("{table} cannot be read ({})", backend::db::describe_error(&error))),
             Err(locked) => return Err(format!("{locked:#}")),
         };
-        Ok(rows.into_iter().map(|r| r.version).collect())
+        // Facts refine the findings; without them the lint is the same as with no database.
+        let facts = match read_facts(&mut ready.conn).await {
+            Ok(facts) => Some(facts),
+            Err(why) => {
+                ui::line(format!("the database's version and table sizes are not used: {why}"));
+                None
+            }
+        };
+        Ok((rows.into_iter().map(|r| r.version).collect(), facts))
     })
 }
 

@@ -1,267 +1,465 @@
-//! The migration linter: changes that lock or break a live database, found by parsing the SQL
-//! with a real PostgreSQL-dialect parser, one statement at a time.
+//! The migration linter: squawk's PostgreSQL parser and rules (squawk-syntax, squawk-linter), fed
+//! what only this project knows: how sqlx runs each file (`-- no-transaction`), that prestart sets
+//! `lock_timeout` itself, which tables the deploy creates (nobody uses them yet), NOT NULL checks
+//! validated by earlier migrations, and, when the database answers, its version, unique indexes and
+//! table sizes. docs/linting.md lists the rules and what each of these changes.
 //!
 //! A statement the parser cannot read is reported as such, never skipped in silence. A comment
-//! `-- lint: allow RULE` above a statement (or on its lines) exempts it from that rule.
+//! `-- lint: allow RULE` or squawk's own `-- squawk-ignore RULE` above a statement (or on its
+//! lines) exempts it from that rule.
 
-mod add_column_not_null;
-mod alter_column_type;
-mod constraint_not_valid;
-mod create_index;
-mod drop_column;
-mod drop_table;
+mod config;
+pub mod facts;
+mod history;
+mod locks;
 mod needs_no_transaction;
 mod no_transaction_single_statement;
-mod rename_column;
-mod rename_table;
-mod set_not_null;
-
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-
-use sqlparser::ast::{AlterTable, ObjectName, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Token;
+mod report;
+pub mod rules;
 
 pub mod command;
 
-pub use needs_no_transaction::NeedsNoTransaction;
-pub use no_transaction_single_statement::NoTransactionSingleStatement;
+use std::path::{Path, PathBuf};
 
-/// Why a statement hurts a live database, and the safe way to get the same result.
-pub struct Violation {
-    pub why: String,
-    pub safe: String,
-}
+use squawk_syntax::ast::{self, AstNode};
+use squawk_syntax::{Parse, SourceFile};
 
-/// What a rule knows about the file around a statement.
-pub struct FileContext<'a> {
-    /// The file starts with `-- no-transaction`.
-    pub no_transaction: bool,
-    /// 0 for the first statement of the file.
-    pub statement_index: usize,
-    /// Tables created earlier in this file: changing them locks nobody out.
-    pub created_here: &'a HashSet<String>,
-    /// Tables that got a `CHECK (... IS NOT NULL) NOT VALID` in this or an earlier migration.
-    pub not_null_checked: &'a HashSet<String>,
-}
-
-impl FileContext<'_> {
-    /// The table existed before this migration (so live traffic uses it).
-    pub fn is_existing(&self, table: &ObjectName) -> bool {
-        !self.created_here.contains(&table_key(table))
-    }
-}
-
-pub trait Rule: Sync {
-    /// The name users write in `-- lint: allow NAME`.
-    fn name(&self) -> &'static str;
-    fn check(&self, statement: &Statement, file: &FileContext<'_>) -> Option<Violation>;
-}
-
-/// Every rule, in the order findings are reported for one statement.
-pub static RULES: &[&dyn Rule] = &[
-    &needs_no_transaction::NeedsNoTransaction,
-    &no_transaction_single_statement::NoTransactionSingleStatement,
-    &create_index::CreateIndexNonConcurrently,
-    &add_column_not_null::AddColumnNotNull,
-    &alter_column_type::AlterColumnType,
-    &set_not_null::SetNotNull,
-    &constraint_not_valid::ConstraintWithoutNotValid,
-    &rename_column::RenameColumn,
-    &rename_table::RenameTable,
-    &drop_column::DropColumn,
-    &drop_table::DropTable,
-];
-
-/// The rule name of statements the parser cannot read.
-pub const UNPARSED: &str = "unparsed-statement";
+pub use config::Config;
+use facts::Facts;
+use history::History;
+use rules::{Kind, Own, RuleId, Severity};
 
 /// One thing the linter reports.
 #[derive(Debug, Clone)]
 pub struct Finding {
     pub file: PathBuf,
-    pub line: u64,
-    pub rule: &'static str,
-    pub why: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub rule: RuleId,
+    pub severity: Severity,
+    pub message: String,
     pub safe: String,
+    /// The table (or index) the statement changes, when it changes one.
+    pub table: Option<String>,
+    /// Its size on the database, when the database answered.
+    pub table_bytes: Option<i64>,
 }
 
-/// Lints files in version order, carrying what earlier files did (a `NOT VALID` check that a
-/// later `SET NOT NULL` relies on).
+/// What linting a set of files found.
 #[derive(Default)]
-pub struct Linter {
-    not_null_checked: HashSet<String>,
+pub struct Outcome {
+    pub findings: Vec<Finding>,
+    /// Transactional files where squawk's require-lock-timeout fired: moot, prestart sets one.
+    pub moot_lock_timeout: usize,
 }
 
-struct Parsed {
-    statement: Statement,
-    first_line: u64,
-    last_line: u64,
+/// Lints files in version order, carrying what earlier files did.
+pub struct Engine<'a> {
+    config: &'a Config,
+    facts: Option<&'a Facts>,
+    history: History,
 }
 
-impl Linter {
-    /// Lints one migration's SQL; with `report` false, only learns from it. `no_transaction` is
-    /// sqlx's own reading of the file (a byte-order mark hides `-- no-transaction` from it).
+/// A statement and where it is.
+struct Statement {
+    node: ast::Stmt,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(config: &'a Config, facts: Option<&'a Facts>) -> Engine<'a> {
+        Engine { config, facts, history: History::default() }
+    }
+
+    /// Lints one migration's SQL, adding what it finds to `outcome` when `report`; otherwise only
+    /// learns from it. `no_transaction` is sqlx's own reading of the file (a byte-order mark hides
+    /// `-- no-transaction` from it). `in_deploy`: not applied yet, so tables it creates are new to
+    /// the files after it.
     pub fn lint(
         &mut self,
         file: &Path,
         sql: &str,
         no_transaction: bool,
-        rules: &[&dyn Rule],
         report: bool,
-    ) -> Vec<Finding> {
+        in_deploy: bool,
+        outcome: &mut Outcome,
+    ) {
         // A byte-order mark is doctor's to report (it changes the checksum); the SQL after it is ours.
         let sql = sql.strip_prefix('\u{feff}').unwrap_or(sql);
-        let (parsed, mut findings) = parse(file, sql);
-        let allowed = exemptions(sql);
-        let mut created_here = HashSet::new();
-        let mut previous_end = 0;
-        for (index, item) in parsed.iter().enumerate() {
-            let context = FileContext {
-                no_transaction,
-                statement_index: index,
-                created_here: &created_here,
-                not_null_checked: &self.not_null_checked,
-            };
-            let exempt: HashSet<&str> = allowed
-                .iter()
-                .filter(|(line, _)| *line > previous_end && *line <= item.last_line)
-                .map(|(_, rule)| rule.as_str())
-                .collect();
-            for rule in rules {
-                if exempt.contains(rule.name()) {
+        let report = report && !self.config.excludes(file);
+        let parse = SourceFile::parse(sql);
+        let statements: Vec<Statement> = parse
+            .tree()
+            .stmts()
+            .map(|node| {
+                let range = node.syntax().text_range();
+                Statement { start: offset(range.start()), end: offset(range.end()), node }
+            })
+            .collect();
+        let mut history = self.history.clone();
+        if report {
+            let (findings, moot) = self.check(file, sql, &parse, &statements, no_transaction, &mut history);
+            outcome.moot_lock_timeout += usize::from(moot);
+            outcome.findings.extend(findings);
+        } else {
+            for statement in &statements {
+                history.learn(&statement.node);
+            }
+        }
+        if !in_deploy {
+            history.new_relations = std::mem::take(&mut self.history.new_relations);
+        }
+        self.history = history;
+    }
+
+    /// squawk's findings for the file, with the rules turned on and this file's transaction mode.
+    fn squawk(&self, parse: &Parse<SourceFile>, sql: &str, no_transaction: bool) -> Vec<squawk_linter::Violation> {
+        let rules = self.config.enabled.iter().filter_map(|r| match r {
+            RuleId::Squawk(rule) => Some(*rule),
+            RuleId::Own(_) => None,
+        });
+        let mut linter = squawk_linter::Linter::from(rules);
+        linter.settings.assume_in_transaction = !no_transaction;
+        if let Some(version) = self.facts.map(|f| f.version).or(self.config.pg_version) {
+            linter.settings.pg_version = version;
+        }
+        linter.lint(parse, sql)
+    }
+
+    /// The findings on one file, statement by statement, each decided with what the statements
+    /// before it did (`history`, which learns as it goes); and whether require-lock-timeout was moot.
+    fn check(
+        &self,
+        file: &Path,
+        sql: &str,
+        parse: &Parse<SourceFile>,
+        statements: &[Statement],
+        no_transaction: bool,
+        history: &mut History,
+    ) -> (Vec<Finding>, bool) {
+        let on = |rule: Own| self.config.enabled.contains(&RuleId::Own(rule));
+        let mut drafts = Vec::new();
+        let mut moot = false;
+        let mut violations = self.squawk(parse, sql, no_transaction).into_iter().peekable();
+        for (index, statement) in statements.iter().enumerate() {
+            // Findings outside any statement: squawk's, on an ignore comment.
+            while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.start) {
+                drafts.push(Draft::of(v, None));
+            }
+            let table = history::target(&statement.node);
+            let refused = needs_no_transaction::refused_in_transaction(&statement.node);
+            if let Some(what) = refused.filter(|_| !no_transaction && on(Own::NeedsNoTransaction)) {
+                drafts.push(Draft {
+                    at: statement.start,
+                    rule: RuleId::Own(Own::NeedsNoTransaction),
+                    message: needs_no_transaction::why(what),
+                    help: Some(needs_no_transaction::SAFE.to_owned()),
+                    table: table.clone(),
+                });
+            }
+            if no_transaction && index == 1 && on(Own::NoTransactionSingleStatement) {
+                drafts.push(Draft {
+                    at: statement.start,
+                    rule: RuleId::Own(Own::NoTransactionSingleStatement),
+                    message: no_transaction_single_statement::WHY.to_owned(),
+                    help: Some(no_transaction_single_statement::SAFE.to_owned()),
+                    table: table.clone(),
+                });
+            }
+            while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.end) {
+                match v.code {
+                    // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
+                    squawk_linter::Rule::RequireLockTimeout if !no_transaction => {
+                        moot = true;
+                        continue;
+                    }
+                    // The statement runs alone, and a timeout would cancel a CONCURRENTLY build
+                    // halfway, leaving an INVALID index: prestart sets none for these files on purpose.
+                    squawk_linter::Rule::RequireLockTimeout | squawk_linter::Rule::RequireStatementTimeout
+                        if refused.is_some() =>
+                    {
+                        continue;
+                    }
+                    _ => {}
+                }
+                // Nobody uses a table the deploy made yet: its locks block no one, and old code
+                // does not know it to break.
+                let new = table.as_ref().is_some_and(|t| history.new_relations.contains(t));
+                if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
                     continue;
                 }
-                if let Some(violation) = rule.check(&item.statement, &context) {
-                    findings.push(Finding {
-                        file: file.to_path_buf(),
-                        line: item.first_line,
-                        rule: rule.name(),
-                        why: violation.why,
-                        safe: violation.safe,
-                    });
+                if history.knows_better(v.code, &statement.node) {
+                    continue;
                 }
+                let mut draft = Draft::of(v, table.clone());
+                if draft.rule == RuleId::Squawk(squawk_linter::Rule::RequireLockTimeout) {
+                    // squawk's `SET lock_timeout` would be a second statement, which a
+                    // `-- no-transaction` file cannot have; this statement needs no such file.
+                    draft.help = Some(
+                        "this statement can run in a transaction: drop the `-- no-transaction` line, and prestart \
+                         sets lock_timeout for it"
+                            .into(),
+                    );
+                }
+                drafts.push(draft);
             }
-            previous_end = item.last_line;
-            self.learn(&item.statement, &mut created_here);
+            history.learn(&statement.node);
         }
-        // Exemptions apply to unparsed statements too: a comment after the previous statement.
+        drafts.extend(violations.map(|v| Draft::of(v, None)));
+        if on(Own::UnparsedStatement) {
+            drafts.extend(unread(parse, statements).into_iter().map(|(at, error)| Draft {
+                at,
+                rule: RuleId::Own(Own::UnparsedStatement),
+                message: format!("the linter cannot parse this statement ({error}), so no rule checked it"),
+                help: Some(format!(
+                    "check it by hand; if it is fine, put `-- lint: allow {}` above it",
+                    Own::UnparsedStatement.name()
+                )),
+                table: None,
+            }));
+        }
+        let lines = Lines::new(sql);
+        let mut findings: Vec<Finding> = drafts.into_iter().map(|draft| self.finish(file, &lines, draft)).collect();
+        let allowed = exemptions(sql);
+        let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
         findings.retain(|f| {
-            let previous_end = parsed.iter().map(|p| p.last_line).filter(|end| *end < f.line).max().unwrap_or(0);
-            f.rule != UNPARSED
-                || !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= f.line && rule == UNPARSED)
+            if ignores_ours(f) {
+                return false;
+            }
+            // A comment after the previous statement, up to the end of this one.
+            let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
+            let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
+            !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= last && *rule == f.rule)
         });
-        findings.sort_by_key(|f| f.line);
-        if report { findings } else { Vec::new() }
+        (findings, moot)
     }
 
-    fn learn(&mut self, statement: &Statement, created_here: &mut HashSet<String>) {
-        match statement {
-            Statement::CreateTable(create) => {
-                created_here.insert(table_key(&create.name));
-            }
-            Statement::AlterTable(alter) => {
-                for operation in &alter.operations {
-                    if let sqlparser::ast::AlterTableOperation::AddConstraint {
-                        constraint: sqlparser::ast::TableConstraint::Check(check),
-                        not_valid: true,
-                    } = operation
-                        && check.expr.to_string().to_uppercase().contains("IS NOT NULL")
-                    {
-                        self.not_null_checked.insert(table_key(&alter.name));
-                    }
-                }
-            }
-            _ => {}
+    fn finish(&self, file: &Path, lines: &Lines, draft: Draft) -> Finding {
+        let (line, column) = lines.position(draft.at);
+        let rule = draft.rule;
+        let mut finding = Finding {
+            file: file.to_path_buf(),
+            line,
+            column,
+            rule,
+            severity: rule.severity(),
+            message: draft.message,
+            safe: draft.help.unwrap_or_else(|| format!("see docs/linting.md#{rule}")),
+            table: draft.table,
+            table_bytes: None,
+        };
+        if let Some(facts) = self.facts {
+            facts.weigh(&mut finding);
+        }
+        finding
+    }
+}
+
+/// A finding before its place in the file is worked out.
+struct Draft {
+    at: usize,
+    rule: RuleId,
+    message: String,
+    help: Option<String>,
+    table: Option<String>,
+}
+
+impl Draft {
+    fn of(violation: squawk_linter::Violation, table: Option<String>) -> Draft {
+        Draft {
+            at: offset(violation.text_range.start()),
+            rule: RuleId::Squawk(violation.code),
+            message: violation.message,
+            help: violation.help,
+            table,
         }
     }
 }
 
-/// Parses statement by statement, so one the parser cannot read is reported and the rest still
-/// checked.
-fn parse(file: &Path, sql: &str) -> (Vec<Parsed>, Vec<Finding>) {
-    let dialect = PostgreSqlDialect {};
-    let unparsed = |line: u64, error: String| Finding {
-        file: file.to_path_buf(),
-        line,
-        rule: UNPARSED,
-        why: format!("the linter cannot parse this statement ({error}), so no rule checked it"),
-        safe: format!("check it by hand; if it is fine, put `-- lint: allow {UNPARSED}` above it"),
-    };
-    let mut parser = match Parser::new(&dialect).try_with_sql(sql) {
-        Ok(parser) => parser,
-        Err(error) => return (Vec::new(), vec![unparsed(1, error.to_string())]),
-    };
-    let mut parsed = Vec::new();
-    let mut findings = Vec::new();
-    loop {
-        while parser.consume_token(&Token::SemiColon) {}
-        let start = parser.peek_token();
-        if start.token == Token::EOF {
-            break;
-        }
-        let first_line = start.span.start.line;
-        match parser.parse_statement() {
-            Ok(statement) => {
-                let last_line = parser.peek_token().span.start.line.max(first_line);
-                parsed.push(Parsed { statement, first_line, last_line });
-            }
-            Err(error) => {
-                findings.push(unparsed(first_line, error.to_string()));
-                // Skip to the end of this statement and go on with the next.
-                loop {
-                    let token = parser.next_token().token;
-                    if token == Token::SemiColon || token == Token::EOF {
-                        break;
-                    }
-                }
-            }
-        }
+impl Own {
+    pub fn name(self) -> String {
+        RuleId::Own(self).to_string()
     }
-    (parsed, findings)
 }
 
-/// `(line, rule)` for every `-- lint: allow rule[, rule]` comment.
-fn exemptions(sql: &str) -> Vec<(u64, String)> {
+impl Outcome {
+    /// Errors first, then the findings on the biggest tables, then in file order.
+    pub fn rank(&mut self) {
+        let key = |f: &Finding| (f.severity, std::cmp::Reverse(f.table_bytes.unwrap_or(0)), f.file.clone(), f.line);
+        self.findings.sort_by_cached_key(key);
+    }
+
+    /// Findings that fail the check (notes do not).
+    pub fn failing(&self) -> usize {
+        self.findings.iter().filter(|f| f.severity != Severity::Note).count()
+    }
+}
+
+fn offset(size: impl Into<u32>) -> usize {
+    size.into() as usize
+}
+
+/// The statements the parser could not read: where each starts, and the parser's first complaint.
+fn unread(parse: &Parse<SourceFile>, statements: &[Statement]) -> Vec<(usize, String)> {
+    let mut unread: Vec<(usize, String)> = Vec::new();
+    for error in parse.errors() {
+        let at = offset(error.range().start());
+        // The statement around the error, or, outside any, the error itself.
+        let start = statements.iter().find(|s| s.start <= at && at <= s.end).map_or(at, |s| s.start);
+        if !unread.iter().any(|(s, _)| *s == start) {
+            unread.push((start, error.message().to_owned()));
+        }
+    }
+    unread
+}
+
+/// Line starts, to turn byte offsets into lines and columns.
+struct Lines<'s> {
+    text: &'s str,
+    starts: Vec<usize>,
+}
+
+impl<'s> Lines<'s> {
+    fn new(text: &'s str) -> Lines<'s> {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Lines { text, starts }
+    }
+
+    /// The 1-based line of a byte offset.
+    fn line(&self, at: usize) -> usize {
+        self.starts.partition_point(|start| *start <= at)
+    }
+
+    fn position(&self, at: usize) -> (usize, usize) {
+        let line = self.line(at);
+        let start = self.starts.get(line.saturating_sub(1)).copied().unwrap_or(0);
+        let column = self.text.get(start..at.min(self.text.len())).map_or(1, |s| s.chars().count() + 1);
+        (line, column)
+    }
+}
+
+/// `(line, rule)` for every `-- lint: allow rule[, rule]` comment, and every `-- squawk-ignore` of
+/// one of our rules (squawk honours its own, and calls ours unknown: see [`ignores_ours`]).
+fn exemptions(sql: &str) -> Vec<(usize, RuleId)> {
     let mut allowed = Vec::new();
     for (index, line) in sql.lines().enumerate() {
         let Some(comment) = line.split_once("--").map(|(_, c)| c.trim()) else { continue };
-        let Some(rules) = comment.strip_prefix("lint:").and_then(|r| r.trim_start().strip_prefix("allow")) else {
-            continue;
+        let (names, ours_only) = match comment.strip_prefix("lint:").and_then(|r| r.trim_start().strip_prefix("allow"))
+        {
+            Some(names) => (names, false),
+            None => match comment.strip_prefix("squawk-ignore ") {
+                // Up to a trailing `-- why`, as squawk reads it.
+                Some(names) => (names.split("--").next().unwrap_or_default(), true),
+                None => continue,
+            },
         };
-        for rule in rules.split([',', ' ']).map(str::trim).filter(|r| !r.is_empty()) {
-            allowed.push((index as u64 + 1, rule.to_owned()));
+        for name in names.split([',', ' ']).map(str::trim).filter(|r| !r.is_empty()) {
+            match RuleId::parse(name) {
+                Some(rule @ RuleId::Own(_)) => allowed.push((index + 1, rule)),
+                Some(rule) if !ours_only => allowed.push((index + 1, rule)),
+                _ => {}
+            }
         }
     }
     allowed
 }
 
-/// The `ALTER TABLE` in `statement`, when it alters a table that existed before this migration.
-pub fn alter_of_existing<'s>(statement: &'s Statement, file: &FileContext<'_>) -> Option<&'s AlterTable> {
-    match statement {
-        Statement::AlterTable(alter) if file.is_existing(&alter.name) => Some(alter),
-        _ => None,
-    }
-}
-
-/// A table's name without schema or quotes, lower-cased, to compare names.
-pub fn table_key(name: &ObjectName) -> String {
-    name.0.last().map(|part| part.to_string().trim_matches('"').to_lowercase()).unwrap_or_default()
+/// squawk's unused-ignore on `-- squawk-ignore needs-no-transaction`: the name is ours, and known.
+fn ignores_ours(finding: &Finding) -> bool {
+    finding.rule == RuleId::Squawk(squawk_linter::Rule::UnusedIgnore)
+        && finding
+            .message
+            .strip_prefix("unknown name ")
+            .and_then(RuleId::parse)
+            .is_some_and(|r| matches!(r, RuleId::Own(_)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lint(sql: &str) -> Vec<Finding> {
+        let config = Config::defaults();
+        let mut outcome = Outcome::default();
+        Engine::new(&config, None).lint(Path::new("x.sql"), sql, false, true, true, &mut outcome);
+        outcome.findings
+    }
+
+    #[test]
+    fn lines_and_columns_count_from_one() {
+        let lines = Lines::new("ab\ncdé\nf");
+        assert_eq!(lines.position(0), (1, 1));
+        assert_eq!(lines.position(4), (2, 2));
+        assert_eq!(lines.position(8), (3, 1));
+    }
+
+    #[test]
+    fn tables_created_earlier_in_the_deploy_are_new() {
+        let config = Config::defaults();
+        let mut outcome = Outcome::default();
+        let mut engine = Engine::new(&config, None);
+        engine.lint(Path::new("1.sql"), "CREATE TABLE old (id bigint);", false, false, false, &mut outcome);
+        engine.lint(Path::new("2.sql"), "CREATE TABLE fresh (id bigint);", false, false, true, &mut outcome);
+        engine.lint(
+            Path::new("3.sql"),
+            "CREATE INDEX a ON fresh (id);\nCREATE INDEX b ON old (id);",
+            false,
+            true,
+            true,
+            &mut outcome,
+        );
+        let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
+        assert_eq!(rules, [(2, "require-concurrent-index-creation".to_owned())]);
+    }
+
+    #[test]
+    fn lock_timeout_is_moot_in_a_transaction_and_outside_one_the_header_is_the_fix() {
+        let config = Config::defaults();
+        let mut outcome = Outcome::default();
+        let mut engine = Engine::new(&config, None);
+        let sql = "ALTER TABLE t ADD COLUMN c text;";
+        engine.lint(Path::new("1.sql"), sql, false, true, true, &mut outcome);
+        assert!(outcome.findings.is_empty() && outcome.moot_lock_timeout == 1);
+        engine.lint(Path::new("2.sql"), &format!("-- no-transaction\n{sql}"), true, true, true, &mut outcome);
+        assert_eq!(outcome.findings[0].rule.to_string(), "require-lock-timeout");
+        assert!(outcome.findings[0].safe.contains("drop the `-- no-transaction` line"));
+        engine.lint(
+            Path::new("3.sql"),
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+            true,
+            true,
+            true,
+            &mut outcome,
+        );
+        assert_eq!(outcome.findings.len(), 1, "a CONCURRENTLY build is told to take a timeout");
+    }
+
+    #[test]
+    fn squawk_ignore_comments_work_for_our_rules_too() {
+        let sql = "-- squawk-ignore needs-no-transaction -- run by hand\nCREATE INDEX CONCURRENTLY a ON t (b);";
+        assert!(lint(sql).is_empty(), "{:?}", lint(sql));
+        assert_eq!(lint("-- squawk-ignore no-such-rule\nSELECT 1;")[0].rule.to_string(), "unused-ignore");
+    }
+
+    #[test]
+    fn not_valid_is_not_offered_where_postgresql_refuses_it() {
+        let rules: Vec<String> =
+            lint("ALTER TABLE t ADD CONSTRAINT t_key UNIQUE (a);\nALTER TABLE t ADD CONSTRAINT c CHECK (a > 0);")
+                .iter()
+                .map(|f| format!("{}:{}", f.line, f.rule))
+                .collect();
+        assert_eq!(rules, ["1:disallowed-unique-constraint", "2:constraint-missing-not-valid"]);
+    }
+
     proptest::proptest! {
         /// Arbitrary text is linted without a panic; what does not parse is reported.
         #[test]
         fn arbitrary_input_never_panics(sql in "\\PC{0,200}") {
-            let findings = Linter::default().lint(Path::new("x.sql"), &sql, false, RULES, true);
-            for finding in findings {
-                proptest::prop_assert!(finding.line >= 1);
+            for finding in lint(&sql) {
+                proptest::prop_assert!(finding.line >= 1 && finding.column >= 1);
             }
         }
 
@@ -270,8 +468,7 @@ mod tests {
         fn sql_shaped_input_never_panics(
             words in proptest::collection::vec("(ALTER|TABLE|CREATE|INDEX|CONCURRENTLY|ON|ADD|COLUMN|DROP|NOT|NULL|VALID|CONSTRAINT|CHECK|t|x|;|\\(|\\)|,|--|\\n|\\$\\$)", 0..40)
         ) {
-            let sql = words.join(" ");
-            let _ = Linter::default().lint(Path::new("x.sql"), &sql, false, RULES, true);
+            let _ = lint(&words.join(" "));
         }
     }
 }

@@ -1,23 +1,8 @@
-//! More than one statement in a `-- no-transaction` migration.
+//! More than one statement in a `-- no-transaction` migration: sqlx sends the file as one
+//! multi-statement query, which PostgreSQL runs as an implicit transaction.
 
-use sqlparser::ast::Statement;
+pub const WHY: &str = "a `-- no-transaction` migration is sent as one multi-statement query: PostgreSQL runs it as an \
+                       implicit transaction, so two CONCURRENTLY statements fail together, and a failure halfway \
+                       leaves part of the file applied";
 
-use super::{FileContext, Rule, Violation};
-
-pub struct NoTransactionSingleStatement;
-
-impl Rule for NoTransactionSingleStatement {
-    fn name(&self) -> &'static str {
-        "no-transaction-single-statement"
-    }
-
-    fn check(&self, _statement: &Statement, file: &FileContext<'_>) -> Option<Violation> {
-        (file.no_transaction && file.statement_index == 1).then(|| Violation {
-            why: "a `-- no-transaction` migration is sent as one multi-statement query: PostgreSQL runs it as an \
-                  implicit transaction, so two CONCURRENTLY statements fail together, and a failure halfway leaves \
-                  part of the file applied"
-                .into(),
-            safe: "one statement per `-- no-transaction` migration".into(),
-        })
-    }
-}
+pub const SAFE: &str = "one statement per `-- no-transaction` migration";

@@ -42,6 +42,7 @@ pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) ->
     let started = Instant::now();
     let mut retries = 0;
     let report = loop {
+        let ran_on = session.ready.server.clone();
         let error = match seed_once(&mut session.ready.conn, superuser).await {
             Ok(report) => break report,
             Err(error) => error,
@@ -50,17 +51,25 @@ pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) ->
             SeedError::Database(e) => crate::migrate::lost_connection(e, session.settings()),
             SeedError::Hash(_) => None,
         };
-        let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else {
-            return Err(fail(
+        let failed = |note: &str| {
+            fail(
                 Failure::Seed,
                 anyhow!(
-                    "{error}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed"
+                    "{error}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed{note}"
                 ),
-            ));
+            )
         };
+        let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else { return Err(failed("")) };
         let lost_at = Instant::now();
         ui::line(format!("lost the connection while seeding ({}; a failover?): connecting again", lost.reason));
         session.reconnect().await?;
+        // As for a migration: only another server instance means a failover or a restart.
+        if session.ready.server.same_instance(&ran_on) && !lost.read_only {
+            return Err(failed(
+                "\n  note: the same server instance answered again, so this was no failover (a session ended by \
+                 pg_terminate_backend, or a crash restart): not seeded again",
+            ));
+        }
         retries += 1;
         ui::line(format!(
             "reconnected to {} in {}: seeding again",

@@ -280,7 +280,12 @@ fn a_connection_dropped_during_the_seed_leaves_nothing_half_seeded() {
         ) == "1"
     }));
     cluster.psql("app", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'prestart'");
-    running.wait().assert_code(7).assert_stderr_contains("nothing was seeded");
+    // The same server ended the session: no failover, so not seeded again.
+    running
+        .wait()
+        .assert_code(7)
+        .assert_stderr_contains("nothing was seeded")
+        .assert_stderr_contains("not seeded again");
     drop(holder);
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "0", "the superuser survived a failed seed");
     run("prestart", &cluster, &migrations, &[]).output().assert_code(0);
@@ -393,4 +398,32 @@ fn a_crash_restart_mid_migration_is_not_run_again() {
         .output()
         .is_ok_and(|o| o.status.success())));
     assert_eq!(cluster.psql("app", "SELECT to_regclass('crashed') IS NULL"), "t");
+}
+
+/// A restart during the seed (a switchover ends every session) leaves another server instance:
+/// the seed, one transaction that inserts what is missing, runs again whole, and once.
+#[test]
+fn a_restart_during_the_seed_seeds_again_on_the_new_instance() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
+    let holder =
+        Session::open(&cluster, "BEGIN; INSERT INTO app_settings (key, value) VALUES ('jobs.max_attempts', '5');");
+    let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
+    assert!(eventually(Duration::from_secs(15), || {
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND wait_event_type = 'Lock'",
+        ) == "1"
+    }));
+    cluster.stop();
+    drop(holder);
+    cluster.start();
+    running
+        .wait()
+        .assert_code(0)
+        .assert_stderr_contains("lost the connection while seeding")
+        .assert_stderr_contains("seeding again");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM users"), "1");
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM app_settings"), "2");
 }

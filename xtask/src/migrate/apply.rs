@@ -373,6 +373,8 @@ pub fn lost_connection(error: &sqlx::Error, db: &DatabaseSettings) -> Option<Los
         return Some(Lost { reason: "the server can no longer write (25006)".to_owned(), read_only: true });
     }
     match backend::db::Failure::classify(error, db) {
+        // A server slower than our bound is slow, not gone: the keepalives find a dead one.
+        backend::db::Failure::Retry(reason) if reason.kind == backend::db::RetryKind::TimedOut => None,
         backend::db::Failure::Retry(reason) => Some(Lost { reason: reason.to_string(), read_only: false }),
         backend::db::Failure::Fatal(_) => None,
     }

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     if measured > 0 {
         summary.push_str(&format!(
-            "; {measured} {} a table that existed before under ACCESS EXCLUSIVE (measured)",
+            "; {measured} {} a table that existed before under a lock that blocks writes (measured)",
             if measured == 1 { "statement scans or rewrites" } else { "statements scan or rewrite" }
         ));
     }

@@ -54,9 +54,10 @@ struct Lock {
 }
 
 /// Prints the lock each statement of the checked migrations takes; returns how many statements
-/// held ACCESS EXCLUSIVE on a table that existed before while scanning or rewriting it (every read
-/// and write waits that long; a lock for a catalog change is said, and lasts an instant), plus the
-/// autocommit ones seen taking it, whose length is not measured. `applied` build the copy first,
+/// held a lock that blocks writes (SHARE and stronger) on a table that existed before while
+/// scanning or rewriting it (the writes, and under ACCESS EXCLUSIVE the reads, wait that long; a
+/// lock for a catalog change is said, and lasts an instant), plus the autocommit ones seen taking
+/// ACCESS EXCLUSIVE, whose length is not measured. `applied` build the copy first,
 /// after `roles` (the database's, when it answered) are made, as grants and owners name them. With
 /// `deploy`, a table existed before when it existed before the first checked migration; without
 /// (`--all`), before the migration itself.
@@ -200,28 +201,36 @@ async fn measure_file(
             };
             say(format!("    {} on {what} {}, {effect}", spaced(mode), lock.relation));
         }
-        // What an ACCESS EXCLUSIVE lock costs is how long it is held: an instant for a change of
+        // What a lock that stops traffic costs is how long it is held: an instant for a change of
         // the catalog, the whole table for a scan or a rewrite. The statement's own scans and
-        // rewrites are measured, on every table it holds that lock on, taken now or earlier.
-        for lock in now.iter().filter(|l| l.mode == "AccessExclusiveLock" && existing.contains(&l.oid)) {
-            if !matches!(lock.kind.as_str(), "r" | "p" | "m") {
-                continue;
+        // rewrites are measured, on each table that existed before and that it holds such a lock on
+        // (its strongest), taken now or earlier.
+        let mut strongest: Vec<&Lock> = Vec::new();
+        for lock in now.iter().filter(|l| existing.contains(&l.oid) && matches!(l.kind.as_str(), "r" | "p" | "m")) {
+            match strongest.iter_mut().find(|s| s.oid == lock.oid) {
+                Some(kept) if strength(&kept.mode) < strength(&lock.mode) => *kept = lock,
+                Some(_) => {}
+                None => strongest.push(lock),
             }
+        }
+        for lock in strongest.into_iter().filter(|l| strength(&l.mode) >= strength("ShareLock")) {
+            let exclusive = lock.mode == "AccessExclusiveLock";
             match work.as_ref().map(|w| w.on(lock.oid)) {
                 Some(Some(done)) => {
                     say(format!(
-                        "    it {done} table {} under ACCESS EXCLUSIVE: every read and write waits for the whole of it",
-                        lock.relation
+                        "    it {done} table {} under {}: every {} waits for the whole of it",
+                        lock.relation,
+                        spaced(lock.mode.trim_end_matches("Lock")),
+                        if exclusive { "read and write" } else { "write" }
                     ));
                     blocking += 1;
                 }
-                Some(None) => {
-                    if !held.contains(lock) {
-                        say(format!("    (on {}: for an instant, no scan and no rewrite)", lock.relation));
-                    }
+                Some(None) if exclusive && !held.contains(lock) => {
+                    say(format!("    (on {}: for an instant, no scan and no rewrite)", lock.relation));
                 }
-                // Autocommit: how long it was held is not measured, so it counts.
-                None => blocking += 1,
+                Some(None) => {}
+                // Autocommit: how long it was held is not measured, so an ACCESS EXCLUSIVE counts.
+                None => blocking += usize::from(exclusive),
             }
         }
         held = now;
@@ -330,6 +339,21 @@ fn spaced(mode: &str) -> String {
         out.push(c.to_ascii_uppercase());
     }
     out
+}
+
+/// Where a lock mode stands among those a statement takes on a table (PostgreSQL's order).
+fn strength(mode: &str) -> u8 {
+    match mode {
+        "AccessShareLock" => 1,
+        "RowShareLock" => 2,
+        "RowExclusiveLock" => 3,
+        "ShareUpdateExclusiveLock" => 4,
+        "ShareLock" => 5,
+        "ShareRowExclusiveLock" => 6,
+        "ExclusiveLock" => 7,
+        "AccessExclusiveLock" => 8,
+        _ => 0,
+    }
 }
 
 /// What the lock stops the application's queries from doing while it is held.

@@ -39,7 +39,9 @@ fn sigterm_and_sigint_stop_backend_and_worker_and_exit_with_the_signal_code() {
             .wait()
             .assert_code(code)
             .assert_stderr_contains("[worker] worker: stopped")
-            .assert_stderr_contains("cargo xtask dev-db stop");
+            .assert_stderr_contains("cargo xtask dev-db stop")
+            // Stopping is how `dev` ends: said as a step, with no error line after it.
+            .assert_stderr_lacks("error:");
         for pid in &services {
             assert!(!process_exists(pid), "service process {pid} outlived `dev`");
         }

@@ -92,7 +92,12 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     running.wait_for_stderr("prepare .sqlx/ (cargo sqlx prepare)", Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
     running.signal("INT");
-    running.wait().assert_code(130).assert_stderr_contains("error: interrupted by SIGINT");
+    running
+        .wait()
+        .assert_code(130)
+        .assert_stderr_contains("error: interrupted by SIGINT")
+        // Housekeeping is silent: the count below proves the drop.
+        .assert_stderr_lacks("dropped sqlx_prepare_");
     assert_eq!(throwaway_databases(&cluster), "0");
     let copy_path = copy.path().to_str().expect("utf-8");
     assert!(

@@ -229,8 +229,9 @@ impl Ha {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }
 
-    /// The node whose REST API answers 200 on `/primary`, when exactly one does.
-    fn current_leader(&self) -> Option<String> {
+    /// The node whose REST API answers 200 on `/primary` now, when exactly one does: None while a
+    /// failover is in progress, and then HAProxy has no backend (after one check, 300 ms).
+    pub fn primary(&self) -> Option<String> {
         let leaders: Vec<&Node> = self.nodes.iter().filter(|n| n.rest("/primary") == 200).collect();
         match leaders.as_slice() {
             [one] => Some(one.name.clone()),
@@ -241,7 +242,7 @@ impl Ha {
     fn wait_for_leader(&self, timeout: Duration) -> String {
         let mut leader = None;
         if !eventually(timeout, || {
-            leader = self.current_leader();
+            leader = self.primary();
             leader.is_some()
         }) {
             panic!("no Patroni leader within {timeout:?}:\n{}", self.log());
@@ -304,14 +305,41 @@ impl Ha {
     }
 
     /// SIGKILLs the leader's postmaster (an unplanned failover: Patroni promotes the replica,
-    /// `primary_start_timeout` being 0); returns the killed node's name.
+    /// `primary_start_timeout` being 0); returns the killed node's name. Patroni's REST API on
+    /// that node says primary until its next loop (up to `loop_wait`, 1 s), so HAProxy keeps
+    /// sending connections to the dead port for as long (and retries them, holding the client).
     pub fn kill_leader_postmaster(&self) -> String {
         let leader = self.leader();
+        // Patroni fails over only to a replica it knows is close enough (`maximum_lag_on_failover`);
+        // else it restarts the crashed primary in place. So the replica first replays everything,
+        // and a Patroni loop publishes its position.
+        let caught_up = eventually(PATIENCE, || {
+            self.local_psql(self.node(&leader), "postgres")
+                .args(["-c", "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn = pg_current_wal_lsn()"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+        });
+        assert!(caught_up, "the replica does not catch up with {leader}:\n{}", self.log());
+        std::thread::sleep(Duration::from_millis(1200));
         let pid_file =
             std::fs::read_to_string(self.node(&leader).data().join("postmaster.pid")).expect("postmaster.pid");
         let pid = pid_file.lines().next().map(str::trim).expect("pid");
         run_ok(Command::new("kill").args(["-KILL", pid]));
         leader
+    }
+
+    /// How many times HAProxy has marked `node` down so far (its log says so).
+    pub fn times_marked_down(&self, node: &str) -> usize {
+        let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
+        // Each event is logged twice (stderr's [WARNING] line and the log line): count one kind.
+        log.lines().filter(|l| l.starts_with(&format!("Server leader/{node} is DOWN"))).count()
+    }
+
+    /// Waits until HAProxy has marked `node` down more than `before` times: from then until a
+    /// new leader is marked up, HAProxy has no backend and accepts connections only to close them.
+    pub fn wait_marked_down(&self, node: &str, before: usize) {
+        let down = eventually(PATIENCE, || self.times_marked_down(node) > before);
+        assert!(down, "HAProxy never marked {node} down:\n{}", self.log());
     }
 
     /// Waits until HAProxy routes to a node that takes writes; returns that moment.
@@ -499,7 +527,7 @@ bootstrap:
     loop_wait: 1
     retry_timeout: 4
     primary_start_timeout: 0
-    maximum_lag_on_failover: 1048576
+    maximum_lag_on_failover: 33554432
     synchronous_mode: false
     postgresql:
       use_pg_rewind: true
@@ -638,9 +666,8 @@ fn http_status(port: u16, path: &str) -> u16 {
     if write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
         return 0;
     }
-    let mut head = [0u8; 12];
-    match stream.read_exact(&mut head) {
-        Ok(()) => String::from_utf8_lossy(&head[9..12]).parse().unwrap_or(0),
-        Err(_) => 0,
-    }
+    // The whole answer, small: closing early makes Patroni log a traceback per request.
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response.get(9..12).and_then(|code| std::str::from_utf8(code).ok()?.parse().ok()).unwrap_or(0)
 }

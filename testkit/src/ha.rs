@@ -286,6 +286,7 @@ impl Ha {
 
     /// A planned switchover to the replica, in the background: returns once patronictl runs.
     pub fn start_switchover(&self) -> Switchover {
+        self.wait_healthy();
         let from = self.leader();
         let to = self.nodes.iter().find(|n| n.name != from).expect("two nodes").name.clone();
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -296,6 +297,23 @@ impl Ha {
         command.args(["switchover", "--leader", &from, "--candidate", &to, "--force"]);
         let child = spawn_logged(command, &self.dir, log.file_name().and_then(|n| n.to_str()).expect("log name"));
         Switchover { child, from, to, started: Instant::now(), log }
+    }
+
+    /// Waits until the other node is a running replica streaming from the leader: after a
+    /// switchover the old leader takes a few seconds to rejoin, and until then Patroni refuses
+    /// another ("no good candidates have been found").
+    pub fn wait_healthy(&self) {
+        let healthy = eventually(PATIENCE, || {
+            let Some(leader) = self.primary() else { return false };
+            let others_replicate = self.nodes.iter().filter(|n| n.name != leader).all(|n| n.rest("/replica") == 200);
+            others_replicate
+                && self
+                    .local_psql(self.node(&leader), "postgres")
+                    .args(["-c", "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+        });
+        assert!(healthy, "the cluster is not back to a leader and a streaming replica:\n{}", self.log());
     }
 
     /// A planned switchover; returns when the new leader is up and HAProxy routes to it, with
@@ -309,6 +327,7 @@ impl Ha {
     /// that node says primary until its next loop (up to `loop_wait`, 1 s), so HAProxy keeps
     /// sending connections to the dead port for as long (and retries them, holding the client).
     pub fn kill_leader_postmaster(&self) -> String {
+        self.wait_healthy();
         let leader = self.leader();
         // Patroni fails over only to a replica it knows is close enough (`maximum_lag_on_failover`);
         // else it restarts the crashed primary in place. So the replica first replays everything,
@@ -441,8 +460,10 @@ impl Ha {
 }
 
 impl Switchover {
-    /// Waits for patronictl and until HAProxy routes to the new leader; returns that moment.
+    /// Waits until HAProxy routes to the new leader, and for patronictl; returns the moment of
+    /// the routing (patronictl says it is done a few hundred ms later: its own polling).
     pub fn finish(mut self, ha: &Ha) -> Instant {
+        let routed = ha.wait_routed_to(Some(&self.to), PATIENCE);
         let finished = eventually(PATIENCE, || matches!(self.child.try_wait(), Ok(Some(_))));
         if !finished {
             let _ = self.child.kill();
@@ -456,7 +477,7 @@ impl Switchover {
             self.to,
             ha.log()
         );
-        ha.wait_routed_to(Some(&self.to), PATIENCE)
+        routed
     }
 }
 

@@ -863,6 +863,8 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 #[path = "../../xtask/src/http.rs"]
 mod http_client;
 
+pub mod ha;
+
 #[path = "../../xtask/src/pgbouncer.rs"]
 mod pgbouncer;
 

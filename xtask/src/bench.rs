@@ -101,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
         figures.push(bench.detection_latency(&cluster, args.trials)?);
         figures.push(bench.after_promote(&sh, args.trials.min(5))?);
+        figures.extend(bench.through_switchovers(&sh)?);
         for count in [200, 1000] {
             figures.extend(bench.apply_migrations(count, sqlx.as_deref())?);
         }
@@ -397,6 +398,89 @@ impl Bench {
         }
         Ok(Figure::new("hot standby: prestart's exit after pg_ctl promote -w returns", samples, "ms")
             .target(100.0, "< 100 ms"))
+    }
+
+    /// The two failover figures on a real HA cluster (etcd, two Patroni nodes, HAProxy routing to
+    /// the primary; testkit's harness, included below): from the end of a switchover (HAProxy
+    /// routing to the new leader) to the exit of a prestart started mid-switchover, and to the
+    /// backend's first successful write. Skipped, with a line, where the HA parts are missing.
+    fn through_switchovers(&self, sh: &Shell) -> anyhow::Result<Vec<Figure>> {
+        if let Err(missing) = ha::Programs::find() {
+            ui::line(format!(
+                "no failover figures: the HA parts are not installed ({} missing): {}",
+                missing.join(", "),
+                ha::INSTALL_HINT
+            ));
+            return Ok(Vec::new());
+        }
+        ui::step("switchovers on a Patroni cluster behind HAProxy: prestart and the backend (3 trials each)");
+        let _ = HA_BINDIR.set(crate::dev_db::ensure_server_bindir(sh)?);
+        cargo(sh, &["build", "--quiet", "--package", "backend", "--features", "server", "--bin", "backend"]).run()?;
+        let backend = root().join("target/debug/backend");
+        let source = root().join("migrations");
+        let source = source.to_str().context("non-UTF-8 path")?.to_owned();
+        // The harness asserts as tests do: a panic in it is this figure's failure, not the bench's end.
+        let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> anyhow::Result<Vec<Figure>> {
+            let cluster = ha::Ha::start().context("the HA parts went missing")?;
+            ui::line(format!("the HA cluster started in {}", ui::duration(cluster.started_in)));
+            let mut prestart = Vec::new();
+            for trial in 0..3 {
+                let database = format!("switchover{trial}");
+                cluster.psql("postgres", &format!("CREATE DATABASE {database}"));
+                let before = cluster.times_marked_down(&cluster.leader());
+                let switchover = cluster.start_switchover();
+                cluster.wait_marked_down(&switchover.from, before);
+                let args = ["prestart", "--source", source.as_str(), "--wait-timeout", "60"];
+                let mut child = self.command_on(cluster.port, &database, &args).spawn()?;
+                let waiter = std::thread::spawn(move || child.wait().map(|status| (status, Instant::now())));
+                let end = switchover.finish(&cluster);
+                let (status, exited) = waiter.join().map_err(|_| anyhow::anyhow!("the waiting thread panicked"))??;
+                if !status.success() {
+                    bail!("prestart started mid-switchover failed ({status})");
+                }
+                prestart.push(signed_ms(end, exited));
+            }
+            let bind = format!("127.0.0.1:{}", free_port()?);
+            let mut service = Command::new(&backend);
+            service.args(["--env-file", "/dev/null"]).envs(self.env(cluster.port, "switchover0"));
+            let _api =
+                KillOnDrop(service.env("BACKEND_BIND", &bind).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+            let write = || {
+                let body = r#"{"kind":"echo","payload":{}}"#;
+                crate::http::request("POST", &bind, "/api/jobs", Some(body)).is_ok_and(|(status, _)| status == 201)
+            };
+            let up = Instant::now();
+            while !write() {
+                if up.elapsed() > Duration::from_secs(30) {
+                    bail!("the backend never took a write through HAProxy");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut backend_write = Vec::new();
+            for _ in 0..3 {
+                let end = cluster.switchover();
+                while !write() {
+                    if end.elapsed() > Duration::from_secs(30) {
+                        bail!("the backend took no write within 30 s of a switchover");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                backend_write.push(end.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(vec![
+                Figure::new("switchover end → prestart exits (started mid-switchover)", prestart, "ms")
+                    .reference("issue 21"),
+                Figure::new("switchover end → backend's first successful write", backend_write, "ms")
+                    .reference("issue 21"),
+            ])
+        }));
+        measured.unwrap_or_else(|panic| {
+            let said = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+            Err(anyhow::anyhow!("the HA cluster failed: {}", said.unwrap_or_default()))
+        })
     }
 
     /// From the moment `pg_isready` first succeeds to the moment `wait-for-db` exits.
@@ -777,4 +861,49 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(program)).find(|p| p.is_file())
+}
+
+/// Negative when the event came before `end`.
+fn signed_ms(end: Instant, event: Instant) -> f64 {
+    match event.checked_duration_since(end) {
+        Some(after) => after.as_secs_f64() * 1000.0,
+        None => -end.duration_since(event).as_secs_f64() * 1000.0,
+    }
+}
+
+/// testkit's HA harness, the same file: it takes what it needs from here (below), as in testkit.
+#[allow(dead_code)]
+#[path = "../../testkit/src/ha.rs"]
+mod ha;
+
+const SUPERUSER: &str = "postgres";
+static HA_BINDIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn server_bindir() -> &'static Path {
+    HA_BINDIR.get().expect("the server binaries are found before the HA cluster starts")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A free loopback port, as the harness wants one (testkit's claims it against other tests too;
+/// the bench runs alone).
+struct Port {
+    number: u16,
+}
+
+fn claim_port() -> Port {
+    Port { number: free_port().expect("a free port") }
+}
+
+fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    condition()
 }

@@ -21,6 +21,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let sh = Shell::new()?;
     let bin = ensure_server_bindir(&sh)?;
     ensure_pgbouncer(&sh)?;
+    ensure_ha_parts(&sh)?;
     ensure_pypi_tool(&sh, "kubernetes-validate", "1.37.0", "kubernetes-validate", "the Kubernetes manifest tests")?;
     // The same version as the squawk crates in Cargo.toml, so the agreement test compares like with like.
     ensure_pypi_tool(&sh, "squawk-cli", "2.68.0", "squawk", "the linter's agreement tests")?;
@@ -62,31 +63,96 @@ fn ensure_pgbouncer(sh: &Shell) -> anyhow::Result<()> {
         );
     }
     // The package would start a system PgBouncer now and at every boot; the tests start their own.
+    without_service_starts("PgBouncer", || apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests"))?;
+    disable_services(sh, &["pgbouncer"]);
+    ui::line("PgBouncer installed with its system service stopped and not enabled at boot: the tests start their own");
+    Ok(())
+}
+
+/// Packages enable their units (and SysV scripts) whether or not systemd runs now; `systemctl
+/// disable` undoes that offline too, and a running systemd also stops them.
+fn disable_services(sh: &Shell, units: &[&str]) {
+    if cmd!(sh, "systemctl --version").quiet().ignore_stdout().ignore_stderr().run().is_err() {
+        return;
+    }
+    let running = std::path::Path::new("/run/systemd/system").is_dir();
+    for unit in units {
+        let disabled = cmd!(sh, "systemctl disable {unit}").quiet().ignore_stdout().ignore_stderr().run();
+        let stopped = if running { cmd!(sh, "systemctl stop {unit}").quiet().ignore_stdout().run() } else { Ok(()) };
+        if disabled.and(stopped).is_err() {
+            ui::warn(format!("could not disable the system service {unit}: `systemctl disable --now {unit}` does it"));
+        }
+    }
+}
+
+/// The programs of the HA parts the failover tests run, and the Debian package of each.
+const HA_PARTS: &[(&str, &str)] =
+    &[("patroni", "patroni"), ("patronictl", "patroni"), ("etcd", "etcd-server"), ("haproxy", "haproxy")];
+
+/// The failover tests (xtask/tests/failover.rs) run a real HA cluster: etcd, Patroni and HAProxy
+/// from Debian's packages, installed here as root with apt, with none of their system services
+/// started or enabled (the tests start their own, on ports of their own; a system etcd would
+/// take 2379 at every boot). Elsewhere this says how to install them, and those tests skip with
+/// a line saying so: the rest of the suite does not need them.
+fn ensure_ha_parts(sh: &Shell) -> anyhow::Result<()> {
+    let missing: Vec<&str> =
+        HA_PARTS.iter().filter(|(program, _)| find_program(program).is_none()).map(|(_, p)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages = missing.clone();
+    packages.dedup();
+    let list = packages.join(" ");
+    if !can_apt_install(sh) {
+        ui::warn(format!(
+            "{list} not found: the failover tests will be skipped; install them to run them (`sudo apt-get install \
+             {list}`; elsewhere Patroni from pip, etcd and HAProxy from your system's packages)"
+        ));
+        return Ok(());
+    }
+    ui::step(format!(
+        "install the HA parts for the failover tests: apt-get install {list} (missing, and we run as root)"
+    ));
+    let installed = without_service_starts("the HA parts", || {
+        let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+        cmd!(sh, "apt-get update -qq").run()?;
+        cmd!(sh, "apt-get install -y -qq --no-install-recommends {packages...}").run()?;
+        Ok(())
+    });
+    installed.map_err(|e| anyhow::anyhow!("apt-get install {list} failed: {e}"))?;
+    disable_services(sh, &["patroni", "etcd", "haproxy"]);
+    ui::line(format!(
+        "{list} installed with their system services stopped and not enabled at boot: the tests start their own"
+    ));
+    Ok(())
+}
+
+/// Runs `install` with Debian's switch for "do not start services from packages"
+/// (/usr/sbin/policy-rc.d exiting 101, as Docker's images ship it) in place, when there is none.
+fn without_service_starts(what: &str, install: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let planted = !policy.exists();
     if planted {
-        // Debian's switch for "do not start services from packages" (Docker's images ship it).
         std::fs::write(
             policy,
-            "#!/bin/sh\n# cargo xtask test: no service starts while it installs PgBouncer\nexit 101\n",
+            format!("#!/bin/sh\n# cargo xtask test: no service starts while it installs {what}\nexit 101\n"),
         )?;
         std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let installed = apt_install(sh, "pgbouncer", "PgBouncer for the pooler tests");
+    let installed = install();
     if planted {
         std::fs::remove_file(policy)?;
     }
-    installed?;
-    // The package enables its unit (and its SysV script) whether or not systemd runs now;
-    // `systemctl disable` undoes both offline too.
-    if cmd!(sh, "systemctl --version").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
-        cmd!(sh, "systemctl disable pgbouncer").quiet().ignore_stdout().ignore_stderr().run()?;
-        if std::path::Path::new("/run/systemd/system").is_dir() {
-            cmd!(sh, "systemctl stop pgbouncer").quiet().ignore_stdout().ignore_stderr().run()?;
-        }
-    }
-    ui::line("PgBouncer installed with its system service stopped and not enabled at boot: the tests start their own");
-    Ok(())
+    installed
+}
+
+/// `program` on PATH, or in /usr/sbin and /usr/bin, which a non-root PATH may lack.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([std::path::PathBuf::from("/usr/sbin"), std::path::PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 /// A tool the tests drive, from PyPI, in a virtual environment of its own under target/tools/:

@@ -443,7 +443,7 @@ pub async fn connect_once(
     timeout: Duration,
 ) -> Result<Ready, Failure> {
     let options = quiet(settings.connect_options(application_name));
-    let attempt = async {
+    let attempt = async || {
         let mut conn = PgConnection::connect_with(&options).await?;
         // The simple protocol answers in one round trip; a prepared statement would take two.
         let row = sqlx::raw_sql(
@@ -473,18 +473,34 @@ pub async fn connect_once(
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };
     let started = Instant::now();
-    match tokio::time::timeout(timeout, attempt).await {
+    let no_server_behind = || {
+        Failure::Retry(Retryable {
+            kind: RetryKind::NoServerBehind,
+            detail: "the connection was accepted and closed before the server's first byte".into(),
+        })
+    };
+    match tokio::time::timeout(timeout, attempt()).await {
         Ok(Ok(ready)) => Ok(ready),
         Ok(Err(error)) => {
-            let left = timeout.saturating_sub(started.elapsed());
-            if matches!(error, sqlx::Error::Protocol(_)) && closes_before_first_byte(settings, left).await {
-                return Err(Failure::Retry(Retryable {
-                    kind: RetryKind::NoServerBehind,
-                    detail: "the connection was accepted and closed before the server's first byte".into(),
-                }));
+            let left = || timeout.saturating_sub(started.elapsed());
+            if matches!(error, sqlx::Error::Protocol(_)) {
+                match first_byte(settings, left()).await {
+                    FirstByte::None => return Err(no_server_behind()),
+                    // A proxy that had no server a moment ago has one now (a failover ending):
+                    // asked once more at once. A second protocol error is the server's own.
+                    FirstByte::Postgres => match tokio::time::timeout(left(), attempt()).await {
+                        Ok(Ok(ready)) => return Ok(ready),
+                        Ok(Err(again)) if !matches!(again, sqlx::Error::Protocol(_)) => {
+                            return Err(Failure::classify(&again, settings));
+                        }
+                        Err(_) => return Err(no_server_behind()),
+                        Ok(Err(_)) => {}
+                    },
+                    FirstByte::Other => {}
+                }
             }
             let failure = Failure::classify(&error, settings);
-            Err(tell_unresolved_apart(failure, settings, left).await)
+            Err(tell_unresolved_apart(failure, settings, left()).await)
         }
         Err(_) => Err(Failure::Retry(Retryable {
             kind: RetryKind::TimedOut,
@@ -497,21 +513,36 @@ pub async fn connect_once(
 /// protocol error (a zero byte for the answer to SSLRequest), as it reports a server that
 /// answers with bytes that are not PostgreSQL's. Asked again ourselves: a proxy with no server
 /// behind it accepts and closes without a byte, which waiting fixes; a real server that is not
-/// PostgreSQL answers something, and stays a fast failure.
-async fn closes_before_first_byte(settings: &DatabaseSettings, left: Duration) -> bool {
+/// PostgreSQL answers something else, and stays a fast failure.
+enum FirstByte {
+    /// Closed (or refused, or reset) before a byte: no server behind a proxy.
+    None,
+    /// `S` or `N`, a PostgreSQL server's answer to SSLRequest.
+    Postgres,
+    Other,
+}
+
+async fn first_byte(settings: &DatabaseSettings, left: Duration) -> FirstByte {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if settings.socket().is_some() {
-        return false;
+        return FirstByte::Other;
     }
-    // The 8 bytes of an SSLRequest; a PostgreSQL server answers one byte, `S` or `N`.
+    // The 8 bytes of an SSLRequest.
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     let probe = async {
         let mut stream = tokio::net::TcpStream::connect((settings.host(), settings.port())).await?;
         stream.write_all(&SSL_REQUEST).await?;
         let mut answer = [0u8; 1];
-        stream.read(&mut answer).await
+        let read = stream.read(&mut answer).await?;
+        Ok::<_, std::io::Error>((read, answer[0]))
     };
-    matches!(tokio::time::timeout(left.min(Duration::from_secs(2)), probe).await, Ok(Ok(0)) | Ok(Err(_)))
+    match tokio::time::timeout(left.min(Duration::from_secs(2)), probe).await {
+        Ok(Ok((0, _)) | Err(_)) => FirstByte::None,
+        Ok(Ok((_, b'S' | b'N'))) => FirstByte::Postgres,
+        Ok(Ok(_)) => FirstByte::Other,
+        // No answer in time is no byte: what a proxy still looking for a server does.
+        Err(_) => FirstByte::None,
+    }
 }
 
 /// A network failure of no known kind, to a host given by name, is a name that does not resolve

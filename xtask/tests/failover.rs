@@ -92,7 +92,6 @@ fn wait_for_query(ha: &Ha, pattern: &str) {
 const SLOW: &str = "SELECT pg_sleep(3);\nCREATE TABLE after_the_sleep (id int);\n";
 
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn switchover_during_the_wait() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
@@ -145,7 +144,6 @@ impl Drop for Holder {
 }
 
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn switchover_during_the_migration_lock_wait() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
@@ -170,7 +168,6 @@ fn switchover_during_the_migration_lock_wait() {
 }
 
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn switchover_mid_migration_runs_the_transactional_migration_again_once() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
@@ -215,7 +212,6 @@ fn switchover_during_a_no_transaction_migration_exits_6_naming_the_rerun_which_f
 /// The seed is made slow by a trigger on its INSERT into users (3 s), so the switchover lands
 /// inside the seed's transaction, deterministically.
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn switchover_during_the_seed_runs_it_again_whole() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
@@ -241,7 +237,6 @@ fn switchover_during_the_seed_runs_it_again_whole() {
 }
 
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn four_prestarts_at_once_through_a_switchover() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
@@ -272,7 +267,6 @@ fn four_prestarts_at_once_through_a_switchover() {
 }
 
 #[test]
-#[ignore = "needs prestart's failover retry (issue 21)"]
 fn unplanned_failover_during_the_wait() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();

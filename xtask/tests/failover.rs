@@ -66,6 +66,15 @@ fn head(outcome: &Outcome) -> String {
     outcome.stderr.lines().take(12).collect::<Vec<_>>().join("\n")
 }
 
+/// The scenario's figure, for the README (and, today, what prestart said).
+fn report(scenario: &str, ms: f64, outcome: &Outcome) {
+    eprintln!(
+        "{scenario}: prestart exited {ms:.0} ms after the switchover's end, with {:?}; its stderr began:\n{}",
+        outcome.code,
+        head(outcome)
+    );
+}
+
 #[track_caller]
 fn assert_success(ha: &Ha, outcome: &Outcome) {
     assert_eq!(
@@ -103,7 +112,7 @@ fn switchover_during_the_wait() {
     ha.wait_marked_down(&switchover.from, before);
     let running = prestart(&ha, &migrations).spawn();
     let (outcome, ms) = race(&ha, running, |ha| switchover.finish(ha));
-    eprintln!("switchover during the wait: prestart exited {ms:.0} ms after the switchover's end: {:?}", outcome.code);
+    report("switchover during the wait", ms, &outcome);
     assert_success(&ha, &outcome);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS);
 }
@@ -161,10 +170,7 @@ fn switchover_during_the_migration_lock_wait() {
     // The holder's session dies with the old primary: the lock is free on the new one.
     let (outcome, ms) = race(&ha, running, |ha| ha.switchover());
     drop(holder);
-    eprintln!(
-        "switchover during the lock wait: prestart exited {ms:.0} ms after the switchover's end: {:?}",
-        outcome.code
-    );
+    report("switchover during the lock wait", ms, &outcome);
     assert_success(&ha, &outcome);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS);
 }
@@ -181,7 +187,7 @@ fn switchover_mid_migration_runs_the_transactional_migration_again_once() {
         std::thread::sleep(Duration::from_secs(1));
         ha.switchover()
     });
-    eprintln!("switchover mid-migration: prestart exited {ms:.0} ms after the switchover's end: {:?}", outcome.code);
+    report("switchover mid-migration", ms, &outcome);
     assert_success(&ha, &outcome);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS + 1);
     assert_eq!(ha.psql("app", "SELECT count(*) FROM pg_class WHERE relname = 'after_the_sleep'"), "1");
@@ -201,10 +207,7 @@ fn switchover_during_a_no_transaction_migration_exits_6_naming_the_rerun_which_f
         std::thread::sleep(Duration::from_secs(1));
         ha.switchover()
     });
-    eprintln!(
-        "switchover during a no-transaction migration: prestart exited {ms:.0} ms after the switchover's end: {:?}",
-        outcome.code
-    );
+    report("switchover during a no-transaction migration", ms, &outcome);
     outcome.assert_code(6).assert_stderr_contains("20261201000000_outside.sql").assert_stderr_contains("rerun");
     let rerun = prestart(&ha, &migrations).output();
     assert_success(&ha, &rerun);
@@ -231,7 +234,7 @@ fn switchover_during_the_seed_runs_it_again_whole() {
         std::thread::sleep(Duration::from_millis(500));
         ha.switchover()
     });
-    eprintln!("switchover during the seed: prestart exited {ms:.0} ms after the switchover's end: {:?}", outcome.code);
+    report("switchover during the seed", ms, &outcome);
     assert_success(&ha, &outcome);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS + 1);
     assert_eq!(
@@ -264,6 +267,9 @@ fn four_prestarts_at_once_through_a_switchover() {
     });
     let codes: Vec<Option<i32>> = outcomes.iter().map(|o| o.code).collect();
     eprintln!("four prestarts through a switchover: the last exited {ms:.0} ms after the switchover's end: {codes:?}");
+    for outcome in outcomes.iter().filter(|o| o.code != Some(0)) {
+        eprintln!("one of them said:\n{}", head(outcome));
+    }
     for outcome in &outcomes {
         assert_success(&ha, outcome);
     }
@@ -283,26 +289,21 @@ fn unplanned_failover_during_the_wait() {
     ha.wait_marked_down(&killed, before);
     let running = prestart(&ha, &migrations).spawn();
     let (outcome, ms) = race(&ha, running, |ha| ha.wait_routed_to_a_writable_leader(Duration::from_secs(60)));
-    eprintln!(
-        "unplanned failover (postmaster of {killed} SIGKILLed) during the wait: prestart exited {ms:.0} ms after \
-         the new leader was routed: {:?}\n{}",
-        outcome.code,
-        head(&outcome)
-    );
+    report(&format!("unplanned failover ({killed}'s postmaster SIGKILLed) during the wait"), ms, &outcome);
     assert_success(&ha, &outcome);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS);
 }
 
 /// backend and worker from the workspace's target/, which `cargo xtask test` builds (nextest
 /// with --all-features builds every binary of the workspace).
-fn service(name: &str, ha: &Ha, bind: &str) -> Run {
+fn service(name: &str, env: &[(String, String)], bind: &str) -> Run {
     let binary = testkit::workspace().join("target/debug").join(name);
     assert!(
         binary.is_file(),
         "{} not found: build it with `cargo build -p backend --features server --bins`",
         binary.display()
     );
-    let env = with(env(ha), "BACKEND_BIND", bind);
+    let env = with(env.to_vec(), "BACKEND_BIND", bind);
     Run::program(&binary, &["--env-file", "/dev/null"], &env)
 }
 
@@ -318,13 +319,35 @@ fn enqueue(bind: &str, n: usize) -> Result<(), String> {
 #[test]
 fn backend_and_worker_through_a_switchover_lose_and_double_no_job() {
     let Some(ha) = Ha::start() else { return };
+    jobs_through_a_switchover(&ha, env(&ha), "HAProxy", &String::new);
+}
+
+/// The other router: PgBouncer (session mode) in front of HAProxy. The switchover cuts only the
+/// pooler's server connections; backend and worker keep theirs to PgBouncer.
+#[test]
+fn backend_and_worker_through_pgbouncer_and_a_switchover_lose_and_double_no_job() {
+    let Some(ha) = Ha::start() else { return };
+    if testkit::ha::pgbouncer_missing() {
+        eprintln!("skipped: PgBouncer is not installed (cargo xtask test installs it)");
+        return;
+    }
+    let pooler = ha.pooler();
+    let through_pooler = with(env(&ha), "POSTGRES_PORT", &pooler.port().to_string());
+    let log = || format!("--- pgbouncer.log\n{}", pooler.log());
+    jobs_through_a_switchover(&ha, through_pooler, "PgBouncer in front of HAProxy", &log);
+}
+
+/// prestart migrates (through HAProxy), then backend and worker run on `env`: jobs posted before
+/// and after a switchover are each done exactly once, and `/ready` and the first write come back
+/// within seconds of its end.
+fn jobs_through_a_switchover(ha: &Ha, env: Vec<(String, String)>, router: &str, router_log: &dyn Fn() -> String) {
     let migrations = Migrations::workspace();
-    let migrated = prestart(&ha, &migrations).output();
-    assert_success(&ha, &migrated);
+    let migrated = prestart(ha, &migrations).output();
+    assert_success(ha, &migrated);
     let port = testkit::claim_port();
     let bind = format!("127.0.0.1:{}", port.number);
-    let api = service("backend", &ha, &bind).spawn();
-    let worker = service("worker", &ha, &bind).spawn();
+    let api = Service(Some(service("backend", &env, &bind).spawn()));
+    let worker = Service(Some(service("worker", &env, &bind).spawn()));
     assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/ready", None).is_ok_and(|(s, _)| s == 200)));
     for n in 0..5 {
         enqueue(&bind, n).expect("enqueue before the switchover");
@@ -339,22 +362,46 @@ fn backend_and_worker_through_a_switchover_lose_and_double_no_job() {
     let mut written_after = None;
     let mut n = 5;
     let deadline = end + Duration::from_secs(30);
+    let (mut first_not_ready, mut first_refused) = (None, None);
     while Instant::now() < deadline && (ready_after.is_none() || written_after.is_none()) {
-        if ready_after.is_none() && http("GET", &bind, "/ready", None).is_ok_and(|(s, _)| s == 200) {
-            ready_after = Some(end.elapsed());
+        if ready_after.is_none() {
+            match http("GET", &bind, "/ready", None) {
+                Ok((200, _)) => ready_after = Some(end.elapsed()),
+                answer => first_not_ready = first_not_ready.or(Some(format!("{answer:?}"))),
+            }
         }
-        if written_after.is_none() && enqueue(&bind, n).is_ok() {
-            written_after = Some(end.elapsed());
-            n += 1;
+        if written_after.is_none() {
+            match enqueue(&bind, n) {
+                Ok(()) => {
+                    written_after = Some(end.elapsed());
+                    n += 1;
+                }
+                Err(e) => first_refused = first_refused.or(Some(e)),
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
-        "backend through a switchover: /ready 200 after {ready_after:?}, first successful write (POST /api/jobs) after \
-         {written_after:?}"
+        "backend through {router} and a switchover: /ready 200 after {ready_after:?}, first successful write (POST \
+         /api/jobs) after {written_after:?}"
     );
-    assert!(ready_after.is_some_and(|t| t < Duration::from_secs(5)), "/ready not 200 within 5 s of the switchover");
-    assert!(written_after.is_some(), "no write succeeded within 30 s of the switchover:\n{}", ha.log());
+    let said = || {
+        format!(
+            "first /ready after it: {first_not_ready:?}\nfirst refused write: {first_refused:?}\n{}\n--- cluster\n{}",
+            router_log(),
+            ha.log()
+        )
+    };
+    assert!(
+        ready_after.is_some_and(|t| t < Duration::from_secs(5)),
+        "/ready not 200 within 5 s of the switchover:\n{}",
+        said()
+    );
+    assert!(
+        written_after.is_some_and(|t| t < Duration::from_secs(5)),
+        "no write within 5 s of the switchover:\n{}",
+        said()
+    );
     while n < 10 {
         enqueue(&bind, n).expect("enqueue after the switchover");
         n += 1;
@@ -364,8 +411,27 @@ fn backend_and_worker_through_a_switchover_lose_and_double_no_job() {
     let doubled = ha.psql("app", "SELECT payload->>'n' FROM jobs GROUP BY 1 HAVING count(*) > 1");
     assert_eq!(doubled, "", "a job was enqueued twice");
     assert_eq!(ha.psql("app", "SELECT count(*) FROM jobs WHERE attempts <> 1"), "0", "a job ran twice");
-    worker.signal("TERM");
-    api.signal("TERM");
-    worker.wait().assert_code(0);
-    api.wait().assert_code(0);
+    worker.stop().assert_code(0);
+    api.stop().assert_code(0);
+}
+
+/// backend or worker, killed if the test ends before [`Service::stop`].
+struct Service(Option<Running>);
+
+impl Service {
+    /// SIGTERM, and its outcome.
+    fn stop(mut self) -> Outcome {
+        let running = self.0.take().expect("running");
+        running.signal("TERM");
+        running.wait_within(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut running) = self.0.take() {
+            let _ = running.child.kill();
+            let _ = running.wait();
+        }
+    }
 }

@@ -160,11 +160,9 @@ fn switchover_during_the_migration_lock_wait() {
     let migrations = Migrations::workspace();
     let key = lock_key("app");
     let holder = Holder::open(&ha, &format!("SET application_name = 'lock holder'; SELECT pg_advisory_lock({key});"));
-    let held = format!(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND \
-         l.granted AND a.application_name = 'lock holder'"
-    );
-    assert!(eventually(Duration::from_secs(10), || ha.try_psql("app", &held).is_ok_and(|n| n == "1")), "no lock");
+    let held = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' \
+         AND l.granted AND a.application_name = 'lock holder'";
+    assert!(eventually(Duration::from_secs(10), || ha.try_psql("app", held).is_ok_and(|n| n == "1")), "no lock");
     let running = prestart(&ha, &migrations).spawn();
     running.wait_for_stderr("waiting for the migration lock held by", Duration::from_secs(30));
     // The holder's session dies with the old primary: the lock is free on the new one.

@@ -283,6 +283,11 @@ impl Ha {
         self.wait_for_leader(PATIENCE)
     }
 
+    /// The folder everything lives in (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The node that is not the leader.
     pub fn replica(&self) -> String {
         let leader = self.leader();

@@ -97,6 +97,40 @@ fn wait_for_query(ha: &Ha, pattern: &str) {
     );
 }
 
+/// The harness itself: a switchover, a SIGKILLed leader whose node rejoins as a replica
+/// (pg_rewind), a switchover back to it, and nothing left behind (process or folder) once dropped.
+#[test]
+fn the_harness_switches_over_fails_over_rejoins_and_leaves_nothing_behind() {
+    let Some(ha) = Ha::start() else { return };
+    eprintln!("the HA cluster started in {:?}", ha.started_in);
+    let first = ha.leader();
+    let started = Instant::now();
+    let end = ha.switchover();
+    eprintln!("a switchover took {:?} until HAProxy routed to the new leader", end - started);
+    assert_ne!(ha.leader(), first);
+    let killed = ha.kill_leader_postmaster();
+    let started = Instant::now();
+    let end = ha.wait_routed_to_a_writable_leader(Duration::from_secs(60));
+    eprintln!("an unplanned failover took {:?} from the SIGKILL to HAProxy routing", end - started);
+    assert_ne!(ha.leader(), killed, "Patroni restarted the crashed leader instead of failing over");
+    ha.wait_healthy();
+    ha.switchover();
+    assert_eq!(ha.leader(), killed, "the killed node did not come back as a replica, then leader");
+    assert_eq!(ha.psql("app", "SELECT pg_is_in_recovery()"), "f");
+    let dir = ha.dir().to_owned();
+    let name = dir.file_name().and_then(|n| n.to_str()).expect("folder name").to_owned();
+    drop(ha);
+    assert!(!dir.exists(), "{} is left", dir.display());
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(&name))
+        .collect();
+    assert!(left.is_empty(), "processes left running: {left:#?}");
+}
+
 /// A transactional migration that takes 3 s, then creates a table.
 const SLOW: &str = "SELECT pg_sleep(3);\nCREATE TABLE after_the_sleep (id int);\n";
 

@@ -229,18 +229,22 @@ fn switchover_mid_migration_runs_the_transactional_migration_again_once() {
 fn switchover_during_a_no_transaction_migration_exits_6_naming_the_rerun_which_finishes_it() {
     let Some(ha) = Ha::start() else { return };
     let migrations = Migrations::workspace();
+    // It sleeps 20 s until the test says "rerun now": the switchover surely cuts the first run,
+    // however slow the machine, and the rerun does not wait.
     migrations.write(
         "20261201000000_outside.sql",
-        "-- no-transaction\nSELECT pg_sleep(3);\nCREATE TABLE IF NOT EXISTS outside_a_transaction (id int);\n",
+        "-- no-transaction\nSELECT pg_sleep(CASE WHEN to_regclass('public.rerun_now') IS NULL THEN 20 ELSE 0 END);\n\
+         CREATE TABLE IF NOT EXISTS outside_a_transaction (id int);\n",
     );
     let running = prestart(&ha, &migrations).spawn();
-    wait_for_query(&ha, "%pg_sleep(3)%");
+    wait_for_query(&ha, "%pg_sleep(CASE%");
     let (outcome, ms) = race(&ha, running, |ha| {
         std::thread::sleep(Duration::from_secs(1));
         ha.switchover()
     });
     report("switchover during a no-transaction migration", ms, &outcome);
     outcome.assert_code(6).assert_stderr_contains("20261201000000_outside.sql").assert_stderr_contains("rerun");
+    ha.psql("app", "CREATE TABLE rerun_now ()");
     let rerun = prestart(&ha, &migrations).output();
     assert_success(&ha, &rerun);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS + 1);

@@ -141,13 +141,22 @@ fn switchover_during_the_wait() {
     let migrations = Migrations::workspace();
     let before = ha.times_marked_down(&ha.leader());
     let switchover = ha.start_switchover();
-    // prestart starts once HAProxy has marked the old leader down: it has no backend until the
-    // new leader is up.
+    // One prestart starts as the switchover does (it may meet the old leader shutting down,
+    // 57P03), another once HAProxy has marked the old leader down: HAProxy has no backend until
+    // the new leader is up, and accepts connections only to close them.
+    let early = prestart(&ha, &migrations).spawn();
     ha.wait_marked_down(&switchover.from, before);
     let running = prestart(&ha, &migrations).spawn();
     let (outcome, ms) = race(&ha, running, |ha| switchover.finish(ha));
-    report("switchover during the wait", ms, &outcome);
+    let early = early.wait_within(WITHIN);
+    report("switchover during the wait (started with no backend)", ms, &outcome);
+    eprintln!(
+        "the prestart started with the switchover exited with {:?}; its stderr began:\n{}",
+        early.code,
+        head(&early)
+    );
     assert_success(&ha, &outcome);
+    assert_success(&ha, &early);
     assert_applied_once(&ha, WORKSPACE_MIGRATIONS);
 }
 

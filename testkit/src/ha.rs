@@ -6,7 +6,8 @@
 //! one temp folder; dropping the value stops all of it and removes the folder, on every path.
 //!
 //! Standard library only, and everything else it needs comes from its parent module
-//! (`PASSWORD`, `SUPERUSER`, `is_root`, `server_bindir`, `claim_port`, `eventually`), so that
+//! (`PASSWORD`, `SUPERUSER`, `is_root`, `server_bindir`, `claim_port`, `eventually`, and
+//! xtask's std-only `pgbouncer` module), so that
 //! `cargo xtask bench`, which cannot depend on testkit, includes this same file with `#[path]`
 //! and parents of its own.
 
@@ -107,6 +108,32 @@ pub struct Ha {
     haproxy: Option<Child>,
     /// How long [`Ha::start`] took, to keep it short.
     pub started_in: Duration,
+    poolers: std::sync::atomic::AtomicU32,
+}
+
+/// PgBouncer in front of HAProxy ([`Ha::pooler`]), stopped when dropped (before the cluster).
+pub struct Pooler {
+    dir: PathBuf,
+    port: Port,
+    child: Child,
+}
+
+impl Pooler {
+    pub fn port(&self) -> u16 {
+        self.port.number
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        // SIGTERM, which runuser passes on to PgBouncer (SIGKILL would leave it running).
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
 }
 
 /// A switchover started by [`Ha::start_switchover`]: patronictl runs in the background.
@@ -152,6 +179,7 @@ impl Ha {
             etcd: None,
             haproxy: None,
             started_in: Duration::ZERO,
+            poolers: std::sync::atomic::AtomicU32::new(0),
         };
         ha.write_configs();
         ha.launch();
@@ -253,6 +281,11 @@ impl Ha {
     /// The leader's node name (Patroni's REST API, `GET /primary` on each node), waiting for one.
     pub fn leader(&self) -> String {
         self.wait_for_leader(PATIENCE)
+    }
+
+    /// The folder everything lives in (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The node that is not the leader.
@@ -420,6 +453,36 @@ impl Ha {
         command.args(["-p", &node.pg_port.number.to_string(), "-U", SUPERUSER, "-d", database]);
         command.stdin(Stdio::null());
         command
+    }
+
+    /// Debian's PgBouncer in session mode in front of HAProxy (the configuration testkit's
+    /// `Bouncer` runs): the other router of issue 21, where the clients' connections are the
+    /// pooler's and only its server connections are cut.
+    pub fn pooler(&self) -> Pooler {
+        let dir =
+            self.dir.join(format!("pgbouncer-{}", self.poolers.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        std::fs::create_dir(&dir).expect("pooler folder");
+        let secret = self.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
+        let port = claim_port();
+        let pool = super::pgbouncer::Pool { mode: "session", size: 20, sockets: None };
+        let run_as = is_root().then_some(SERVER_OS_USER);
+        let command = super::pgbouncer::prepare(&dir, port.number, self.port, pool, SUPERUSER, &secret, run_as)
+            .expect("PgBouncer not found: apt-get install pgbouncer");
+        // One failed server login (HAProxy closes while no node is primary) makes PgBouncer
+        // refuse every client for `server_login_retry`, 15 s by default: measured here, /ready
+        // came back 13 s after the switchover. Behind an HA router it wants 1 s. ([pgbouncer] is
+        // the file's last section.)
+        let ini = dir.join("pgbouncer.ini");
+        let mut text = std::fs::read_to_string(&ini).expect("pgbouncer.ini");
+        text.push_str("server_login_retry = 1\n");
+        std::fs::write(&ini, text).expect("pgbouncer.ini");
+        hand_over(&dir);
+        let child = spawn_logged(command, &dir, "pgbouncer.out");
+        let pooler = Pooler { dir, port, child };
+        let listening =
+            eventually(PATIENCE, || std::net::TcpStream::connect(("127.0.0.1", pooler.port.number)).is_ok());
+        assert!(listening, "PgBouncer did not start:\n{}", pooler.log());
+        pooler
     }
 
     /// `patronictl list`, for failure messages.
@@ -691,4 +754,9 @@ fn http_status(port: u16, path: &str) -> u16 {
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     response.get(9..12).and_then(|code| std::str::from_utf8(code).ok()?.parse().ok()).unwrap_or(0)
+}
+
+/// Whether PgBouncer, for [`Ha::pooler`], is not installed.
+pub fn pgbouncer_missing() -> bool {
+    super::pgbouncer::program().is_none()
 }

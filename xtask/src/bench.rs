@@ -877,6 +877,7 @@ fn signed_ms(end: Instant, event: Instant) -> f64 {
 mod ha;
 
 const SUPERUSER: &str = "postgres";
+use crate::pgbouncer;
 static HA_BINDIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn server_bindir() -> &'static Path {

@@ -5,10 +5,8 @@
 //! end of the switchover (HAProxy routing to the new leader) to prestart's exit, for the README's
 //! figures. Skipped, with one line, where Patroni, etcd or HAProxy are not installed.
 //!
-//! Settings leave `sslmode` at its default, as deployments do (see [`env`]). The scenarios that
-//! need prestart to ride through a failover are `#[ignore]`d until it does (issue 21): run them
-//! with `cargo nextest run -p xtask --test failover --run-ignored all --no-capture`. The backend
-//! ones need `target/debug/backend` and `worker` (`cargo build -p backend --features server
+//! Settings leave `sslmode` at its default, as deployments do (see [`env`]). `cargo nextest run
+//! -p xtask --test failover --no-capture` shows each scenario's timing line. The backend ones need `target/debug/backend` and `worker` (`cargo build -p backend --features server
 //! --bins`; `cargo xtask test` builds them).
 
 use std::time::{Duration, Instant};

@@ -32,10 +32,57 @@ pub async fn bounded<T>(query: impl std::future::Future<Output = Result<T, sqlx:
 
 /// The error of a query whose answer did not come within `bound`.
 pub fn timed_out(bound: Duration) -> sqlx::Error {
-    sqlx::Error::Io(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("the server sent no answer within {} s", bound.as_secs()),
-    ))
+    sqlx::Error::Io(io::Error::new(io::ErrorKind::TimedOut, OurBound(bound)))
+}
+
+/// The error inside the I/O error of a bound of ours that fired: a slow server, not a lost one
+/// (the kernel's own ETIMEDOUT, from the keepalives or TCP_USER_TIMEOUT, is a lost connection).
+#[derive(Debug)]
+pub struct OurBound(Duration);
+
+impl std::fmt::Display for OurBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server sent no answer within {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for OurBound {}
+
+/// `error` is a bound of ours that fired ([`timed_out`]), not the network.
+pub fn is_our_bound(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<OurBound>()))
+}
+
+/// What a failover does to a connection in use: it breaks (an I/O error that is not a bound of
+/// ours: a reset, an EOF, the kernel's timeout), the server ends the session (57P01 a shutdown,
+/// 57P02 a crash elsewhere), or the node is now a standby that refuses writes (25006). A class 08
+/// SQLSTATE in a reply is not one: a server that replies is there (dblink reports its own
+/// connections' failures so).
+pub fn lost_to_failover(error: &sqlx::Error) -> Option<LostHow> {
+    match error {
+        sqlx::Error::Io(_) if is_our_bound(error) => None,
+        sqlx::Error::Io(_) => Some(LostHow::Broken),
+        sqlx::Error::Database(e) => match e.code().as_deref() {
+            Some("57P01") => Some(LostHow::ShutDown),
+            Some("57P02") => Some(LostHow::Broken),
+            Some("25006") => Some(LostHow::ReadOnly),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How a connection was lost, which decides what proves a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostHow {
+    /// The server ended the session (57P01): a shutdown, a restart, a switchover, or
+    /// `pg_terminate_backend`.
+    ShutDown,
+    /// The node turned into a standby under it (25006).
+    ReadOnly,
+    /// It broke (an EOF, a reset, the kernel's timeout, 57P02): a failover, a network fault, or a
+    /// crash, which the statement running may have caused.
+    Broken,
 }
 
 /// What went wrong with a query of ours, for a user: the server's message and SQLSTATE, or the
@@ -107,16 +154,11 @@ pub enum RetryKind {
 
 impl RetryKind {
     /// The server (or the kernel) answers these at once, before any login, so polling fast costs
-    /// it nothing. Not [`RetryKind::ReadOnly`]: that answer comes after a full login.
+    /// it nothing. Not [`RetryKind::ReadOnly`]: that answer comes after a full login; nor
+    /// [`RetryKind::NoServerBehind`]: each try is two connections through a load balancer, which
+    /// logs and tracks every one.
     fn is_cheap(self) -> bool {
-        matches!(
-            self,
-            RetryKind::Refused
-                | RetryKind::Reset
-                | RetryKind::NotAccepting
-                | RetryKind::ServerShutdown
-                | RetryKind::NoServerBehind
-        )
+        matches!(self, RetryKind::Refused | RetryKind::Reset | RetryKind::NotAccepting | RetryKind::ServerShutdown)
     }
 
     /// The first pause of the backoff for what is not cheap.
@@ -397,16 +439,33 @@ pub struct ServerState {
     pub database: String,
     /// The server's `port` setting, which names its Unix socket too.
     pub port: u16,
-    /// `pg_postmaster_start_time()`: with the address, which server instance this is. A crash
+    /// `pg_postmaster_start_time()`, to the microsecond: which server instance this is. A crash
     /// restart keeps it; a failover, a switchover or a restart does not.
     pub postmaster_started: String,
+    /// The primary's WAL timeline (`None` on a standby): a promotion starts a new one, a crash
+    /// recovery or a restart keeps it.
+    pub timeline: Option<String>,
 }
 
 impl ServerState {
     /// Both connections reached one server instance (the same postmaster, not restarted): what
     /// went wrong between them was not a failover.
     pub fn same_instance(&self, other: &ServerState) -> bool {
-        self.postmaster_started == other.postmaster_started && self.address == other.address && self.port == other.port
+        self.postmaster_started == other.postmaster_started
+    }
+
+    /// Whether what lost a connection to `before` and reached `self` is known to be a failover
+    /// or a restart, after which work the server rolled back may run again: the server ended the
+    /// session and another instance answers, or the node turned read-only, or a promotion
+    /// happened in between (a new timeline). A connection that just broke, then the same timeline
+    /// (a crash restart, even by a supervisor that starts a new postmaster), proves nothing: the
+    /// statement that ran may be what crashed it.
+    pub fn failed_over_from(&self, before: &ServerState, how: LostHow) -> bool {
+        match how {
+            LostHow::ReadOnly => true,
+            LostHow::ShutDown => !self.same_instance(before),
+            LostHow::Broken => self.timeline.is_some() && self.timeline != before.timeline,
+        }
     }
 
     /// Why the server cannot take writes, if it cannot.
@@ -449,7 +508,8 @@ pub async fn connect_once(
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
                     host(inet_server_addr()), inet_server_port(), current_database()::text, \
-                    current_setting('port')::int, inet_client_port(), pg_postmaster_start_time()::text \
+                    current_setting('port')::int, inet_client_port(), pg_postmaster_start_time()::text, \
+                    CASE WHEN NOT pg_is_in_recovery() THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -469,6 +529,7 @@ pub async fn connect_once(
             database: row.try_get(6)?,
             port: row.try_get::<i32, _>(7).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
             postmaster_started: row.try_get(9)?,
+            timeline: row.try_get(10)?,
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };

@@ -74,7 +74,7 @@ impl Db {
                 Ok(done) => return Ok(done),
                 Err((error, at))
                     if tries == 1
-                        && lost_to_failover(&error)
+                        && crate::db::lost_to_failover(&error).is_some()
                         && (at == FailedAt::BeforeCommit || again_up_to == FailedAt::Commit) =>
                 {
                     drop(guard);
@@ -82,18 +82,6 @@ impl Db {
                 Err((error, _)) => return Err(error),
             }
         }
-    }
-}
-
-/// What a failover does to a pooled connection: the server ends it (57P01, 57P02), it breaks
-/// (an I/O error, a class 08 error), or its node is now a standby that refuses writes (25006).
-fn lost_to_failover(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            matches!(code.as_ref(), "25006" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
-        }),
-        _ => false,
     }
 }
 

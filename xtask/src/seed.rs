@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::context::DbArgs;
 use crate::exit::{Failure, fail};
-use crate::session::{self, Session, Use};
+use crate::session::{self, Resumed, Session, Use};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -47,35 +47,29 @@ pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) ->
             Ok(report) => break report,
             Err(error) => error,
         };
-        let lost = match &error {
-            SeedError::Database(e) => crate::migrate::lost_connection(e, session.settings()),
-            SeedError::Hash(_) => None,
-        };
-        let failed = |note: &str| {
+        let failed = |note: String| {
             fail(
                 Failure::Seed,
                 anyhow!(
-                    "{error}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed{note}"
+                    "{}\n  nothing was seeded: the seed runs in one transaction; rerun when the cause is fixed{note}",
+                    describe(&error)
                 ),
             )
         };
-        let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else { return Err(failed("")) };
-        let lost_at = Instant::now();
-        ui::line(format!("lost the connection while seeding ({}; a failover?): connecting again", lost.reason));
-        session.reconnect().await?;
-        // As for a migration: only another server instance means a failover or a restart.
-        if session.ready.server.same_instance(&ran_on) && !lost.read_only {
-            return Err(failed(
-                "\n  note: the same server instance answered again, so this was no failover (a session ended by \
-                 pg_terminate_backend, or a crash restart): not seeded again",
-            ));
+        let lost = match &error {
+            SeedError::Database(e) => crate::migrate::lost_connection(e),
+            SeedError::Hash(_) => None,
+        };
+        let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else { return Err(failed(String::new())) };
+        match session.resume_after(&ran_on, &lost, "while seeding").await {
+            Resumed::Again => retries += 1,
+            Resumed::Gone(gone) => {
+                let cause = gone.root_cause().to_string();
+                let first = cause.lines().next().unwrap_or_default();
+                return Err(failed(format!("\n  note: no server answered again before the deadline: {first}")));
+            }
+            Resumed::NotAFailover(why) => return Err(failed(format!("\n  note: {why}: not seeded again"))),
         }
-        retries += 1;
-        ui::line(format!(
-            "reconnected to {} in {}: seeding again",
-            session.settings(),
-            ui::duration(lost_at.elapsed())
-        ));
     };
     let user = if report.superuser_created {
         format!("created the first superuser {}", superuser.email)
@@ -88,6 +82,15 @@ pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) ->
         ui::duration(started.elapsed())
     ));
     Ok(())
+}
+
+/// The seed's error in words: the server's message and SQLSTATE (sqlx's own text would add the
+/// line of PostgreSQL's C source a message came from, as if it were the seed's).
+fn describe(error: &SeedError) -> String {
+    match error {
+        SeedError::Database(e) => backend::db::describe_error(e),
+        other => other.to_string(),
+    }
 }
 
 /// How many times a seed cut off by a failover runs again.

@@ -9,12 +9,13 @@
 use std::time::{Duration, Instant};
 
 use backend::config::DatabaseSettings;
-use backend::db::Ready;
+use backend::db::{LostHow, Ready, ServerState};
 use backend::migrations::AppliedRow;
 
 use crate::context::Loaded;
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
+use crate::migrate::Lost;
 use crate::ui;
 use crate::wait::wait_step;
 use backend::pooler::{Pooling, detect_pooling};
@@ -116,7 +117,51 @@ impl<'a> Session<'a> {
     }
 }
 
+/// What a connection lost while work ran comes to, once a new one is had.
+pub enum Resumed {
+    /// A failover or a restart, proven: the work the server rolled back may run again.
+    Again,
+    /// Nothing proves one (the same instance ended the session, or the connection broke and no
+    /// promotion followed: a crash restart the work itself may have caused); why, in words.
+    NotAFailover(&'static str),
+    /// No server answered again before the run's deadline.
+    Gone(anyhow::Error),
+}
+
 impl Session<'_> {
+    /// After the connection was lost (`lost`) while work ran on `ran_on`: a new one, out of the
+    /// run's one wait budget, and whether that work may run again there. Says both in a line.
+    pub async fn resume_after(&mut self, ran_on: &ServerState, lost: &Lost, what: &str) -> Resumed {
+        let lost_at = Instant::now();
+        ui::line(format!("lost the connection {what} ({}; a failover?): connecting again", lost.reason));
+        if let Err(gone) = self.reconnect().await {
+            return Resumed::Gone(gone);
+        }
+        if !self.ready.server.failed_over_from(ran_on, lost.how) {
+            return Resumed::NotAFailover(match lost.how {
+                LostHow::ShutDown => {
+                    "the same server instance ended the session and answers again (pg_terminate_backend?), so this \
+                     was no failover"
+                }
+                _ => {
+                    "the connection broke and no promotion followed (the same timeline: a crash restart, which this \
+                     work may have caused), so this was no failover"
+                }
+            });
+        }
+        ui::line(format!(
+            "reconnected to {} in {}, {}: going on from what the database records",
+            self.settings(),
+            ui::duration(lost_at.elapsed()),
+            match lost.how {
+                LostHow::ReadOnly => "a writable primary",
+                LostHow::ShutDown => "another server instance",
+                LostHow::Broken => "a newly promoted primary",
+            }
+        ));
+        Resumed::Again
+    }
+
     /// The applied rows of `table`, within the run's one wait budget: a table another session
     /// holds locked is waited for (naming it), a lost connection is replaced.
     pub async fn read_applied(&mut self, table: &str) -> anyhow::Result<Vec<AppliedRow>> {

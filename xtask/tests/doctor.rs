@@ -465,6 +465,11 @@ fn a_down_file_beside_an_applied_plain_migration() {
 fn pending_migrations_are_tried_on_a_throwaway_copy() {
     let (cluster, project) = healthy();
     project.write("migrations/20261201000000_notes.sql", "CREATE TABLE notes (id int);\n");
+    if !testkit::is_root() {
+        // Pending migrations run only where nothing they connect to is real: a network namespace.
+        doctor(&project, &[], &[]).expect("migrations.rehearsal", "skipped", "network namespace", "");
+        return;
+    }
     doctor(&project, &[], &[]).expect("migrations.rehearsal", "ok", "the 1 pending migration run, in order", "");
     project.write("migrations/20261201000001_broken.sql", "SELECT 1;\nCREATE TABL things (id int);\n");
     doctor(&project, &[], &[]).expect(

@@ -52,12 +52,21 @@ async fn work() -> ExitCode {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
-                if let Err(e) = record(&db, job.id, &outcome).await {
-                    service::say(format!("worker: cannot record job {}: {e}", job.id));
+                let recorded = record(&db, job.id, &outcome, shutdown.as_mut()).await;
+                if let Err(e) = &recorded.result {
+                    service::say(format!(
+                        "worker: job {} ran, but its outcome could not be recorded ({e}): it runs again once it \
+                         counts as abandoned ({ABANDONED_AFTER_SECS} s)",
+                        job.id
+                    ));
                 }
                 match failed {
                     None => service::say(format!("worker: job {} ({}) done", job.id, job.kind)),
                     Some(error) => service::say(format!("worker: job {} ({}) failed: {error}", job.id, job.kind)),
+                }
+                // The signal came while recording: it is spent, and the worker stops.
+                if recorded.stopping {
+                    break;
                 }
             }
             Ok(None) => {
@@ -82,19 +91,45 @@ async fn work() -> ExitCode {
 /// How long the outcome of a job that ran is retried: longer than a failover takes, shorter
 /// than [`ABANDONED_AFTER_SECS`], after which another claim would run the job again.
 const RECORD_FOR: Duration = Duration::from_secs(60);
+/// After SIGTERM, the one last try at recording: within the stop grace of compose (10 s) and
+/// Kubernetes (30 s).
+const LAST_TRY: Duration = Duration::from_secs(5);
+
+/// What recording an outcome came to, and whether the stop signal came meanwhile.
+struct Recorded {
+    result: Result<(), sqlx::Error>,
+    stopping: bool,
+}
 
 /// Records a job's outcome, again and again while the database is away (a failover): recording
 /// it twice is harmless, not recording it would run the job again once it counts as abandoned.
-async fn record(db: &backend::service::Db, id: i64, outcome: &Result<Value, String>) -> Result<(), sqlx::Error> {
+/// SIGTERM meanwhile leaves one last bounded try, so the worker stops within its grace.
+async fn record<F: std::future::Future<Output = ()>>(
+    db: &backend::service::Db,
+    id: i64,
+    outcome: &Result<Value, String>,
+    mut shutdown: std::pin::Pin<&mut F>,
+) -> Recorded {
+    let attempt = || db.run_idempotent(|| async |conn| jobs::finish(conn, id, outcome.clone()).await);
+    let last_try = async || {
+        let last = tokio::time::timeout(LAST_TRY, attempt()).await;
+        Recorded { result: last.unwrap_or_else(|_| Err(backend::db::timed_out(LAST_TRY))), stopping: true }
+    };
     let started = std::time::Instant::now();
     loop {
-        let recorded = db.run_idempotent(|| async |conn| jobs::finish(conn, id, outcome.clone()).await).await;
+        let recorded = tokio::select! {
+            recorded = attempt() => recorded,
+            () = shutdown.as_mut() => return last_try().await,
+        };
         match recorded {
             Err(e) if started.elapsed() < RECORD_FOR => {
                 service::say(format!("worker: cannot record job {id} yet ({e}): trying again"));
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.as_mut() => return last_try().await,
+                }
             }
-            done => return done,
+            result => return Recorded { result, stopping: false },
         }
     }
 }

@@ -10,9 +10,24 @@ use sqlx::postgres::{PgConnection, PgSslMode};
 pub enum Verdict {
     /// This role may not read `pg_hba_file_rules` (superusers only, unless granted).
     Unreadable,
+    /// A line of the file does not parse: the server kept the rules it had when it last loaded
+    /// one that did, which doctor cannot see. The line and its error.
+    Broken(String),
     LetIn(String),
     Rejected(String),
     NoRule,
+}
+
+/// `pg_hba.conf` was changed after the server last read its configuration: the rules judged are
+/// the file's, which the server does not use until a reload.
+pub async fn edited_since_reload(conn: &mut PgConnection) -> bool {
+    let newer: Result<Option<bool>, _> = sqlx::query_scalar(
+        "SELECT (pg_catalog.pg_stat_file(pg_catalog.current_setting('hba_file'))).modification \
+                > pg_catalog.pg_conf_load_time()",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    matches!(newer, Ok(Some(true)))
 }
 
 /// One line of `pg_hba_file_rules`.
@@ -64,10 +79,28 @@ pub async fn containers_login(
         PgSslMode::Prefer => server_tls,
         _ => true,
     };
+    let broken: Result<Option<(Option<i32>, String)>, _> = sqlx::query_as(
+        "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await;
+    match broken {
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
+            return Ok(Verdict::Unreadable);
+        }
+        Err(error) => return Err(error),
+        Ok(Some((line, error))) => {
+            return Ok(Verdict::Broken(format!(
+                "line {}: {error}",
+                line.map_or_else(|| "?".to_owned(), |l| l.to_string())
+            )));
+        }
+        Ok(None) => {}
+    }
     type Row = (i32, String, Vec<String>, Vec<String>, Option<String>, Option<String>, String);
     let rules = sqlx::query_as::<_, Row>(
         "SELECT line_number, type, database, user_name, address, netmask, auth_method \
-         FROM pg_catalog.pg_hba_file_rules WHERE error IS NULL",
+         FROM pg_catalog.pg_hba_file_rules",
     )
     .fetch_all(&mut *conn)
     .await;
@@ -89,10 +122,13 @@ pub async fn containers_login(
         }
         Err(error) => return Err(error),
     };
-    // `+group` entries: the groups the user belongs to, directly or not.
+    // `+group` entries: the roles the user is a member of, directly or not, as the server's
+    // matching counts them (pg_has_role would count every role for a superuser).
     let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT r.rolname::text FROM pg_catalog.pg_roles r \
-         WHERE to_regrole($1) IS NOT NULL AND pg_catalog.pg_has_role($1, r.oid, 'MEMBER')",
+        "WITH RECURSIVE member_of(oid) AS ( \
+             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
+             UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid) \
+         SELECT r.rolname::text FROM pg_catalog.pg_roles r JOIN member_of USING (oid)",
     )
     .bind(user)
     .fetch_all(&mut *conn)
@@ -117,10 +153,14 @@ pub async fn containers_login(
     })
 }
 
-/// The address Docker gives the first container of `subnet` (the gateway takes the first).
+/// The address Docker gives the first container of `subnet` (the gateway takes the first);
+/// `None` for a subnet too small to hold one.
 fn first_container_address(subnet: &str) -> Option<Ipv4Addr> {
-    let (network, _) = subnet.split_once('/')?;
-    Some(Ipv4Addr::from(u32::from(network.parse::<Ipv4Addr>().ok()?) + 2))
+    let (network, prefix) = subnet.split_once('/')?;
+    let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 30)?;
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    let base = u32::from(network.parse::<Ipv4Addr>().ok()?) & mask;
+    base.checked_add(2).map(Ipv4Addr::from)
 }
 
 fn database_matches(entry: &str, database: &str, user: &str, groups: &[String]) -> bool {
@@ -170,6 +210,10 @@ mod tests {
         assert!(!address_matches(Some("::1"), Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), container));
         assert!(!address_matches(Some("samehost"), None, container));
         assert!(address_matches(Some("all"), None, container));
+        // Host bits are masked off; a subnet too small for a container has none.
+        assert_eq!(first_container_address("10.1.2.77/24"), Some(Ipv4Addr::new(10, 1, 2, 2)));
+        assert_eq!(first_container_address("255.255.255.255/32"), None);
+        assert_eq!(first_container_address("10.0.0.0/0"), Some(Ipv4Addr::new(0, 0, 0, 2)));
     }
 
     #[test]

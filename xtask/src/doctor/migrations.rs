@@ -309,7 +309,9 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
             return Ok(Outcome::ok("no pending migration to try"));
         }
         Ok(match &rehearsal {
-            Err(cannot) => Outcome::skipped(format!("the pending migrations were not tried: {cannot}")),
+            Err(cannot) | Ok((Rehearsal::NotTried(cannot), _)) => {
+                Outcome::skipped(format!("the pending migrations were not tried: {cannot}"))
+            }
             Ok((Rehearsal::Ran(count), built_in)) => Outcome::ok(format!(
                 "the {count} pending {} run, in order, on a throwaway copy of the schema ({built_in})",
                 if *count == 1 { "migration" } else { "migrations" }

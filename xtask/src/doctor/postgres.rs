@@ -202,10 +202,28 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                 return Ok(Outcome::skipped("no container reaches this server through host.docker.internal"));
             };
             let subnet = compose_subnet(inputs);
+            let stale = if super::hba::edited_since_reload(&mut conn).await {
+                " (as pg_hba.conf says now: it changed after the server last loaded it, so reload it, SELECT \
+                 pg_reload_conf(), for the server to use it)"
+            } else {
+                ""
+            };
             Ok(match super::hba::containers_login(&mut conn, &subnet, database.user(), database.database(), database.ssl_mode()).await? {
+                super::hba::Verdict::Broken(line) => Outcome::fail(
+                    format!("pg_hba.conf does not parse ({line}): the server keeps the rules it last loaded, which doctor cannot see"),
+                    "fix that line and reload (SELECT pg_reload_conf())",
+                ),
                 super::hba::Verdict::Unreadable => Outcome::skipped(
                     "reading pg_hba.conf's rules (pg_hba_file_rules) takes a superuser, so whether the compose network \
                      may log in is not checked from here: `docker compose run --rm prestart` shows it",
+                ),
+                super::hba::Verdict::LetIn(rule) if !stale.is_empty() => Outcome::warn(
+                    format!(
+                        "pg_hba.conf {rule} lets the compose network ({subnet}, COMPOSE_SUBNET) log in as {} to {}{stale}",
+                        database.user(),
+                        database.database()
+                    ),
+                    "SELECT pg_reload_conf(), as a superuser",
                 ),
                 super::hba::Verdict::LetIn(rule) => Outcome::ok(format!(
                     "pg_hba.conf {rule} lets the compose network ({subnet}, COMPOSE_SUBNET) log in as {} to {}",
@@ -213,7 +231,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                     database.database()
                 )),
                 super::hba::Verdict::Rejected(rule) => Outcome::fail(
-                    format!("pg_hba.conf {rule} rejects the compose network ({subnet}, COMPOSE_SUBNET)"),
+                    format!("pg_hba.conf {rule} rejects the compose network ({subnet}, COMPOSE_SUBNET){stale}"),
                     format!(
                         "put `{}` above that line and reload (SELECT pg_reload_conf())",
                         crate::docker_host::hba_rule(&subnet)
@@ -222,7 +240,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                 super::hba::Verdict::NoRule => Outcome::fail(
                     format!(
                         "no pg_hba.conf line lets the compose network ({subnet}, COMPOSE_SUBNET) log in as {} to {}: \
-                         the containers reach the server and are refused",
+                         the containers reach the server and are refused{stale}",
                         database.user(),
                         database.database()
                     ),
@@ -332,27 +350,37 @@ fn containers_listen(doctor: &mut Doctor, inputs: &Inputs, target: &Target) {
             ),
             ContainersPath::Probed { address, port, accepted: true, .. } => Outcome::ok(format!(
                 "{address}:{port} (Docker's bridge address, where the containers arrive through host.docker.internal) \
-                 accepts connections"
+                 accepts connections from this machine (a firewall rule for the containers' own bridge interface is \
+                 not seen from here)"
             )),
             ContainersPath::Probed { address, port, accepted: false, what } => {
+                let bridge = format!("{address}:{port}, Docker's bridge address, where the containers arrive through host.docker.internal");
                 let here = target.database.as_ref().filter(|db| {
                     target.reachable && is_loopback(db.host()) && !db.host().starts_with('/') && db.port() == *port
                 });
-                let found = here.map_or_else(String::new, |db| {
-                    format!("the server runs on this machine ({}:{} answers), but ", db.host(), db.port())
-                });
-                let met = if what.starts_with("refused") {
-                    format!("nothing listens on {address}:{port}")
-                } else {
-                    format!("the connection to {address}:{port} {what}")
-                };
-                Outcome::fail(
-                    format!(
-                        "{found}{met}, Docker's bridge address, where the containers arrive through \
-                         host.docker.internal: the server's listen_addresses leaves that address out"
+                let advice = crate::docker_host::advice(&compose_subnet(inputs));
+                match (what.starts_with("refused"), here) {
+                    (true, Some(db)) => Outcome::fail(
+                        format!(
+                            "the server runs on this machine ({}:{} answers), but nothing listens on {bridge}: its \
+                             listen_addresses leaves that address out",
+                            db.host(),
+                            db.port()
+                        ),
+                        advice,
                     ),
-                    crate::docker_host::advice(&compose_subnet(inputs)),
-                )
+                    (true, None) => Outcome::fail(
+                        format!("nothing listens on {bridge}: no server on this machine listens there"),
+                        format!("start the server; {advice}"),
+                    ),
+                    (false, _) => Outcome::fail(
+                        format!("the connection to {bridge} {what}: a firewall on this machine drops it"),
+                        format!(
+                            "let the compose network ({}) reach port {port} in the firewall (ufw, firewalld, nftables)",
+                            compose_subnet(inputs)
+                        ),
+                    ),
+                }
             }
         })
     });

@@ -16,7 +16,7 @@ use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
 use crate::exit::{Failure, fail};
 use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
-use crate::session::Session;
+use crate::session::{Resumed, Session};
 use crate::ui;
 
 /// Applies pending migrations under the migration lock, which is released on every path.
@@ -50,7 +50,9 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         return Ok(());
     }
     let mut retries = 0;
-    let applied = loop {
+    // Counted across the passes a failover makes: each applies what the one before did not.
+    let mut applied_here = 0;
+    loop {
         lock::acquire(session, plan.lock_timeout).await?;
         // The key of the server this connection reached: after a reconnect during the wait for
         // the lock, the lock was taken on that connection with its database's key.
@@ -58,49 +60,32 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         let db = session.settings();
         let deadline = Instant::now() + session.wait_left();
         let ran_on = session.ready.server.clone();
-        let result = apply_pending(&mut session.ready, plan, db, deadline).await;
+        let result = apply_pending(&mut session.ready, plan, db, deadline, &mut applied_here).await;
         // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
         if result.is_ok() {
             record_environment(session, plan, applied.is_empty()).await;
         }
         lock::release(&mut session.ready.conn, key).await;
-        let error = match result {
-            Ok(applied) => break applied,
-            Err(error) => error,
-        };
-        let Some((what, lost)) = cut_off(&error, db).filter(|_| retries < FAILOVER_RETRIES) else {
+        let Err(error) = result else { break };
+        let Some((what, lost)) = cut_off(&error).filter(|_| retries < FAILOVER_RETRIES) else {
             return Err(error);
         };
-        let lost_at = Instant::now();
-        ui::line(format!("lost the connection {what} ({}; a failover?): connecting again", lost.reason));
-        if let Err(gone) = session.reconnect().await {
-            // No server came back in time: what the migration left is the news, and the wait's end
-            // a note on it (a signal meanwhile is the run's outcome).
-            if crate::interrupt::received().is_some() {
-                return Err(gone);
+        match session.resume_after(&ran_on, &lost, &what).await {
+            Resumed::Again => retries += 1,
+            // No server came back in time: what the migration left is the news, and the wait's
+            // end a note on it.
+            Resumed::Gone(gone) => {
+                return Err(with_note(
+                    error,
+                    &format!("no server answered again before the deadline: {}", root_cause(&gone)),
+                ));
             }
-            return Err(with_note(
-                error,
-                &format!("no server answered again before the deadline: {}", root_cause(&gone)),
-            ));
+            Resumed::NotAFailover(why) => {
+                return Err(with_note(error, &format!("{why}: it was not run again; rerun once the cause is known")));
+            }
         }
-        // The same server instance (not restarted, not another node) lost us for a reason of
-        // its own, which may be this migration (a crash restart keeps the instance): not rerun.
-        if session.ready.server.same_instance(&ran_on) && !lost.read_only {
-            return Err(with_note(
-                error,
-                "the same server instance answered again (a crash restart keeps it), so this is no failover, and the \
-                 migration may be what crashed it: it was not run again; look at the server's log, then rerun",
-            ));
-        }
-        retries += 1;
-        ui::line(format!(
-            "reconnected to {} (another server instance) in {}: taking the lock and reading {} again, then going on",
-            session.settings(),
-            ui::duration(lost_at.elapsed()),
-            plan.settings.table_name
-        ));
-    };
+    }
+    let applied = applied_here;
     let total = plan.set.files.len();
     ui::line(match applied {
         // Another prestart applied them while we waited for the lock.
@@ -136,19 +121,32 @@ fn root_cause(error: &anyhow::Error) -> String {
     error.root_cause().to_string().lines().next().unwrap_or_default().to_owned()
 }
 
-/// How many times one run goes on after a failover cut it off: each needs another server
-/// instance, so this only bounds a cluster that keeps failing over.
+/// How many times one run goes on after a failover cut it off: each needs evidence of one, so
+/// this only bounds a cluster that keeps failing over.
 const FAILOVER_RETRIES: u32 = 5;
 
 /// What a failover cut off, and why: a transactional migration (applied again, after the table
-/// is read under the lock), or the work under the lock before one ran.
-fn cut_off(error: &anyhow::Error, db: &DatabaseSettings) -> Option<(String, Lost)> {
+/// is read under the lock), or the work under the lock before any migration of this pass ran.
+fn cut_off(error: &anyhow::Error) -> Option<(String, Lost)> {
     if let Some(failed) = error.downcast_ref::<super::MigrationFailed>() {
         return failed.cut_off.clone().map(|lost| (format!("while applying {}", failed.name), lost));
     }
-    let lost = error.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>())?;
-    lost_connection(lost, db).map(|lost| ("under the migration lock".to_owned(), lost))
+    let NothingRanYet(lost) = error.downcast_ref::<NothingRanYet>()?;
+    lost_connection(lost).map(|lost| ("under the migration lock".to_owned(), lost))
 }
+
+/// A query under the lock before this pass applied anything (preparing the table, reading it):
+/// what it lost is safe to do again. Anything after a migration ran is not marked so.
+#[derive(Debug)]
+struct NothingRanYet(sqlx::Error);
+
+impl std::fmt::Display for NothingRanYet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NothingRanYet {}
 
 /// Reverts applied migrations with their down files, under the migration lock: the latest one,
 /// or every one above the target. Each one to revert must have a down file, checked before
@@ -200,7 +198,8 @@ async fn apply_pending(
     plan: &Plan<'_>,
     db: &DatabaseSettings,
     deadline: Instant,
-) -> anyhow::Result<usize> {
+    applied_here: &mut usize,
+) -> anyhow::Result<()> {
     let conn = &mut ready.conn;
     let table = plan.settings.table_name.as_str();
     let prepare = async {
@@ -220,8 +219,13 @@ async fn apply_pending(
                 ),
             )
         })?
-        .map_err(|e| fail(Failure::Migration, e))?;
-    let applied = read_under_lock(ready, plan, deadline).await?;
+        .map_err(|e| match e {
+            MigrateError::Execute(e) => fail(Failure::Migration, NothingRanYet(e)),
+            other => fail(Failure::Migration, other),
+        })?;
+    let applied = lock::read_applied(&mut ready.conn, table, deadline)
+        .await?
+        .map_err(|e| fail(Failure::Migration, NothingRanYet(e)))?;
     let status = Status::compare(plan.set, &applied);
     refuse_inconsistent(&status, plan)?;
 
@@ -231,6 +235,7 @@ async fn apply_pending(
     let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
     for file in &pending {
         run_one(ready, file, &prefix, plan, db, Direction::Apply).await?;
+        *applied_here += 1;
     }
     if !pending.is_empty() {
         // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
@@ -238,7 +243,7 @@ async fn apply_pending(
         let reset = sqlx::raw_sql("RESET lock_timeout").execute(&mut ready.conn);
         bounded(reset).await.map_err(|e| fail(Failure::Migration, e))?;
     }
-    Ok(pending.len())
+    Ok(())
 }
 
 /// Records the run's `ENVIRONMENT` in the database (see `crate::environment`); `fresh`: nothing
@@ -331,7 +336,7 @@ async fn run_one(
             };
             // Cut off by a failover (or a restart): safe to run again where nothing of it stayed
             // half done, and what it did is read back under the lock before it runs again.
-            let cut_off = connection_lost(&error, db)
+            let cut_off = connection_lost(&error)
                 .filter(|_| !file.migration.no_tx && left != Left::CommittedPart && direction == Direction::Apply);
             let mut explained = explain_failure(error, file, offset, &blockers, plan, (doing, done), left);
             explained.cut_off = cut_off;
@@ -361,31 +366,23 @@ async fn run_one(
 
 /// What a failover or a restart does to a running migration: its connection ends (57P01, a
 /// reset, an EOF), or the node it reaches can no longer write (25006). The reason, if so.
-fn connection_lost(error: &MigrateError, db: &DatabaseSettings) -> Option<Lost> {
+fn connection_lost(error: &MigrateError) -> Option<Lost> {
     let (MigrateError::ExecuteMigration(error, _) | MigrateError::Execute(error)) = error else { return None };
-    lost_connection(error, db)
+    lost_connection(error)
 }
 
 /// A lost connection, or a server that turned read-only under it; `None` for an error of the
-/// SQL itself.
-pub fn lost_connection(error: &sqlx::Error, db: &DatabaseSettings) -> Option<Lost> {
-    if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("25006") {
-        return Some(Lost { reason: "the server can no longer write (25006)".to_owned(), read_only: true });
-    }
-    match backend::db::Failure::classify(error, db) {
-        // A server slower than our bound is slow, not gone: the keepalives find a dead one.
-        backend::db::Failure::Retry(reason) if reason.kind == backend::db::RetryKind::TimedOut => None,
-        backend::db::Failure::Retry(reason) => Some(Lost { reason: reason.to_string(), read_only: false }),
-        backend::db::Failure::Fatal(_) => None,
-    }
+/// SQL itself, or a bound of ours (a slow server is not a lost one).
+pub fn lost_connection(error: &sqlx::Error) -> Option<Lost> {
+    let how = backend::db::lost_to_failover(error)?;
+    Some(Lost { reason: backend::db::describe_error(error), how })
 }
 
 /// Why a connection was lost to a migration.
 #[derive(Debug, Clone)]
 pub struct Lost {
     pub reason: String,
-    /// The node turned into a standby: no migration makes a server do that.
-    pub read_only: bool,
+    pub how: backend::db::LostHow,
 }
 
 /// Whether the server session behind `conn` is still `process`, the one that took the lock, and

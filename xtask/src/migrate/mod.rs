@@ -19,7 +19,7 @@ use crate::exit::{Failure, fail};
 use crate::session::{self, Use};
 
 use apply::revert_step;
-pub use apply::{lost_connection, migrate_step};
+pub use apply::{Lost, lost_connection, migrate_step};
 pub use explain::{MigrationFailed, describe_failure, drop_invalid_indexes_fix, invalid_indexes, sqlstate_of};
 pub use plan::Plan;
 use status::run_status;

@@ -53,6 +53,8 @@ pub enum Rehearsal {
     Ran(usize),
     /// The first that failed, in the words of a failed migration (file, line, server's message).
     Failed { message: String, needs_this_machine: bool },
+    /// Not tried, and why.
+    NotTried(String),
 }
 
 pub fn run(args: DriftArgs) -> anyhow::Result<()> {
@@ -234,7 +236,10 @@ pub async fn find_drift(
     Ok(built.map(|(expected, built_in, rehearsal)| Drift {
         differences: compare(&expected, &live.found),
         built_in,
-        rehearsal: rehearse_pending.then(|| rehearsal.unwrap_or(Rehearsal::Ran(0))),
+        rehearsal: rehearse_pending.then(|| {
+            rehearsal
+                .unwrap_or_else(|| Rehearsal::NotTried("only a throwaway cluster on this machine runs them".into()))
+        }),
     }))
 }
 
@@ -300,7 +305,8 @@ async fn in_local_cluster(
         Ok(cluster) => cluster,
         Err(error) => return Ok(Err(format!("cannot start a throwaway cluster on this machine: {error:#}"))),
     };
-    if !cluster.isolated() {
+    let isolated = cluster.isolated();
+    if !isolated {
         built_in.push_str(" (not in a network namespace of its own: a migration that connects out would)");
     }
     let result = tokio::time::timeout(BUILD_TIMEOUT, async {
@@ -332,8 +338,18 @@ async fn in_local_cluster(
         }
         let mut ready = connect_to(&cluster.settings(&live.database)?).await?;
         let expected = build(&mut ready.conn, applied, settings).await?;
-        let rehearsal =
-            if pending.is_empty() { None } else { Some(rehearse(&mut ready.conn, pending, settings).await) };
+        // Pending migrations are new code: one that reaches out (a subscription's slot on the real
+        // publisher, dblink, COPY TO PROGRAM) must reach nothing, which only a network namespace
+        // of its own ensures.
+        let rehearsal = match (pending.is_empty(), isolated) {
+            (true, _) => None,
+            (false, false) => Some(Rehearsal::NotTried(
+                "the throwaway cluster could not get a network namespace of its own (that takes root), and a pending \
+                 migration that connects out would reach real servers from it"
+                    .into(),
+            )),
+            (false, true) => Some(rehearse(&mut ready.conn, pending, settings).await),
+        };
         anyhow::Ok((expected, rehearsal))
     })
     .await;

@@ -332,6 +332,40 @@ fn a_server_that_serves_the_compose_network_passes_and_its_login_rule_is_judged_
         "line 1",
         "above that line",
     );
+    // The compose line written but not loaded yet: what the file says, and that a reload is due.
+    // (The file's time has a resolution of its own: the edit comes a second after the reload.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(&hba, format!("{rules}host all all 10.78.0.0/24 scram-sha-256\n")).expect("write pg_hba.conf");
+    doctor(&project, &["--context", "host"], &[]).expect(
+        "postgres.containers_hba",
+        "warn",
+        "it changed after the server last loaded it",
+        "pg_reload_conf()",
+    );
+    // A line that does not parse: the server keeps its old rules, which doctor cannot see.
+    std::fs::write(&hba, format!("{rules}host all all 10.78.0.0/24 no-such-method\n")).expect("write pg_hba.conf");
+    doctor(&project, &["--context", "host"], &[]).expect(
+        "postgres.containers_hba",
+        "fail",
+        "pg_hba.conf does not parse",
+        "fix that line",
+    );
+    // A role that may not read pg_hba_file_rules: said, not guessed.
+    std::fs::write(&hba, format!("{rules}host all all 10.78.0.0/24 scram-sha-256\n")).expect("write pg_hba.conf");
+    cluster.reload();
+    cluster.psql("app", "CREATE ROLE plain LOGIN PASSWORD 'Xq7pLm2vR9kW'");
+    project.write_env(
+        &cluster,
+        &[
+            ("POSTGRES_SERVER", "host.docker.internal"),
+            ("COMPOSE_SUBNET", "10.78.0.0/24"),
+            ("POSTGRES_USER", "plain"),
+            ("POSTGRES_PASSWORD", "Xq7pLm2vR9kW"),
+        ],
+    );
+    let report = doctor(&project, &["--context", "host"], &[]);
+    report.expect("postgres.containers_hba", "skipped", "takes a superuser", "");
+    report.outcome.assert_lacks_secret("Xq7pLm2vR9kW");
 }
 
 /// In a container that is not one of the compose file's services (a devcontainer), findings

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{PASSWORD, Port, SUPERUSER, claim_port, eventually, is_root, server_bindir};
+use super::{PASSWORD, Port, SUPERUSER, claim_port, eventually, is_root, run_ok, server_bindir};
 
 const SERVER_OS_USER: &str = "postgres";
 /// The superuser's password while Patroni bootstraps; the harness then sets [`PASSWORD`].
@@ -302,19 +302,7 @@ impl Ha {
     /// POSTGRES_* settings through HAProxy for the superuser, and a first superuser, as
     /// `Cluster::env` gives them.
     pub fn env(&self, database: &str) -> Vec<(String, String)> {
-        [
-            ("POSTGRES_SERVER", "127.0.0.1".to_owned()),
-            ("POSTGRES_PORT", self.port.to_string()),
-            ("POSTGRES_DB", database.to_owned()),
-            ("POSTGRES_USER", SUPERUSER.to_owned()),
-            ("POSTGRES_PASSWORD", PASSWORD.to_owned()),
-            ("POSTGRES_SSLMODE", "disable".to_owned()),
-            ("FIRST_SUPERUSER", "admin@example.com".to_owned()),
-            ("FIRST_SUPERUSER_PASSWORD", "first superuser secret".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        super::superuser_env(self.port, database)
     }
 
     /// A planned switchover to the replica, in the background: returns once patronictl runs.
@@ -728,17 +716,6 @@ fn spawn_logged(mut command: Command, dir: &Path, name: &str) -> Child {
     let err = log.try_clone().expect("log file");
     command.current_dir(dir).stdin(Stdio::null()).stdout(log).stderr(err);
     command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"))
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The status of `GET path` on a loopback port; 0 when nothing answers within a second.

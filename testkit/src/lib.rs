@@ -57,17 +57,6 @@ fn server_command(program: &str) -> Command {
     }
 }
 
-fn run_ok(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn chown_to_server_user(path: &Path) {
     if is_root() {
         run_ok(Command::new("chown").arg("-R").arg(SERVER_OS_USER).arg(path));
@@ -320,19 +309,7 @@ impl Cluster {
 
     /// Settings for the binary: POSTGRES_* for the superuser over TCP, and a first superuser.
     pub fn env(&self, database: &str) -> Vec<(String, String)> {
-        [
-            ("POSTGRES_SERVER", "127.0.0.1".to_owned()),
-            ("POSTGRES_PORT", self.port.to_string()),
-            ("POSTGRES_DB", database.to_owned()),
-            ("POSTGRES_USER", SUPERUSER.to_owned()),
-            ("POSTGRES_PASSWORD", PASSWORD.to_owned()),
-            ("POSTGRES_SSLMODE", "disable".to_owned()),
-            ("FIRST_SUPERUSER", "admin@example.com".to_owned()),
-            ("FIRST_SUPERUSER_PASSWORD", "first superuser secret".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        superuser_env(self.port, database)
     }
 
     /// A streaming replica of this (running) cluster, made with `pg_basebackup -R`, on a port of
@@ -636,7 +613,7 @@ pub fn workspace() -> PathBuf {
 
 /// Secrets that must never appear in any output.
 fn secrets() -> Vec<String> {
-    vec![PASSWORD.to_owned(), url_encoded(PASSWORD), "first superuser secret".to_owned()]
+    vec![PASSWORD.to_owned(), url_encoded(PASSWORD), FIRST_SUPERUSER_PASSWORD.to_owned()]
 }
 
 /// Percent-encodes every byte but ASCII letters and digits, as a DATABASE_URL needs.
@@ -848,22 +825,17 @@ impl Outcome {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    condition()
-}
-
 #[path = "../../xtask/src/http.rs"]
 mod http_client;
 
+mod common;
 pub mod ha;
+
+use common::run_ok;
+pub use common::{eventually, superuser_env};
+
+/// The first superuser's password in the settings the tests give the binary.
+const FIRST_SUPERUSER_PASSWORD: &str = "first superuser secret";
 
 #[path = "../../xtask/src/pgbouncer.rs"]
 mod pgbouncer;

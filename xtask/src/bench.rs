@@ -130,17 +130,8 @@ struct Bench {
 }
 
 impl Bench {
-    fn env(&self, port: u16, database: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("POSTGRES_SERVER", "127.0.0.1".into()),
-            ("POSTGRES_PORT", port.to_string()),
-            ("POSTGRES_DB", database.into()),
-            ("POSTGRES_USER", "postgres".into()),
-            ("POSTGRES_PASSWORD", PASSWORD.into()),
-            ("POSTGRES_SSLMODE", "disable".into()),
-            ("FIRST_SUPERUSER", "admin@example.com".into()),
-            ("FIRST_SUPERUSER_PASSWORD", "bench superuser".into()),
-        ]
+    fn env(&self, port: u16, database: &str) -> Vec<(String, String)> {
+        superuser_env(port, database)
     }
 
     fn command(&self, database: &str, args: &[&str]) -> Command {
@@ -876,7 +867,14 @@ fn signed_ms(end: Instant, event: Instant) -> f64 {
 #[path = "../../testkit/src/ha.rs"]
 mod ha;
 
+/// What ha.rs takes from testkit, the same file too.
+#[allow(dead_code)]
+#[path = "../../testkit/src/common.rs"]
+mod common;
+use common::{eventually, run_ok, superuser_env};
+
 const SUPERUSER: &str = "postgres";
+const FIRST_SUPERUSER_PASSWORD: &str = "bench superuser";
 use crate::pgbouncer;
 static HA_BINDIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
@@ -896,15 +894,4 @@ struct Port {
 
 fn claim_port() -> Port {
     Port { number: free_port().expect("a free port") }
-}
-
-fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    condition()
 }

@@ -442,9 +442,19 @@ pub struct ServerState {
     /// `pg_postmaster_start_time()`, to the microsecond: which server instance this is. A crash
     /// restart keeps it; a failover, a switchover or a restart does not.
     pub postmaster_started: String,
-    /// The primary's WAL timeline (`None` on a standby): a promotion starts a new one, a crash
-    /// recovery or a restart keeps it.
+    /// The primary's WAL timeline, once [`read_timeline`] read it: a promotion starts a new one, a
+    /// crash recovery or a restart keeps it.
     pub timeline: Option<String>,
+}
+
+/// The WAL timeline of the primary behind `conn`; `None` where it cannot be read (a standby, or
+/// a managed service without the WAL functions, as Aurora): then a broken connection proves no
+/// failover. Not in the readiness query, which must work everywhere.
+pub async fn read_timeline(conn: &mut PgConnection) -> Option<String> {
+    let query = sqlx::raw_sql("SELECT substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)");
+    let row = bounded(query.fetch_one(conn)).await.ok()?;
+    use sqlx::Row as _;
+    row.try_get(0).ok()
 }
 
 impl ServerState {
@@ -508,8 +518,7 @@ pub async fn connect_once(
         let row = sqlx::raw_sql(
             "SELECT pid, backend_start::text, pg_is_in_recovery(), current_setting('transaction_read_only') = 'on', \
                     host(inet_server_addr()), inet_server_port(), current_database()::text, \
-                    current_setting('port')::int, inet_client_port(), pg_postmaster_start_time()::text, \
-                    CASE WHEN NOT pg_is_in_recovery() THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END \
+                    current_setting('port')::int, inet_client_port(), pg_postmaster_start_time()::text \
              FROM pg_stat_activity WHERE pid = pg_backend_pid()",
         )
         .fetch_one(&mut conn)
@@ -529,7 +538,8 @@ pub async fn connect_once(
             database: row.try_get(6)?,
             port: row.try_get::<i32, _>(7).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or_default(),
             postmaster_started: row.try_get(9)?,
-            timeline: row.try_get(10)?,
+            // Read only where a failover must be told apart (see `read_timeline`).
+            timeline: None,
         };
         Ok::<_, sqlx::Error>(Ready { conn, process, server })
     };

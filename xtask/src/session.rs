@@ -137,6 +137,9 @@ impl Session<'_> {
         if let Err(gone) = self.reconnect().await {
             return Resumed::Gone(gone);
         }
+        if lost.how == LostHow::Broken && ran_on.timeline.is_some() {
+            self.ready.server.timeline = backend::db::read_timeline(&mut self.ready.conn).await;
+        }
         if !self.ready.server.failed_over_from(ran_on, lost.how) {
             return Resumed::NotAFailover(match lost.how {
                 LostHow::ShutDown => {

@@ -252,17 +252,34 @@ impl Drop for LocalCluster {
 
 async fn stop_and_delete(dir: PathBuf, bin: PathBuf, runner: Runner) {
     let data = dir.join("data");
-    // A start cut short may still be starting the server: stopped until no server is left.
-    for _ in 0..10 {
-        let mut stop = runner.command(&bin.join("pg_ctl"), false);
-        stop.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"]).arg(&data);
-        let _ = run(&mut stop, "stop the throwaway cluster").await;
-        if !data.join("postmaster.pid").exists() {
-            break;
+    let pid_file = data.join("postmaster.pid");
+    // A start cut short may still be bringing a server up (pg_ctl's postmaster outlives pg_ctl):
+    // give it a moment to show itself, so it is stopped rather than left running in a deleted
+    // folder.
+    if data.exists() && !pid_file.exists() {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if pid_file.exists() {
+                break;
+            }
+        }
+    }
+    // Stopped and removed until neither the server nor the folder comes back.
+    let mut failed = None;
+    for _ in 0..25 {
+        if pid_file.exists() {
+            let mut stop = runner.command(&bin.join("pg_ctl"), false);
+            stop.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"]).arg(&data);
+            let _ = run(&mut stop, "stop the throwaway cluster").await;
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => return,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error) => failed = Some(error),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+    if let Some(error) = failed {
         ui::warn(format!("could not delete the throwaway cluster in {} ({error}): delete it by hand", dir.display()));
     }
 }

@@ -202,13 +202,16 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
                 return Ok(Outcome::skipped("no container reaches this server through host.docker.internal"));
             };
             let subnet = compose_subnet(inputs);
-            let stale = if super::hba::edited_since_reload(&mut conn).await {
+            let stale = if tokio::time::timeout(backend::db::QUERY_TIMEOUT, super::hba::edited_since_reload(&mut conn))
+                .await
+                .unwrap_or(false)
+            {
                 " (as pg_hba.conf says now: it changed after the server last loaded it, so reload it, SELECT \
                  pg_reload_conf(), for the server to use it)"
             } else {
                 ""
             };
-            Ok(match super::hba::containers_login(&mut conn, &subnet, database.user(), database.database(), database.ssl_mode()).await? {
+            Ok(match bounded(super::hba::containers_login(&mut conn, &subnet, database.user(), database.database(), database.ssl_mode())).await? {
                 super::hba::Verdict::Broken(line) => Outcome::fail(
                     format!("pg_hba.conf does not parse ({line}): the server keeps the rules it last loaded, which doctor cannot see"),
                     "fix that line and reload (SELECT pg_reload_conf())",

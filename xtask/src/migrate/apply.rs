@@ -59,7 +59,10 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         let key = lock::key(&session.ready.server.database);
         let db = session.settings();
         let deadline = Instant::now() + session.wait_left();
-        let ran_on = session.ready.server.clone();
+        let mut ran_on = session.ready.server.clone();
+        // What tells a failover from a crash restart after a connection that just broke; one
+        // query per pass that has migrations to apply, none on the no-op path.
+        ran_on.timeline = backend::db::read_timeline(&mut session.ready.conn).await;
         let result = apply_pending(&mut session.ready, plan, db, deadline, &mut applied_here).await;
         // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
         if result.is_ok() {

@@ -44,26 +44,28 @@ pub fn server_side() -> String {
 /// Arms keepalives on the TCP socket of this process connected to `port` from `local_port` (the
 /// connection's own pair, as the server saw it); where no socket has that pair (behind a relay
 /// the server sees the relay's port), on every one to `port` that has none yet. Best effort: a
-/// socket that cannot be armed keeps the kernel's defaults.
+/// socket that cannot be armed keeps the kernel's defaults. Returns the address the socket with
+/// that pair is connected to: the one we dialled, found without asking the resolver again.
 #[cfg(target_os = "linux")]
-pub fn arm(port: u16, local_port: Option<u16>) {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+pub fn arm(port: u16, local_port: Option<u16>) -> Option<std::net::IpAddr> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return None };
     let fds: Vec<i32> = fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()).collect();
     let pair = |socket: &socket2::SockRef<'_>| {
         let peer = socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
         let local = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
         (socket.r#type().ok() == Some(socket2::Type::STREAM) && peer == Some(port)).then_some(local)
     };
-    let mut exact = false;
+    let mut dialled = None;
     if let Some(wanted) = local_port {
         for &fd in &fds {
             with_socket(fd, |socket| {
                 if pair(&socket) == Some(Some(wanted)) {
-                    exact = true;
+                    dialled = socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.ip());
                 }
             });
         }
     }
+    let exact = dialled.is_some();
     for fd in fds {
         with_socket(fd, |socket| {
             let to_database = match pair(&socket) {
@@ -78,10 +80,13 @@ pub fn arm(port: u16, local_port: Option<u16>) {
             }
         });
     }
+    dialled
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn arm(_port: u16, _local_port: Option<u16>) {}
+pub fn arm(_port: u16, _local_port: Option<u16>) -> Option<std::net::IpAddr> {
+    None
+}
 
 /// Calls `f` with the socket behind file descriptor `fd` of this process.
 #[cfg(target_os = "linux")]

@@ -212,23 +212,70 @@ pub const TABLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// The applied rows of `table_name`, oldest first; none when the table does not exist yet.
 pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<Vec<AppliedRow>, sqlx::Error> {
-    // One round trip, in one implicit transaction: the server gives up the read itself before our
-    // bound does (so an abandoned read never stays queued on the server), and a table another
-    // session holds locked answers 55P03 within a second instead of queueing us behind it.
+    Ok(applied_rows_and(conn, table_name, None).await?.0)
+}
+
+/// What a read sent after the applied rows, in the same message, found.
+#[derive(Debug)]
+pub enum Followed {
+    /// None was sent, or it did not run (the migrations table itself is missing).
+    NotRead,
+    /// Its table does not exist (SQLSTATE 42P01).
+    Missing,
+    Rows(Vec<sqlx::postgres::PgRow>),
+}
+
+/// The applied rows of `table_name`, and the rows of `then` (one `SELECT` of the caller's, which
+/// must take no input from outside) read in the same message: a no-op run reads everything it
+/// needs in one round trip.
+pub async fn applied_rows_and(
+    conn: &mut PgConnection,
+    table_name: &str,
+    then: Option<&str>,
+) -> Result<(Vec<AppliedRow>, Followed), sqlx::Error> {
+    use futures_util::TryStreamExt as _;
+    // One implicit transaction: the server gives up the read itself before our bound does (so an
+    // abandoned read never stays queued on the server), and a table another session holds locked
+    // answers 55P03 within a second instead of queueing us behind it.
     let sql = format!(
         "{}SET LOCAL lock_timeout = {}; \
          SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
-         success, checksum FROM {table_name} ORDER BY version",
+         success, checksum FROM {table_name} ORDER BY version{}",
         crate::db::server_side_bound(),
-        TABLE_LOCK_WAIT.as_millis()
+        TABLE_LOCK_WAIT.as_millis(),
+        then.map(|then| format!(";\n{then}")).unwrap_or_default()
     );
-    // A missing table (SQLSTATE 42P01) is a database nothing was applied to yet.
-    let rows = match sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *conn).await {
-        Ok(rows) => rows,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(Vec::new()),
+    // The statements answer in order, each ending with its own completion: the two SETs, the
+    // applied rows, then `then`.
+    const APPLIED: usize = 2;
+    let mut statement = 0;
+    let (mut applied, mut followed) = (Vec::new(), Vec::new());
+    let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+    let ended = loop {
+        match stream.try_next().await {
+            Ok(Some(sqlx::Either::Left(_done))) => statement += 1,
+            Ok(Some(sqlx::Either::Right(row))) if statement == APPLIED => applied.push(row),
+            Ok(Some(sqlx::Either::Right(row))) => followed.push(row),
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    drop(stream);
+    let followed = match ended {
+        Ok(()) if then.is_some() => Followed::Rows(followed),
+        Ok(()) => Followed::NotRead,
+        // A missing table: the migrations table (nothing was applied yet, and `then` never ran),
+        // or the one `then` reads.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+            if statement <= APPLIED {
+                return Ok((Vec::new(), Followed::NotRead));
+            }
+            Followed::Missing
+        }
         Err(e) => return Err(e),
     };
-    rows.iter()
+    let applied = applied
+        .iter()
         .map(|row| {
             Ok(AppliedRow {
                 version: row.try_get("version")?,
@@ -238,7 +285,8 @@ pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<V
                 checksum: row.try_get("checksum")?,
             })
         })
-        .collect()
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((applied, followed))
 }
 
 /// Where one migration stands.

@@ -84,6 +84,11 @@ async fn is_relayed(db: &DatabaseSettings, ready: &mut Ready) -> bool {
         return true;
     }
     let Ok(address) = address.parse::<IpAddr>() else { return true };
+    // The socket's own peer, where it was found: asking the resolver again would cost a lookup on
+    // the blocking pool (a millisecond of the no-op run), and could answer another address.
+    if let Some(dialled) = ready.dialled {
+        return dialled != address;
+    }
     let lookup = tokio::time::timeout(ATTEMPT_TIMEOUT, tokio::net::lookup_host((db.host(), db.port())));
     match lookup.await {
         Ok(Ok(mut dialled)) => !dialled.any(|candidate| candidate.ip() == address),

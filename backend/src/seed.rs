@@ -1,7 +1,7 @@
 //! `init_db`: the data every installation starts with. Idempotent: running it twice changes nothing.
 
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-use sqlx::Connection;
+use sqlx::{Connection, Row as _};
 use sqlx::postgres::PgConnection;
 
 use crate::config::FirstSuperuser;
@@ -48,16 +48,23 @@ impl From<sqlx::Error> for SeedError {
 /// Creates the first superuser if absent and the default settings rows, in one transaction, so an
 /// interrupted seed leaves nothing half done.
 pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>) -> Result<SeedReport, SeedError> {
-    // Every restart runs this: one query tells whether anything is missing at all.
-    let keys: Vec<&str> = DEFAULT_SETTINGS.iter().map(|(key, _)| *key).collect();
-    let (user_present, settings_present): (bool, i64) = sqlx::query_as(
-        "SELECT $1::text IS NULL OR EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($1)), \
-                (SELECT count(*) FROM app_settings WHERE key = ANY($2))",
-    )
-    .bind(superuser.map(|u| u.email.as_str()))
-    .bind(&keys)
-    .fetch_one(&mut *conn)
-    .await?;
+    // Every restart runs this: one query in one round trip (a simple query: a prepared one
+    // costs a second) tells whether anything is missing at all. The email and the keys go in as
+    // dollar-quoted literals, which need no escaping.
+    let keys: Vec<String> = DEFAULT_SETTINGS.iter().map(|(key, _)| crate::db::dollar_quoted(key)).collect();
+    let user_present = match superuser {
+        Some(user) => format!(
+            "EXISTS (SELECT FROM users WHERE lower(email) = lower({}))",
+            crate::db::dollar_quoted(&user.email)
+        ),
+        None => "true".to_owned(),
+    };
+    let check = format!(
+        "SELECT {user_present}, (SELECT count(*) FROM app_settings WHERE key IN ({}))",
+        keys.join(", ")
+    );
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(check)).fetch_one(&mut *conn).await?;
+    let (user_present, settings_present): (bool, i64) = (row.try_get(0)?, row.try_get(1)?);
     if user_present && settings_present == keys.len() as i64 {
         return Ok(SeedReport::default());
     }

@@ -136,7 +136,7 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
             // Made a moment ago: fresh.
-            let record = crate::environment::record(&mut session.ready.conn, &table, environment, true);
+            let record = crate::environment::record(&mut session.ready.conn, &table, environment, true, None);
             bounded(record).await.map(|_| ()).map_err(|e| {
                 fail(
                     Failure::Refused,

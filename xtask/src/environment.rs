@@ -45,21 +45,27 @@ pub fn is_local(environment: Option<&str>) -> bool {
 
 /// The record of the database `conn` is connected to; `None` when it has none.
 pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result<Option<Recorded>, sqlx::Error> {
-    let sql = format!(
-        "{}SELECT environment, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {}",
-        backend::db::server_side_bound(),
-        table_for(migrations_table)
-    );
     // One simple query: the bound and the read in one implicit transaction.
+    let sql = format!("{}{}", backend::db::server_side_bound(), read_sql(migrations_table));
     match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await {
-        Ok(None) => Ok(None),
-        Ok(Some(row)) => {
-            use sqlx::Row as _;
-            Ok(Some(Recorded { environment: row.try_get(0)?, at: row.try_get(1)? }))
-        }
+        Ok(row) => from_rows(row.as_slice()),
         Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01") => Ok(None),
         Err(error) => Err(error),
     }
+}
+
+/// The `SELECT` that reads the record, for a message that reads more (see `from_rows`).
+pub fn read_sql(migrations_table: &str) -> String {
+    format!(
+        "SELECT environment, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {}",
+        table_for(migrations_table)
+    )
+}
+
+/// The record in the rows of [`read_sql`].
+pub fn from_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Option<Recorded>, sqlx::Error> {
+    use sqlx::Row as _;
+    rows.first().map(|row| Ok(Recorded { environment: row.try_get(0)?, at: row.try_get(1)? })).transpose()
 }
 
 /// What recording did.
@@ -77,15 +83,20 @@ pub enum Recording {
 /// that is missing or `local` takes a non-local environment; `local` goes only into a database
 /// with no record that is `fresh` (just created, or migrated from empty by this run). A local
 /// `.env` with a production URL exported in the shell must never make production local, and a
-/// database that has data and no record counts as not local already. One round trip when there
-/// is nothing to write.
+/// database that has data and no record counts as not local already. No round trip when there
+/// is nothing to write and the record was `already_read` (with the applied rows), one otherwise.
 pub async fn record(
     conn: &mut PgConnection,
     migrations_table: &str,
     environment: Option<&str>,
     fresh: bool,
+    already_read: Option<Option<Recorded>>,
 ) -> Result<Recording, sqlx::Error> {
-    match recorded(conn, migrations_table).await? {
+    let recorded = match already_read {
+        Some(recorded) => recorded,
+        None => recorded(conn, migrations_table).await?,
+    };
+    match recorded {
         Some(recorded) if recorded.environment.as_deref() == environment => return Ok(Recording::Current),
         Some(recorded) if !is_local(recorded.environment.as_deref()) && is_local(environment) => {
             return Ok(Recording::KeptNotLocal(recorded));

@@ -55,29 +55,18 @@ pub fn start() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (sender, received) = watch::channel(None);
-    // Registered before this returns: a signal from then on is the listener's.
-    let (registered, installed) = std::sync::mpsc::channel();
+    // Registered here, before this returns: a signal from then on is the listener's. The
+    // listener's runtime is built on this thread and moved to its own, so the start waits for no
+    // other thread.
+    let signals =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let (interrupt, terminate) = signals
+        .block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)) })
+        .context("cannot listen for SIGINT and SIGTERM")?;
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            let listening = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|signals| {
-                let handlers = signals.block_on(async {
-                    Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
-                })?;
-                Ok((signals, handlers))
-            });
-            match listening {
-                Ok((signals, (interrupt, terminate))) => {
-                    let _ = registered.send(Ok(()));
-                    signals.block_on(listen(interrupt, terminate, sender));
-                }
-                Err(error) => {
-                    let _ = registered.send(Err(error));
-                }
-            }
-        })
+        .spawn(move || signals.block_on(listen(interrupt, terminate, sender)))
         .context("cannot start the signal listener")?;
-    installed.recv().context("the signal listener did not start")?.context("cannot listen for SIGINT and SIGTERM")?;
     let process = Process { runtime, received, cleanups: Mutex::default() };
     if PROCESS.set(process).is_err() {
         anyhow::bail!("the runtime was started twice");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use backend::db::bounded;
-use backend::migrations::{AppliedRow, applied_rows};
+use backend::migrations::{AppliedRow, Followed, applied_rows_and};
 use sqlx::Row as _;
 use sqlx::postgres::PgConnection;
 
@@ -126,10 +126,20 @@ pub async fn read_applied(
     table: &str,
     deadline: Instant,
 ) -> anyhow::Result<Result<Vec<AppliedRow>, sqlx::Error>> {
+    Ok(read_applied_and(conn, table, None, deadline).await?.map(|(rows, _)| rows))
+}
+
+/// [`read_applied`], and what `then` reads, in the same round trip (see `applied_rows_and`).
+pub async fn read_applied_and(
+    conn: &mut PgConnection,
+    table: &str,
+    then: Option<&str>,
+    deadline: Instant,
+) -> anyhow::Result<Result<(Vec<AppliedRow>, Followed), sqlx::Error>> {
     let started = Instant::now();
     let mut last_report: Option<Instant> = None;
     loop {
-        let error = match bounded(applied_rows(conn, table)).await {
+        let error = match bounded(applied_rows_and(conn, table, then)).await {
             Ok(rows) => {
                 if last_report.is_some() {
                     ui::line(format!("{table} is free again after {}", ui::duration(started.elapsed())));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backend::config::DatabaseSettings;
 use backend::db::{LostHow, Ready, ServerState};
-use backend::migrations::AppliedRow;
+use backend::migrations::{AppliedRow, Followed};
 
 use crate::context::Loaded;
 use crate::exit::{Failure, fail};
@@ -168,10 +168,19 @@ impl Session<'_> {
     /// The applied rows of `table`, within the run's one wait budget: a table another session
     /// holds locked is waited for (naming it), a lost connection is replaced.
     pub async fn read_applied(&mut self, table: &str) -> anyhow::Result<Vec<AppliedRow>> {
+        Ok(self.read_applied_and(table, None).await?.0)
+    }
+
+    /// [`Session::read_applied`], and what `then` reads, in the same round trip.
+    pub async fn read_applied_and(
+        &mut self,
+        table: &str,
+        then: Option<&str>,
+    ) -> anyhow::Result<(Vec<AppliedRow>, Followed)> {
         loop {
             let tried = Instant::now();
             let deadline = tried + self.wait_left();
-            let read = crate::lock::read_applied(&mut self.ready.conn, table, deadline).await?;
+            let read = crate::lock::read_applied_and(&mut self.ready.conn, table, then, deadline).await?;
             match read {
                 Ok(rows) => {
                     self.loaded.spend_waiting(tried.elapsed());

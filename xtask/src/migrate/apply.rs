@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
-use backend::migrations::{AppliedRow, MigrationFile, Status};
+use backend::migrations::{AppliedRow, Followed, MigrationFile, Status};
 use sqlx::migrate::{Migrate, MigrateError, Migration};
 use sqlx::postgres::PgConnection;
 
+use super::batch::{apply_batch, batchable};
 use super::blockers::Blockers;
 use super::explain::{Left, commits_itself, explain_failure, invalid_indexes_note};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
@@ -25,7 +26,10 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
     let started = Instant::now();
     // Most runs have nothing to apply: read the table without the lock, and take the lock only
     // to apply (under it, apply_pending reads the table again).
-    let applied = session.read_applied(&plan.settings.table_name).await?;
+    // The environment record is read in the same round trip: a no-op run needs it, and nothing
+    // else.
+    let table = &plan.settings.table_name;
+    let (applied, followed) = session.read_applied_and(table, Some(&crate::environment::read_sql(table))).await?;
     let status = Status::compare(plan.set, &applied);
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
@@ -39,7 +43,12 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
             ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
             return Ok(());
         }
-        record_environment(session, plan, applied.is_empty()).await;
+        let recorded = match followed {
+            Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),
+            Followed::Missing => Some(None),
+            Followed::NotRead => None,
+        };
+        record_environment(session, plan, applied.is_empty(), recorded).await;
         let total = plan.set.files.len();
         ui::line(match plan.target {
             Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
@@ -66,7 +75,8 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
         let result = apply_pending(&mut session.ready, plan, db, deadline, &mut applied_here).await;
         // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
         if result.is_ok() {
-            record_environment(session, plan, applied.is_empty()).await;
+            // Read again: another run may have recorded since the read above.
+            record_environment(session, plan, applied.is_empty(), None).await;
         }
         lock::release(&mut session.ready.conn, key).await;
         let Err(error) = result else { break };
@@ -173,7 +183,7 @@ pub async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::
     let result = revert_under_lock(&mut session.ready, plan, db, deadline).await;
     lock::release(&mut session.ready.conn, key).await;
     if result.is_ok() {
-        record_environment(session, plan, false).await;
+        record_environment(session, plan, false, None).await;
     }
     let reverted = result?;
     ui::line(format!("reverted {reverted} in {}", ui::duration(started.elapsed())));
@@ -236,9 +246,27 @@ async fn apply_pending(
     let pending = plan.to_apply(&status);
     plan.report_skipped(&status);
     let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
-    for file in &pending {
-        run_one(ready, file, &prefix, plan, db, Direction::Apply).await?;
-        *applied_here += 1;
+    // In batches where they allow it; a migration a batch stopped at runs again alone, which
+    // explains its failure with its file and line (or applies it, if what failed was passing).
+    let mut next = 0;
+    let mut batch_before = pending.len();
+    while next < pending.len() {
+        let batch = batchable(&pending[next..batch_before]);
+        if batch == 0 {
+            run_one(ready, pending[next], &prefix, plan, db, Direction::Apply).await?;
+            *applied_here += 1;
+            next += 1;
+            batch_before = pending.len();
+            continue;
+        }
+        if let Err(stopped) = apply_batch(ready, &pending[next..next + batch], &prefix, plan, db, applied_here).await? {
+            // Up to the failing one: after a syntax error that rejected the whole message, those
+            // before it are batched again.
+            batch_before = next + stopped.failing;
+            next += stopped.applied;
+        } else {
+            next += batch;
+        }
     }
     if !pending.is_empty() {
         // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
@@ -251,11 +279,17 @@ async fn apply_pending(
 
 /// Records the run's `ENVIRONMENT` in the database (see `crate::environment`); `fresh`: nothing
 /// was applied to it before this run. Not recording only makes `database drop` refuse it, so a
-/// failure is a warning.
-async fn record_environment(session: &mut Session<'_>, plan: &Plan<'_>, fresh: bool) {
+/// failure is a warning. `already_read`: the record as a read a moment ago found it.
+async fn record_environment(
+    session: &mut Session<'_>,
+    plan: &Plan<'_>,
+    fresh: bool,
+    already_read: Option<Option<crate::environment::Recorded>>,
+) {
     let environment = session.environment();
     let table = &plan.settings.table_name;
-    let recorded = bounded(crate::environment::record(&mut session.ready.conn, table, environment, fresh));
+    let recording = crate::environment::record(&mut session.ready.conn, table, environment, fresh, already_read);
+    let recorded = bounded(recording);
     match recorded.await {
         Ok(crate::environment::Recording::Current) => {}
         Ok(crate::environment::Recording::KeptNotLocal(recorded)) => ui::warn(format!(
@@ -283,7 +317,7 @@ async fn read_under_lock(ready: &mut Ready, plan: &Plan<'_>, deadline: Instant) 
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(super) enum Direction {
     Apply,
     Revert,
 }
@@ -399,7 +433,7 @@ async fn on_locked_session(conn: &mut PgConnection, key: i64, process: i32) -> a
 /// Whether a transactional migration that failed after its SQL ran is in the table after all:
 /// sqlx commits, then updates `execution_time`, and a COMMIT's answer can be lost. Read back, on
 /// a new connection when this one is gone, not assumed.
-async fn what_was_left(
+pub(super) async fn what_was_left(
     conn: &mut PgConnection,
     db: &DatabaseSettings,
     table: &str,

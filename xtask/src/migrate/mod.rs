@@ -3,6 +3,7 @@
 //! and the migration lock in `crate::lock`.
 
 mod apply;
+mod batch;
 mod blockers;
 mod explain;
 mod plan;

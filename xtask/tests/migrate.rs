@@ -77,6 +77,32 @@ fn an_edited_applied_migration_is_refused_by_name() {
     assert!(outcome.stdout.contains("20261125090100   changed"), "{}", outcome.stdout);
 }
 
+/// Migrations go to the server in one message, each its own transaction: a syntax error in one
+/// makes the server reject the whole message before anything runs, so those before it are
+/// applied again in a batch of their own, and the failing one is named with its line.
+#[test]
+fn a_syntax_error_late_in_a_batch_applies_those_before_it_and_names_its_line() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_first.sql", "CREATE TABLE first (id int);\nSELECT pg_sleep(0.05);\n");
+    migrations.write("2_second.sql", "CREATE TABLE second (id int);\n");
+    migrations.write("3_typo.sql", "CREATE TABLE third (id int);\nCREATE TABEL fourth (id int);\n");
+    migrations.write("4_never.sql", "CREATE TABLE never (id int);\n");
+    let outcome = migrate(&cluster, &migrations, &[]).output();
+    outcome
+        .assert_code(6)
+        .assert_stderr_contains("3_typo.sql:2: syntax error at or near \"TABEL\" (SQLSTATE 42601)")
+        .assert_stderr_contains("applied 2 second");
+    assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations"), "1,2");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('third') IS NULL AND to_regclass('never') IS NULL"), "t");
+    // The execution time is the server's measure of the SQL alone (the first one sleeps 50 ms).
+    assert_eq!(
+        cluster.psql("app", "SELECT execution_time BETWEEN 50000000 AND 5000000000 FROM _sqlx_migrations WHERE version = 1"),
+        "t"
+    );
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), "0");
+}
+
 #[test]
 fn a_failing_migration_names_file_line_and_sqlstate_and_applies_nothing_of_itself() {
     let cluster = Cluster::started();

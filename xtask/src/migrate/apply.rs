@@ -1,5 +1,6 @@
-//! Applying and reverting migrations under the migration lock, one at a time, each through sqlx's
-//! `Migrate` so the table, the checksums and the transaction handling stay sqlx-cli's.
+//! Applying and reverting migrations under the migration lock: in batches where `batch` allows
+//! (several transactional migrations in one message), otherwise one at a time through sqlx's
+//! `Migrate`; either way the table, the checksums and the transaction handling stay sqlx-cli's.
 
 use std::time::{Duration, Instant};
 

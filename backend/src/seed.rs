@@ -1,8 +1,8 @@
 //! `init_db`: the data every installation starts with. Idempotent: running it twice changes nothing.
 
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-use sqlx::{Connection, Row as _};
 use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row as _};
 
 use crate::config::FirstSuperuser;
 
@@ -53,16 +53,13 @@ pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>
     // dollar-quoted literals, which need no escaping.
     let keys: Vec<String> = DEFAULT_SETTINGS.iter().map(|(key, _)| crate::db::dollar_quoted(key)).collect();
     let user_present = match superuser {
-        Some(user) => format!(
-            "EXISTS (SELECT FROM users WHERE lower(email) = lower({}))",
-            crate::db::dollar_quoted(&user.email)
-        ),
+        Some(user) => {
+            format!("EXISTS (SELECT FROM users WHERE lower(email) = lower({}))", crate::db::dollar_quoted(&user.email))
+        }
         None => "true".to_owned(),
     };
-    let check = format!(
-        "SELECT {user_present}, (SELECT count(*) FROM app_settings WHERE key IN ({}))",
-        keys.join(", ")
-    );
+    let check =
+        format!("SELECT {user_present}, (SELECT count(*) FROM app_settings WHERE key IN ({}))", keys.join(", "));
     let row = sqlx::raw_sql(sqlx::AssertSqlSafe(check)).fetch_one(&mut *conn).await?;
     let (user_present, settings_present): (bool, i64) = (row.try_get(0)?, row.try_get(1)?);
     if user_present && settings_present == keys.len() as i64 {

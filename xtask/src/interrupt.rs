@@ -61,7 +61,9 @@ pub fn start() -> anyhow::Result<()> {
     let signals =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (interrupt, terminate) = signals
-        .block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)) })
+        .block_on(async {
+            Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        })
         .context("cannot listen for SIGINT and SIGTERM")?;
     std::thread::Builder::new()
         .name("signals".into())

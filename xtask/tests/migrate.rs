@@ -93,11 +93,17 @@ fn a_syntax_error_late_in_a_batch_applies_those_before_it_and_names_its_line() {
         .assert_code(6)
         .assert_stderr_contains("3_typo.sql:2: syntax error at or near \"TABEL\" (SQLSTATE 42601)")
         .assert_stderr_contains("applied 2 second");
-    assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations"), "1,2");
+    assert_eq!(
+        cluster.psql("app", "SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations"),
+        "1,2"
+    );
     assert_eq!(cluster.psql("app", "SELECT to_regclass('third') IS NULL AND to_regclass('never') IS NULL"), "t");
     // The execution time is the server's measure of the SQL alone (the first one sleeps 50 ms).
     assert_eq!(
-        cluster.psql("app", "SELECT execution_time BETWEEN 50000000 AND 5000000000 FROM _sqlx_migrations WHERE version = 1"),
+        cluster.psql(
+            "app",
+            "SELECT execution_time BETWEEN 50000000 AND 5000000000 FROM _sqlx_migrations WHERE version = 1"
+        ),
         "t"
     );
     assert_eq!(cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), "0");

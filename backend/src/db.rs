@@ -752,6 +752,21 @@ pub async fn terminate_backend(
     }
 }
 
+/// A `timestamptz` column as UTC text for [`rfc3339_seconds`]: cheaper for a fresh server
+/// process than `to_char`, whose first call costs a no-op run a tenth of a millisecond or more.
+pub fn utc_text(column: &str) -> String {
+    format!("({column} AT TIME ZONE 'UTC')::text")
+}
+
+/// `2026-12-04 23:36:31.857694`, a `timestamp` as [`utc_text`] sends it (sqlx sets `DateStyle`
+/// to ISO), as `2026-12-04T23:36:31Z`; a value of another shape (`infinity`) stays as it is.
+pub fn rfc3339_seconds(utc: &str) -> String {
+    match (utc.get(..10), utc.get(10..11), utc.get(11..19)) {
+        (Some(date), Some(" "), Some(time)) => format!("{date}T{time}Z"),
+        _ => utc.to_owned(),
+    }
+}
+
 /// `text` as a dollar-quoted literal whose tag it does not contain: no escaping, whatever
 /// `standard_conforming_strings` says.
 pub fn dollar_quoted(text: &str) -> String {
@@ -761,4 +776,17 @@ pub fn dollar_quoted(text: &str) -> String {
         tag.insert(tag.len() - 1, 'x');
     }
     format!("{tag}{text}{tag}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_seconds;
+
+    #[test]
+    fn utc_text_becomes_rfc3339_to_the_second() {
+        assert_eq!(rfc3339_seconds("2026-12-04 23:36:31.857694"), "2026-12-04T23:36:31Z");
+        assert_eq!(rfc3339_seconds("2026-12-04 23:36:31"), "2026-12-04T23:36:31Z");
+        assert_eq!(rfc3339_seconds("infinity"), "infinity");
+        assert_eq!(rfc3339_seconds(""), "");
+    }
 }

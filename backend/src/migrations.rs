@@ -212,80 +212,98 @@ pub const TABLE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// The applied rows of `table_name`, oldest first; none when the table does not exist yet.
 pub async fn applied_rows(conn: &mut PgConnection, table_name: &str) -> Result<Vec<AppliedRow>, sqlx::Error> {
-    Ok(applied_rows_and(conn, table_name, None).await?.0)
+    Ok(applied_rows_and(conn, table_name, &[]).await?.0)
 }
 
 /// What a read sent after the applied rows, in the same message, found.
 #[derive(Debug)]
 pub enum Followed {
-    /// None was sent, or it did not run (the migrations table itself is missing).
+    /// It did not run: the migrations table itself is missing, or a read before it in the
+    /// message failed.
     NotRead,
     /// Its table does not exist (SQLSTATE 42P01).
     Missing,
     Rows(Vec<sqlx::postgres::PgRow>),
 }
 
-/// The applied rows of `table_name`, and the rows of `then` (one `SELECT` of the caller's, which
-/// must take no input from outside) read in the same message: a no-op run reads everything it
-/// needs in one round trip.
+/// The applied rows of `table_name`, and the rows of each of `then` (`SELECT`s of the caller's,
+/// which must take no input from outside) read in the same message: a no-op run reads everything
+/// it needs in one round trip. One whose table is missing ends the message: those after it are
+/// not read.
 pub async fn applied_rows_and(
     conn: &mut PgConnection,
     table_name: &str,
-    then: Option<&str>,
-) -> Result<(Vec<AppliedRow>, Followed), sqlx::Error> {
+    then: &[&str],
+) -> Result<(Vec<AppliedRow>, Vec<Followed>), sqlx::Error> {
     use futures_util::TryStreamExt as _;
     // One implicit transaction: the server gives up the read itself before our bound does (so an
     // abandoned read never stays queued on the server), and a table another session holds locked
     // answers 55P03 within a second instead of queueing us behind it.
     let sql = format!(
         "{}SET LOCAL lock_timeout = {}; \
-         SELECT version, description, to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS installed_on, \
-         success, checksum FROM {table_name} ORDER BY version{}",
+         SELECT version, description, {} AS installed_on, success, checksum FROM {table_name}{}",
         crate::db::server_side_bound(),
         TABLE_LOCK_WAIT.as_millis(),
-        then.map(|then| format!(";\n{then}")).unwrap_or_default()
+        crate::db::utc_text("installed_on"),
+        then.iter().map(|then| format!(";\n{then}")).collect::<String>()
     );
     // The statements answer in order, each ending with its own completion: the two SETs, the
-    // applied rows, then `then`.
+    // applied rows, then each of `then`.
     const APPLIED: usize = 2;
     let mut statement = 0;
-    let (mut applied, mut followed) = (Vec::new(), Vec::new());
+    let mut applied = Vec::new();
+    let mut followed: Vec<Vec<sqlx::postgres::PgRow>> = then.iter().map(|_| Vec::new()).collect();
     let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
     let ended = loop {
         match stream.try_next().await {
             Ok(Some(sqlx::Either::Left(_done))) => statement += 1,
             Ok(Some(sqlx::Either::Right(row))) if statement == APPLIED => applied.push(row),
-            Ok(Some(sqlx::Either::Right(row))) => followed.push(row),
+            Ok(Some(sqlx::Either::Right(row))) => {
+                if let Some(rows) = followed.get_mut(statement.saturating_sub(APPLIED + 1)) {
+                    rows.push(row);
+                }
+            }
             Ok(None) => break Ok(()),
             Err(error) => break Err(error),
         }
     };
     drop(stream);
-    let followed = match ended {
-        Ok(()) if then.is_some() => Followed::Rows(followed),
-        Ok(()) => Followed::NotRead,
+    // Each of `then` that answered, the one whose table is missing, and none after it.
+    let answered = match ended {
+        Ok(()) => then.len(),
         // A missing table: the migrations table (nothing was applied yet, and `then` never ran),
-        // or the one `then` reads.
+        // or the one a read of `then` reads.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
             if statement <= APPLIED {
-                return Ok((Vec::new(), Followed::NotRead));
+                return Ok((Vec::new(), then.iter().map(|_| Followed::NotRead).collect()));
             }
-            Followed::Missing
+            statement - APPLIED - 1
         }
         Err(e) => return Err(e),
     };
-    let applied = applied
+    let followed = followed
+        .into_iter()
+        .enumerate()
+        .map(|(index, rows)| match index.cmp(&answered) {
+            std::cmp::Ordering::Less => Followed::Rows(rows),
+            std::cmp::Ordering::Equal => Followed::Missing,
+            std::cmp::Ordering::Greater => Followed::NotRead,
+        })
+        .collect();
+    let mut applied = applied
         .iter()
         .map(|row| {
             Ok(AppliedRow {
                 version: row.try_get("version")?,
                 description: row.try_get("description")?,
-                installed_on: row.try_get("installed_on")?,
+                installed_on: crate::db::rfc3339_seconds(row.try_get("installed_on")?),
                 success: row.try_get("success")?,
                 checksum: row.try_get("checksum")?,
             })
         })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    // Sorted here rather than by the server, which would cost a fresh server process more.
+    applied.sort_unstable_by_key(|row| row.version);
     Ok((applied, followed))
 }
 

@@ -45,12 +45,29 @@ impl From<sqlx::Error> for SeedError {
     }
 }
 
-/// Creates the first superuser if absent and the default settings rows, in one transaction, so an
-/// interrupted seed leaves nothing half done.
-pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>) -> Result<SeedReport, SeedError> {
-    // Every restart runs this: one query in one round trip (a simple query: a prepared one
-    // costs a second) tells whether anything is missing at all. The email and the keys go in as
-    // dollar-quoted literals, which need no escaping.
+/// What the seed finds in place, as [`check_sql`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Present {
+    user: bool,
+    settings: i64,
+}
+
+impl Present {
+    /// From the row of [`check_sql`].
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Present, sqlx::Error> {
+        Ok(Present { user: row.try_get(0)?, settings: row.try_get(1)? })
+    }
+
+    fn is_complete(self) -> bool {
+        self.user && self.settings == DEFAULT_SETTINGS.len() as i64
+    }
+}
+
+/// The one query that tells whether anything is missing at all: every restart runs it (a simple
+/// query: a prepared one costs a second round trip), and a no-op prestart sends it in the same
+/// message as its read of the migrations table. The email and the keys go in as dollar-quoted
+/// literals, which need no escaping.
+pub fn check_sql(superuser: Option<&FirstSuperuser>) -> String {
     let keys: Vec<String> = DEFAULT_SETTINGS.iter().map(|(key, _)| crate::db::dollar_quoted(key)).collect();
     let user_present = match superuser {
         Some(user) => {
@@ -58,17 +75,33 @@ pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>
         }
         None => "true".to_owned(),
     };
-    let check =
-        format!("SELECT {user_present}, (SELECT count(*) FROM app_settings WHERE key IN ({}))", keys.join(", "));
-    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(check)).fetch_one(&mut *conn).await?;
-    let (user_present, settings_present): (bool, i64) = (row.try_get(0)?, row.try_get(1)?);
-    if user_present && settings_present == keys.len() as i64 {
+    format!("SELECT {user_present}, (SELECT count(*) FROM app_settings WHERE key IN ({}))", keys.join(", "))
+}
+
+/// Creates the first superuser if absent and the default settings rows, in one transaction, so an
+/// interrupted seed leaves nothing half done. `present`: what [`check_sql`] found a moment ago
+/// on this connection (`None`: it is read now); `hashed`: the superuser's password hashed
+/// beforehand by [`hash_password`] (`None`: hashed here when the account is missing).
+pub async fn init_db(
+    conn: &mut PgConnection,
+    superuser: Option<&FirstSuperuser>,
+    present: Option<Present>,
+    hashed: Option<String>,
+) -> Result<SeedReport, SeedError> {
+    let present = match present {
+        Some(present) => present,
+        None => {
+            Present::from_row(&sqlx::raw_sql(sqlx::AssertSqlSafe(check_sql(superuser))).fetch_one(&mut *conn).await?)?
+        }
+    };
+    if present.is_complete() {
         return Ok(SeedReport::default());
     }
     // Hash only when the account is missing: argon2's default costs 19 MiB and tens of
     // milliseconds.
-    let hashed_password = match superuser {
-        Some(user) if !user_present => Some(hash_password(user.password.expose())?),
+    let hashed_password = match (superuser, hashed) {
+        (Some(_), Some(hashed)) if !present.user => Some(hashed),
+        (Some(user), None) if !present.user => Some(hash_password(user.password.expose())?),
         _ => None,
     };
     let mut tx = conn.begin().await?;
@@ -97,7 +130,8 @@ pub async fn init_db(conn: &mut PgConnection, superuser: Option<&FirstSuperuser>
     Ok(report)
 }
 
-fn hash_password(password: &str) -> Result<String, SeedError> {
+/// The password as the `users` table stores it (argon2, the crate's defaults).
+pub fn hash_password(password: &str) -> Result<String, SeedError> {
     let salt = SaltString::generate(&mut OsRng);
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)

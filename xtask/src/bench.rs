@@ -13,6 +13,8 @@ use crate::context::{cargo, root};
 use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
+mod peers;
+
 const PASSWORD: &str = "bench password";
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +34,9 @@ pub struct Args {
     /// Only the linter's row (no cluster needed)
     #[arg(long)]
     lint_only: bool,
+    /// Only the side-by-side rows: prestart, sqlx-cli, dbmate and the floor
+    #[arg(long)]
+    side_by_side_only: bool,
 }
 
 /// One line of the table.
@@ -91,28 +96,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&bench.work)?;
 
     let mut figures = vec![lint];
+    let mut compared = None;
     let result = (|| -> anyhow::Result<()> {
-        let sqlx = which("sqlx");
-        if sqlx.is_none() {
-            ui::line("sqlx-cli is not on PATH: no side-by-side figures (cargo install sqlx-cli to get them)");
+        let side_by_side = peers::SideBySide::prepare(&sh, &bench)?;
+        if !args.side_by_side_only {
+            figures.extend(bench.noop_prestart(args.runs)?);
+            figures.push(bench.drift_check(args.runs.min(10))?);
+            figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
+            figures.push(bench.detection_latency(&cluster, args.trials)?);
+            figures.push(bench.after_promote(&sh, args.trials.min(5))?);
+            figures.extend(bench.through_switchovers(&sh)?);
+            figures.push(bench.concurrent_prestarts(16)?);
+            figures.push(bench.stop_time(args.trials)?);
+            if !args.skip_build {
+                figures.extend(build_times(&sh)?);
+            }
+            if args.suite {
+                figures.push(suite_time(&sh)?);
+            }
         }
-        figures.extend(bench.noop_prestart(args.runs, sqlx.as_deref())?);
-        figures.push(bench.drift_check(args.runs.min(10))?);
-        figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
-        figures.push(bench.detection_latency(&cluster, args.trials)?);
-        figures.push(bench.after_promote(&sh, args.trials.min(5))?);
-        figures.extend(bench.through_switchovers(&sh)?);
-        for count in [200, 1000] {
-            figures.extend(bench.apply_migrations(count, sqlx.as_deref())?);
-        }
-        figures.push(bench.concurrent_prestarts(16)?);
-        figures.push(bench.stop_time(args.trials)?);
-        if !args.skip_build {
-            figures.extend(build_times(&sh)?);
-        }
-        if args.suite {
-            figures.push(suite_time(&sh)?);
-        }
+        compared = Some(side_by_side.run(&cluster, args.runs, args.trials.min(5))?);
         Ok(())
     })();
     let machine = describe_machine(port);
@@ -120,6 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result?;
     println!("{}", machine.unwrap_or_else(|e| format!("machine: unknown ({e})")));
     print_table(&figures);
+    if let Some(compared) = compared {
+        compared.print();
+    }
     Ok(())
 }
 
@@ -146,18 +152,15 @@ impl Bench {
         command
     }
 
-    /// A fresh database whose commits do not wait for the disk: what two tools cost apart from
-    /// fsync, which drifts from run to run and would hide it.
-    fn fresh_database_without_commit_waits(&self, name: &str) -> anyhow::Result<()> {
-        self.fresh_database(name)?;
-        let db = bench_settings(self.port, "postgres")?;
+    /// The rows of `table` in `database`.
+    fn count_rows(&self, database: &str, table: &str) -> anyhow::Result<i64> {
+        let db = bench_settings(self.port, database)?;
         crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let sql = format!("ALTER DATABASE \"{name}\" SET synchronous_commit = off");
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut ready.conn).await?;
-            anyhow::Ok(())
+            let sql = format!("SELECT count(*) FROM {table}");
+            Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut ready.conn).await?)
         })
     }
 
@@ -173,21 +176,8 @@ impl Bench {
         })
     }
 
-    /// `sqlx migrate run --source DIR` against `database`.
-    fn sqlx_migrate(&self, sqlx: &Path, database: &str, source: &Path) -> Command {
-        let url = format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{database}?sslmode=disable",
-            PASSWORD.replace(' ', "%20"),
-            self.port
-        );
-        let mut command = Command::new(sqlx);
-        command.args(["migrate", "run", "--source"]).arg(source).args(["--database-url", &url]);
-        command.stdout(Stdio::null()).stderr(Stdio::null());
-        command
-    }
-
-    /// Runs alternate between prestart and sqlx-cli, so both see the same machine state.
-    fn noop_prestart(&self, runs: usize, sqlx: Option<&Path>) -> anyhow::Result<Vec<Figure>> {
+    /// The no-op's own figures: wall time and memory (the side-by-side rows compare it).
+    fn noop_prestart(&self, runs: usize) -> anyhow::Result<Vec<Figure>> {
         ui::step(format!("no-op prestart on an up-to-date, seeded database ({runs} runs)"));
         self.fresh_database("noop")?;
         let source = root().join("migrations");
@@ -197,10 +187,7 @@ impl Bench {
         if !first.success {
             bail!("the first prestart failed");
         }
-        let mut wall = Vec::new();
-        let mut rss = Vec::new();
-        let (mut sqlx_wall, mut sqlx_rss) = (Vec::new(), Vec::new());
-        let migrations = root().join("migrations");
+        let (mut wall, mut rss) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let run = measured(&mut self.command("noop", &args))?;
             if !run.success {
@@ -208,27 +195,12 @@ impl Bench {
             }
             wall.push(run.wall.as_secs_f64() * 1000.0);
             rss.extend(peak_rss(&self.command("noop", &args), &self.work)?);
-            if let Some(sqlx) = sqlx {
-                let run = measured(&mut self.sqlx_migrate(sqlx, "noop", &migrations))?;
-                if !run.success {
-                    bail!("sqlx migrate run failed on an up-to-date database");
-                }
-                sqlx_wall.push(run.wall.as_secs_f64() * 1000.0);
-                sqlx_rss.extend(peak_rss(&self.sqlx_migrate(sqlx, "noop", &migrations), &self.work)?);
-            }
-        }
-        if rss.is_empty() {
-            ui::line("no /usr/bin/time (apt-get install time): no peak RSS figures");
         }
         let mut figures = vec![Figure::new("no-op prestart: wall time", wall, "ms").target(50.0, "< 50 ms")];
-        if !rss.is_empty() {
+        if rss.is_empty() {
+            ui::line("no /usr/bin/time (apt-get install time): no peak RSS figures");
+        } else {
             figures.push(Figure::new("no-op prestart: peak RSS", rss, "MB").target(20.0, "< 20 MB"));
-        }
-        if sqlx.is_some() {
-            figures.push(Figure::new("no-op sqlx migrate run: wall time", sqlx_wall, "ms").reference("reference"));
-            if !sqlx_rss.is_empty() {
-                figures.push(Figure::new("no-op sqlx migrate run: peak RSS", sqlx_rss, "MB").reference("reference"));
-            }
         }
         Ok(figures)
     }
@@ -548,62 +520,6 @@ impl Bench {
             }
         }
         Ok(Figure::new("SIGTERM mid-migration to exit", samples, "ms").target(1000.0, "< 1 s"))
-    }
-
-    fn migrations_folder(&self, count: usize) -> anyhow::Result<PathBuf> {
-        let dir = self.work.join(format!("migrations-{count}"));
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            for i in 1..=count {
-                std::fs::write(
-                    dir.join(format!("{i}_create_table_{i}.sql")),
-                    format!("CREATE TABLE t{i} (id int PRIMARY KEY, note text);\n"),
-                )?;
-            }
-        }
-        Ok(dir)
-    }
-
-    /// Runs alternate between prestart and sqlx-cli (when present) on fresh databases.
-    fn apply_migrations(&self, count: usize, sqlx: Option<&Path>) -> anyhow::Result<Vec<Figure>> {
-        // With commits waiting for the disk, fsync time dominates and drifts by tens of percent
-        // between runs; without, the tools' own cost shows. Runs alternate, and the ratio of each
-        // pair is the comparison.
-        let runs = if count <= 200 { 7 } else { 3 };
-        ui::step(format!("apply {count} small migrations to an empty database, synchronous_commit off ({runs} runs)"));
-        let dir = self.migrations_folder(count)?;
-        let source = dir.to_str().context("non-UTF-8 path")?;
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            self.fresh_database_without_commit_waits("many")?;
-            let run = measured(&mut self.command("many", &["migrate", "--source", source]))?;
-            if !run.success {
-                bail!("migrate of {count} migrations failed");
-            }
-            ours.push(run.wall.as_secs_f64() * 1000.0);
-            if let Some(sqlx) = sqlx {
-                self.fresh_database_without_commit_waits("many")?;
-                let run = measured(&mut self.sqlx_migrate(sqlx, "many", &dir))?;
-                if !run.success {
-                    bail!("sqlx migrate run of {count} migrations failed");
-                }
-                theirs.push(run.wall.as_secs_f64() * 1000.0);
-            }
-        }
-        let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(ours, theirs)| ours / theirs).collect();
-        let mut figures =
-            vec![Figure::new(format!("apply {count} migrations (prestart)"), ours, "ms").reference("the ratio below")];
-        if sqlx.is_some() {
-            figures.push(
-                Figure::new(format!("apply {count} migrations (sqlx migrate run)"), theirs, "ms")
-                    .reference("reference"),
-            );
-            figures.push(
-                Figure::new(format!("apply {count} migrations: prestart / sqlx-cli, paired runs"), ratios, "x")
-                    .target(1.05, "<= 1.05 x"),
-            );
-        }
-        Ok(figures)
     }
 
     fn concurrent_prestarts(&self, count: usize) -> anyhow::Result<Figure> {

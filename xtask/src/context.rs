@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use backend::config::{DatabaseSettings, Env, Settings};
 use backend::migrations::{MigrationSet, MigrationSettings};
 
@@ -250,6 +252,25 @@ impl SourceArgs {
         let dir = self.dir_for(root, &settings);
         let set = MigrationSet::read_dir(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;
         Ok((set, settings, dir))
+    }
+
+    /// [`SourceArgs::load`] on a thread of its own, so that reading and checksumming every file
+    /// (the client's biggest cost in a no-op run: about 1.5 ms for 200 files) overlaps the
+    /// connection's start; a folder that cannot be read still ends the run before the wait does
+    /// (see `session::run_alongside`).
+    pub fn load_in_background(
+        &self,
+        root: &Path,
+    ) -> impl Future<Output = anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)>> + use<> {
+        let (source, root) = (self.clone(), root.to_path_buf());
+        let (sender, loaded) = tokio::sync::oneshot::channel();
+        let reader = std::thread::Builder::new().name("migrations".into()).spawn(move || {
+            let _ = sender.send(source.load(&root));
+        });
+        async move {
+            reader.context("cannot start a thread to read the migrations")?;
+            loaded.await.unwrap_or_else(|_| Err(anyhow::anyhow!("reading the migrations failed without a word")))
+        }
     }
 }
 

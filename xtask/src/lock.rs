@@ -126,16 +126,16 @@ pub async fn read_applied(
     table: &str,
     deadline: Instant,
 ) -> anyhow::Result<Result<Vec<AppliedRow>, sqlx::Error>> {
-    Ok(read_applied_and(conn, table, None, deadline).await?.map(|(rows, _)| rows))
+    Ok(read_applied_and(conn, table, &[], deadline).await?.map(|(rows, _)| rows))
 }
 
-/// [`read_applied`], and what `then` reads, in the same round trip (see `applied_rows_and`).
+/// [`read_applied`], and what each of `then` reads, in the same round trip (see `applied_rows_and`).
 pub async fn read_applied_and(
     conn: &mut PgConnection,
     table: &str,
-    then: Option<&str>,
+    then: &[&str],
     deadline: Instant,
-) -> anyhow::Result<Result<(Vec<AppliedRow>, Followed), sqlx::Error>> {
+) -> anyhow::Result<Result<(Vec<AppliedRow>, Vec<Followed>), sqlx::Error>> {
     let started = Instant::now();
     let mut last_report: Option<Instant> = None;
     loop {

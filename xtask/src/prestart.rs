@@ -1,12 +1,16 @@
 //! `cargo xtask prestart`: wait for the database, migrate, seed. What the compose `prestart`
 //! service and the Kubernetes init container run; backend and worker start only after exit 0.
 
+use std::cell::OnceCell;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use backend::migrations::{MigrationSet, MigrationSettings};
 
 use crate::context::{DbArgs, SourceArgs};
 use crate::exit::{Failure, fail};
 use crate::migrate::{MigrateOptions, migrate_step};
-use crate::seed::{required_superuser, seed_step};
+use crate::seed::{Ahead, required_superuser, seed_step};
 use crate::session::{self, Use};
 use crate::ui;
 
@@ -26,32 +30,39 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be checked without the database is checked before waiting for it.
+    // Everything that can be checked without the database is checked before waiting for it; the
+    // migrations are read while the connection starts (see `session::run_alongside`).
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    let (set, settings, dir) = args.source.load(&loaded.root)?;
-    let plan = args.migrate.plan(&set, &settings, &dir, loaded.wait_timeout);
+    // What was read, kept past the session for the drift note of a failed migration.
+    let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
-    let steps = || {
-        session::run(&loaded, Use::Write, async |session| {
+    let steps = |reading| {
+        session::run_alongside(&loaded, Use::Write, reading, async |session, read| {
+            let (set, settings, dir) = sources.get_or_init(|| read);
+            let plan = args.migrate.plan(set, settings, dir, loaded.wait_timeout);
+            let mut seed = Ahead::new(superuser);
             let migrating = Instant::now();
-            migrate_step(session, &plan).await?;
+            migrate_step(session, &plan, Some(&mut seed)).await?;
             // After a long migration the server may have restarted; right after a short one, asking
             // would only cost the no-op run a round trip.
             if migrating.elapsed() > Duration::from_secs(1) {
                 session.ensure_alive().await?;
             }
-            seed_step(session, superuser).await
+            seed_step(session, seed).await
         })
     };
-    let done = match steps() {
+    let done = match steps(args.source.load_in_background(&loaded.root)) {
         Err(error) if args.create_database && database_missing(&error) => {
             crate::database::create(&loaded)?;
-            steps()
+            steps(args.source.load_in_background(&loaded.root))
         }
         done => done,
     };
-    done.map_err(|error| with_drift_note(error, &loaded, &set, &settings))?;
+    done.map_err(|error| match sources.get() {
+        Some((set, settings, _)) => with_drift_note(error, &loaded, set, settings),
+        None => error,
+    })?;
     ui::step(format!("database ready in {}", ui::duration(started.elapsed())));
     Ok(())
 }

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use backend::config::{FirstSuperuser, Settings};
-use backend::seed::{SeedError, SeedReport, init_db};
+use backend::migrations::Followed;
+use backend::seed::{Present, SeedError, SeedReport, init_db};
 use sqlx::postgres::PgConnection;
 
 use crate::context::DbArgs;
@@ -21,7 +22,50 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    session::run(&loaded, Use::Write, async |session| seed_step(session, superuser).await)
+    session::run(&loaded, Use::Write, async |session| seed_step(session, Ahead::new(superuser)).await)
+}
+
+/// The seed's work done ahead of its step, while prestart migrates: on a no-op run its check
+/// rides along the read of the migrations table, and on a fresh database (where the account is
+/// surely missing) the password is hashed on another core while the server runs the migrations
+/// (argon2 takes tens of milliseconds).
+pub struct Ahead<'a> {
+    superuser: &'a FirstSuperuser,
+    present: Option<Present>,
+    hashing: Option<tokio::task::JoinHandle<Result<String, SeedError>>>,
+}
+
+impl<'a> Ahead<'a> {
+    pub fn new(superuser: &'a FirstSuperuser) -> Ahead<'a> {
+        Ahead { superuser, present: None, hashing: None }
+    }
+
+    /// The check to send with the read of the migrations table.
+    pub fn check_sql(&self) -> String {
+        backend::seed::check_sql(Some(self.superuser))
+    }
+
+    /// What that check read, on a run that then changed nothing.
+    pub fn found(&mut self, read: &Followed) {
+        if let Followed::Rows(rows) = read {
+            self.present = rows.first().and_then(|row| Present::from_row(row).ok());
+        }
+    }
+
+    /// The database is fresh: the account will be missing.
+    pub fn hash_in_background(&mut self) {
+        let password = self.superuser.password.expose().to_owned();
+        self.hashing = Some(tokio::task::spawn_blocking(move || backend::seed::hash_password(&password)));
+    }
+
+    /// The hash made ahead, if one was started: `None` (hashed later, where needed) if its thread
+    /// failed.
+    async fn hashed(&mut self) -> Result<Option<String>, SeedError> {
+        match self.hashing.take() {
+            Some(hashing) => hashing.await.map_or(Ok(None), |hashed| hashed.map(Some)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The seed needs the first superuser; checked before anything else runs.
@@ -37,13 +81,19 @@ pub fn required_superuser(settings: &Settings) -> anyhow::Result<&FirstSuperuser
 /// Seeds in one transaction. One that a failover (or a restart) cuts off runs again whole on a
 /// new connection: it only inserts what is missing, so a rerun after a COMMIT whose answer was
 /// lost changes nothing.
-pub async fn seed_step(session: &mut Session<'_>, superuser: &FirstSuperuser) -> anyhow::Result<()> {
+pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyhow::Result<()> {
     ui::step("seed initial data");
     let started = Instant::now();
+    let superuser = ahead.superuser;
     let mut retries = 0;
     let report = loop {
         let ran_on = session.ready.server.clone();
-        let error = match seed_once(&mut session.ready.conn, superuser).await {
+        // What was read ahead holds for the first try only: a rerun reads again.
+        let tried = match ahead.hashed().await {
+            Ok(hashed) => seed_once(&mut session.ready.conn, superuser, ahead.present.take(), hashed).await,
+            Err(error) => Err(error),
+        };
+        let error = match tried {
             Ok(report) => break report,
             Err(error) => error,
         };
@@ -97,9 +147,14 @@ fn describe(error: &SeedError) -> String {
 const SEED_RETRIES: u32 = 5;
 
 /// One try of the seed, bounded: a server that stops answering is a lost connection.
-async fn seed_once(conn: &mut PgConnection, superuser: &FirstSuperuser) -> Result<SeedReport, SeedError> {
+async fn seed_once(
+    conn: &mut PgConnection,
+    superuser: &FirstSuperuser,
+    present: Option<Present>,
+    hashed: Option<String>,
+) -> Result<SeedReport, SeedError> {
     let limit = backend::db::QUERY_TIMEOUT;
-    tokio::time::timeout(limit, init_db(conn, Some(superuser))).await.unwrap_or_else(|_| {
+    tokio::time::timeout(limit, init_db(conn, Some(superuser), present, hashed)).await.unwrap_or_else(|_| {
         let silent = std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("the server sent no answer within {} s", limit.as_secs()),

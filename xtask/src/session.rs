@@ -168,15 +168,15 @@ impl Session<'_> {
     /// The applied rows of `table`, within the run's one wait budget: a table another session
     /// holds locked is waited for (naming it), a lost connection is replaced.
     pub async fn read_applied(&mut self, table: &str) -> anyhow::Result<Vec<AppliedRow>> {
-        Ok(self.read_applied_and(table, None).await?.0)
+        Ok(self.read_applied_and(table, &[]).await?.0)
     }
 
-    /// [`Session::read_applied`], and what `then` reads, in the same round trip.
+    /// [`Session::read_applied`], and what each of `then` reads, in the same round trip.
     pub async fn read_applied_and(
         &mut self,
         table: &str,
-        then: Option<&str>,
-    ) -> anyhow::Result<(Vec<AppliedRow>, Followed)> {
+        then: &[&str],
+    ) -> anyhow::Result<(Vec<AppliedRow>, Vec<Followed>)> {
         loop {
             let tried = Instant::now();
             let deadline = tried + self.wait_left();
@@ -204,6 +204,18 @@ pub fn run<T>(
     purpose: Use,
     body: impl AsyncFnOnce(&mut Session<'_>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    run_alongside(loaded, purpose, async { Ok(()) }, async |session, ()| body(session).await)
+}
+
+/// [`run`], with `ahead` (work that needs no database, such as reading the migrations) going on
+/// while the session opens; `body` gets its result. A failure of `ahead` ends the run at once,
+/// without waiting for the database.
+pub fn run_alongside<A, T>(
+    loaded: &Loaded,
+    purpose: Use,
+    ahead: impl Future<Output = anyhow::Result<A>>,
+    body: impl AsyncFnOnce(&mut Session<'_>, A) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let direct = match purpose {
         Use::Write => loaded.for_migrations(),
         Use::Wait | Use::Read => None,
@@ -217,7 +229,7 @@ pub fn run<T>(
     }
     let active = ActiveBackend::default();
     crate::interrupt::block_on(interruptible(&target.settings.database, &active, async {
-        let mut session = Session::open(target, &active).await?;
+        let (mut session, ahead) = tokio::try_join!(Session::open(target, &active), ahead)?;
         if purpose != Use::Wait {
             session.pooling = detect_pooling(session.settings(), &mut session.ready).await;
         }
@@ -225,7 +237,7 @@ pub fn run<T>(
             refuse_shared_sessions(&session)?;
             session.make_stoppable();
         }
-        body(&mut session).await
+        body(&mut session, ahead).await
     }))
 }
 

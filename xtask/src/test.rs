@@ -158,7 +158,13 @@ fn find_program(program: &str) -> Option<std::path::PathBuf> {
 /// A tool the tests drive, from PyPI, in a virtual environment of its own under target/tools/:
 /// kubernetes-validate checks the Kubernetes manifests against Kubernetes' own schemas, offline;
 /// squawk-cli is the reference the linter's rules are held to (the version of the squawk crates).
-fn ensure_pypi_tool(sh: &Shell, package: &str, version: &str, program: &str, why: &str) -> anyhow::Result<()> {
+pub(crate) fn ensure_pypi_tool(
+    sh: &Shell,
+    package: &str,
+    version: &str,
+    program: &str,
+    why: &str,
+) -> anyhow::Result<()> {
     let venv = crate::context::root().join("target/tools").join(package);
     if venv.join("bin").join(program).is_file() {
         return Ok(());

@@ -527,6 +527,6 @@ pub async fn migrated_session<'a>(
 ) -> anyhow::Result<Session<'a>> {
     let mut session = Session::open(target, active).await?;
     session.make_stoppable();
-    migrate_step(&mut session, plan).await?;
+    migrate_step(&mut session, plan, None).await?;
     Ok(session)
 }

@@ -21,16 +21,25 @@ use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
 use crate::session::{Resumed, Session};
 use crate::ui;
 
-/// Applies pending migrations under the migration lock, which is released on every path.
-pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::Result<()> {
+/// Applies pending migrations under the migration lock, which is released on every path. `seed`:
+/// prestart's seed step, whose work this does ahead where it can (see `seed::Ahead`).
+pub async fn migrate_step(
+    session: &mut Session<'_>,
+    plan: &Plan<'_>,
+    mut seed: Option<&mut crate::seed::Ahead<'_>>,
+) -> anyhow::Result<()> {
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
     let started = Instant::now();
     // Most runs have nothing to apply: read the table without the lock, and take the lock only
-    // to apply (under it, apply_pending reads the table again).
-    // The environment record is read in the same round trip: a no-op run needs it, and nothing
-    // else.
+    // to apply (under it, apply_pending reads the table again). What a no-op run needs besides
+    // (the seed's check, then the environment record, whose table may be missing) is read in
+    // the same round trip.
     let table = &plan.settings.table_name;
-    let (applied, followed) = session.read_applied_and(table, Some(&crate::environment::read_sql(table))).await?;
+    let seed_check = seed.as_ref().map(|seed| seed.check_sql());
+    let environment = crate::environment::read_sql(table);
+    let then: Vec<&str> = seed_check.iter().map(String::as_str).chain([environment.as_str()]).collect();
+    let (applied, mut followed) = session.read_applied_and(table, &then).await?;
+    let recorded = followed.pop();
     let status = Status::compare(plan.set, &applied);
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
@@ -44,10 +53,13 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
             ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
             return Ok(());
         }
-        let recorded = match followed {
-            Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),
-            Followed::Missing => Some(None),
-            Followed::NotRead => None,
+        if let (Some(seed), Some(check)) = (seed, followed.first()) {
+            seed.found(check);
+        }
+        let recorded = match recorded {
+            Some(Followed::Rows(rows)) => crate::environment::from_rows(&rows).ok(),
+            Some(Followed::Missing) => Some(None),
+            Some(Followed::NotRead) | None => None,
         };
         record_environment(session, plan, applied.is_empty(), recorded).await;
         let total = plan.set.files.len();
@@ -58,6 +70,12 @@ pub async fn migrate_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow:
             }
         });
         return Ok(());
+    }
+    if applied.is_empty()
+        && let Some(seed) = seed.as_deref_mut()
+    {
+        // A fresh database: the seed's account is surely missing.
+        seed.hash_in_background();
     }
     let mut retries = 0;
     // Counted across the passes a failover makes: each applies what the one before did not.

@@ -137,9 +137,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let RunArgs { db, source, options, target } = args.run;
     let loaded = db.load()?;
-    let (set, settings, dir) = source.load(&loaded.root)?;
-    let plan = target.apply_to(options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
-    session::run(&loaded, Use::Write, async |session| migrate_step(session, &plan).await)
+    let wait_timeout = loaded.wait_timeout;
+    // The migrations are read while the connection starts; they and the target are checked
+    // before the database answers.
+    let loading = source.load_in_background(&loaded.root);
+    let checked = async {
+        let (set, settings, dir) = loading.await?;
+        target.apply_to(options.plan(&set, &settings, &dir, wait_timeout), false)?;
+        Ok((set, settings, dir))
+    };
+    session::run_alongside(&loaded, Use::Write, checked, async |session, (set, settings, dir)| {
+        let plan = target.apply_to(options.plan(&set, &settings, &dir, wait_timeout), false)?;
+        migrate_step(session, &plan, None).await
+    })
 }
 
 fn run_revert(args: RunArgs) -> anyhow::Result<()> {

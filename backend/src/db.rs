@@ -537,7 +537,8 @@ pub async fn connect_once(
         let client_port: Option<i32> = row.try_get(7)?;
         let dialled = crate::keepalive::arm(settings.port(), client_port.and_then(|p| u16::try_from(p).ok()));
         let postmaster_started: String = row.try_get(8)?;
-        let process = ServerProcess { pid: row.try_get(0)?, client_port, postmaster_started: postmaster_started.clone() };
+        let process =
+            ServerProcess { pid: row.try_get(0)?, client_port, postmaster_started: postmaster_started.clone() };
         let address: Option<String> = row.try_get(3)?;
         let port: Option<i32> = row.try_get(4)?;
         let server = ServerState {

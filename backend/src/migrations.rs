@@ -107,6 +107,24 @@ impl MigrationFile {
     }
 }
 
+/// A file's text in one `open` and as few `read`s as it takes (the last one finding its end), where
+/// `fs::read_to_string` asks for its size first.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => bytes.extend_from_slice(&chunk[..read]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The forward migrations of one source, in version order, and the down files that revert them.
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
@@ -124,12 +142,60 @@ impl MigrationSet {
                 dir.display()
             )));
         }
-        let mut resolve = sqlx::migrate::ResolveConfig::new();
-        resolve.ignore_chars(settings.ignored_chars.iter().copied());
-        let resolved = sqlx::migrate::resolve_blocking_with_config(dir, &resolve)
-            .map_err(|e| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display())))?;
-        let files = resolved.into_iter().map(|(migration, path)| MigrationFile { migration, path: Some(path) });
-        Self::forward_only(files)
+        let cannot =
+            |e: &dyn std::fmt::Display| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
+        let dir = dir.canonicalize().map_err(|e| cannot(&e))?;
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| cannot(&e))? {
+            let entry = entry.map_err(|e| cannot(&e))?;
+            if let Some(file) = Self::read_entry(&entry, settings).map_err(|e| cannot(&e))? {
+                files.push(file);
+            }
+        }
+        files.sort_by(|a, b| a.migration.cmp(&b.migration));
+        Self::forward_only(files.into_iter())
+    }
+
+    /// One entry of the folder as sqlx's resolver reads it (`VERSION_DESCRIPTION[.up|.down].sql`,
+    /// the description with spaces for underscores, `-- no-transaction` on the first line, the
+    /// checksum without the ignored characters; anything else is left out), in fewer system
+    /// calls: the kind of entry comes from the listing and the file is read without asking its
+    /// size first. A no-op run reads every file before it can compare, and sqlx's way (two
+    /// `stat`s and two path lookups a file) cost 200 files 1.5 ms on a 2-core machine.
+    fn read_entry(entry: &std::fs::DirEntry, settings: &MigrationSettings) -> Result<Option<MigrationFile>, String> {
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("error getting metadata of migration path {}: {e}", path.display()))?;
+        // A link counts as what it points to, as sqlx has it.
+        let is_file = if kind.is_symlink() {
+            std::fs::metadata(&path)
+                .map_err(|e| format!("error getting metadata of migration path {}: {e}", path.display()))?
+                .is_file()
+        } else {
+            kind.is_file()
+        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some((version, rest)) = name.split_once('_').filter(|(_, rest)| is_file && rest.ends_with(".sql")) else {
+            return Ok(None);
+        };
+        let version: i64 = version.parse().map_err(|_| {
+            format!("error parsing migration filename {name:?}; expected integer version prefix (e.g. `01_foo.sql`)")
+        })?;
+        let migration_type = MigrationType::from_filename(rest);
+        let description = rest.trim_end_matches(migration_type.suffix()).replace('_', " ");
+        let sql =
+            read_text(&path).map_err(|e| format!("error reading contents of migration {}: {e}", path.display()))?;
+        let migration = Migration {
+            version,
+            description: Cow::Owned(description),
+            migration_type,
+            no_tx: sql.starts_with("-- no-transaction"),
+            checksum: Cow::Owned(settings.checksum(&sql)),
+            sql: sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql)),
+        };
+        Ok(Some(MigrationFile { migration, path: Some(path) }))
     }
 
     /// The migrations a binary embeds, with checksums under the run-time settings (which may

@@ -164,6 +164,29 @@ impl Bench {
         })
     }
 
+    /// What the server has written goes to disk now, not under the next timed run.
+    fn checkpoint(&self) -> anyhow::Result<()> {
+        let db = bench_settings(self.port, "postgres")?;
+        crate::interrupt::block_on(async {
+            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            sqlx::raw_sql("CHECKPOINT").execute(&mut ready.conn).await?;
+            Ok(())
+        })
+    }
+
+    fn drop_database(&self, name: &str) -> anyhow::Result<()> {
+        let db = bench_settings(self.port, "postgres")?;
+        crate::interrupt::block_on(async {
+            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::database::drop_database(&mut ready.conn, name, true).await?;
+            Ok(())
+        })
+    }
+
     fn fresh_database(&self, name: &str) -> anyhow::Result<()> {
         let db = bench_settings(self.port, "postgres")?;
         crate::interrupt::block_on(async {

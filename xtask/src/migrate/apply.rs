@@ -26,7 +26,7 @@ use crate::ui;
 pub async fn migrate_step(
     session: &mut Session<'_>,
     plan: &Plan<'_>,
-    mut seed: Option<&mut crate::seed::Ahead<'_>>,
+    seed: Option<&mut crate::seed::Ahead<'_>>,
 ) -> anyhow::Result<()> {
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
     let started = Instant::now();
@@ -72,7 +72,7 @@ pub async fn migrate_step(
         return Ok(());
     }
     if applied.is_empty()
-        && let Some(seed) = seed.as_deref_mut()
+        && let Some(seed) = seed
     {
         // A fresh database: the seed's account is surely missing.
         seed.hash_in_background();
@@ -483,12 +483,7 @@ pub(super) async fn what_was_left(
 /// `SET LOCAL lock_timeout`, which ends with the migration's transaction; a migration that sets
 /// its own comes later and wins.
 fn migration_prefix(timeout: Duration, key: i64) -> String {
-    format!(
-        "DO $prestart$ BEGIN IF NOT {} THEN RAISE EXCEPTION USING MESSAGE = '{NOT_LOCKED}', HINT = '{NOT_LOCKED_FIX}'; \
-         END IF; END $prestart$;\nSET LOCAL lock_timeout = {};\n",
-        lock::held_by_this_session(key),
-        timeout.as_millis()
-    )
+    format!("{}SET LOCAL lock_timeout = {};\n", lock::require_held(key), timeout.as_millis())
 }
 
 /// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`

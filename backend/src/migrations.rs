@@ -133,27 +133,54 @@ pub struct MigrationSet {
     pub downs: BTreeMap<i64, MigrationFile>,
 }
 
-impl MigrationSet {
-    /// Reads a migrations folder the way sqlx-cli does.
-    pub fn read_dir(dir: &Path, settings: &MigrationSettings) -> Result<Self, ConfigError> {
+/// A migrations folder being read one file at a time, so that a caller can do other work between
+/// files (prestart reads them while its connection waits on the server).
+pub struct FolderReader<'a> {
+    dir: PathBuf,
+    entries: std::fs::ReadDir,
+    settings: &'a MigrationSettings,
+    files: Vec<MigrationFile>,
+}
+
+impl<'a> FolderReader<'a> {
+    pub fn open(dir: &Path, settings: &'a MigrationSettings) -> Result<Self, ConfigError> {
         if !dir.is_dir() {
             return Err(ConfigError::new(format!(
                 "migrations folder {} does not exist: pass --source DIR, or run from the workspace",
                 dir.display()
             )));
         }
-        let cannot =
-            |e: &dyn std::fmt::Display| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
-        let dir = dir.canonicalize().map_err(|e| cannot(&e))?;
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| cannot(&e))? {
-            let entry = entry.map_err(|e| cannot(&e))?;
-            if let Some(file) = Self::read_entry(&entry, settings).map_err(|e| cannot(&e))? {
-                files.push(file);
-            }
+        let cannot = |e: std::io::Error| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
+        let dir = dir.canonicalize().map_err(cannot)?;
+        let entries = std::fs::read_dir(&dir).map_err(cannot)?;
+        Ok(FolderReader { dir, entries, settings, files: Vec::new() })
+    }
+
+    /// Reads the next entry of the folder; `false` once there is none left.
+    pub fn read_next(&mut self) -> Result<bool, ConfigError> {
+        let cannot = |e: &dyn std::fmt::Display| {
+            ConfigError::new(format!("cannot read migrations in {}: {e}", self.dir.display()))
+        };
+        let Some(entry) = self.entries.next() else { return Ok(false) };
+        let entry = entry.map_err(|e| cannot(&e))?;
+        if let Some(file) = MigrationSet::read_entry(&entry, self.settings).map_err(|e| cannot(&e))? {
+            self.files.push(file);
         }
-        files.sort_by(|a, b| a.migration.cmp(&b.migration));
-        Self::forward_only(files.into_iter())
+        Ok(true)
+    }
+
+    pub fn finish(mut self) -> Result<MigrationSet, ConfigError> {
+        self.files.sort_by(|a, b| a.migration.cmp(&b.migration));
+        MigrationSet::forward_only(self.files.into_iter())
+    }
+}
+
+impl MigrationSet {
+    /// Reads a migrations folder the way sqlx-cli does.
+    pub fn read_dir(dir: &Path, settings: &MigrationSettings) -> Result<Self, ConfigError> {
+        let mut reader = FolderReader::open(dir, settings)?;
+        while reader.read_next()? {}
+        reader.finish()
     }
 
     /// One entry of the folder as sqlx's resolver reads it (`VERSION_DESCRIPTION[.up|.down].sql`,

@@ -52,10 +52,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed_step(session, seed).await
         })
     };
-    let done = match steps(args.source.load_in_background(&loaded.root)) {
+    let done = match steps(args.source.load_alongside(&loaded.root)) {
         Err(error) if args.create_database && database_missing(&error) => {
             crate::database::create(&loaded)?;
-            steps(args.source.load_in_background(&loaded.root))
+            steps(args.source.load_alongside(&loaded.root))
         }
         done => done,
     };

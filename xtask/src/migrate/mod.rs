@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let wait_timeout = loaded.wait_timeout;
     // The migrations are read while the connection starts; they and the target are checked
     // before the database answers.
-    let loading = source.load_in_background(&loaded.root);
+    let loading = source.load_alongside(&loaded.root);
     let checked = async {
         let (set, settings, dir) = loading.await?;
         target.apply_to(options.plan(&set, &settings, &dir, wait_timeout), false)?;

@@ -164,16 +164,19 @@ impl Bench {
         })
     }
 
-    /// What the server has written goes to disk now, not under the next timed run.
-    fn checkpoint(&self) -> anyhow::Result<()> {
+    /// What the server and the kernel have to write goes to disk now, not under the next timed
+    /// run: a checkpoint, then `sync` for what the kernel still holds.
+    fn settle_disk(&self) -> anyhow::Result<()> {
         let db = bench_settings(self.port, "postgres")?;
         crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             sqlx::raw_sql("CHECKPOINT").execute(&mut ready.conn).await?;
-            Ok(())
-        })
+            anyhow::Ok(())
+        })?;
+        Command::new("sync").status().context("cannot run sync")?;
+        Ok(())
     }
 
     fn drop_database(&self, name: &str) -> anyhow::Result<()> {

@@ -252,19 +252,34 @@ impl SourceArgs {
         Ok((set, settings, dir))
     }
 
-    /// [`SourceArgs::load`], a few files at a time with a pause between, for `session::run_alongside`
-    /// to run while the connection starts: reading and checksumming every file is the client's
-    /// biggest cost in a no-op run (about 1.5 ms for 200 files), and the connection mostly waits
-    /// on the server. On the same thread: on a thread of its own, on two cores, it slowed the
-    /// server's start of our session as much as it saved. A folder that cannot be read still
-    /// ends the run before the wait does.
-    pub async fn load_alongside(&self, root: &Path) -> anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)> {
-        /// Files read between two pauses: each costs a few microseconds, so the connection's next
-        /// step waits at most tens of them.
-        const FILES_BETWEEN_PAUSES: usize = 8;
+    /// The first half of [`SourceArgs::load`], for a run that reads the files while its first
+    /// query runs on the server: the settings, the folder, and its files listed, their names
+    /// checked, so that a folder that cannot be used fails before any wait.
+    pub fn list(&self, root: &Path) -> anyhow::Result<Listing> {
         let settings = MigrationSettings::load(root).map_err(|e| fail(Failure::Config, e))?;
         let dir = self.dir_for(root, &settings);
-        let mut reader = FolderReader::open(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;
+        let reader = FolderReader::open(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;
+        Ok(Listing { reader, settings, dir })
+    }
+}
+
+/// A migrations folder listed by [`SourceArgs::list`], its files not read yet.
+pub struct Listing {
+    reader: FolderReader,
+    pub settings: MigrationSettings,
+    pub dir: PathBuf,
+}
+
+impl Listing {
+    /// The files, read a few at a time with a pause between, so that the query it runs beside
+    /// (see `migrate::first_read`) is answered at once: reading and checksumming every file is
+    /// the client's biggest cost in a no-op run (about 1.5 ms for 200 files), and the server takes
+    /// about as long over that query. During the login instead, on two cores, it slowed the
+    /// server's start of our session as much as it saved.
+    pub async fn read(self) -> anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)> {
+        /// Files read between two pauses: each costs a few microseconds.
+        const FILES_BETWEEN_PAUSES: usize = 8;
+        let Listing { mut reader, settings, dir } = self;
         let mut read = 0;
         while reader.read_next().map_err(|e| fail(Failure::Config, e))? {
             read += 1;

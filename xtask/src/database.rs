@@ -168,7 +168,7 @@ fn setup(loaded: &Loaded, source: &SourceArgs, options: &MigrateOptions) -> anyh
     let (set, settings, dir) = source.load(&loaded.root)?;
     create(loaded)?;
     let plan = options.plan(&set, &settings, &dir, loaded.wait_timeout);
-    session::run(loaded, Use::Write, async |session| migrate_step(session, &plan, None).await)
+    session::run(loaded, Use::Write, async |session| migrate_step(session, &plan, None, None).await)
 }
 
 /// `drop` and `reset` destroy data: only where both the settings and the database itself say

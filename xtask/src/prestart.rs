@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use backend::migrations::{MigrationSet, MigrationSettings};
 
-use crate::context::{DbArgs, SourceArgs};
+use crate::context::{DbArgs, Listing, SourceArgs};
 use crate::exit::{Failure, fail};
-use crate::migrate::{MigrateOptions, migrate_step};
+use crate::migrate::{MigrateOptions, first_read, migrate_step};
 use crate::seed::{Ahead, required_superuser, seed_step};
 use crate::session::{self, Use};
 use crate::ui;
@@ -30,20 +30,22 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be checked without the database is checked before waiting for it; the
-    // migrations are read while the connection starts (see `session::run_alongside`).
+    // Everything that can be checked without the database is checked before waiting for it.
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
     // What was read, kept past the session for the drift note of a failed migration.
     let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
-    let steps = |reading| {
-        session::run_alongside(&loaded, Use::Write, reading, async |session, read| {
-            let (set, settings, dir) = sources.get_or_init(|| read);
-            let plan = args.migrate.plan(set, settings, dir, loaded.wait_timeout);
+    let steps = |listing: Listing| {
+        let table = listing.settings.table_name.clone();
+        session::run(&loaded, Use::Write, async |session| {
             let mut seed = Ahead::new(superuser);
             let migrating = Instant::now();
-            migrate_step(session, &plan, Some(&mut seed)).await?;
+            // The files are read while the server answers the first read of the migrations table.
+            let (first, read) = tokio::try_join!(first_read(session, &table, Some(&seed)), listing.read())?;
+            let (set, settings, dir) = sources.get_or_init(|| read);
+            let plan = args.migrate.plan(set, settings, dir, loaded.wait_timeout);
+            migrate_step(session, &plan, Some(&mut seed), Some(first)).await?;
             // After a long migration the server may have restarted; right after a short one, asking
             // would only cost the no-op run a round trip.
             if migrating.elapsed() > Duration::from_secs(1) {
@@ -52,10 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed_step(session, seed).await
         })
     };
-    let done = match steps(args.source.load_alongside(&loaded.root)) {
+    // The folder is listed (its names checked) before the wait; its files are read later.
+    let done = match steps(args.source.list(&loaded.root)?) {
         Err(error) if args.create_database && database_missing(&error) => {
             crate::database::create(&loaded)?;
-            steps(args.source.load_alongside(&loaded.root))
+            steps(args.source.list(&loaded.root)?)
         }
         done => done,
     };

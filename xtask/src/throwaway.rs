@@ -527,6 +527,6 @@ pub async fn migrated_session<'a>(
 ) -> anyhow::Result<Session<'a>> {
     let mut session = Session::open(target, active).await?;
     session.make_stoppable();
-    migrate_step(&mut session, plan, None).await?;
+    migrate_step(&mut session, plan, None, None).await?;
     Ok(session)
 }

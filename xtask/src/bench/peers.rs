@@ -127,7 +127,7 @@ impl<'a> SideBySide<'a> {
     /// The three rows, with the ratios and their targets.
     pub fn run(&self, cluster: &DevCluster<'_>, rounds: usize, trials: usize) -> anyhow::Result<Compared> {
         let count = self.migration_count()?;
-        let apply = self.apply(count, rounds.min(7))?;
+        let apply = self.apply(count, rounds.min(11))?;
         let noop = self.noop(rounds)?;
         let detection = self.detection(cluster, trials)?;
         Ok(Compared { versions: self.versions.clone(), rows: vec![apply, noop, detection] })
@@ -195,7 +195,7 @@ impl<'a> SideBySide<'a> {
 
     /// All migrations on a fresh database, one per tool and round, all created before the first
     /// run (a database dropped meanwhile would have the disk discard its files under the runs);
-    /// a checkpoint before each run leaves none of the last run's writes to it.
+    /// the disk settled before each run leaves none of the last run's writes to it.
     fn apply(&self, count: usize, rounds: usize) -> anyhow::Result<Row> {
         ui::step(format!("side by side: apply {count} migrations to a fresh database ({rounds} rounds)"));
         let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate];
@@ -209,7 +209,7 @@ impl<'a> SideBySide<'a> {
         for round in 0..rounds {
             for index in rotated(tools.len(), round) {
                 let tool = tools[index];
-                self.bench.checkpoint()?;
+                self.bench.settle_disk()?;
                 samples[index].1.push(self.timed(tool, &fresh(round, tool), "to apply the migrations")?);
             }
         }
@@ -240,7 +240,7 @@ impl<'a> SideBySide<'a> {
             self.bench.fresh_database(tool.database())?;
             self.timed(tool, tool.database(), "to apply the migrations")?;
         }
-        self.bench.checkpoint()?;
+        self.bench.settle_disk()?;
         let mut samples = tools.map(|tool| (tool, Vec::new()));
         for round in 0..rounds {
             for index in rotated(tools.len(), round) {

@@ -21,25 +21,47 @@ use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
 use crate::session::{Resumed, Session};
 use crate::ui;
 
+/// The first read of a migrate step, without the lock (most runs have nothing to apply; the lock
+/// is taken only to apply, and under it the table is read again): the applied rows, and what a
+/// no-op run needs besides in the same round trip, the seed's check and then the environment
+/// record (whose table may be missing).
+pub struct FirstRead {
+    applied: Vec<AppliedRow>,
+    seed_check: Option<Followed>,
+    environment: Followed,
+    started: Instant,
+}
+
+pub async fn first_read(
+    session: &mut Session<'_>,
+    table: &str,
+    seed: Option<&crate::seed::Ahead<'_>>,
+) -> anyhow::Result<FirstRead> {
+    let started = Instant::now();
+    let seed_check = seed.map(crate::seed::Ahead::check_sql);
+    let environment = crate::environment::read_sql(table);
+    let then: Vec<&str> = seed_check.iter().map(String::as_str).chain([environment.as_str()]).collect();
+    let (applied, mut followed) = session.read_applied_and(table, &then).await?;
+    let environment = followed.pop().unwrap_or(Followed::NotRead);
+    Ok(FirstRead { applied, seed_check: followed.pop(), environment, started })
+}
+
 /// Applies pending migrations under the migration lock, which is released on every path. `seed`:
-/// prestart's seed step, whose work this does ahead where it can (see `seed::Ahead`).
+/// prestart's seed step, whose work this does ahead where it can (see `seed::Ahead`). `first`:
+/// the [`first_read`] of the caller, which ran it beside other work; `None` reads it here.
 pub async fn migrate_step(
     session: &mut Session<'_>,
     plan: &Plan<'_>,
     seed: Option<&mut crate::seed::Ahead<'_>>,
+    first: Option<FirstRead>,
 ) -> anyhow::Result<()> {
-    ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
-    let started = Instant::now();
-    // Most runs have nothing to apply: read the table without the lock, and take the lock only
-    // to apply (under it, apply_pending reads the table again). What a no-op run needs besides
-    // (the seed's check, then the environment record, whose table may be missing) is read in
-    // the same round trip.
     let table = &plan.settings.table_name;
-    let seed_check = seed.as_ref().map(|seed| seed.check_sql());
-    let environment = crate::environment::read_sql(table);
-    let then: Vec<&str> = seed_check.iter().map(String::as_str).chain([environment.as_str()]).collect();
-    let (applied, mut followed) = session.read_applied_and(table, &then).await?;
-    let recorded = followed.pop();
+    let first = match first {
+        Some(first) => first,
+        None => first_read(session, table, seed.as_deref()).await?,
+    };
+    ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
+    let FirstRead { applied, seed_check, environment, started } = first;
     let status = Status::compare(plan.set, &applied);
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
@@ -53,13 +75,13 @@ pub async fn migrate_step(
             ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
             return Ok(());
         }
-        if let (Some(seed), Some(check)) = (seed, followed.first()) {
+        if let (Some(seed), Some(check)) = (seed, &seed_check) {
             seed.found(check);
         }
-        let recorded = match recorded {
-            Some(Followed::Rows(rows)) => crate::environment::from_rows(&rows).ok(),
-            Some(Followed::Missing) => Some(None),
-            Some(Followed::NotRead) | None => None,
+        let recorded = match environment {
+            Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),
+            Followed::Missing => Some(None),
+            Followed::NotRead => None,
         };
         record_environment(session, plan, applied.is_empty(), recorded).await;
         let total = plan.set.files.len();

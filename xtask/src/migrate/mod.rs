@@ -20,7 +20,7 @@ use crate::exit::{Failure, fail};
 use crate::session::{self, Use};
 
 use apply::revert_step;
-pub use apply::{Lost, lost_connection, migrate_step};
+pub use apply::{Lost, first_read, lost_connection, migrate_step};
 pub use explain::{MigrationFailed, describe_failure, drop_invalid_indexes_fix, invalid_indexes, sqlstate_of};
 pub use plan::Plan;
 use status::run_status;
@@ -137,18 +137,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let RunArgs { db, source, options, target } = args.run;
     let loaded = db.load()?;
-    let wait_timeout = loaded.wait_timeout;
-    // The migrations are read while the connection starts; they and the target are checked
-    // before the database answers.
-    let loading = source.load_alongside(&loaded.root);
-    let checked = async {
-        let (set, settings, dir) = loading.await?;
-        target.apply_to(options.plan(&set, &settings, &dir, wait_timeout), false)?;
-        Ok((set, settings, dir))
-    };
-    session::run_alongside(&loaded, Use::Write, checked, async |session, (set, settings, dir)| {
-        let plan = target.apply_to(options.plan(&set, &settings, &dir, wait_timeout), false)?;
-        migrate_step(session, &plan, None).await
+    let listing = source.list(&loaded.root)?;
+    let table = listing.settings.table_name.clone();
+    session::run(&loaded, Use::Write, async |session| {
+        // The files are read while the server answers the first read of the migrations table.
+        let (first, (set, settings, dir)) = tokio::try_join!(first_read(session, &table, None), listing.read())?;
+        let plan = target.apply_to(options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
+        migrate_step(session, &plan, None, Some(first)).await
     })
 }
 

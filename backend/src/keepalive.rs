@@ -49,31 +49,31 @@ pub fn server_side() -> String {
 #[cfg(target_os = "linux")]
 pub fn arm(port: u16, local_port: Option<u16>) -> Option<std::net::IpAddr> {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return None };
-    let fds: Vec<i32> = fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()).collect();
-    let pair = |socket: &socket2::SockRef<'_>| {
-        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
-        let local = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
-        (socket.r#type().ok() == Some(socket2::Type::STREAM) && peer == Some(port)).then_some(local)
-    };
-    let mut dialled = None;
-    if let Some(wanted) = local_port {
-        for &fd in &fds {
-            with_socket(fd, |socket| {
-                if pair(&socket) == Some(Some(wanted)) {
-                    dialled = socket.peer_addr().ok().and_then(|a| a.as_socket()).map(|a| a.ip());
-                }
-            });
-        }
-    }
-    let exact = dialled.is_some();
-    for fd in fds {
+    // Each descriptor's socket pair, asked once, cheapest question first: most descriptors are
+    // no stream socket at all (one system call tells), and a connect runs on every no-op start.
+    let mut to_database: Vec<(i32, Option<u16>, std::net::IpAddr)> = Vec::new();
+    for fd in fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()) {
         with_socket(fd, |socket| {
-            let to_database = match pair(&socket) {
-                Some(local) if exact => local == local_port,
-                Some(_) => true,
-                None => false,
+            if socket.r#type().ok() != Some(socket2::Type::STREAM) {
+                return;
+            }
+            let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()).filter(|a| a.port() == port) else {
+                return;
             };
-            if to_database && socket.keepalive().ok() == Some(false) {
+            let local = socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port());
+            to_database.push((fd, local, peer.ip()));
+        });
+    }
+    let dialled = local_port
+        .and_then(|wanted| to_database.iter().find(|(_, local, _)| *local == Some(wanted)))
+        .map(|(_, _, peer)| *peer);
+    let exact = dialled.is_some();
+    for (fd, local, _) in to_database {
+        if exact && local != local_port {
+            continue;
+        }
+        with_socket(fd, |socket| {
+            if socket.keepalive().ok() == Some(false) {
                 let probes = socket2::TcpKeepalive::new().with_time(IDLE).with_interval(INTERVAL).with_retries(PROBES);
                 let _ = socket.set_tcp_keepalive(&probes);
                 let _ = socket.set_tcp_user_timeout(Some(DEAD_AFTER));

@@ -162,7 +162,8 @@ impl FolderReader {
                 dir.display()
             )));
         }
-        let cannot = |e: &dyn std::fmt::Display| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
+        let cannot =
+            |e: &dyn std::fmt::Display| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
         let dir = dir.canonicalize().map_err(|e| cannot(&e))?;
         let mut listed = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| cannot(&e))? {
@@ -176,10 +177,14 @@ impl FolderReader {
     /// points to) whose name parses; `None` for anything else.
     fn list(entry: &std::fs::DirEntry) -> Result<Option<Listed>, String> {
         let path = entry.path();
-        let metadata_error = |e: std::io::Error| format!("error getting metadata of migration path {}: {e}", path.display());
+        let metadata_error =
+            |e: std::io::Error| format!("error getting metadata of migration path {}: {e}", path.display());
         let kind = entry.file_type().map_err(metadata_error)?;
-        let is_file =
-            if kind.is_symlink() { std::fs::metadata(&path).map_err(metadata_error)?.is_file() } else { kind.is_file() };
+        let is_file = if kind.is_symlink() {
+            std::fs::metadata(&path).map_err(metadata_error)?.is_file()
+        } else {
+            kind.is_file()
+        };
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let Some((version, rest)) = name.split_once('_').filter(|(_, rest)| is_file && rest.ends_with(".sql")) else {

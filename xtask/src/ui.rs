@@ -7,17 +7,25 @@ use backend::redact::redact;
 
 /// Announces a step.
 pub fn step(what: impl AsRef<str>) {
-    eprintln!("==> {}", redact(what.as_ref()));
+    emit("==> ", what.as_ref());
 }
 
 /// A line inside the current step.
 pub fn line(what: impl AsRef<str>) {
-    eprintln!("    {}", redact(what.as_ref()));
+    emit("    ", what.as_ref());
 }
 
 /// Something the user should look at, though the run goes on.
 pub fn warn(what: impl AsRef<str>) {
-    eprintln!("    warning: {}", redact(what.as_ref()));
+    emit("    warning: ", what.as_ref());
+}
+
+/// One write a line: stderr is unbuffered, so `eprintln!` costs a system call for each piece of
+/// a line, and lets another process's output in between them. A stderr that is gone (a closed
+/// pipe) loses the line, not the run.
+fn emit(prefix: &str, what: &str) {
+    let line = format!("{prefix}{}\n", redact(what));
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
 
 /// A command's result on stdout (a report, a JSON document), with secrets blanked like the rest.

@@ -37,6 +37,10 @@ pub struct Args {
     /// Only the side-by-side rows: prestart, sqlx-cli, dbmate and the floor
     #[arg(long)]
     side_by_side_only: bool,
+    /// Rounds of the side-by-side no-op (a quarter as many of the apply, an eighth of the late
+    /// start)
+    #[arg(long, default_value_t = 44)]
+    rounds: usize,
 }
 
 /// One line of the table.
@@ -115,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 figures.push(suite_time(&sh)?);
             }
         }
-        compared = Some(side_by_side.run(&cluster, args.runs, args.trials.min(5))?);
+        compared = Some(side_by_side.run(&cluster, args.rounds)?);
         Ok(())
     })();
     let machine = describe_machine(port);
@@ -177,17 +181,6 @@ impl Bench {
         })?;
         Command::new("sync").status().context("cannot run sync")?;
         Ok(())
-    }
-
-    fn drop_database(&self, name: &str) -> anyhow::Result<()> {
-        let db = bench_settings(self.port, "postgres")?;
-        crate::interrupt::block_on(async {
-            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            crate::database::drop_database(&mut ready.conn, name, true).await?;
-            Ok(())
-        })
     }
 
     fn fresh_database(&self, name: &str) -> anyhow::Result<()> {

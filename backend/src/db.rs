@@ -512,6 +512,15 @@ impl fmt::Display for ServerProcess {
     }
 }
 
+/// What every connection asks first, in one round trip: whether the server can take writes, where
+/// it saw us arrive (for pooler detection and keepalives) and which server process and instance
+/// answer (see [`ServerProcess`]).
+pub const READINESS_SQL: &str = "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_is_in_recovery(), \
+     pg_catalog.current_setting('transaction_read_only') = 'on', \
+     pg_catalog.host(pg_catalog.inet_server_addr()), pg_catalog.inet_server_port(), \
+     pg_catalog.current_database()::text, pg_catalog.current_setting('port')::int, \
+     pg_catalog.inet_client_port(), pg_catalog.pg_postmaster_start_time()::text";
+
 /// One attempt: connect within `timeout` and prove the server answers a query.
 pub async fn connect_once(
     settings: &DatabaseSettings,
@@ -522,15 +531,7 @@ pub async fn connect_once(
     let attempt = async || {
         let mut conn = PgConnection::connect_with(&options).await?;
         // The simple protocol answers in one round trip; a prepared statement would take two.
-        let row = sqlx::raw_sql(
-            "SELECT pg_catalog.pg_backend_pid(), pg_catalog.pg_is_in_recovery(), \
-                    pg_catalog.current_setting('transaction_read_only') = 'on', \
-                    pg_catalog.host(pg_catalog.inet_server_addr()), pg_catalog.inet_server_port(), \
-                    pg_catalog.current_database()::text, pg_catalog.current_setting('port')::int, \
-                    pg_catalog.inet_client_port(), pg_catalog.pg_postmaster_start_time()::text",
-        )
-        .fetch_one(&mut conn)
-        .await?;
+        let row = sqlx::raw_sql(READINESS_SQL).fetch_one(&mut conn).await?;
         use sqlx::Row as _;
         // Our socket is the one whose local port the server saw (behind a relay it saw the
         // relay's, and the peer port alone picks).

@@ -329,6 +329,21 @@ pub enum Followed {
     Rows(Vec<sqlx::postgres::PgRow>),
 }
 
+/// The message of [`applied_rows_and`]. One implicit transaction: the server gives up the read
+/// itself before our bound does (so an abandoned read never stays queued on the server), and a
+/// table another session holds locked answers 55P03 within a second instead of queueing us
+/// behind it.
+pub fn applied_rows_sql(table_name: &str, then: &[&str]) -> String {
+    format!(
+        "{}SET LOCAL lock_timeout = {}; \
+         SELECT version, description, {} AS installed_on, success, checksum FROM {table_name}{}",
+        crate::db::server_side_bound(),
+        TABLE_LOCK_WAIT.as_millis(),
+        crate::db::utc_text("installed_on"),
+        then.iter().map(|then| format!(";\n{then}")).collect::<String>()
+    )
+}
+
 /// The applied rows of `table_name`, and the rows of each of `then` (`SELECT`s of the caller's,
 /// which must take no input from outside) read in the same message: a no-op run reads everything
 /// it needs in one round trip. One whose table is missing ends the message: those after it are
@@ -339,17 +354,7 @@ pub async fn applied_rows_and(
     then: &[&str],
 ) -> Result<(Vec<AppliedRow>, Vec<Followed>), sqlx::Error> {
     use futures_util::TryStreamExt as _;
-    // One implicit transaction: the server gives up the read itself before our bound does (so an
-    // abandoned read never stays queued on the server), and a table another session holds locked
-    // answers 55P03 within a second instead of queueing us behind it.
-    let sql = format!(
-        "{}SET LOCAL lock_timeout = {}; \
-         SELECT version, description, {} AS installed_on, success, checksum FROM {table_name}{}",
-        crate::db::server_side_bound(),
-        TABLE_LOCK_WAIT.as_millis(),
-        crate::db::utc_text("installed_on"),
-        then.iter().map(|then| format!(";\n{then}")).collect::<String>()
-    );
+    let sql = applied_rows_sql(table_name, then);
     // The statements answer in order, each ending with its own completion: the two SETs, the
     // applied rows, then each of `then`.
     const APPLIED: usize = 2;

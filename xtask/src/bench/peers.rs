@@ -31,6 +31,10 @@ enum Tool {
     SqlxCli,
     Dbmate,
     Floor,
+    /// The floor with the reads of a no-op prestart in its one message: readiness, the applied
+    /// rows, the seed's check and the environment record. The floor of any tool that checks what
+    /// prestart checks.
+    FloorWithChecks,
 }
 
 const PEERS: [Tool; 2] = [Tool::SqlxCli, Tool::Dbmate];
@@ -42,13 +46,14 @@ impl Tool {
             Tool::SqlxCli => "sqlx-cli",
             Tool::Dbmate => "dbmate",
             Tool::Floor => "floor",
+            Tool::FloorWithChecks => "floor + checks",
         }
     }
 
     /// The up-to-date database of the no-op and detection rows; the floor reads prestart's.
     fn database(self) -> &'static str {
         match self {
-            Tool::Prestart | Tool::Floor => "side_prestart",
+            Tool::Prestart | Tool::Floor | Tool::FloorWithChecks => "side_prestart",
             Tool::SqlxCli => "side_sqlx",
             Tool::Dbmate => "side_dbmate",
         }
@@ -71,6 +76,8 @@ pub struct SideBySide<'a> {
     floor: PathBuf,
     /// `sqlx --version` and `dbmate --version`, for the header.
     versions: (String, String),
+    /// What a no-op prestart asks the server, as one message (see [`Tool::FloorWithChecks`]).
+    checks: String,
     /// sqlx-cli's format, which prestart reads too.
     sqlx_folder: PathBuf,
     dbmate_folder: PathBuf,
@@ -98,6 +105,8 @@ struct Row {
     peer_limit: f64,
     /// The most prestart / floor may be, where the floor ran.
     floor_limit: Option<f64>,
+    /// A peer's runs that failed (their samples are NaN, left out of every figure), in words.
+    failures: Vec<String>,
 }
 
 impl<'a> SideBySide<'a> {
@@ -121,7 +130,16 @@ impl<'a> SideBySide<'a> {
             cmd!(sh, "{dbmate} --version").quiet().read()?.trim().to_owned(),
         );
         let (sqlx_folder, dbmate_folder) = write_folders(&bench.work)?;
-        Ok(SideBySide { bench, sqlx, dbmate, floor, versions, sqlx_folder, dbmate_folder })
+        Ok(SideBySide {
+            bench,
+            sqlx,
+            dbmate,
+            floor,
+            versions,
+            checks: prestarts_reads(bench)?,
+            sqlx_folder,
+            dbmate_folder,
+        })
     }
 
     /// The three rows, with the ratios and their targets. `rounds`: of the no-op, the cheapest
@@ -153,9 +171,12 @@ impl<'a> SideBySide<'a> {
                 let wait: &[&str] = if waiting { &["--wait-timeout", "60"] } else { &[] };
                 self.bench.command(database, &[&["prestart", "--source", &source], wait].concat())
             }
-            Tool::Floor => {
+            Tool::Floor | Tool::FloorWithChecks => {
                 let mut command = Command::new(&self.floor);
                 command.envs(self.bench.env(self.bench.port, database));
+                if tool == Tool::FloorWithChecks {
+                    command.arg(&self.checks);
+                }
                 command
             }
             Tool::SqlxCli => {
@@ -229,13 +250,14 @@ impl<'a> SideBySide<'a> {
             samples: samples.to_vec(),
             peer_limit: 0.8,
             floor_limit: None,
+            failures: Vec::new(),
         })
     }
 
     /// Each tool on its database, which it brought up to date first; the floor on prestart's.
     fn noop(&self, rounds: usize) -> anyhow::Result<Row> {
         ui::step(format!("side by side: the no-op on an up-to-date database ({rounds} rounds)"));
-        let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate, Tool::Floor];
+        let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate, Tool::Floor, Tool::FloorWithChecks];
         for tool in [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate] {
             self.bench.fresh_database(tool.database())?;
             self.timed(tool, tool.database(), "to apply the migrations")?;
@@ -259,6 +281,7 @@ impl<'a> SideBySide<'a> {
             samples: samples.to_vec(),
             peer_limit: 0.9,
             floor_limit: Some(1.5),
+            failures: Vec::new(),
         })
     }
 
@@ -268,11 +291,12 @@ impl<'a> SideBySide<'a> {
         ui::step(format!("side by side: a server that starts late ({trials} rounds)"));
         let tools = [Tool::Prestart, Tool::SqlxCli, Tool::Dbmate];
         let mut samples = tools.map(|tool| (tool, Vec::new()));
+        let mut failures = Vec::new();
         for round in 0..trials {
             for index in rotated(tools.len(), round) {
                 let tool = tools[index];
                 cluster.halt()?;
-                let mut child = self.command(tool, tool.database(), true).spawn()?;
+                let mut child = self.command(tool, tool.database(), true).stderr(Stdio::piped()).spawn()?;
                 std::thread::sleep(Duration::from_millis(300));
                 if child.try_wait()?.is_some() {
                     cluster.start_in_background()?;
@@ -284,12 +308,20 @@ impl<'a> SideBySide<'a> {
                         break Instant::now();
                     }
                 };
-                let status = child.wait()?;
+                let output = child.wait_with_output()?;
                 let exited = Instant::now();
-                if !status.success() {
-                    bail!("{} failed once the server was up", tool.name());
+                if output.status.success() {
+                    samples[index].1.push(super::signed_ms(ready, exited));
+                    continue;
                 }
-                samples[index].1.push(super::signed_ms(ready, exited));
+                let said = String::from_utf8_lossy(&output.stderr);
+                let said = said.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
+                if tool == Tool::Prestart {
+                    bail!("prestart failed once the server was up: {said}");
+                }
+                // A peer that gives up on a server still starting is a finding, not the bench's end.
+                samples[index].1.push(f64::NAN);
+                failures.push(format!("{} failed in round {round}: {said}", tool.name()));
             }
         }
         Ok(Row {
@@ -297,8 +329,22 @@ impl<'a> SideBySide<'a> {
             samples: samples.to_vec(),
             peer_limit: 0.3,
             floor_limit: None,
+            failures,
         })
     }
+}
+
+/// The reads of a no-op prestart on the bench's settings, in one message, built by the functions
+/// prestart builds them with.
+fn prestarts_reads(bench: &Bench) -> anyhow::Result<String> {
+    let pairs = bench.env(bench.port, Tool::Prestart.database());
+    let env = backend::config::Env::from_pairs(pairs.iter().map(|(key, value)| (key.as_str(), value.as_str())));
+    let settings = backend::config::Settings::from_env(&env)?;
+    let table = backend::migrations::MigrationSettings::default().table_name;
+    let seed_check = backend::seed::check_sql(settings.first_superuser.as_ref());
+    let environment = crate::environment::read_sql(&table);
+    let reads = backend::migrations::applied_rows_sql(&table, &[&seed_check, &environment]);
+    Ok(format!("{};\n{reads}", backend::db::READINESS_SQL))
 }
 
 /// The order of round `round`: 0, 1, 2 then 1, 2, 0 and so on, so no tool always goes first
@@ -339,9 +385,9 @@ fn write_folders(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((sqlx, dbmate))
 }
 
-/// The median and the extremes of `samples`.
+/// The median and the extremes of `samples`, failed runs (NaN) left out.
 fn spread(samples: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = samples.to_vec();
+    let mut sorted: Vec<f64> = samples.iter().copied().filter(|sample| !sample.is_nan()).collect();
     sorted.sort_by(f64::total_cmp);
     let at = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
     (at(0.5), at(0.0), at(1.0))
@@ -361,29 +407,38 @@ fn print_rows(rows: &[Row]) {
         format!("{median:.2}{unit} ({min:.2}-{max:.2})")
     };
     println!(
-        "{:<42} {:>24} {:>24} {:>24} {:>24}",
-        "figure (ms: median (min-max))", "prestart", "sqlx-cli", "dbmate", "floor"
+        "{:<42} {:>24} {:>24} {:>24} {:>24} {:>24}",
+        "figure (ms: median (min-max))", "prestart", "sqlx-cli", "dbmate", "floor", "floor + checks"
     );
     for row in rows {
         let of = |tool: Tool| row.samples.iter().find(|(t, _)| *t == tool).map_or(&[][..], |(_, s)| s.as_slice());
         println!(
-            "{:<42} {:>24} {:>24} {:>24} {:>24}",
+            "{:<42} {:>24} {:>24} {:>24} {:>24} {:>24}",
             row.name,
             cell(of(Tool::Prestart), ""),
             cell(of(Tool::SqlxCli), ""),
             cell(of(Tool::Dbmate), ""),
-            cell(of(Tool::Floor), "")
+            cell(of(Tool::Floor), ""),
+            cell(of(Tool::FloorWithChecks), "")
         );
     }
     println!(
-        "\n{:<42} {:>24} {:>24} {:>24} {:>24}  target",
-        "prestart / (per round: median (min-max))", "sqlx-cli", "dbmate", "best peer", "floor"
+        "\n{:<42} {:>24} {:>24} {:>24} {:>24} {:>24}  target",
+        "prestart / (per round: median (min-max))", "sqlx-cli", "dbmate", "best peer", "floor", "floor + checks"
     );
     for row in rows {
         let of = |tool: Tool| row.samples.iter().find(|(t, _)| *t == tool).map_or(&[][..], |(_, s)| s.as_slice());
         let prestart = of(Tool::Prestart);
         let best: Vec<f64> = (0..prestart.len())
-            .map(|round| PEERS.iter().filter_map(|peer| of(*peer).get(round)).fold(f64::INFINITY, |a, b| a.min(*b)))
+            .map(|round| {
+                let best = PEERS
+                    .iter()
+                    .filter_map(|peer| of(*peer).get(round))
+                    .filter(|s| !s.is_nan())
+                    .fold(f64::INFINITY, |a, b| a.min(*b));
+                // A round where every peer failed compares with none.
+                if best.is_finite() { best } else { f64::NAN }
+            })
             .collect();
         let against_best = ratios(prestart, &best);
         let against_floor = ratios(prestart, of(Tool::Floor));
@@ -392,14 +447,18 @@ fn print_rows(rows: &[Row]) {
             verdicts.push(verdict("floor", &against_floor, limit));
         }
         println!(
-            "{:<42} {:>24} {:>24} {:>24} {:>24}  {}",
+            "{:<42} {:>24} {:>24} {:>24} {:>24} {:>24}  {}",
             row.name,
             cell(&ratios(prestart, of(Tool::SqlxCli)), "x"),
             cell(&ratios(prestart, of(Tool::Dbmate)), "x"),
             cell(&against_best, "x"),
             cell(&against_floor, "x"),
+            cell(&ratios(prestart, of(Tool::FloorWithChecks)), "x"),
             verdicts.join(", ")
         );
+    }
+    for failure in rows.iter().flat_map(|row| &row.failures) {
+        println!("note: {failure}");
     }
 }
 

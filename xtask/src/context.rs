@@ -305,8 +305,13 @@ impl SourceArgs {
 
 /// The folder holding `.env`, `sqlx.toml` and `migrations/`: beside the binary in the image
 /// (`/app/xtask`, `/app/migrations`, or `/app/sqlx.toml`), else the workspace this binary was
-/// built from.
+/// built from. Found once a run: it takes a dozen system calls.
 pub fn root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(find_root).clone()
+}
+
+fn find_root() -> PathBuf {
     let beside_binary = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
     if let Some(dir) = beside_binary.filter(|dir| dir.join("migrations").is_dir() || dir.join("sqlx.toml").is_file()) {
         return dir;

@@ -239,9 +239,9 @@ async fn revert_under_lock(
 ) -> anyhow::Result<usize> {
     let applied = read_under_lock(ready, plan, deadline).await?;
     let downs = to_revert(plan, &applied)?;
-    let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
+    let prefix = Prefix { key: lock::key(&ready.server.database), lock_timeout: plan.statement_lock_timeout };
     for down in &downs {
-        run_one(ready, down, &prefix, plan, db, Direction::Revert).await?;
+        run_one(ready, down, prefix, plan, db, Direction::Revert).await?;
     }
     Ok(downs.len())
 }
@@ -286,7 +286,7 @@ async fn apply_pending(
     plan.check_target_not_below(&applied)?;
     let pending = plan.to_apply(&status);
     plan.report_skipped(&status);
-    let prefix = migration_prefix(plan.statement_lock_timeout, lock::key(&ready.server.database));
+    let prefix = Prefix { key: lock::key(&ready.server.database), lock_timeout: plan.statement_lock_timeout };
     // In batches where they allow it; a migration a batch stopped at runs again alone, which
     // explains its failure with its file and line (or applies it, if what failed was passing).
     let mut next = 0;
@@ -294,13 +294,13 @@ async fn apply_pending(
     while next < pending.len() {
         let batch = batchable(&pending[next..batch_before]);
         if batch == 0 {
-            run_one(ready, pending[next], &prefix, plan, db, Direction::Apply).await?;
+            run_one(ready, pending[next], prefix, plan, db, Direction::Apply).await?;
             *applied_here += 1;
             next += 1;
             batch_before = pending.len();
             continue;
         }
-        if let Err(stopped) = apply_batch(ready, &pending[next..next + batch], &prefix, plan, db, applied_here).await? {
+        if let Err(stopped) = apply_batch(ready, &pending[next..next + batch], prefix, plan, db, applied_here).await? {
             // Up to the failing one: after a syntax error that rejected the whole message, those
             // before it are batched again.
             batch_before = next + stopped.failing;
@@ -368,7 +368,7 @@ pub(super) enum Direction {
 async fn run_one(
     ready: &mut Ready,
     file: &MigrationFile,
-    prefix: &str,
+    prefix: Prefix,
     plan: &Plan<'_>,
     db: &DatabaseSettings,
     direction: Direction,
@@ -387,7 +387,8 @@ async fn run_one(
     if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
         return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
     }
-    let migration = with_lock_timeout(&file.migration, prefix);
+    let prefix = prefix.sql("");
+    let migration = with_lock_timeout(&file.migration, &prefix);
     let blockers = Blockers::default();
     let ran = tokio::select! {
         ran = async {
@@ -502,10 +503,22 @@ pub(super) async fn what_was_left(
 /// What goes before a transactional migration's SQL, in the same query, so it costs no round
 /// trip: first a check that this server session holds the migration lock (behind a transaction
 /// pooler the lock may sit on another session, and then the migration must not run), then
-/// `SET LOCAL lock_timeout`, which ends with the migration's transaction; a migration that sets
-/// its own comes later and wins.
-fn migration_prefix(timeout: Duration, key: i64) -> String {
-    format!("{}SET LOCAL lock_timeout = {};\n", lock::require_held(key), timeout.as_millis())
+/// `SET LOCAL lock_timeout`, which ends with the migration's transaction (a migration that sets
+/// its own comes later and wins), then what the caller adds (`also`, PL/pgSQL); all one statement.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prefix {
+    key: i64,
+    lock_timeout: Duration,
+}
+
+impl Prefix {
+    pub(super) fn sql(self, also: &str) -> String {
+        let lock_timeout = self.lock_timeout.as_millis();
+        lock::require_held(
+            self.key,
+            &format!("PERFORM pg_catalog.set_config('lock_timeout', '{lock_timeout}', true); {also}"),
+        )
+    }
 }
 
 /// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`

@@ -23,6 +23,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::Row as _;
 use sqlx::migrate::MigrateError;
 
+use super::apply::Prefix;
 use super::blockers::Blockers;
 use super::explain::{commits_itself, explain_failure};
 use super::plan::Plan;
@@ -63,7 +64,7 @@ pub struct Stopped {
 pub async fn apply_batch(
     ready: &mut Ready,
     files: &[&MigrationFile],
-    prefix: &str,
+    prefix: Prefix,
     plan: &Plan<'_>,
     db: &DatabaseSettings,
     applied_here: &mut usize,
@@ -151,7 +152,7 @@ const STARTED: &str = "prestart.started";
 
 /// The message, and where each migration's SQL starts in it (in characters, as the server counts
 /// an error's position).
-fn message(files: &[&MigrationFile], prefix: &str, table: &str) -> (String, Vec<usize>) {
+fn message(files: &[&MigrationFile], prefix: Prefix, table: &str) -> (String, Vec<usize>) {
     let mut sql = String::new();
     let mut starts = Vec::with_capacity(files.len());
     let mut chars = 0;
@@ -159,11 +160,11 @@ fn message(files: &[&MigrationFile], prefix: &str, table: &str) -> (String, Vec<
         let migration = &file.migration;
         let last = index + 1 == files.len();
         // Its start, for the execution time: `now()` is the message's start, not the BEGIN's.
-        let head = format!(
-            "BEGIN;\n{prefix}{}SELECT pg_catalog.set_config('{STARTED}', EXTRACT(EPOCH FROM pg_catalog.clock_timestamp())::text, \
-             true);\n",
-            if last { "" } else { "SET LOCAL synchronous_commit = off;\n" }
+        let also = format!(
+            "{}PERFORM pg_catalog.set_config('{STARTED}', EXTRACT(EPOCH FROM pg_catalog.clock_timestamp())::text, true);",
+            if last { "" } else { "PERFORM pg_catalog.set_config('synchronous_commit', 'off', true); " }
         );
+        let head = format!("BEGIN;\n{}", prefix.sql(&also));
         chars += head.chars().count();
         starts.push(chars);
         let body = migration.sql.as_str();

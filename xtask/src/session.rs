@@ -204,6 +204,18 @@ pub fn run<T>(
     purpose: Use,
     body: impl AsyncFnOnce(&mut Session<'_>) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    run_alongside(loaded, purpose, async { Ok(()) }, async |session, ()| body(session).await)
+}
+
+/// [`run`], with `ahead` (work that needs no database, such as listing the migrations) going on
+/// while the session opens, in the waits of its login; `body` gets its result. A failure of
+/// `ahead` ends the run at once, without waiting for the database.
+pub fn run_alongside<A, T>(
+    loaded: &Loaded,
+    purpose: Use,
+    ahead: impl Future<Output = anyhow::Result<A>>,
+    body: impl AsyncFnOnce(&mut Session<'_>, A) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let direct = match purpose {
         Use::Write => loaded.for_migrations(),
         Use::Wait | Use::Read => None,
@@ -217,7 +229,7 @@ pub fn run<T>(
     }
     let active = ActiveBackend::default();
     crate::interrupt::block_on(interruptible(&target.settings.database, &active, async {
-        let mut session = Session::open(target, &active).await?;
+        let (mut session, ahead) = tokio::try_join!(Session::open(target, &active), ahead)?;
         if purpose != Use::Wait {
             session.pooling = detect_pooling(session.settings(), &mut session.ready).await;
         }
@@ -225,7 +237,7 @@ pub fn run<T>(
             refuse_shared_sessions(&session)?;
             session.make_stoppable();
         }
-        body(&mut session).await
+        body(&mut session, ahead).await
     }))
 }
 

@@ -137,9 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let RunArgs { db, source, options, target } = args.run;
     let loaded = db.load()?;
-    let listing = source.list(&loaded.root)?;
-    let table = listing.settings.table_name.clone();
-    session::run(&loaded, Use::Write, async |session| {
+    // Listed while the login waits on the server (see prestart).
+    session::run_alongside(&loaded, Use::Write, source.list(&loaded.root), async |session, listing| {
+        let table = listing.settings.table_name.clone();
         // The files are read while the server answers the first read of the migrations table.
         let (first, (set, settings, dir)) = tokio::try_join!(first_read(session, &table, None), listing.read())?;
         let plan = target.apply_to(options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;

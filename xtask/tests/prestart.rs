@@ -220,6 +220,21 @@ fn a_database_url_with_an_encoded_password_works() {
     xtask(&["prestart", "--source", &source], &env).output().assert_code(0);
 }
 
+/// The folder is listed while the connection starts, but a name it cannot use still ends the
+/// run at once with exit 3, not after the wait for a server that is down (default deadline: 300 s).
+#[test]
+fn a_migrations_folder_that_cannot_be_used_fails_without_waiting_for_the_server() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    migrations.write("abc_not_a_version.sql", "SELECT 1;\n");
+    let started = std::time::Instant::now();
+    prestart(&cluster, &migrations, &[])
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("error parsing migration filename \"abc_not_a_version.sql\"");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited: {:?}", started.elapsed());
+}
+
 #[test]
 fn configuration_errors_name_the_variable_and_exit_3() {
     let cluster = Cluster::stopped();

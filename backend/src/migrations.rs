@@ -107,6 +107,14 @@ impl MigrationFile {
     }
 }
 
+/// Two forward migrations of one version.
+fn shared_version(version: i64, first: &str, second: &str) -> ConfigError {
+    ConfigError::new(format!(
+        "two migrations share version {version}: {first} and {second}; rename one with a new version (cargo xtask \
+         new-migration)"
+    ))
+}
+
 /// A file's text in one `open` and as few `read`s as it takes (the last one finding its end), where
 /// `fs::read_to_string` asks for its size first.
 fn read_text(path: &Path) -> std::io::Result<String> {
@@ -170,7 +178,20 @@ impl FolderReader {
             let entry = entry.map_err(|e| cannot(&e))?;
             listed.extend(Self::list(&entry).map_err(|e| cannot(&e))?);
         }
+        // sqlx's order: version, then type, then path (which down file of two wins is not up to
+        // the file system's listing order).
+        listed.sort_by(|a, b| (a.version, a.migration_type, &a.path).cmp(&(b.version, b.migration_type, &b.path)));
+        let ups: Vec<&Listed> = listed.iter().filter(|l| !l.migration_type.is_down_migration()).collect();
+        if let Some(pair) = ups.windows(2).find(|pair| pair[0].version == pair[1].version) {
+            let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Err(shared_version(pair[0].version, &name(&pair[0].path), &name(&pair[1].path)));
+        }
         Ok(FolderReader { dir, listed: listed.into_iter(), settings: settings.clone(), files: Vec::new() })
+    }
+
+    /// The versions of the forward migrations listed.
+    pub fn versions(&self) -> impl Iterator<Item = i64> + '_ {
+        self.listed.as_slice().iter().filter(|l| !l.migration_type.is_down_migration()).map(|l| l.version)
     }
 
     /// One entry of the folder, as sqlx's resolver takes it: a file (a link counts as what it
@@ -221,8 +242,8 @@ impl FolderReader {
         Ok(true)
     }
 
-    pub fn finish(mut self) -> Result<MigrationSet, ConfigError> {
-        self.files.sort_by(|a, b| a.migration.cmp(&b.migration));
+    /// The set, in the listing's order.
+    pub fn finish(self) -> Result<MigrationSet, ConfigError> {
         MigrationSet::forward_only(self.files.into_iter())
     }
 }
@@ -251,12 +272,7 @@ impl MigrationSet {
         let (downs, ups): (Vec<_>, Vec<_>) = files.partition(|f| f.migration.migration_type.is_down_migration());
         for file in ups {
             if let Some(existing) = by_version.get(&file.migration.version) {
-                return Err(ConfigError::new(format!(
-                    "two migrations share version {}: {} and {}; rename one with a new version (cargo xtask new-migration)",
-                    file.migration.version,
-                    existing.name(),
-                    file.name()
-                )));
+                return Err(shared_version(file.migration.version, &existing.name(), &file.name()));
             }
             by_version.insert(file.migration.version, file);
         }
@@ -376,25 +392,29 @@ pub async fn applied_rows_and(
         }
     };
     drop(stream);
-    // Each of `then` that answered, the one whose table is missing, and none after it.
-    let answered = match ended {
-        Ok(()) => then.len(),
-        // A missing table: the migrations table (nothing was applied yet, and `then` never ran),
-        // or the one a read of `then` reads.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-            if statement <= APPLIED {
-                return Ok((Vec::new(), then.iter().map(|_| Followed::NotRead).collect()));
-            }
-            statement - APPLIED - 1
+    // Each of `then` that answered; the one that failed, `Missing` when its table is, else not read
+    // (its caller reads again on its own, with its own handling: a table another session holds
+    // locked, a column a pending migration adds, are its matter, not the migrations table's); and
+    // none after it, which did not run.
+    let (answered, failed) = match ended {
+        Ok(()) => (then.len(), Followed::NotRead),
+        // The migrations table is missing: nothing was applied yet, and `then` never ran.
+        Err(sqlx::Error::Database(e)) if statement <= APPLIED && e.code().as_deref() == Some("42P01") => {
+            return Ok((Vec::new(), then.iter().map(|_| Followed::NotRead).collect()));
+        }
+        Err(sqlx::Error::Database(e)) if statement > APPLIED => {
+            let missing = e.code().as_deref() == Some("42P01");
+            (statement - APPLIED - 1, if missing { Followed::Missing } else { Followed::NotRead })
         }
         Err(e) => return Err(e),
     };
+    let mut failed = Some(failed);
     let followed = followed
         .into_iter()
         .enumerate()
         .map(|(index, rows)| match index.cmp(&answered) {
             std::cmp::Ordering::Less => Followed::Rows(rows),
-            std::cmp::Ordering::Equal => Followed::Missing,
+            std::cmp::Ordering::Equal => failed.take().unwrap_or(Followed::NotRead),
             std::cmp::Ordering::Greater => Followed::NotRead,
         })
         .collect();

@@ -273,6 +273,11 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// The versions of its forward migrations.
+    pub fn versions(&self) -> impl Iterator<Item = i64> + '_ {
+        self.reader.versions()
+    }
+
     /// The files, read a few at a time with a pause between, so that the query it runs beside
     /// (see `migrate::first_read`) is answered at once: reading and checksumming every file is
     /// the client's biggest cost in a no-op run (about 1.5 ms for 200 files), and the server takes

@@ -63,15 +63,16 @@ pub fn held_by_this_session(key: i64) -> String {
 /// try for the same key at transaction level fails where another session holds it, and where it
 /// succeeds no other session can take the lock until this transaction ends, so letting go of one
 /// session-level hold and taking it back tells, with no window between, whether there was one.
-/// (Were the server to let go first, another session could take the lock meanwhile and the try
-/// would fail: a refusal, never a migration without the lock.) Short, as what `pg_stat_activity`
-/// shows of a running migration is its first kilobyte.
+/// All in one expression, so no cancel can land between letting go and taking back. (Were the
+/// server to let go first, another session could take the lock meanwhile and the try would fail:
+/// a refusal, never a migration without the lock.) Short, as what `pg_stat_activity` shows of a
+/// running migration is its first kilobyte.
 pub fn require_held(key: i64, then: &str) -> String {
     format!(
         "DO $prestart$ BEGIN \
-         IF NOT pg_catalog.pg_try_advisory_xact_lock({key}) OR NOT pg_catalog.pg_advisory_unlock({key}) THEN \
-         RAISE EXCEPTION USING MESSAGE = '{NOT_LOCKED}', HINT = '{NOT_LOCKED_FIX}'; END IF; \
-         PERFORM pg_catalog.pg_advisory_lock({key}); {then} END $prestart$;\n"
+         IF NOT (pg_catalog.pg_try_advisory_xact_lock({key}) AND pg_catalog.pg_advisory_unlock({key}) \
+         AND pg_catalog.pg_try_advisory_lock({key})) THEN \
+         RAISE EXCEPTION USING MESSAGE = '{NOT_LOCKED}', HINT = '{NOT_LOCKED_FIX}'; END IF; {then} END $prestart$;\n"
     )
 }
 

@@ -58,6 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // read later.
     let done = match steps(args.source.list(&loaded.root)) {
         Err(error) if args.create_database && database_missing(&error) => {
+            // No database is made for a folder that would fail the run afterwards (one whose file
+            // cannot be read, say): it is read whole first.
+            args.source.load(&loaded.root)?;
             crate::database::create(&loaded)?;
             steps(args.source.list(&loaded.root))
         }

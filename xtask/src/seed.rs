@@ -31,7 +31,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// (argon2 takes tens of milliseconds).
 pub struct Ahead<'a> {
     superuser: &'a FirstSuperuser,
-    present: Option<Present>,
+    /// What the check found, and the server process it asked: after a reconnect (a failover) it
+    /// says nothing of the server the seed then runs on.
+    present: Option<(Present, backend::db::ServerProcess)>,
     hashing: Option<tokio::task::JoinHandle<Result<String, SeedError>>>,
 }
 
@@ -45,10 +47,10 @@ impl<'a> Ahead<'a> {
         backend::seed::check_sql(Some(self.superuser))
     }
 
-    /// What that check read, on a run that then changed nothing.
-    pub fn found(&mut self, read: &Followed) {
+    /// What that check read on `process`, on a run that then changed nothing.
+    pub fn found(&mut self, read: &Followed, process: &backend::db::ServerProcess) {
         if let Followed::Rows(rows) = read {
-            self.present = rows.first().and_then(|row| Present::from_row(row).ok());
+            self.present = rows.first().and_then(|row| Present::from_row(row).ok()).map(|p| (p, process.clone()));
         }
     }
 
@@ -90,7 +92,10 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
         let ran_on = session.ready.server.clone();
         // What was read ahead holds for the first try only: a rerun reads again.
         let tried = match ahead.hashed().await {
-            Ok(hashed) => seed_once(&mut session.ready.conn, superuser, ahead.present.take(), hashed).await,
+            Ok(hashed) => {
+                let present = ahead.present.take().filter(|(_, on)| *on == session.ready.process).map(|(p, _)| p);
+                seed_once(&mut session.ready.conn, superuser, present, hashed).await
+            }
             Err(error) => Err(error),
         };
         let error = match tried {

@@ -76,7 +76,7 @@ pub async fn migrate_step(
             return Ok(());
         }
         if let (Some(seed), Some(check)) = (seed, &seed_check) {
-            seed.found(check);
+            seed.found(check, &session.ready.process);
         }
         let recorded = match environment {
             Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),

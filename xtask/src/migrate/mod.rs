@@ -137,8 +137,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let RunArgs { db, source, options, target } = args.run;
     let loaded = db.load()?;
-    // Listed while the login waits on the server (see prestart).
-    session::run_alongside(&loaded, Use::Write, source.list(&loaded.root), async |session, listing| {
+    // Listed (and the target checked, as sqlx-cli does before connecting) while the login waits on
+    // the server (see prestart).
+    let listed = async {
+        let listing = source.list(&loaded.root).await?;
+        target.check(&listing.dir, listing.versions(), false)?;
+        Ok(listing)
+    };
+    session::run_alongside(&loaded, Use::Write, listed, async |session, listing| {
         let table = listing.settings.table_name.clone();
         // The files are read while the server answers the first read of the migrations table.
         let (first, (set, settings, dir)) = tokio::try_join!(first_read(session, &table, None), listing.read())?;
@@ -158,20 +164,26 @@ impl TargetArgs {
     /// The plan with the target and dry run; a target no migration has changes nothing (as
     /// sqlx-cli, before connecting). For a revert, 0 means "all of them".
     fn apply_to<'a>(&self, plan: Plan<'a>, zero_means_all: bool) -> anyhow::Result<Plan<'a>> {
-        if let Some(target) = self.target_version.filter(|&t| !(zero_means_all && t == 0))
-            && !plan.set.has_version(target)
-        {
-            let known = plan.set.files.iter().map(|f| f.migration.version.to_string()).collect::<Vec<_>>();
-            return Err(fail(
-                Failure::Migration,
-                anyhow!(
-                    "--target-version {target}: no migration in {} has this version (the versions are {}); nothing was \
-                     changed",
-                    display_path(plan.dir),
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                ),
-            ));
-        }
+        self.check(plan.dir, plan.set.files.iter().map(|f| f.migration.version), zero_means_all)?;
         Ok(Plan { target: self.target_version, dry_run: self.dry_run, ..plan })
+    }
+
+    /// The target is one of `versions` (those of `dir`).
+    fn check(&self, dir: &Path, versions: impl Iterator<Item = i64>, zero_means_all: bool) -> anyhow::Result<()> {
+        let Some(target) = self.target_version.filter(|&t| !(zero_means_all && t == 0)) else { return Ok(()) };
+        let known: Vec<i64> = versions.collect();
+        if known.contains(&target) {
+            return Ok(());
+        }
+        let known: Vec<String> = known.iter().map(ToString::to_string).collect();
+        Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "--target-version {target}: no migration in {} has this version (the versions are {}); nothing was \
+                 changed",
+                display_path(dir),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        ))
     }
 }

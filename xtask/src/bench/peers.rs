@@ -315,10 +315,10 @@ impl<'a> SideBySide<'a> {
                     samples[index].1.push(super::signed_ms(ready, exited));
                     continue;
                 }
-                // Its last words, wherever it printed them.
+                // What it said, wherever it printed it, on one line.
                 let said =
                     format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-                let said = said.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
+                let said = said.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" | ");
                 if tool == Tool::Prestart {
                     bail!("prestart failed once the server was up: {said}");
                 }

@@ -130,7 +130,13 @@ fn read_text(path: &Path) -> std::io::Result<String> {
             Err(e) => return Err(e),
         }
     }
-    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is not UTF-8 text (byte {at} is not): save it as UTF-8, as sqlx-cli requires"),
+        )
+    })
 }
 
 /// The forward migrations of one source, in version order, and the down files that revert them.

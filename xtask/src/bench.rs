@@ -77,6 +77,8 @@ impl Figure {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // The peers are handed it in a URL, and what they say on failure is printed.
+    backend::redact::register(PASSWORD);
     let sh = Shell::new()?;
     let _root = sh.push_dir(root());
     ui::step("build the release binary");
@@ -167,41 +169,39 @@ impl Bench {
         command
     }
 
-    /// The rows of `table` in `database`.
-    fn count_rows(&self, database: &str, table: &str) -> anyhow::Result<i64> {
+    /// Runs `work` on a connection of its own to `database` on the bench's server.
+    fn on_server<T>(
+        &self,
+        database: &str,
+        work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let db = bench_settings(self.port, database)?;
         crate::interrupt::block_on(async {
             let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let sql = format!("SELECT count(*) FROM {table}");
-            Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut ready.conn).await?)
+            work(&mut ready.conn).await
         })
+    }
+
+    /// The rows of `table` in `database`.
+    fn count_rows(&self, database: &str, table: &str) -> anyhow::Result<i64> {
+        let sql = format!("SELECT count(*) FROM {table}");
+        self.on_server(database, async |conn| Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn).await?))
     }
 
     /// What the server and the kernel have to write goes to disk now, not under the next timed
     /// run: a checkpoint, then `sync` for what the kernel still holds.
     fn settle_disk(&self) -> anyhow::Result<()> {
-        let db = bench_settings(self.port, "postgres")?;
-        crate::interrupt::block_on(async {
-            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            sqlx::raw_sql("CHECKPOINT").execute(&mut ready.conn).await?;
-            anyhow::Ok(())
-        })?;
+        self.on_server("postgres", async |conn| Ok(sqlx::raw_sql("CHECKPOINT").execute(conn).await.map(drop)?))?;
         Command::new("sync").status().context("cannot run sync")?;
         Ok(())
     }
 
     fn fresh_database(&self, name: &str) -> anyhow::Result<()> {
-        let db = bench_settings(self.port, "postgres")?;
-        crate::interrupt::block_on(async {
-            let mut ready = backend::db::connect_once(&db, "prestart-bench", Duration::from_secs(5))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            crate::database::drop_database(&mut ready.conn, name, true).await?;
-            crate::database::create_database(&mut ready.conn, name, crate::database::Template::Default).await?;
+        self.on_server("postgres", async |conn| {
+            crate::database::drop_database(conn, name, true).await?;
+            crate::database::create_database(conn, name, crate::database::Template::Default).await?;
             Ok(())
         })
     }
@@ -259,19 +259,10 @@ impl Bench {
         ui::step(format!("no-op prestart through PgBouncer in session mode ({runs} runs)"));
         let scratch = ServerScratch::new(sh)?;
         let dir = &scratch.dir;
-        let secret: String = crate::interrupt::block_on(async {
-            let mut ready = backend::db::connect_once(
-                &bench_settings(self.port, "postgres")?,
-                "prestart-bench",
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-            anyhow::Ok(
-                sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
-                    .fetch_one(&mut ready.conn)
-                    .await?,
-            )
+        let secret: String = self.on_server("postgres", async |conn| {
+            Ok(sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+                .fetch_one(conn)
+                .await?)
         })?;
         let port = free_port()?;
         let mut command = crate::pgbouncer::prepare(

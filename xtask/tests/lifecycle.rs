@@ -115,6 +115,25 @@ fn prestart_creates_a_missing_database_only_when_asked() {
         .assert_stderr_contains("up to date");
 }
 
+/// A migration whose text cannot be read (not UTF-8) is found once the files are read, after the
+/// folder was listed: exit 3 naming the file, nothing applied, and no database created for it.
+#[test]
+fn a_migration_that_cannot_be_read_changes_nothing_and_creates_no_database() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let broken = migrations.path().join("20261201000000_latin1.sql");
+    std::fs::write(&broken, b"-- caf\xe9\nSELECT 1;\n").expect("write the file");
+    run(&["prestart"], &cluster.env("app"), &migrations)
+        .assert_code(3)
+        .assert_stderr_contains("20261201000000_latin1.sql")
+        .assert_stderr_contains("it is not UTF-8 text (byte 6 is not): save it as UTF-8");
+    assert_eq!(cluster.psql("app", "SELECT to_regclass('_sqlx_migrations') IS NULL"), "t");
+    run(&["prestart", "--create-database"], &cluster.env("fresh"), &migrations)
+        .assert_code(3)
+        .assert_stderr_contains("20261201000000_latin1.sql");
+    assert!(!database_exists(&cluster, "fresh"));
+}
+
 #[test]
 fn schema_dump_check_fails_when_a_migration_changed_the_schema() {
     let cluster = Cluster::started();

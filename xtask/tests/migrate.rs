@@ -214,3 +214,17 @@ fn sqlx_toml_table_name_and_ignored_characters_are_honoured() {
     let output = run(&[]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// As sqlx-cli, a target no migration has is refused before connecting: with the server down it
+/// fails at once (exit 6), not after the wait.
+#[test]
+fn a_target_version_no_migration_has_fails_without_waiting_for_the_server() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let started = std::time::Instant::now();
+    migrate(&cluster, &migrations, &["--target-version", "999"])
+        .output()
+        .assert_code(6)
+        .assert_stderr_contains("--target-version 999: no migration in");
+    assert!(started.elapsed() < Duration::from_secs(30), "it waited: {:?}", started.elapsed());
+}

@@ -182,7 +182,7 @@ impl<'a> SideBySide<'a> {
             Tool::SqlxCli => {
                 let mut command = Command::new(&self.sqlx);
                 command.args(["migrate", "run", "--source"]).arg(&self.sqlx_folder);
-                command.args(["--database-url", &self.url(database)]);
+                command.env("DATABASE_URL", self.url(database));
                 if waiting {
                     command.args(["--connect-timeout", "60"]);
                 }
@@ -190,7 +190,8 @@ impl<'a> SideBySide<'a> {
             }
             Tool::Dbmate => {
                 let mut command = Command::new(&self.dbmate);
-                command.args(["--url", &self.url(database), "--migrations-dir"]).arg(&self.dbmate_folder);
+                command.env("DATABASE_URL", self.url(database));
+                command.arg("--migrations-dir").arg(&self.dbmate_folder);
                 command.arg("--no-dump-schema");
                 if waiting {
                     command.args(["--wait", "--wait-timeout", "60s"]);
@@ -203,6 +204,8 @@ impl<'a> SideBySide<'a> {
         command
     }
 
+    /// What the peers read from `DATABASE_URL`: the environment, not their command line, which
+    /// `ps` shows.
     fn url(&self, database: &str) -> String {
         let password = PASSWORD.replace(' ', "%20");
         format!("postgres://postgres:{password}@127.0.0.1:{}/{database}?sslmode=disable", self.bench.port)
@@ -461,7 +464,7 @@ fn print_rows(rows: &[Row]) {
         );
     }
     for failure in rows.iter().flat_map(|row| &row.failures) {
-        println!("note: {failure}");
+        ui::print(format!("note: {failure}\n"));
     }
 }
 

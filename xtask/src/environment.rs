@@ -56,7 +56,7 @@ pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result
 
 /// The `SELECT` that reads the record, for a message that reads more (see `from_rows`).
 pub fn read_sql(migrations_table: &str) -> String {
-    format!("SELECT environment, {} FROM {}", backend::db::utc_text("recorded_at"), table_for(migrations_table))
+    format!("SELECT environment, recorded_at FROM {}", table_for(migrations_table))
 }
 
 /// The record in the rows of [`read_sql`].
@@ -64,7 +64,7 @@ pub fn from_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Option<Recorded>, sql
     use sqlx::Row as _;
     rows.first()
         .map(|row| {
-            let at: String = row.try_get(1)?;
+            let at: String = row.try_get_unchecked(1)?;
             Ok(Recorded { environment: row.try_get(0)?, at: backend::db::rfc3339_seconds(&at) })
         })
         .transpose()

@@ -50,7 +50,7 @@ impl<'a> Ahead<'a> {
     /// What that check read on `process`, on a run that then changed nothing.
     pub fn found(&mut self, read: &Followed, process: &backend::db::ServerProcess) {
         if let Followed::Rows(rows) = read {
-            self.present = rows.first().and_then(|row| Present::from_row(row).ok()).map(|p| (p, process.clone()));
+            self.present = Present::from_rows(rows, Some(self.superuser)).ok().map(|p| (p, process.clone()));
         }
     }
 

@@ -278,3 +278,46 @@ pub async fn interruptible<T>(
     ui::line(format!("received {}: {outcome}", name(received)));
     Err(interrupted(received))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::poll_beside_the_scheduler;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+    }
+
+    #[test]
+    fn a_future_that_keeps_yielding_still_meets_its_deadline() {
+        let started = Instant::now();
+        let spinning = async {
+            loop {
+                tokio::task::yield_now().await;
+            }
+        };
+        let result = poll_beside_the_scheduler(&runtime(), async {
+            tokio::time::timeout(Duration::from_millis(50), spinning).await
+        });
+        assert!(result.is_err(), "the timeout must fire");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn tasks_blocking_work_and_other_threads_wake_the_work() {
+        let (sender, received) = tokio::sync::oneshot::channel();
+        let work = async move {
+            let spawned = tokio::spawn(async { 2 }).await.expect("the task ends");
+            let blocking = tokio::task::spawn_blocking(|| 3).await.expect("the blocking work ends");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = sender.send(5);
+            });
+            let from_a_thread = received.await.expect("the thread sends");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            spawned + blocking + from_a_thread
+        };
+        assert_eq!(poll_beside_the_scheduler(&runtime(), work), 10);
+    }
+}

@@ -778,29 +778,72 @@ pub async fn terminate_backend(
 }
 
 /// A `timestamptz` as the server prints it (`2026-12-04 23:36:31.857694+00`: sqlx sets `DateStyle`
-/// to ISO and `TimeZone` to UTC), as `2026-12-04T23:36:31Z`, or with its offset where a pooler
-/// kept another time zone (`+05:30` for `+05:30`, `+01:00` for `+01`). The value is read as the
-/// server prints it rather than converted there: `AT TIME ZONE` or `to_char` cost a fresh server
-/// process a tenth of a millisecond or more. A value of another shape (`infinity`, another
-/// `DateStyle`) stays as it is.
+/// to ISO and `TimeZone` to UTC) as `2026-12-04T23:36:31Z`, UTC to the second even where a pooler
+/// kept another time zone (`2026-12-05 05:06:31+05:30`). The value is read as the server prints it
+/// rather than converted there: `AT TIME ZONE` or `to_char` cost a fresh server process a tenth of
+/// a millisecond or more. A value of another shape (`infinity`, a year BC or past 9999, another
+/// `DateStyle`, a local mean time's offset in seconds) stays as it is.
 pub fn rfc3339_seconds(printed: &str) -> String {
-    let (Some(date), Some(" "), Some(time), Some(rest)) =
-        (printed.get(..10), printed.get(10..11), printed.get(11..19), printed.get(19..))
-    else {
-        return printed.to_owned();
+    utc_to_the_second(printed).unwrap_or_else(|| printed.to_owned())
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]` in UTC, or `None` for any other shape.
+fn utc_to_the_second(printed: &str) -> Option<String> {
+    let number = |from: usize, to: usize| -> Option<i64> {
+        let digits = printed.get(from..to)?;
+        if digits.bytes().all(|b| b.is_ascii_digit()) { digits.parse().ok() } else { None }
     };
-    // Past the seconds: the fraction, then the offset, `+HH` or `+HH:MM` (`+HH:MM:SS`, a local
-    // mean time of the 1800s, has no RFC 3339 form).
-    let offset = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    let offset = match (offset.get(..1), offset.get(1..3), offset.get(3..)) {
-        (Some("+" | "-"), Some("00"), Some("" | ":00")) => "Z".to_owned(),
-        (Some(sign @ ("+" | "-")), Some(hours), Some("")) => format!("{sign}{hours}:00"),
-        (Some(sign @ ("+" | "-")), Some(hours), Some(minutes)) if minutes.len() == 3 => {
-            format!("{sign}{hours}{minutes}")
+    let separators = [(4, '-'), (7, '-'), (10, ' '), (13, ':'), (16, ':')];
+    if !separators.iter().all(|&(at, separator)| printed.get(at..).is_some_and(|rest| rest.starts_with(separator))) {
+        return None;
+    }
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    let rest = printed.get(19..)?;
+    let offset =
+        rest.strip_prefix('.').map_or(rest, |fraction| fraction.trim_start_matches(|c: char| c.is_ascii_digit()));
+    let (sign, offset) = match offset.split_at_checked(1)? {
+        ("+", offset) => (1, offset),
+        ("-", offset) => (-1, offset),
+        _ => return None,
+    };
+    let offset_minutes = match (offset.len(), offset.get(2..3)) {
+        (2, None) => number(printed.len() - 2, printed.len())? * 60,
+        (5, Some(":")) => {
+            number(printed.len() - 5, printed.len() - 3)? * 60 + number(printed.len() - 2, printed.len())?
         }
-        _ => return printed.to_owned(),
+        _ => return None,
     };
-    format!("{date}T{time}{offset}")
+    let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let utc = local - sign * offset_minutes * 60;
+    let (year, month, day) = civil_from_days(utc.div_euclid(86_400));
+    let seconds = utc.rem_euclid(86_400);
+    (0..=9999).contains(&year).then(|| {
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", seconds / 3600, seconds % 3600 / 60, seconds % 60)
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date `days` after 1970-01-01: the inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `text` as a dollar-quoted literal whose tag it does not contain: no escaping, whatever
@@ -819,16 +862,36 @@ mod tests {
     use super::rfc3339_seconds;
 
     #[test]
-    fn a_printed_timestamptz_becomes_rfc3339_to_the_second() {
+    fn a_printed_timestamptz_becomes_rfc3339_utc_to_the_second() {
         assert_eq!(rfc3339_seconds("2026-12-04 23:36:31.857694+00"), "2026-12-04T23:36:31Z");
         assert_eq!(rfc3339_seconds("2026-12-04 23:36:31+00"), "2026-12-04T23:36:31Z");
-        // A pooler that kept another time zone: the offset stays, in RFC 3339's form.
-        assert_eq!(rfc3339_seconds("2026-12-05 05:06:31.5+05:30"), "2026-12-05T05:06:31+05:30");
-        assert_eq!(rfc3339_seconds("2026-12-04 18:36:31-05"), "2026-12-04T18:36:31-05:00");
-        // No RFC 3339 form, or another DateStyle: as printed.
-        assert_eq!(rfc3339_seconds("1850-01-01 00:00:00+00:53:28"), "1850-01-01 00:00:00+00:53:28");
-        assert_eq!(rfc3339_seconds("Fri Dec 04 23:36:31.857694 2026 UTC"), "Fri Dec 04 23:36:31.857694 2026 UTC");
-        assert_eq!(rfc3339_seconds("infinity"), "infinity");
-        assert_eq!(rfc3339_seconds(""), "");
+        // A pooler that kept another time zone: the same instant, in UTC.
+        assert_eq!(rfc3339_seconds("2026-12-05 05:06:31.5+05:30"), "2026-12-04T23:36:31Z");
+        assert_eq!(rfc3339_seconds("2026-12-04 18:36:31-05"), "2026-12-04T23:36:31Z");
+        // Across a month, a year and a leap day.
+        assert_eq!(rfc3339_seconds("2027-01-01 01:00:00+02"), "2026-12-31T23:00:00Z");
+        assert_eq!(rfc3339_seconds("2024-02-28 20:00:00-04:30"), "2024-02-29T00:30:00Z");
+        assert_eq!(rfc3339_seconds("1970-01-01 00:00:00+00"), "1970-01-01T00:00:00Z");
+        // No RFC 3339 UTC form, or another DateStyle: as printed.
+        for printed in [
+            "1850-01-01 00:00:00+00:53:28",
+            "0044-03-15 00:00:00+00 BC",
+            "12/04/2026 23:36:31+05:30",
+            "Fri Dec 04 23:36:31.857694 2026 UTC",
+            "2026-12-04 23:36:31",
+            "infinity",
+            "",
+        ] {
+            assert_eq!(rfc3339_seconds(printed), printed);
+        }
+    }
+
+    #[test]
+    fn civil_dates_and_days_agree() {
+        for days in [-719_468, -1, 0, 1, 10_957, 19_782, 20_791, 2_932_896] {
+            let (year, month, day) = super::civil_from_days(days);
+            assert_eq!(super::days_from_civil(year, month, day), days, "{year}-{month}-{day}");
+        }
+        assert_eq!(super::civil_from_days(20_791), (2026, 12, 4));
     }
 }

@@ -279,10 +279,11 @@ impl Listing {
     }
 
     /// The files, read a few at a time with a pause between, so that the query it runs beside
-    /// (see `migrate::first_read`) is answered at once: reading and checksumming every file is
-    /// the client's biggest cost in a no-op run (about 1.5 ms for 200 files), and the server takes
-    /// about as long over that query. During the login instead, on two cores, it slowed the
-    /// server's start of our session as much as it saved.
+    /// (see `migrate::first_read`) goes out before them, whichever of the two is polled first:
+    /// reading and checksumming every file is the client's biggest cost in a no-op run (about
+    /// 1 ms for 200 files), and the server takes as long or longer over that query. During the
+    /// login instead, on two cores, it slowed the server's start of our session as much as it
+    /// saved.
     pub async fn read(self) -> anyhow::Result<(MigrationSet, MigrationSettings, PathBuf)> {
         /// Files read between two pauses: each costs a few microseconds.
         const FILES_BETWEEN_PAUSES: usize = 8;

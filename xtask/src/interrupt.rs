@@ -125,7 +125,10 @@ pub fn block_on<F: Future>(work: F) -> F::Output {
 /// `yield_now` costs a poll of the I/O driver, and sqlx's SCRAM login yields 819 times (every
 /// five of its 4096 HMAC rounds): 0.27 ms of every connection, measured. Here a yield wakes
 /// `work` at once, and the driver is still polled once every [`POLLS_BETWEEN_DRIVER_TURNS`]
-/// polls, so a future that keeps yielding cannot hold off timers and signals.
+/// polls, so a future that keeps yielding cannot hold off timers. Outside the scheduler tokio's
+/// cooperative budget does not apply: a read that never has to wait (a socket that always has
+/// data) holds timers off until it does; our largest read is a few hundred rows. A signal wakes
+/// `work` itself, from the listener's thread.
 fn poll_beside_the_scheduler<F: Future>(runtime: &Runtime, work: F) -> F::Output {
     const POLLS_BETWEEN_DRIVER_TURNS: u32 = 64;
     let _context = runtime.enter();

@@ -144,7 +144,7 @@ fn poll_beside_the_scheduler<F: Future>(runtime: &Runtime, work: F) -> F::Output
         }
         polls += 1;
         if woken.flag.load(std::sync::atomic::Ordering::SeqCst) {
-            if polls % POLLS_BETWEEN_DRIVER_TURNS == 0 {
+            if polls.is_multiple_of(POLLS_BETWEEN_DRIVER_TURNS) {
                 runtime.block_on(tokio::task::yield_now());
             }
             continue;

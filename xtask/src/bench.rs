@@ -37,8 +37,7 @@ pub struct Args {
     /// Only the side-by-side rows: prestart, sqlx-cli, dbmate and the floor
     #[arg(long)]
     side_by_side_only: bool,
-    /// Rounds of the side-by-side no-op (a quarter as many of the apply, an eighth of the late
-    /// start)
+    /// Rounds of the side-by-side no-op (a quarter as many of the apply and of the late start)
     #[arg(long, default_value_t = 44)]
     rounds: usize,
 }

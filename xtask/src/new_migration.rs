@@ -126,22 +126,9 @@ fn next_version(newest: Option<i64>, sequential: Option<bool>, now: i64) -> Opti
 fn utc_timestamp(time: SystemTime) -> i64 {
     let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = backend::calendar::civil_from_days(days);
     let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
     ((((year * 100 + month) * 100 + day) * 100 + hour) * 100 + minute) * 100 + second
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// `Add users.Email index` → `add_users_email_index`; refuses what is not ASCII letters, digits

@@ -54,9 +54,10 @@ pub enum Listener {
     /// too (a build, a cluster's start, a tool run to its end).
     OwnThread,
     /// As a task of the process's runtime, for commands whose work all runs on it (what a
-    /// container runs on every start: prestart, migrate, wait-for-db): the thread's start and
-    /// end cost such a run 0.2 ms of 2 cores (measured); a signal that comes between two steps,
-    /// where no work runs, is taken up by the next.
+    /// container runs on every start: prestart, migrate, wait-for-db): a no-op run without the
+    /// thread's start and end was 0 to 0.15 ms faster in three interleaved measurements of 150
+    /// to 200 runs each. A signal that comes between two steps, where no work runs, is taken up
+    /// by the next, and every step of those commands runs on the runtime.
     Runtime,
 }
 

@@ -302,6 +302,19 @@ impl Cluster {
             .join("\n")
     }
 
+    /// `pg_dump --schema-only`, without prestart's own table (`_prestart_environment`, in any
+    /// schema): the schema two tools must agree on.
+    pub fn schema(&self, database: &str) -> String {
+        let mut command = server_command("pg_dump");
+        command.args(["--schema-only", "--exclude-table=*._prestart_environment", "-h"]).arg(self.dir.path());
+        command.args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
+        run_ok(&mut command)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// A URL for the superuser over TCP, the password percent-encoded.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}?sslmode=disable", url_encoded(PASSWORD), self.port)

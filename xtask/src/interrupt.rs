@@ -48,49 +48,25 @@ struct Process {
 
 static PROCESS: OnceLock<Process> = OnceLock::new();
 
-/// Where the signal listener runs.
-pub enum Listener {
-    /// On a thread of its own, with a runtime of its own: it answers during synchronous steps
-    /// too (a build, a cluster's start, a tool run to its end).
-    OwnThread,
-    /// As a task of the process's runtime, for commands whose work all runs on it (what a
-    /// container runs on every start: prestart, migrate, wait-for-db): a no-op run without the
-    /// thread's start and end was 0 to 0.15 ms faster in three interleaved measurements of 150
-    /// to 200 runs each. A signal that comes between two steps, where no work runs, is taken up
-    /// by the next, and every step of those commands runs on the runtime.
-    Runtime,
-}
-
 /// Builds the runtime and installs the signal listener; call once, before any work. The
 /// runtime lives in a static, never dropped: a name lookup stuck in `getaddrinfo` on its blocking
 /// pool must not hold the exit.
-pub fn start(listener: Listener) -> anyhow::Result<()> {
+pub fn start() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (sender, received) = watch::channel(None);
     let register = || Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?));
-    // Registered here, before this returns: a signal from then on is the listener's.
-    match listener {
-        Listener::OwnThread => {
-            // The listener's runtime is built on this thread and moved to its own, so the start
-            // waits for no other thread.
-            let signals = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let (interrupt, terminate) =
-                signals.block_on(async { register() }).context("cannot listen for SIGINT and SIGTERM")?;
-            std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || signals.block_on(listen(interrupt, terminate, sender)))
-                .context("cannot start the signal listener")?;
-        }
-        Listener::Runtime => {
-            let _context = runtime.enter();
-            let (interrupt, terminate) = register().context("cannot listen for SIGINT and SIGTERM")?;
-            drop(runtime.spawn(listen(interrupt, terminate, sender)));
-        }
-    }
+    // Registered here, before this returns: a signal from then on is the listener's. The
+    // listener's runtime is built on this thread and moved to its own, so the start waits for no
+    // other thread.
+    let signals =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let (interrupt, terminate) =
+        signals.block_on(async { register() }).context("cannot listen for SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signals.block_on(listen(interrupt, terminate, sender)))
+        .context("cannot start the signal listener")?;
     let process = Process { runtime, received, cleanups: Mutex::default() };
     if PROCESS.set(process).is_err() {
         anyhow::bail!("the runtime was started twice");
@@ -132,73 +108,13 @@ pub fn finish_cleanups() {
 /// Runs `work` to its end on the process's runtime, from synchronous code.
 pub fn block_on<F: Future>(work: F) -> F::Output {
     match PROCESS.get() {
-        Some(process) => poll_beside_the_scheduler(&process.runtime, work),
+        Some(process) => process.runtime.block_on(work),
         // Only unit tests get here: main starts the runtime before any command runs.
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for a unit test")
             .block_on(work),
-    }
-}
-
-/// Polls `work` on this thread in the runtime's context but outside its scheduler, and runs the
-/// scheduler (I/O, timers, spawned tasks) only while `work` waits. Under the scheduler each
-/// `yield_now` costs a poll of the I/O driver, and sqlx's SCRAM login yields 819 times (every
-/// five of its 4096 HMAC rounds): 0.27 ms of every connection, measured. Here a yield wakes
-/// `work` at once, and the driver is still polled once every [`POLLS_BETWEEN_DRIVER_TURNS`]
-/// polls, so a future that keeps yielding cannot hold off timers. Outside the scheduler tokio's
-/// cooperative budget does not apply: a read that never has to wait (a socket that always has
-/// data) holds timers off until it does; our largest read is a few hundred rows. A signal wakes
-/// `work` itself, from the listener's thread.
-fn poll_beside_the_scheduler<F: Future>(runtime: &Runtime, work: F) -> F::Output {
-    const POLLS_BETWEEN_DRIVER_TURNS: u32 = 64;
-    let _context = runtime.enter();
-    let woken = std::sync::Arc::new(Woken::default());
-    let waker = std::task::Waker::from(woken.clone());
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut work = std::pin::pin!(work);
-    let mut polls = 0u32;
-    loop {
-        woken.flag.store(false, std::sync::atomic::Ordering::SeqCst);
-        if let std::task::Poll::Ready(output) = work.as_mut().poll(&mut cx) {
-            return output;
-        }
-        polls += 1;
-        if woken.flag.load(std::sync::atomic::Ordering::SeqCst) {
-            if polls.is_multiple_of(POLLS_BETWEEN_DRIVER_TURNS) {
-                runtime.block_on(tokio::task::yield_now());
-            }
-            continue;
-        }
-        // Until something wakes `work`, the scheduler runs: the wake may come from the I/O
-        // driver, a timer, a task or the signal listener's thread.
-        runtime.block_on(std::future::poll_fn(|cx| {
-            woken.waiting.register(cx.waker());
-            if woken.flag.load(std::sync::atomic::Ordering::SeqCst) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        }));
-    }
-}
-
-/// The waker of [`poll_beside_the_scheduler`]'s `work`: a flag, and the scheduler's wait to end.
-#[derive(Default)]
-struct Woken {
-    flag: std::sync::atomic::AtomicBool,
-    waiting: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for Woken {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.waiting.wake();
     }
 }
 
@@ -302,47 +218,4 @@ pub async fn interruptible<T>(
     drop(work);
     ui::line(format!("received {}: {outcome}", name(received)));
     Err(interrupted(received))
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::poll_beside_the_scheduler;
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
-    }
-
-    #[test]
-    fn a_future_that_keeps_yielding_still_meets_its_deadline() {
-        let started = Instant::now();
-        let spinning = async {
-            loop {
-                tokio::task::yield_now().await;
-            }
-        };
-        let result = poll_beside_the_scheduler(&runtime(), async {
-            tokio::time::timeout(Duration::from_millis(50), spinning).await
-        });
-        assert!(result.is_err(), "the timeout must fire");
-        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    }
-
-    #[test]
-    fn tasks_blocking_work_and_other_threads_wake_the_work() {
-        let (sender, received) = tokio::sync::oneshot::channel();
-        let work = async move {
-            let spawned = tokio::spawn(async { 2 }).await.expect("the task ends");
-            let blocking = tokio::task::spawn_blocking(|| 3).await.expect("the blocking work ends");
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                let _ = sender.send(5);
-            });
-            let from_a_thread = received.await.expect("the thread sends");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            spawned + blocking + from_a_thread
-        };
-        assert_eq!(poll_beside_the_scheduler(&runtime(), work), 10);
-    }
 }

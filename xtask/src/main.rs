@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     backend::config::isolate_from_libpq_environment();
     exit::report_panics_as_bugs();
     let cli = parse_command_line();
-    if let Err(error) = interrupt::start(cli.command.listener()) {
+    if let Err(error) = interrupt::start() {
         return exit::report(Err(error));
     }
     let result = std::panic::catch_unwind(|| dispatch(cli)).unwrap_or_else(|_| Err(exit::bug()));
@@ -107,16 +107,6 @@ fn parsed_alone<A: clap::Args + clap::FromArgMatches>(args: &[std::ffi::OsString
     let command = A::augment_args(clap::Command::new("cargo xtask").no_binary_name(true));
     let matches = command.try_get_matches_from(args.get(2..)?).ok()?;
     A::from_arg_matches(&matches).ok()
-}
-
-impl Command {
-    /// The commands a container runs do all their work on the runtime (see `interrupt::Listener`).
-    fn listener(&self) -> interrupt::Listener {
-        match self {
-            Command::Prestart(_) | Command::WaitForDb(_) | Command::Migrate(_) => interrupt::Listener::Runtime,
-            _ => interrupt::Listener::OwnThread,
-        }
-    }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {

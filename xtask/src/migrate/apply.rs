@@ -1,23 +1,19 @@
-//! Applying and reverting migrations under the migration lock: in batches where `batch` allows
-//! (several transactional migrations in one message), otherwise one at a time through sqlx's
-//! `Migrate`; either way the table, the checksums and the transaction handling stay sqlx-cli's.
+//! Applying and reverting migrations under the migration lock, one at a time as sqlx-cli does
+//! (see `one`): the table, the checksums and the transaction handling stay sqlx-cli's.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::anyhow;
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
-use backend::migrations::{AppliedRow, Followed, MigrationFile, Status};
-use sqlx::migrate::{Migrate, MigrateError, Migration};
-use sqlx::postgres::PgConnection;
+use backend::migrations::{AppliedRow, Followed, Status};
+use sqlx::migrate::{Migrate, MigrateError};
 
-use super::batch::{apply_batch, batchable};
-use super::blockers::Blockers;
-use super::explain::{Left, commits_itself, explain_failure, invalid_indexes_note};
+use super::one::{Commit, Direction, Lost, Prefix, commits_with_its_row, lost_connection, make_durable, run_one};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
 use crate::exit::{Failure, fail};
-use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
+use crate::lock;
 use crate::session::{Resumed, Session};
 use crate::ui;
 
@@ -239,9 +235,12 @@ async fn revert_under_lock(
 ) -> anyhow::Result<usize> {
     let applied = read_under_lock(ready, plan, deadline).await?;
     let downs = to_revert(plan, &applied)?;
-    let prefix = Prefix { key: lock::key(&ready.server.database), lock_timeout: plan.statement_lock_timeout };
+    let mut ours = Prefix::new(lock::key(&ready.server.database), plan.statement_lock_timeout);
     for down in &downs {
-        run_one(ready, down, prefix, plan, db, Direction::Revert).await?;
+        run_one(ready, down, ours.for_file(down), plan, db, (Direction::Revert, Commit::Durable)).await?;
+    }
+    if !downs.is_empty() {
+        forget_what_migrations_set(&mut ready.conn).await?;
     }
     Ok(downs.len())
 }
@@ -286,34 +285,33 @@ async fn apply_pending(
     plan.check_target_not_below(&applied)?;
     let pending = plan.to_apply(&status);
     plan.report_skipped(&status);
-    let prefix = Prefix { key: lock::key(&ready.server.database), lock_timeout: plan.statement_lock_timeout };
-    // In batches where they allow it; a migration a batch stopped at runs again alone, which
-    // explains its failure with its file and line (or applies it, if what failed was passing).
-    let mut next = 0;
-    let mut batch_before = pending.len();
-    while next < pending.len() {
-        let batch = batchable(&pending[next..batch_before]);
-        if batch == 0 {
-            run_one(ready, pending[next], prefix, plan, db, Direction::Apply).await?;
-            *applied_here += 1;
-            next += 1;
-            batch_before = pending.len();
-            continue;
-        }
-        if let Err(stopped) = apply_batch(ready, &pending[next..next + batch], prefix, plan, db, applied_here).await? {
-            // Up to the failing one: after a syntax error that rejected the whole message, those
-            // before it are batched again.
-            batch_before = next + stopped.failing;
-            next += stopped.applied;
+    let mut ours = Prefix::new(lock::key(&ready.server.database), plan.statement_lock_timeout);
+    let mut deferred = false;
+    for (index, file) in pending.iter().enumerate() {
+        let prefix = ours.for_file(file);
+        let commit = if index + 1 < pending.len() && prefix.may_defer() && commits_with_its_row(file) {
+            deferred = true;
+            Commit::Deferred
         } else {
-            next += batch;
+            Commit::Durable
+        };
+        let ran = run_one(ready, file, prefix, plan, db, (Direction::Apply, commit)).await;
+        if let Err(error) = ran {
+            // What committed before it is made durable before the failure is told; a lost
+            // connection leaves that to the server (a crash loses whole migrations with their rows).
+            if deferred {
+                let _ = make_durable(&mut ready.conn).await;
+            }
+            return Err(error);
         }
+        *applied_here += 1;
     }
     if !pending.is_empty() {
-        // A migration may have set its own lock_timeout for the session (SET, not SET LOCAL):
-        // what runs next (the seed) gets the server's default again.
-        let reset = sqlx::raw_sql("RESET lock_timeout").execute(&mut ready.conn);
-        bounded(reset).await.map_err(|e| fail(Failure::Migration, e))?;
+        // What the migrations left in the session (`SET search_path`, `SET ROLE`, a session
+        // lock_timeout) is theirs: what runs next on it (the environment's record, the seed) gets
+        // the session as it was before them. The migrations among themselves keep sqlx-cli's one
+        // session, where a file's SET reaches the next.
+        forget_what_migrations_set(&mut ready.conn).await?;
     }
     Ok(())
 }
@@ -357,177 +355,8 @@ async fn read_under_lock(ready: &mut Ready, plan: &Plan<'_>, deadline: Instant) 
         .map_err(|e| fail(Failure::Migration, e))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Direction {
-    Apply,
-    Revert,
-}
-
-/// Applies one migration, or reverts one with its down file, under the lock the session holds;
-/// logs it, and explains a failure with the file, the line and what is left behind.
-async fn run_one(
-    ready: &mut Ready,
-    file: &MigrationFile,
-    prefix: Prefix,
-    plan: &Plan<'_>,
-    db: &DatabaseSettings,
-    direction: Direction,
-) -> anyhow::Result<()> {
-    let process = ready.process.pid;
-    let key = lock::key(&ready.server.database);
-    let conn = &mut ready.conn;
-    let table = plan.settings.table_name.as_str();
-    let (doing, done) = match direction {
-        Direction::Apply => ("applying", "applied"),
-        Direction::Revert => ("reverting", "reverted"),
-    };
-    ui::line(format!("{doing} {}", file.name()));
-    // A `-- no-transaction` file gets no prefix (it would put CREATE INDEX CONCURRENTLY in a
-    // transaction block): the lock is checked on its own first.
-    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
-        return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
-    }
-    let prefix = prefix.sql("");
-    let migration = with_lock_timeout(&file.migration, &prefix);
-    let blockers = Blockers::default();
-    let ran = tokio::select! {
-        ran = async {
-            match direction {
-                Direction::Apply => conn.apply(table, &migration).await,
-                Direction::Revert => conn.revert(table, &migration).await,
-            }
-        } => ran,
-        never = blockers.watch(db, process) => match never {},
-    };
-    let elapsed = match ran {
-        Ok(elapsed) => elapsed,
-        Err(error) => {
-            let offset = if file.migration.no_tx { 0 } else { prefix.chars().count() };
-            let left = if file.migration.no_tx {
-                Left::PartlyApplied
-            } else if commits_itself(file.migration.sql.as_str()) {
-                Left::CommittedPart
-            } else if matches!(error, MigrateError::ExecuteMigration(..)) {
-                // Its own SQL failed: sqlx never sent the COMMIT.
-                Left::Nothing
-            } else {
-                what_was_left(conn, db, table, file, direction).await
-            };
-            // Cut off by a failover (or a restart): safe to run again where nothing of it stayed
-            // half done, and what it did is read back under the lock before it runs again.
-            let cut_off = connection_lost(&error)
-                .filter(|_| !file.migration.no_tx && left != Left::CommittedPart && direction == Direction::Apply);
-            let mut explained = explain_failure(error, file, offset, &blockers, plan, (doing, done), left);
-            explained.cut_off = cut_off;
-            if file.migration.no_tx
-                && let Some(note) = invalid_indexes_note(conn).await
-            {
-                explained.note(&note);
-            }
-            return Err(fail(Failure::Migration, explained));
-        }
-    };
-    // Its statements went in a message of their own: if a pooler gave that message another
-    // server session (one that a probe took for session pooling, wrongly), it is said, not hidden.
-    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
-        return Err(fail(
-            Failure::Migration,
-            anyhow!(
-                "{} ran, but this connection is now on another server session than the one holding the migration \
-                 lock: a pooler shares server sessions, so it may have run without the lock\n  fix: {NOT_LOCKED_FIX}",
-                file.name()
-            ),
-        ));
-    }
-    ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
-    Ok(())
-}
-
-/// What a failover or a restart does to a running migration: its connection ends (57P01, a
-/// reset, an EOF), or the node it reaches can no longer write (25006). The reason, if so.
-fn connection_lost(error: &MigrateError) -> Option<Lost> {
-    let (MigrateError::ExecuteMigration(error, _) | MigrateError::Execute(error)) = error else { return None };
-    lost_connection(error)
-}
-
-/// A lost connection, or a server that turned read-only under it; `None` for an error of the
-/// SQL itself, or a bound of ours (a slow server is not a lost one).
-pub fn lost_connection(error: &sqlx::Error) -> Option<Lost> {
-    let how = backend::db::lost_to_failover(error)?;
-    Some(Lost { reason: backend::db::describe_error(error), how })
-}
-
-/// Why a connection was lost to a migration.
-#[derive(Debug, Clone)]
-pub struct Lost {
-    pub reason: String,
-    pub how: backend::db::LostHow,
-}
-
-/// Whether the server session behind `conn` is still `process`, the one that took the lock, and
-/// holds it: a `-- no-transaction` file cannot carry the check in its own message (`CREATE
-/// INDEX CONCURRENTLY` refuses to share one), so it is checked before and after.
-async fn on_locked_session(conn: &mut PgConnection, key: i64, process: i32) -> anyhow::Result<bool> {
-    let sql = format!("SELECT {} AND pg_catalog.pg_backend_pid() = {process}", lock::held_by_this_session(key));
-    bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn)).await.map_err(|e| fail(Failure::Migration, e))
-}
-
-/// Whether a transactional migration that failed after its SQL ran is in the table after all:
-/// sqlx commits, then updates `execution_time`, and a COMMIT's answer can be lost. Read back, on
-/// a new connection when this one is gone, not assumed.
-pub(super) async fn what_was_left(
-    conn: &mut PgConnection,
-    db: &DatabaseSettings,
-    table: &str,
-    file: &MigrationFile,
-    direction: Direction,
-) -> Left {
-    let sql = format!("SELECT true FROM {table} WHERE version = $1");
-    let read = async |conn: &mut PgConnection| {
-        let row = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql.clone())).bind(file.migration.version);
-        bounded(row.fetch_optional(conn)).await
-    };
-    let mut found = read(conn).await;
-    if found.is_err()
-        && let Ok(mut fresh) = backend::db::connect_once(db, "prestart-check", Duration::from_secs(2)).await
-    {
-        found = read(&mut fresh.conn).await;
-    }
-    match (found, direction) {
-        (Ok(None), Direction::Apply) | (Ok(Some(_)), Direction::Revert) => Left::Nothing,
-        (Ok(Some(_)), Direction::Apply) | (Ok(None), Direction::Revert) => Left::Done,
-        (Err(_), _) => Left::Unknown,
-    }
-}
-
-/// What goes before a transactional migration's SQL, in the same query, so it costs no round
-/// trip: first a check that this server session holds the migration lock (behind a transaction
-/// pooler the lock may sit on another session, and then the migration must not run), then
-/// `SET LOCAL lock_timeout`, which ends with the migration's transaction (a migration that sets
-/// its own comes later and wins), then what the caller adds (`also`, PL/pgSQL); all one statement.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Prefix {
-    key: i64,
-    lock_timeout: Duration,
-}
-
-impl Prefix {
-    pub(super) fn sql(self, also: &str) -> String {
-        let lock_timeout = self.lock_timeout.as_millis();
-        lock::require_held(
-            self.key,
-            &format!("PERFORM pg_catalog.set_config('lock_timeout', '{lock_timeout}', true); {also}"),
-        )
-    }
-}
-
-/// The migration with `prefix` before its SQL; its checksum stays the file's. A `-- no-transaction`
-/// migration gets nothing: `CREATE INDEX CONCURRENTLY` waits for older transactions through lock
-/// waits, which `lock_timeout` would cancel, leaving an INVALID index.
-fn with_lock_timeout(migration: &Migration, prefix: &str) -> Migration {
-    if migration.no_tx {
-        return migration.clone();
-    }
-    let sql = sqlx::AssertSqlSafe(format!("{prefix}{}", migration.sql.as_str()));
-    Migration { sql: sqlx::SqlSafeStr::into_sql_str(sql), ..migration.clone() }
+/// Puts the session's settings and role back as they were before the migrations ran.
+async fn forget_what_migrations_set(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let reset = sqlx::raw_sql("RESET ALL; RESET ROLE").execute(conn);
+    bounded(reset).await.map(|_| ()).map_err(|e| fail(Failure::Migration, e))
 }

@@ -37,7 +37,7 @@ pub struct MigrationFailed {
     /// The connection was lost (or its server turned read-only) while a transactional migration
     /// ran or committed: the server rolled it back, or it committed and its row says so; either
     /// way running it again after reading the table under the lock is safe.
-    pub cut_off: Option<super::apply::Lost>,
+    pub cut_off: Option<super::one::Lost>,
 }
 
 impl std::fmt::Display for MigrationFailed {
@@ -187,15 +187,6 @@ fn line_naming(sql: &str, table: Option<&str>, object: Option<&str>) -> Option<u
         [only] => Some(*only),
         _ => None,
     }
-}
-
-/// A file that ends sqlx's transaction itself: a COMMIT on a line of its own. (One inside a
-/// procedure's body counts too, and only makes the report more careful.)
-pub fn commits_itself(sql: &str) -> bool {
-    sql.lines().any(|line| {
-        let statement = line.trim().trim_end_matches(';').trim().to_ascii_uppercase();
-        matches!(statement.as_str(), "COMMIT" | "COMMIT WORK" | "COMMIT TRANSACTION")
-    })
 }
 
 /// The 1-based line of a 1-based character position, as Postgres reports it.

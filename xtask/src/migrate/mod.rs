@@ -3,9 +3,10 @@
 //! and the migration lock in `crate::lock`.
 
 mod apply;
-mod batch;
 mod blockers;
+mod control;
 mod explain;
+mod one;
 mod plan;
 mod status;
 
@@ -20,8 +21,9 @@ use crate::exit::{Failure, fail};
 use crate::session::{self, Use};
 
 use apply::revert_step;
-pub use apply::{Lost, first_read, lost_connection, migrate_step};
+pub use apply::{first_read, migrate_step};
 pub use explain::{MigrationFailed, describe_failure, drop_invalid_indexes_fix, invalid_indexes, sqlstate_of};
+pub use one::{Lost, lost_connection};
 pub use plan::Plan;
 use status::run_status;
 

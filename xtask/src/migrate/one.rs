@@ -1,0 +1,312 @@
+//! One migration applied or reverted under the migration lock, as sqlx-cli does it: a
+//! transactional file in one transaction with its row of the migrations table (BEGIN, its SQL as
+//! one simple query, the row, COMMIT), a `-- no-transaction` file through sqlx's own `apply`.
+//!
+//! What prestart adds, and why it leaves sqlx-cli's results as they are (the oracle in
+//! `tests/oracle.rs` holds both to the same rows, schema and migrations table):
+//! - before the SQL, `SET LOCAL` statements only (no query: a file that opens with `SET
+//!   TRANSACTION ISOLATION LEVEL` still may), which end with the transaction;
+//! - after the SQL, in the same message, the check that this server session holds the
+//!   migration lock: a statement that fails the transaction, so a migration run without the lock
+//!   is rolled back rather than recorded;
+//! - the execution time written with the row, where sqlx updates it after the COMMIT in a
+//!   transaction of its own that waits for the disk (sqlx says the value is for lineage only);
+//! - a commit that does not wait for the disk, for a file the parser proves commits with its row
+//!   and that is not the last of the run: losing it in a crash loses the migration and its row
+//!   together, never one without the other, and the next durable commit (the last migration's,
+//!   or [`make_durable`] after a failure) flushes all before it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use backend::config::DatabaseSettings;
+use backend::db::{Ready, bounded};
+use backend::migrations::MigrationFile;
+use sqlx::Executor as _;
+use sqlx::migrate::{Migrate, MigrateError, Migration};
+use sqlx::postgres::PgConnection;
+
+use super::blockers::Blockers;
+use super::control::{Control, transaction_control};
+use super::explain::{Left, explain_failure, invalid_indexes_note};
+use super::plan::Plan;
+use crate::exit::{Failure, fail};
+use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
+use crate::ui;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    Apply,
+    Revert,
+}
+
+/// Whether a migration's commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    Durable,
+    /// Only for a file whose [`Control`] is `Stays`; see the module's doc.
+    Deferred,
+}
+
+/// Whether `file` commits atomically with its row, so that its commit may be [`Commit::Deferred`]
+/// and a failover that cut it off may run it again.
+pub(super) fn commits_with_its_row(file: &MigrationFile) -> bool {
+    !file.migration.no_tx && transaction_control(file.migration.sql.as_str()) == Control::Stays
+}
+
+/// Applies one migration, or reverts one with its down file, under the lock the session holds;
+/// logs it, and explains a failure with the file, the line and what is left behind.
+pub(super) async fn run_one(
+    ready: &mut Ready,
+    file: &MigrationFile,
+    prefix: Prefix,
+    plan: &Plan<'_>,
+    db: &DatabaseSettings,
+    (direction, commit): (Direction, Commit),
+) -> anyhow::Result<()> {
+    let process = ready.process.pid;
+    let key = lock::key(&ready.server.database);
+    let conn = &mut ready.conn;
+    let table = plan.settings.table_name.as_str();
+    let (doing, done) = match direction {
+        Direction::Apply => ("applying", "applied"),
+        Direction::Revert => ("reverting", "reverted"),
+    };
+    ui::line(format!("{doing} {}", file.name()));
+    // A `-- no-transaction` file gets nothing around it (it would put CREATE INDEX CONCURRENTLY in
+    // a transaction block): the lock is checked on its own, before and after.
+    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
+        return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
+    }
+    let (migration, offset) = prefix.around(&file.migration, commit);
+    let blockers = Blockers::default();
+    let ran = tokio::select! {
+        ran = async {
+            match direction {
+                Direction::Apply if !migration.no_tx => apply_in_its_transaction(conn, table, &migration).await,
+                Direction::Apply => conn.apply(table, &migration).await,
+                Direction::Revert => conn.revert(table, &migration).await,
+            }
+        } => ran,
+        never = blockers.watch(db, process) => match never {},
+    };
+    let elapsed = match ran {
+        Ok(elapsed) => elapsed,
+        Err(error) => return Err(failed(conn, db, file, (direction, offset), &blockers, plan, error).await),
+    };
+    // Its statements went in a message of their own: if a pooler gave that message another
+    // server session (one that a probe took for session pooling, wrongly), it is said, not hidden.
+    if file.migration.no_tx && !on_locked_session(conn, key, process).await? {
+        return Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "{} ran, but this connection is now on another server session than the one holding the migration \
+                 lock: a pooler shares server sessions, so it may have run without the lock\n  fix: {NOT_LOCKED_FIX}",
+                file.name()
+            ),
+        ));
+    }
+    ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
+    Ok(())
+}
+
+/// A failed migration, explained: what it left, and whether a failover's retry may run it again.
+async fn failed(
+    conn: &mut PgConnection,
+    db: &DatabaseSettings,
+    file: &MigrationFile,
+    (direction, offset): (Direction, usize),
+    blockers: &Blockers,
+    plan: &Plan<'_>,
+    error: MigrateError,
+) -> anyhow::Error {
+    let table = plan.settings.table_name.as_str();
+    let (doing, done) = match direction {
+        Direction::Apply => ("applying", "applied"),
+        Direction::Revert => ("reverting", "reverted"),
+    };
+    let control = transaction_control(file.migration.sql.as_str());
+    let left = if file.migration.no_tx {
+        Left::PartlyApplied
+    } else if control == Control::Ends {
+        Left::CommittedPart
+    } else if matches!(error, MigrateError::ExecuteMigration(..)) {
+        // Its own SQL failed: the COMMIT was never sent.
+        Left::Nothing
+    } else {
+        what_was_left(conn, db, table, file, direction).await
+    };
+    // Cut off by a failover (or a restart): safe to run again only where the parser proves that
+    // nothing of it can have committed without its row; what it did is read back under the lock
+    // before it runs again.
+    let cut_off = connection_lost(&error)
+        .filter(|_| direction == Direction::Apply && control == Control::Stays && !file.migration.no_tx);
+    let mut explained = explain_failure(error, file, offset, blockers, plan, (doing, done), left);
+    explained.cut_off = cut_off;
+    if file.migration.no_tx
+        && let Some(note) = invalid_indexes_note(conn).await
+    {
+        explained.note(&note);
+    }
+    fail(Failure::Migration, explained)
+}
+
+/// sqlx's `apply` of a transactional migration, statement for statement (BEGIN; the SQL as one
+/// simple query; the row, a prepared INSERT; COMMIT), with the execution time measured up to the
+/// row and written with it rather than by an UPDATE after the COMMIT.
+async fn apply_in_its_transaction(
+    conn: &mut PgConnection,
+    table: &str,
+    migration: &Migration,
+) -> Result<Duration, MigrateError> {
+    let start = Instant::now();
+    let mut transaction = sqlx::Connection::begin(&mut *conn).await?;
+    transaction
+        .execute(migration.sql.clone())
+        .await
+        .map_err(|e| MigrateError::ExecuteMigration(e, migration.version))?;
+    let took = i64::try_from(start.elapsed().as_nanos()).unwrap_or(i64::MAX);
+    let row = format!(
+        "INSERT INTO {table} ( version, description, success, checksum, execution_time ) VALUES ( $1, $2, TRUE, $3, $4 )"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(row))
+        .bind(migration.version)
+        .bind(&*migration.description)
+        .bind(&*migration.checksum)
+        .bind(took)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(start.elapsed())
+}
+
+/// Makes every commit before it durable: one commit that has a transaction id and waits for the
+/// disk, whatever a migration left `synchronous_commit` at. After a run whose last migration
+/// failed, the deferred commits of those before it are flushed before we say they are applied.
+pub(super) async fn make_durable(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let flush = "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_catalog.txid_current(); COMMIT";
+    bounded(sqlx::raw_sql(flush).execute(conn)).await.map(|_| ())
+}
+
+/// What a failover or a restart does to a running migration: its connection ends (57P01, a
+/// reset, an EOF), or the node it reaches can no longer write (25006). The reason, if so.
+fn connection_lost(error: &MigrateError) -> Option<Lost> {
+    let (MigrateError::ExecuteMigration(error, _) | MigrateError::Execute(error)) = error else { return None };
+    lost_connection(error)
+}
+
+/// A lost connection, or a server that turned read-only under it; `None` for an error of the
+/// SQL itself, or a bound of ours (a slow server is not a lost one).
+pub fn lost_connection(error: &sqlx::Error) -> Option<Lost> {
+    let how = backend::db::lost_to_failover(error)?;
+    Some(Lost { reason: backend::db::describe_error(error), how })
+}
+
+/// Why a connection was lost to a migration.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub reason: String,
+    pub how: backend::db::LostHow,
+}
+
+/// Whether the server session behind `conn` is still `process`, the one that took the lock, and
+/// holds it: a `-- no-transaction` file cannot carry the check in its own message (`CREATE
+/// INDEX CONCURRENTLY` refuses to share one), so it is checked before and after.
+async fn on_locked_session(conn: &mut PgConnection, key: i64, process: i32) -> anyhow::Result<bool> {
+    let sql = format!("SELECT {} AND pg_catalog.pg_backend_pid() = {process}", lock::held_by_this_session(key));
+    bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn)).await.map_err(|e| fail(Failure::Migration, e))
+}
+
+/// Whether a transactional migration that failed after its SQL ran is in the table after all:
+/// a COMMIT's answer can be lost. Read back, on a new connection when this one is gone, not
+/// assumed.
+pub(super) async fn what_was_left(
+    conn: &mut PgConnection,
+    db: &DatabaseSettings,
+    table: &str,
+    file: &MigrationFile,
+    direction: Direction,
+) -> Left {
+    let sql = format!("SELECT true FROM {table} WHERE version = $1");
+    let read = async |conn: &mut PgConnection| {
+        let row = sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql.clone())).bind(file.migration.version);
+        bounded(row.fetch_optional(conn)).await
+    };
+    let mut found = read(conn).await;
+    if found.is_err()
+        && let Ok(mut fresh) = backend::db::connect_once(db, "prestart-check", Duration::from_secs(2)).await
+    {
+        found = read(&mut fresh.conn).await;
+    }
+    match (found, direction) {
+        (Ok(None), Direction::Apply) | (Ok(Some(_)), Direction::Revert) => Left::Nothing,
+        (Ok(Some(_)), Direction::Apply) | (Ok(None), Direction::Revert) => Left::Done,
+        (Err(_), _) => Left::Unknown,
+    }
+}
+
+/// What goes around a transactional migration's SQL, in the same message, so it costs no round
+/// trip. Before it, `SET LOCAL lock_timeout` (`--statement-lock-timeout`) and, for a
+/// [`Commit::Deferred`] one, `SET LOCAL synchronous_commit = off`: settings only, so the
+/// transaction has taken no snapshot when the file's first statement runs (`SET TRANSACTION
+/// ISOLATION LEVEL` must come first), and local ones, gone with the transaction. After it, the
+/// check that this server session holds the migration lock (behind a transaction pooler the lock
+/// may sit on another session): it fails the transaction, so the migration and its row are
+/// rolled back.
+///
+/// A setting is ours only until a file names it: from that file on, the file's own value (or the
+/// server's) holds, as under sqlx-cli, where one file's `SET lock_timeout` reaches the next.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Prefix {
+    key: i64,
+    lock_timeout: Option<Duration>,
+    may_defer: bool,
+}
+
+impl Prefix {
+    /// `lock_timeout`: zero sets none.
+    pub(super) fn new(key: i64, lock_timeout: Duration) -> Prefix {
+        Prefix { key, lock_timeout: (!lock_timeout.is_zero()).then_some(lock_timeout), may_defer: true }
+    }
+
+    /// The prefix for `file`, and for the files after it what `file` leaves ours: a setting whose
+    /// name appears anywhere in it (a SET, a set_config, a SHOW, a comment) is left alone from
+    /// then on. A strict over-approximation of "the file sets or reads it".
+    pub(super) fn for_file(&mut self, file: &MigrationFile) -> Prefix {
+        let sql = file.migration.sql.as_str().to_ascii_lowercase();
+        if sql.contains("lock_timeout") {
+            self.lock_timeout = None;
+        }
+        if sql.contains("synchronous_commit") {
+            self.may_defer = false;
+        }
+        *self
+    }
+
+    /// Whether a commit may be deferred under this prefix.
+    pub(super) fn may_defer(self) -> bool {
+        self.may_defer
+    }
+
+    /// The migration to send, its checksum the file's, and how many characters go before its SQL
+    /// (a server error's position counts them). A `-- no-transaction` migration gets nothing:
+    /// `CREATE INDEX CONCURRENTLY` waits for older transactions through lock waits, which
+    /// `lock_timeout` would cancel, leaving an INVALID index.
+    pub(super) fn around(self, migration: &Migration, commit: Commit) -> (Migration, usize) {
+        if migration.no_tx {
+            return (migration.clone(), 0);
+        }
+        let mut before = String::new();
+        if let Some(lock_timeout) = self.lock_timeout {
+            before.push_str(&format!("SET LOCAL lock_timeout = {};\n", lock_timeout.as_millis()));
+        }
+        if commit == Commit::Deferred && self.may_defer {
+            before.push_str("SET LOCAL synchronous_commit = off;\n");
+        }
+        // On a line of its own: the file may end inside a line comment.
+        let after = format!("\n;\n{}", lock::require_held(self.key, ""));
+        let sql = sqlx::AssertSqlSafe(format!("{before}{}{after}", migration.sql.as_str()));
+        let offset = before.chars().count();
+        (Migration { sql: sqlx::SqlSafeStr::into_sql_str(sql), ..migration.clone() }, offset)
+    }
+}

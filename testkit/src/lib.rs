@@ -201,6 +201,11 @@ impl Cluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The folder of the cluster's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A folder for the test's own files, readable by the server's OS user.
     pub fn scratch(&self) -> PathBuf {
         let dir = self.dir.path().join("scratch");

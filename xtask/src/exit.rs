@@ -13,7 +13,11 @@ pub const EXIT_CODES: [(u8, &str); 12] = [
          --check` and `sqlx-prepare --check`: the committed file is stale",
     ),
     (2, "usage error (unknown command or option)"),
-    (3, "configuration error (`.env`, environment, migrations folder, `sqlx.toml`)"),
+    (
+        3,
+        "configuration error (`.env`, environment, migrations folder, `sqlx.toml`); a throwaway this machine cannot \
+         make, or a migration it may not replay there (one that can reach another server)",
+    ),
     (4, "database not reachable before the wait deadline"),
     (
         5,

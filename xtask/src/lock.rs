@@ -77,7 +77,7 @@ pub fn require_held(key: i64, then: &str) -> String {
 }
 
 /// Why a migration must not run on a session without the lock, and what to do.
-pub const NOT_LOCKED: &str = "this server session does not hold the migration lock, so the migration did not run: a \
+pub const NOT_LOCKED: &str = "this server session does not hold the migration lock, so the migration was not applied: a \
      transaction pooler hands each transaction another session, or a migration released the lock";
 pub const NOT_LOCKED_FIX: &str = "connect prestart to PostgreSQL directly (MIGRATION_DATABASE_URL), or remove pg_advisory_unlock calls from migrations";
 

@@ -14,7 +14,8 @@ use crate::context::{Loaded, SettingsArgs, SourceArgs, Tool, WaitArgs, cargo, on
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
-use crate::throwaway::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
+use crate::scratch::{BuildArgs, Place};
+use crate::throwaway::{in_throwaway, migrated_session, throwaway_name};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]
@@ -29,6 +30,8 @@ pub struct Args {
     settings: SettingsArgs,
     #[command(flatten)]
     wait: WaitArgs,
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -37,14 +40,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let _root = sh.push_dir(&root);
     let loaded = args.wait.load(&args.settings.or_example(&root))?;
     ensure_sqlx_cli(&sh, &root, args.install)?;
-    let server = scratch_server(&sh, &loaded)?;
     let throwaway = throwaway_name("sqlx_prepare");
-    let target = throwaway_target(&loaded, &throwaway);
-
-    ui::step(format!("create the throwaway database {throwaway} on {}:{}", server.host(), server.port()));
+    let (set, _, _) = SourceArgs::default().load(&loaded.root)?;
+    let place = Place::find(&sh, &loaded, &throwaway, &args.build, &set.files, "sqlx-prepare")?;
+    ui::step(format!("create the throwaway database {throwaway} on {}", place.server));
     crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
-        in_throwaway(&server, &throwaway, &active, prepare_in(&sh, &target, &active, args.check)).await
+        let prepared =
+            in_throwaway(&place.server, &throwaway, &active, prepare_in(&sh, &place.target, &active, args.check)).await;
+        place.finish().await;
+        prepared
     })
 }
 

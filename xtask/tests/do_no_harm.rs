@@ -33,7 +33,9 @@ fn a_locked_migrations_table_is_waited_for_until_the_deadline_naming_the_holder(
     let migrations = Migrations::workspace();
     let env = cluster.env("app");
     xtask(&with_source(&["migrate"], &migrations), &env).output().assert_code(0);
-    migrations.write("20990101000000_later.sql", "CREATE TABLE later (id int);\n");
+    // sqlx updates a `-- no-transaction` migration's execution_time after it ran (a transactional
+    // one's is written with its row, in its transaction).
+    migrations.write("20990101000000_later.sql", "-- no-transaction\nCREATE TABLE later (id int);\n");
     let holder = Session::open(
         &cluster,
         "SET application_name = 'hand-lock'; BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE; \
@@ -266,7 +268,9 @@ fn a_migration_that_committed_before_its_failure_is_reported_as_applied() {
            RAISE EXCEPTION 'execution_time may not change'; END $$; \
          CREATE TRIGGER no_updates BEFORE UPDATE ON _sqlx_migrations FOR EACH ROW EXECUTE FUNCTION no_updates();",
     );
-    migrations.write("20990101000000_later.sql", "CREATE TABLE later (id int);\n");
+    // sqlx updates a `-- no-transaction` migration's execution_time after it ran (a transactional
+    // one's is written with its row, in its transaction).
+    migrations.write("20990101000000_later.sql", "-- no-transaction\nCREATE TABLE later (id int);\n");
     let outcome = xtask(&with_source(&["migrate"], &migrations), &env).output();
     outcome
         .assert_code(6)

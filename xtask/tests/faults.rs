@@ -298,26 +298,33 @@ fn a_migration_never_runs_on_a_session_without_the_migration_lock() {
     let cluster = Cluster::started();
     let migrations = Migrations::empty();
     // A migration that lets go of every advisory lock, as one reaching through a transaction
-    // pooler would find the lock on another session: the next one must not run.
-    migrations.write("1_unlock.sql", "SELECT pg_advisory_unlock_all();\n");
+    // pooler would find the lock on another session: the check after its SQL, in its own
+    // transaction, rolls it back, and the next one does not run.
+    migrations.write("1_unlock.sql", "CREATE TABLE before_unlock (id int);\nSELECT pg_advisory_unlock_all();\n");
     migrations.write("2_table.sql", "CREATE TABLE after_unlock (id int);\n");
     run("migrate", &cluster, &migrations, &[])
         .output()
         .assert_code(6)
-        .assert_stderr_contains("2_table.sql")
-        .assert_stderr_contains("does not hold the migration lock, so the migration did not run");
-    assert_eq!(cluster.psql("app", "SELECT to_regclass('after_unlock') IS NULL"), "t");
-    assert_eq!(cluster.psql("app", "SELECT string_agg(version::text, ',') FROM _sqlx_migrations"), "1");
+        .assert_stderr_contains("1_unlock.sql")
+        .assert_stderr_contains("does not hold the migration lock, so the migration was not applied")
+        .assert_stderr_contains("nothing of it was applied");
+    assert_eq!(
+        cluster.psql("app", "SELECT to_regclass('before_unlock') IS NULL AND to_regclass('after_unlock') IS NULL"),
+        "t"
+    );
+    assert_eq!(cluster.psql("app", "SELECT count(*) FROM _sqlx_migrations"), "0");
 
-    // A `-- no-transaction` file is checked on its own, before it runs.
+    // A `-- no-transaction` file is checked on its own, before and after it runs: one that lets
+    // go of the lock is said to have run without it, and the next one does not run.
     cluster.create_database("other");
     cluster.psql("other", "CREATE TABLE events (x int)");
+    migrations.write("1_unlock.sql", "-- no-transaction\nSELECT pg_advisory_unlock_all();\n");
     migrations.write("2_table.sql", "-- no-transaction\nCREATE INDEX CONCURRENTLY events_x ON events (x);\n");
     run("migrate", &cluster, &migrations, &[])
         .env("POSTGRES_DB", "other")
         .output()
         .assert_code(6)
-        .assert_stderr_contains("2_table.sql: this server session does not hold the migration lock");
+        .assert_stderr_contains("1_unlock.sql ran, but this connection is now on another server session than the one holding the migration lock");
     assert_eq!(cluster.psql("other", "SELECT to_regclass('events_x') IS NULL"), "t");
 }
 

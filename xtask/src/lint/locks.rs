@@ -77,6 +77,7 @@ pub fn measure(
              apt-get install postgresql`, `brew install postgresql@17`), or leave --locks out"
         )
     })?;
+    crate::replay::refuse_reaching_out(&set.files, "--locks").map_err(|refused| anyhow!(refused))?;
     crate::interrupt::block_on(async {
         let cluster = LocalCluster::start(bin).await.context("start a throwaway cluster for --locks")?;
         let work = async {

@@ -97,7 +97,16 @@ pub fn explain_failure(
         cut_off: None,
     };
     let Some(pg) = postgres_error(&error) else {
-        explained.message = format!("{name}: {error}{partial}");
+        explained.message = match bookkeeping_error(&error) {
+            // Its SQL ran; writing (or deleting) its row did not: say the server's words.
+            Some(pg) => format!(
+                "{name}: its SQL ran, but the server refused the change to {}: {} (SQLSTATE {}){partial}",
+                plan.settings.table_name,
+                pg.message(),
+                pg.code()
+            ),
+            None => format!("{name}: {error}{partial}"),
+        };
         return explained;
     };
     let mut message = describe_postgres_error(pg, file, offset);
@@ -118,6 +127,12 @@ pub fn explain_failure(
 /// The server's error inside a failed migration, when that is what failed.
 fn postgres_error(error: &MigrateError) -> Option<&PgDatabaseError> {
     let MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) = error else { return None };
+    db.try_downcast_ref::<PgDatabaseError>()
+}
+
+/// A server error of the bookkeeping around a migration's SQL (its row, the COMMIT).
+fn bookkeeping_error(error: &MigrateError) -> Option<&PgDatabaseError> {
+    let MigrateError::Execute(sqlx::Error::Database(db)) = error else { return None };
     db.try_downcast_ref::<PgDatabaseError>()
 }
 

@@ -126,15 +126,14 @@ async fn failed(
         Direction::Revert => ("reverting", "reverted"),
     };
     let control = transaction_control(file.migration.sql.as_str());
-    let left = if file.migration.no_tx {
-        Left::PartlyApplied
-    } else if control == Control::Ends {
-        Left::CommittedPart
-    } else if matches!(error, MigrateError::ExecuteMigration(..)) {
+    let own_sql_failed = matches!(error, MigrateError::ExecuteMigration(..));
+    let left = match (file.migration.no_tx, control) {
+        (true, _) if own_sql_failed => Left::PartlyApplied,
+        (false, Control::Ends) => Left::CommittedPart,
         // Its own SQL failed: the COMMIT was never sent.
-        Left::Nothing
-    } else {
-        what_was_left(conn, db, table, file, direction).await
+        (false, _) if own_sql_failed => Left::Nothing,
+        // What failed came after its SQL: its row, the COMMIT, sqlx's update of the time.
+        _ => what_was_left(conn, db, table, file, direction).await,
     };
     // Cut off by a failover (or a restart): safe to run again only where the parser proves that
     // nothing of it can have committed without its row; what it did is read back under the lock

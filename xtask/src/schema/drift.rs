@@ -80,7 +80,7 @@ pub fn run(args: DriftArgs) -> anyhow::Result<()> {
     })?;
     let drift = match found {
         Ok(drift) => drift,
-        Err(cannot) => return Err(fail(Failure::Refused, anyhow!("cannot look for drift: {cannot}"))),
+        Err(cannot) => return Err(fail(Failure::Config, anyhow!("cannot look for drift: {cannot}"))),
     };
     let differences = drift.differences;
     if args.json {
@@ -300,6 +300,9 @@ async fn in_local_cluster(
             " (the server runs {}, whose binaries are not installed here: definitions may word things differently)",
             live.major
         ));
+    }
+    if let Err(refused) = crate::replay::refuse_reaching_out(applied.iter().chain(pending).copied(), "the comparison") {
+        return Ok(Err(refused));
     }
     let cluster = match LocalCluster::start(bin).await {
         Ok(cluster) => cluster,

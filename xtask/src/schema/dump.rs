@@ -13,7 +13,8 @@ use crate::context::{Tool, display_path, only_tool_environment, root};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
-use crate::throwaway::{in_throwaway, migrated_session, scratch_server, throwaway_name, throwaway_target};
+use crate::scratch::Place;
+use crate::throwaway::{in_throwaway, migrated_session, throwaway_name};
 use crate::ui;
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {
@@ -23,18 +24,19 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     let (set, settings, dir) = args.source.load(&root)?;
     let output = args.output.clone().unwrap_or_else(|| root.join("schema.sql"));
     let pg_dump = crate::dev_db::ensure_server_bindir(&sh)?.join("pg_dump");
-    let server = scratch_server(&sh, &loaded)?;
     let throwaway = throwaway_name("prestart_schema");
-    let target = throwaway_target(&loaded, &throwaway);
     ui::step(format!("build the schema of {} in the throwaway database {throwaway}", display_path(&dir)));
-    let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, target.wait_timeout);
+    let place = Place::find(&sh, &loaded, &throwaway, &args.build, &set.files, "schema dump")?;
+    let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, place.target.wait_timeout);
     let dumped = crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
-        in_throwaway(&server, &throwaway, &active, async {
-            drop(migrated_session(&target, &active, &plan).await?);
-            run_pg_dump(&sh, &pg_dump, &target.settings.database, &settings).await
+        let dumped = in_throwaway(&place.server, &throwaway, &active, async {
+            drop(migrated_session(&place.target, &active, &plan).await?);
+            run_pg_dump(&sh, &pg_dump, &place.target.settings.database, &settings).await
         })
-        .await
+        .await;
+        place.finish().await;
+        dumped
     })?;
     let written = render_dump(&dumped, &set);
     if !args.check {

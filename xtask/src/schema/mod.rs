@@ -42,6 +42,8 @@ pub struct DumpArgs {
     wait: WaitArgs,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    build: crate::scratch::BuildArgs,
 }
 
 #[derive(clap::Args, Debug)]

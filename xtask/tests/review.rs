@@ -1,0 +1,182 @@
+//! The review's findings (issue 30, 3a-3n), each held by a test that failed before its fix,
+//! against real clusters.
+
+use std::path::Path;
+
+use testkit::{Cluster, Migrations, Outcome, Run};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+
+fn run(args: &[&str], env: &[(String, String)], migrations: &Migrations) -> Outcome {
+    let source = migrations.path().to_str().expect("utf-8").to_owned();
+    let mut all = args.to_vec();
+    all.extend(["--source", &source]);
+    Run::xtask(XTASK, &all, env).output()
+}
+
+/// `cargo xtask ARGS` as the OS user `nobody`, as on a laptop without root: its own home, the
+/// settings in the environment.
+fn as_a_normal_user(args: &[&str], env: &[(String, String)], home: &Path) -> Outcome {
+    spawn_as_a_normal_user(args, env, home).wait()
+}
+
+fn readable_by_all(path: &Path) {
+    testkit::set_mode(path, 0o755);
+}
+
+/// (a) A migration that can reach another server is never replayed in a throwaway: drift,
+/// doctor and `lint-migrations --locks` refuse and say so, and the live server's rows stay as
+/// they are, as root (a network namespace) and as a normal user (a user namespace); a Unix
+/// socket, which no network namespace hides, included.
+#[test]
+fn a_replay_never_writes_into_a_live_server() {
+    if !testkit::is_root() {
+        eprintln!("skipped: needs root to run a part as another user");
+        return;
+    }
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    readable_by_all(migrations.path());
+    migrations.write("1_hits.sql", "CREATE EXTENSION dblink;\nCREATE TABLE hits (n int);\n");
+    migrations.write(
+        "2_hit.sql",
+        &format!(
+            "SELECT dblink_exec('host={} port={} dbname=app user=postgres', 'INSERT INTO hits VALUES (1)');\n",
+            cluster.socket_dir().display(),
+            cluster.port
+        ),
+    );
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    let hits = || cluster.psql("app", "SELECT count(*) FROM hits");
+    assert_eq!(hits(), "1");
+
+    let drift = run(&["schema", "drift"], &env, &migrations);
+    drift
+        .assert_code(3)
+        .assert_stderr_contains("1_hits.sql uses dblink")
+        .assert_stderr_contains("does not replay the migrations");
+    assert_eq!(hits(), "1", "schema drift wrote into the live server:\n{}", drift.stderr);
+    let doctor = run(&["doctor"], &env, &migrations);
+    assert_eq!(hits(), "1", "doctor wrote into the live server:\n{}", doctor.stderr);
+    let locks = run(&["lint-migrations", "--all", "--locks"], &env, &migrations);
+    locks.assert_stderr_contains("1_hits.sql uses dblink");
+    assert_eq!(hits(), "1");
+
+    let home = tempfile::tempdir().expect("a home");
+    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
+    let source = migrations.path().to_str().expect("utf-8");
+    let drift = as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
+    drift.assert_code(3).assert_stderr_contains("1_hits.sql uses dblink");
+    assert_eq!(hits(), "1", "schema drift as a normal user wrote into the live server:\n{}", drift.stderr);
+}
+
+/// (a) As a normal user the throwaway runs in a user namespace of its own, cut off from the
+/// network: drift builds there and says nothing of a missing namespace.
+#[test]
+fn a_normal_users_throwaway_is_cut_off_from_the_network() {
+    if !testkit::is_root() {
+        eprintln!("skipped: needs root to run a part as another user");
+        return;
+    }
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    readable_by_all(migrations.path());
+    migrations.write("1_t.sql", "CREATE TABLE t (id int);\n");
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    let home = tempfile::tempdir().expect("a home");
+    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
+    let source = migrations.path().to_str().expect("utf-8");
+    let drift = as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
+    drift.assert_code(0).assert_stderr_lacks("not in a network namespace");
+}
+
+/// (b) `schema dump` builds in a throwaway cluster on this machine: no database is created and
+/// no migration runs on the server the settings name, unless `--build-on-server` says so.
+#[test]
+fn schema_dump_builds_on_this_machine_not_on_the_configured_server() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    migrations.write("1_role.sql", "CREATE ROLE dump_marker;\nCREATE TABLE t (id int);\n");
+    let output = tempfile::tempdir().expect("a folder");
+    let schema = output.path().join("schema.sql");
+    let schema = schema.to_str().expect("utf-8");
+    let env = cluster.env("app");
+    let marker = || cluster.psql("postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'dump_marker'");
+    let databases = || cluster.psql("postgres", "SELECT count(*) FROM pg_database");
+    let before = databases();
+    run(&["schema", "dump", "--output", schema], &env, &migrations)
+        .assert_code(0)
+        .assert_stderr_contains("building in a throwaway PostgreSQL");
+    assert!(std::fs::read_to_string(schema).expect("schema.sql").contains("CREATE TABLE public.t"));
+    assert_eq!(marker(), "0", "a migration ran on the configured server");
+    let log = cluster.log();
+    assert!(!log.contains("prestart_schema"), "a throwaway database was made on the configured server:\n{log}");
+    assert_eq!(databases(), before);
+
+    run(&["schema", "dump", "--output", schema, "--build-on-server"], &env, &migrations).assert_code(0);
+    assert_eq!(marker(), "1", "--build-on-server builds on the configured server");
+}
+
+/// `cargo xtask ARGS` as `nobody` (setpriv execs it, so a signal reaches it alone), with its own
+/// home.
+fn spawn_as_a_normal_user(args: &[&str], env: &[(String, String)], home: &Path) -> testkit::Running {
+    let mut all = vec!["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", XTASK];
+    all.extend_from_slice(args);
+    all.extend(["--env-file", "/dev/null"]);
+    let mut env = env.to_vec();
+    env.push(("HOME".to_owned(), home.display().to_string()));
+    Run::program("setpriv", &all, &env).spawn()
+}
+
+/// The processes whose command line names `dir`.
+fn processes_in(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+/// (c) A throwaway's start cut short by a signal (here during the template's initdb, which a
+/// first run makes) leaves no process running and no half-made folder behind.
+#[test]
+fn a_throwaway_start_cut_short_leaves_nothing_behind() {
+    if !testkit::is_root() {
+        eprintln!("skipped: needs root to run a part as another user");
+        return;
+    }
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    readable_by_all(migrations.path());
+    migrations.write("1_t.sql", "CREATE TABLE t (id int);\n");
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    let home = tempfile::tempdir().expect("a home");
+    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
+    let source = migrations.path().to_str().expect("utf-8");
+    let running = spawn_as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
+    running.wait_for_stderr("make a cluster template", std::time::Duration::from_secs(30));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    running.signal("INT");
+    let outcome = running.wait_within(std::time::Duration::from_secs(20));
+    assert_eq!(outcome.code, Some(130), "{}", outcome.stderr);
+    let left = processes_in(home.path());
+    assert!(left.is_empty(), "still running: {left:?}\n{}", outcome.stderr);
+    let cache = std::fs::read_dir(home.path().join(".cache")).expect("the cache").flatten().flat_map(|user| {
+        std::fs::read_dir(user.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    });
+    let half_made: Vec<String> =
+        cache.filter(|name| name.starts_with("template-") && !name.ends_with("-wal1")).collect();
+    assert!(half_made.is_empty(), "left behind: {half_made:?}\n{}", outcome.stderr);
+}

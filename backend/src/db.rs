@@ -579,7 +579,13 @@ pub async fn connect_once(
         Ok(Ok(ready)) => Ok(ready),
         Ok(Err(error)) => {
             let left = || timeout.saturating_sub(started.elapsed());
-            if matches!(error, sqlx::Error::Protocol(_)) {
+            // Without an SSLRequest (sslmode=disable) the same closed stream is an EOF or a
+            // reset, which a server restarting gives too: the probe tells them apart.
+            let closed_early = matches!(
+                Failure::classify(&error, settings),
+                Failure::Retry(Retryable { kind: RetryKind::Reset, .. })
+            );
+            if matches!(error, sqlx::Error::Protocol(_)) || closed_early {
                 match first_byte(settings, left()).await {
                     FirstByte::None => return Err(no_server_behind()),
                     // A proxy that had no server a moment ago has one now (a failover ending):

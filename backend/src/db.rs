@@ -581,10 +581,8 @@ pub async fn connect_once(
             let left = || timeout.saturating_sub(started.elapsed());
             // Without an SSLRequest (sslmode=disable) the same closed stream is an EOF or a
             // reset, which a server restarting gives too: the probe tells them apart.
-            let closed_early = matches!(
-                Failure::classify(&error, settings),
-                Failure::Retry(Retryable { kind: RetryKind::Reset, .. })
-            );
+            let closed_early =
+                matches!(Failure::classify(&error, settings), Failure::Retry(Retryable { kind: RetryKind::Reset, .. }));
             if matches!(error, sqlx::Error::Protocol(_)) || closed_early {
                 match first_byte(settings, left()).await {
                     FirstByte::None => return Err(no_server_behind()),

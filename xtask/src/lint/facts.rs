@@ -49,6 +49,11 @@ const UNIQUE_INDEXES: &str = "SELECT t.relname::text, i.relname::text, pg_catalo
                               ORDER BY 2";
 
 impl Facts {
+    /// The tables the database has, by name.
+    pub fn table_names(&self) -> std::collections::HashSet<String> {
+        self.tables.keys().cloned().collect()
+    }
+
     /// Reads them in a read-only transaction whose lock_timeout is short: a table's size waits for
     /// its lock, and a migration running now may hold it, so a locked table fails the read quickly
     /// and leaves the connection usable (doctor goes on with it).

@@ -22,6 +22,9 @@ pub struct History {
     validated: HashSet<Column>,
     /// Columns made NOT NULL.
     not_null: HashSet<Column>,
+    /// Tables that exist before the statement at hand: made by any earlier migration (applied or
+    /// not), or found in the database. A `CREATE TABLE IF NOT EXISTS` of one makes nothing new.
+    pub existing: HashSet<String>,
 }
 
 impl History {
@@ -30,7 +33,11 @@ impl History {
         match statement {
             ast::Stmt::CreateTable(create) => {
                 if let Some(name) = create.table_name().and_then(|t| t.path()).and_then(|p| p.segment()) {
-                    self.new_relations.insert(name.text());
+                    let name = name.text();
+                    if create.if_not_exists().is_none() || !self.existing.contains(&name) {
+                        self.new_relations.insert(name.clone());
+                    }
+                    self.existing.insert(name);
                 }
             }
             ast::Stmt::CreateIndex(index) => {
@@ -152,8 +159,19 @@ fn relation(name: &ast::TableRelationName) -> Option<String> {
     Some(name.table_name_ref()?.path_ref()?.segment()?.text())
 }
 
+/// Every table (or index) a statement changes: `DROP TABLE fresh, users` changes both, and is
+/// harmless only when both are new.
+pub fn targets(statement: &ast::Stmt) -> Vec<String> {
+    let name = |path: Option<ast::PathRef>| path.and_then(|p| p.segment()).map(|s| s.text());
+    match statement {
+        ast::Stmt::DropTable(drop) => drop.table_name_refs().filter_map(|t| name(t.path_ref())).collect(),
+        ast::Stmt::DropIndex(drop) => drop.index_refs().filter_map(|i| name(i.path_ref())).collect(),
+        _ => target(statement).into_iter().collect(),
+    }
+}
+
 /// The table (or index) a statement changes, when it changes one: what a table's facts and its
-/// being new apply to.
+/// being new apply to (the first, for a statement that changes several).
 pub fn target(statement: &ast::Stmt) -> Option<String> {
     match statement {
         ast::Stmt::AlterTable(alter) => relation(&alter.table_relation_name()?),
@@ -162,4 +180,29 @@ pub fn target(statement: &ast::Stmt) -> Option<String> {
         ast::Stmt::DropIndex(drop) => Some(drop.index_refs().next()?.path_ref()?.segment()?.text()),
         _ => None,
     }
+}
+
+/// `sql` with every `CREATE TABLE IF NOT EXISTS` of a table in `existing` blanked (spaces, its
+/// line breaks kept, so positions stay), when there is one: what the file does to the database.
+pub fn without_creates_of_existing<'s>(
+    sql: &str,
+    statements: impl Iterator<Item = (usize, usize, &'s ast::Stmt)>,
+    existing: &HashSet<String>,
+) -> Option<String> {
+    let mut masked: Option<String> = None;
+    for (start, end, statement) in statements {
+        let ast::Stmt::CreateTable(create) = statement else { continue };
+        let name = create.table_name().and_then(|t| t.path()).and_then(|p| p.segment()).map(|s| s.text());
+        if create.if_not_exists().is_none() || !name.is_some_and(|n| existing.contains(&n)) {
+            continue;
+        }
+        let text = masked.get_or_insert_with(|| sql.to_owned());
+        // A space for each byte, so every offset after it stays.
+        let blank: String = text[start..end]
+            .chars()
+            .map(|c| if c == '\n' { "\n".to_owned() } else { " ".repeat(c.len_utf8()) })
+            .collect();
+        text.replace_range(start..end, &blank);
+    }
+    masked
 }

@@ -8,6 +8,7 @@
 //! `-- lint: allow RULE` or squawk's own `-- squawk-ignore RULE` above a statement (or on its
 //! lines) exempts it from that rule.
 
+mod adding_exclude_constraint;
 mod config;
 pub mod facts;
 mod history;
@@ -71,7 +72,9 @@ struct Statement {
 
 impl<'a> Engine<'a> {
     pub fn new(config: &'a Config, facts: Option<&'a Facts>) -> Engine<'a> {
-        Engine { config, facts, history: History::default() }
+        let mut history = History::default();
+        history.existing = facts.map(Facts::table_names).unwrap_or_default();
+        Engine { config, facts, history }
     }
 
     /// Lints one migration's SQL, adding what it finds to `outcome` when `report`; otherwise only
@@ -143,7 +146,17 @@ impl<'a> Engine<'a> {
         let on = |rule: Own| self.config.enabled.contains(&RuleId::Own(rule));
         let mut drafts = Vec::new();
         let mut moot = false;
-        let mut violations = self.squawk(parse, sql, no_transaction).into_iter().peekable();
+        // squawk takes a table made earlier in the file for one nobody uses; a `CREATE TABLE IF
+        // NOT EXISTS` of a table that exists makes nothing, so squawk does not see it.
+        let violations = match history::without_creates_of_existing(
+            sql,
+            statements.iter().map(|s| (s.start, s.end, &s.node)),
+            &history.existing,
+        ) {
+            Some(masked) => self.squawk(&SourceFile::parse(&masked), &masked, no_transaction),
+            None => self.squawk(parse, sql, no_transaction),
+        };
+        let mut violations = violations.into_iter().peekable();
         for (index, statement) in statements.iter().enumerate() {
             // Findings outside any statement: squawk's, on an ignore comment.
             while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.start) {
@@ -169,6 +182,19 @@ impl<'a> Engine<'a> {
                     table: table.clone(),
                 });
             }
+            let tables = history::targets(&statement.node);
+            // Nobody uses a table the deploy made yet: its locks block no one, and old code does
+            // not know it to break.
+            let new = !tables.is_empty() && tables.iter().all(|t| history.new_relations.contains(t));
+            if !new && on(Own::AddingExcludeConstraint) && adding_exclude_constraint::adds_exclude(&statement.node) {
+                drafts.push(Draft {
+                    at: statement.start,
+                    rule: RuleId::Own(Own::AddingExcludeConstraint),
+                    message: adding_exclude_constraint::WHY.to_owned(),
+                    help: Some(adding_exclude_constraint::SAFE.to_owned()),
+                    table: table.clone(),
+                });
+            }
             while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.end) {
                 match v.code {
                     // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
@@ -185,9 +211,6 @@ impl<'a> Engine<'a> {
                     }
                     _ => {}
                 }
-                // Nobody uses a table the deploy made yet: its locks block no one, and old code
-                // does not know it to break.
-                let new = table.as_ref().is_some_and(|t| history.new_relations.contains(t));
                 if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
                     continue;
                 }
@@ -223,7 +246,7 @@ impl<'a> Engine<'a> {
         }
         let lines = Lines::new(sql);
         let mut findings: Vec<Finding> = drafts.into_iter().map(|draft| self.finish(file, &lines, draft)).collect();
-        let allowed = exemptions(sql);
+        let allowed = exemptions(parse, &lines);
         let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
         findings.retain(|f| {
             if ignores_ours(f) {
@@ -343,10 +366,18 @@ impl<'s> Lines<'s> {
 
 /// `(line, rule)` for every `-- lint: allow rule[, rule]` comment, and every `-- squawk-ignore` of
 /// one of our rules (squawk honours its own, and calls ours unknown: see [`ignores_ours`]).
-fn exemptions(sql: &str) -> Vec<(usize, RuleId)> {
+/// The comments are the parser's: a `--` inside a string starts none.
+fn exemptions(parse: &Parse<SourceFile>, lines: &Lines) -> Vec<(usize, RuleId)> {
     let mut allowed = Vec::new();
-    for (index, line) in sql.lines().enumerate() {
-        let Some(comment) = line.split_once("--").map(|(_, c)| c.trim()) else { continue };
+    let comments = parse
+        .syntax_node()
+        .descendants_with_tokens()
+        .filter_map(|element| element.into_token())
+        .filter(|token| token.kind() == squawk_syntax::SyntaxKind::COMMENT);
+    for token in comments {
+        let line = lines.line(offset(token.text_range().start()));
+        let Some(comment) = token.text().strip_prefix("--").map(str::trim) else { continue };
+        let index = line - 1;
         let (names, ours_only) = match comment.strip_prefix("lint:").and_then(|r| r.trim_start().strip_prefix("allow"))
         {
             Some(names) => (names, false),
@@ -413,6 +444,59 @@ mod tests {
         );
         let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
         assert_eq!(rules, [(2, "require-concurrent-index-creation".to_owned())]);
+    }
+
+    /// Review 3e: what the linter let through.
+    #[test]
+    fn a_table_that_exists_is_not_new_by_if_not_exists_nor_a_list_by_its_first_name() {
+        let config = Config::defaults();
+        let mut outcome = Outcome::default();
+        let mut engine = Engine::new(&config, None);
+        engine.lint(Path::new("1.sql"), "CREATE TABLE users (id bigint);", false, false, false, &mut outcome);
+        engine.lint(
+            Path::new("2.sql"),
+            "CREATE TABLE IF NOT EXISTS users (id bigint);
+CREATE INDEX users_id ON users (id);
+             CREATE TABLE fresh (id bigint);
+DROP TABLE fresh, users;
+             ALTER TABLE users ADD CONSTRAINT no_overlap EXCLUDE USING gist (id WITH =);",
+            false,
+            true,
+            true,
+            &mut outcome,
+        );
+        let rules: Vec<(usize, String)> = outcome.findings.iter().map(|f| (f.line, f.rule.to_string())).collect();
+        assert!(rules.contains(&(2, "require-concurrent-index-creation".to_owned())), "{rules:?}");
+        assert!(rules.contains(&(4, "ban-drop-table".to_owned())), "{rules:?}");
+        assert!(rules.contains(&(5, "adding-exclude-constraint".to_owned())), "{rules:?}");
+        // On a table the deploy makes, none of it is found.
+        let fresh = lint(
+            "CREATE TABLE IF NOT EXISTS fresh (id bigint);
+CREATE INDEX fresh_id ON fresh (id);
+             ALTER TABLE fresh ADD CONSTRAINT no_overlap EXCLUDE USING gist (id WITH =);",
+        );
+        assert!(fresh.is_empty(), "{:?}", fresh.iter().map(|f| f.rule.to_string()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_allow_after_a_string_holding_two_dashes_is_read() {
+        let findings = lint(
+            "CREATE TABLE t (note text DEFAULT 'a--b');
+CREATE INDEX t_note ON t (note); -- lint: allow require-concurrent-index-creation
+",
+        );
+        // `t` is made in this deploy, so the index is fine already; on an old table the allow counts.
+        assert!(findings.is_empty(), "{:?}", findings.iter().map(|f| f.rule.to_string()).collect::<Vec<_>>());
+        let findings = lint(
+            "SELECT 'a--b'; CREATE INDEX i ON old (x); -- lint: allow require-concurrent-index-creation
+",
+        );
+        assert!(findings.is_empty(), "{:?}", findings.iter().map(|f| f.rule.to_string()).collect::<Vec<_>>());
+        let findings = lint(
+            "SELECT 'a--b'; CREATE INDEX i ON old (x);
+",
+        );
+        assert_eq!(findings.len(), 1);
     }
 
     #[test]

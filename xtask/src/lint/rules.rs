@@ -15,6 +15,8 @@ pub enum Own {
     NoTransactionSingleStatement,
     /// A statement the parser cannot read, so no rule checked it.
     UnparsedStatement,
+    /// An EXCLUDE constraint added to a table that exists: its index is built under the lock.
+    AddingExcludeConstraint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +45,7 @@ impl RuleId {
         match self {
             RuleId::Own(Own::NeedsNoTransaction | Own::NoTransactionSingleStatement) => Kind::Transaction,
             RuleId::Own(Own::UnparsedStatement) => Kind::Correctness,
+            RuleId::Own(Own::AddingExcludeConstraint) => Kind::Locking,
             RuleId::Squawk(rule) => squawk_kind(rule),
         }
     }
@@ -77,16 +80,22 @@ impl RuleId {
             "needs-no-transaction" => RuleId::Own(Own::NeedsNoTransaction),
             "no-transaction-single-statement" => RuleId::Own(Own::NoTransactionSingleStatement),
             "unparsed-statement" => RuleId::Own(Own::UnparsedStatement),
+            "adding-exclude-constraint" => RuleId::Own(Own::AddingExcludeConstraint),
             _ => RuleId::Squawk(name.parse().ok()?),
         })
     }
 
     /// Every rule, ours first, then squawk's in its own order (aliases left out).
     pub fn all() -> impl Iterator<Item = RuleId> {
-        [Own::NeedsNoTransaction, Own::NoTransactionSingleStatement, Own::UnparsedStatement]
-            .into_iter()
-            .map(RuleId::Own)
-            .chain(enum_iterator::all::<Squawk>().filter(|r| r.expands_to().is_empty()).map(RuleId::Squawk))
+        [
+            Own::NeedsNoTransaction,
+            Own::NoTransactionSingleStatement,
+            Own::UnparsedStatement,
+            Own::AddingExcludeConstraint,
+        ]
+        .into_iter()
+        .map(RuleId::Own)
+        .chain(enum_iterator::all::<Squawk>().filter(|r| r.expands_to().is_empty()).map(RuleId::Squawk))
     }
 }
 
@@ -97,6 +106,7 @@ impl fmt::Display for RuleId {
             RuleId::Own(Own::NeedsNoTransaction) => f.write_str("needs-no-transaction"),
             RuleId::Own(Own::NoTransactionSingleStatement) => f.write_str("no-transaction-single-statement"),
             RuleId::Own(Own::UnparsedStatement) => f.write_str("unparsed-statement"),
+            RuleId::Own(Own::AddingExcludeConstraint) => f.write_str("adding-exclude-constraint"),
         }
     }
 }

@@ -304,10 +304,7 @@ async fn ddl(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(conn);
     match tokio::time::timeout(DATABASE_DDL_TIMEOUT, statement).await {
         Ok(done) => done.map(|_| ()),
-        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {} s", DATABASE_DDL_TIMEOUT.as_secs()),
-        ))),
+        Err(_) => Err(backend::db::timed_out(DATABASE_DDL_TIMEOUT)),
     }
 }
 

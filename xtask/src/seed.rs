@@ -159,11 +159,8 @@ async fn seed_once(
     hashed: Option<String>,
 ) -> Result<SeedReport, SeedError> {
     let limit = backend::db::QUERY_TIMEOUT;
-    tokio::time::timeout(limit, init_db(conn, Some(superuser), present, hashed)).await.unwrap_or_else(|_| {
-        let silent = std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the server sent no answer within {} s", limit.as_secs()),
-        );
-        Err(SeedError::from(sqlx::Error::Io(silent)))
-    })
+    // The one timed-out error of the workspace: a bound of ours, never taken for a lost connection.
+    tokio::time::timeout(limit, init_db(conn, Some(superuser), present, hashed))
+        .await
+        .unwrap_or_else(|_| Err(SeedError::from(backend::db::timed_out(limit))))
 }

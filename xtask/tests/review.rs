@@ -180,3 +180,21 @@ fn a_throwaway_start_cut_short_leaves_nothing_behind() {
         cache.filter(|name| name.starts_with("template-") && !name.ends_with("-wal1")).collect();
     assert!(half_made.is_empty(), "left behind: {half_made:?}\n{}", outcome.stderr);
 }
+
+/// (f) A seed that waits on a lock past the bound is a slow server, told as one: not a lost
+/// connection, and not a crash restart.
+#[test]
+fn a_seed_waiting_on_a_lock_is_not_taken_for_a_lost_connection() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    let _holder = testkit::Session::open(&cluster, "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;");
+    assert!(testkit::eventually(std::time::Duration::from_secs(10), || {
+        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'users'::regclass")
+            == "1"
+    }));
+    let outcome = Run::xtask(XTASK, &["seed"], &env).output();
+    outcome.assert_code(7).assert_stderr_contains("no answer within 10 s");
+    outcome.assert_stderr_lacks("lost the connection").assert_stderr_lacks("crash");
+}

@@ -22,7 +22,8 @@ pub fn is_root() -> bool {
 }
 
 /// Where initdb and pg_ctl are: PATH first, then Debian's versioned folders.
-fn server_bindir() -> &'static Path {
+/// The folder of the newest PostgreSQL server binaries here (pgbench, pg_dump, ...).
+pub fn server_bindir() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(out) = Command::new("which").arg("pg_ctl").output()

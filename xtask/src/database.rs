@@ -334,6 +334,11 @@ fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings
 }
 
 /// A name as an SQL identifier, whatever it holds.
+/// A string literal (standard_conforming_strings, the default since PostgreSQL 9.1).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -107,10 +107,15 @@ fn describe(row: &sqlx::postgres::PgRow) -> Result<String, sqlx::Error> {
     })
 }
 
+// The queries of a wait (who holds the lock, polled until it is ours) are simple queries, one
+// message each: asked again and again, each in a transaction of its own, behind a transaction
+// pooler each may reach another server session, where a statement prepared by the one before
+// (named, or the unnamed one of a Parse sent ahead of its Bind) does not exist.
+
 /// Who holds the advisory lock `key`: pid, application name, since when.
 pub async fn holder(conn: &mut PgConnection, key: i64) -> Result<String, sqlx::Error> {
     let sql = format!("{DESCRIBE_HOLDER} WHERE {} LIMIT 1", granted(key));
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await?;
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await?;
     match row {
         Some(row) => describe(&row),
         None => Ok("a session that has just released it".to_owned()),
@@ -120,17 +125,19 @@ pub async fn holder(conn: &mut PgConnection, key: i64) -> Result<String, sqlx::E
 /// Whether another session holds the advisory lock `key` (doctor asks; nothing is taken).
 pub async fn is_held(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
     let sql = format!("SELECT EXISTS (SELECT FROM pg_catalog.pg_locks l WHERE {})", granted(key));
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn).await
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(conn).await?;
+    row.try_get(0)
 }
 
 /// Who holds a lock on `table` that keeps a reader out (ACCESS EXCLUSIVE: `LOCK TABLE`, most
 /// `ALTER TABLE`s), or waits for one ahead of us.
 pub async fn table_holder(conn: &mut PgConnection, table: &str) -> Result<String, sqlx::Error> {
     let sql = format!(
-        "{DESCRIBE_HOLDER} WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass($1) \
-         AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY NOT l.granted LIMIT 1"
+        "{DESCRIBE_HOLDER} WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass({}) \
+         AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY NOT l.granted LIMIT 1",
+        crate::database::quote_literal(table)
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(table).fetch_optional(&mut *conn).await?;
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await?;
     match row {
         Some(row) => describe(&row),
         None => Ok("a session that has just released it".to_owned()),
@@ -203,12 +210,11 @@ pub async fn acquire(session: &mut Session<'_>, timeout: Duration) -> anyhow::Re
     loop {
         let key = key(&session.ready.server.database);
         // The server ends this session, and frees the lock, if we are cut off mid-migration.
-        let sql = format!("SELECT pg_try_advisory_lock($1), {}", backend::keepalive::server_side());
+        let sql = format!("SELECT pg_try_advisory_lock({key}), {}", backend::keepalive::server_side());
         let tried = Instant::now();
-        let attempt: Result<(bool, i64), _> =
-            bounded(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(key).fetch_one(&mut session.ready.conn)).await;
-        let locked = match attempt {
-            Ok((locked, _settings_made)) => locked,
+        let attempt = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut session.ready.conn)).await;
+        let locked = match attempt.and_then(|row| row.try_get::<bool, _>(0)) {
+            Ok(locked) => locked,
             Err(error) => {
                 session
                     .reconnect_after(error, BEFORE_MIGRATING, tried)

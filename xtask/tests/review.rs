@@ -191,10 +191,41 @@ fn a_seed_waiting_on_a_lock_is_not_taken_for_a_lost_connection() {
     run(&["migrate"], &env, &migrations).assert_code(0);
     let _holder = testkit::Session::open(&cluster, "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;");
     assert!(testkit::eventually(std::time::Duration::from_secs(10), || {
-        cluster.psql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'users'::regclass")
-            == "1"
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND relation = 'users'::regclass",
+        ) == "1"
     }));
     let outcome = Run::xtask(XTASK, &["seed"], &env).output();
     outcome.assert_code(7).assert_stderr_contains("no answer within 10 s");
     outcome.assert_stderr_lacks("lost the connection").assert_stderr_lacks("crash");
+}
+
+/// (h) Behind a transaction pooler, drift's wait for a running migration (a try every 200 ms,
+/// each a transaction of its own) lands on other server sessions while other clients crowd the
+/// pool (each session a try gives back goes to a client that waits for one): no named statement
+/// of an earlier try is missing there.
+#[test]
+fn drift_waiting_behind_a_transaction_pooler_uses_no_statement_of_another_session() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    run(&["migrate"], &cluster.env("app"), &migrations).assert_code(0);
+    let bouncer = testkit::Bouncer::start_with_pool_size(&cluster, testkit::PoolMode::Transaction, 2);
+    let _lock = testkit::MigrationLock::take(&cluster, "app", "a-migration-running");
+    let script = tempfile::NamedTempFile::new().expect("a script");
+    std::fs::write(script.path(), "SELECT pg_sleep(0.002);\n").expect("write the script");
+    let mut crowd = std::process::Command::new(testkit::server_bindir().join("pgbench"))
+        .args(["-n", "-c", "6", "-T", "14", "-h", "127.0.0.1", "-p", &bouncer.port.to_string(), "-U", "postgres", "-f"])
+        .arg(script.path())
+        .arg("app")
+        .env("PGPASSWORD", testkit::PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pgbench");
+    let source = migrations.path().to_str().expect("utf-8");
+    let outcome = Run::xtask(XTASK, &["schema", "drift", "--source", source], &bouncer.env(&cluster, "app")).output();
+    let _ = crowd.kill();
+    let _ = crowd.wait();
+    outcome.assert_stderr_contains("a migration is running").assert_stderr_lacks("prepared statement");
 }

@@ -488,10 +488,12 @@ pub async fn snapshot(conn: &mut PgConnection, migrations_table: &str) -> anyhow
                     pg_catalog.set_config('search_path', 'pg_catalog', true) FROM t",
         )
         .bind(migrations_table)
+        .persistent(false)
         .fetch_one(&mut *tx)
         .await?;
         let query = snapshot_query(u32::try_from(version).unwrap_or_default());
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(table).fetch_all(&mut *tx).await?;
+        let rows: Vec<Row> =
+            sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(table).persistent(false).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(rows)
     };

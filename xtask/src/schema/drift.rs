@@ -20,7 +20,7 @@ use sqlx::postgres::PgConnection;
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
 use crate::context::Loaded;
-use crate::database::quote_identifier;
+use crate::database::{quote_identifier, quote_literal};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::session::{self, Use};
@@ -129,7 +129,9 @@ struct Live {
 const MIGRATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Reads the live database. A migration holding the lock is waited for a few seconds; `Err`
-/// says why it cannot be read (a migration still running, no right to read the table).
+/// says why it cannot be read (a migration still running, no right to read the table). Each try
+/// is a transaction of its own, which a transaction pooler may give another server session: its
+/// statements are unnamed, so none is missing there.
 async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> anyhow::Result<Result<Live, String>> {
     use sqlx::Connection as _;
     let started = Instant::now();
@@ -143,14 +145,19 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
                         pg_catalog.pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
                  FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()",
             )
+            .persistent(false)
             .fetch_one(&mut *tx),
         )
         .await?;
         let key = crate::lock::key(&database);
-        let lock = sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock_shared($1)").bind(key);
+        let lock =
+            sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock_shared($1)").bind(key).persistent(false);
         let locked: bool = bounded(lock.fetch_one(&mut *tx)).await?;
         if !locked {
-            drop(tx);
+            // Ended now, not with the next try (a dropped transaction's ROLLBACK waits for the
+            // next query): behind a transaction pooler the server session goes back to the pool
+            // for the pause.
+            bounded(tx.rollback()).await?;
             if started.elapsed() >= MIGRATION_WAIT {
                 let holder =
                     bounded(crate::lock::holder(live, key)).await.unwrap_or_else(|e| backend::db::describe_error(&e));
@@ -162,7 +169,9 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
             continue;
         }
         // A missing table would abort the transaction: asked first, not met.
-        let exists = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL").bind(&settings.table_name);
+        let exists = sqlx::query_scalar("SELECT pg_catalog.to_regclass($1) IS NOT NULL")
+            .bind(&settings.table_name)
+            .persistent(false);
         let applied = if !bounded(exists.fetch_one(&mut *tx)).await? {
             Ok(Vec::new())
         } else {
@@ -180,6 +189,7 @@ async fn read_live(live: &mut PgConnection, settings: &MigrationSettings) -> any
         };
         let roles: Vec<String> = bounded(
             sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
+                .persistent(false)
                 .fetch_all(&mut *tx),
         )
         .await?;
@@ -370,10 +380,6 @@ async fn in_local_cluster(
         Ok(Err(error)) => Ok(Err(format!("in {built_in}: {error:#}"))),
         Err(_) => Ok(Err(format!("building the expected schema took more than {} s", BUILD_TIMEOUT.as_secs()))),
     }
-}
-
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 async fn connect_to(db: &DatabaseSettings) -> anyhow::Result<backend::db::Ready> {

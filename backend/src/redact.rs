@@ -9,8 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Shorter values are not blanked: a three-letter password would blank every word it matches,
-/// and no message quotes a value anyway.
+/// Shorter values are blanked only where they stand as a password (see [`redact`]).
 const MIN_LEN: usize = 4;
 
 /// What replaces a secret in output.
@@ -30,12 +29,36 @@ pub fn register(secret: &str) {
     }
     let mut secrets = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
     for form in forms {
-        if form.chars().count() >= MIN_LEN && !secrets.contains(&form) {
+        if !form.is_empty() && !secrets.contains(&form) {
             secrets.push(form);
         }
     }
     // Longest first, so a secret that contains another is blanked whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// A secret that reads as a word (letters, digits, `_`, `-`: `postgres`, `changethis`, `wrong`)
+/// is blanked only where it stands as a password; elsewhere it is the user's name, a check's
+/// name or an English word that the password happens to equal. Any other secret of four
+/// characters or more is blanked wherever it appears.
+fn only_as_a_password(secret: &str) -> bool {
+    secret.chars().count() < MIN_LEN || secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Whether `text[start..end]` stands where a password stands: in a URL's userinfo
+/// (`user:SECRET@`), or after a word that ends in `password` (`password=SECRET`,
+/// `PGPASSWORD=SECRET`, `"password": "SECRET"`, `PASSWORD 'SECRET'`), as a whole word.
+fn stands_as_a_password(text: &str, start: usize, end: usize) -> bool {
+    let (before, after) = (&text[..start], &text[end..]);
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if before.chars().next_back().is_some_and(is_word) || after.chars().next().is_some_and(is_word) {
+        return false;
+    }
+    if before.ends_with(':') && after.starts_with('@') {
+        return true;
+    }
+    let lead = before.trim_end_matches([' ', '=', ':', '"', '\'', '\t']);
+    lead.len() >= 8 && lead.is_char_boundary(lead.len() - 8) && lead[lead.len() - 8..].eq_ignore_ascii_case("password")
 }
 
 /// Remembers the secret parts of a settings variable: a password, or the password of a URL,
@@ -65,7 +88,8 @@ pub fn url_password_span(url: &str) -> Option<&str> {
     (!password.is_empty()).then_some(password)
 }
 
-/// `text` with every registered secret replaced by [`MASK`].
+/// `text` with every registered secret replaced by [`MASK`] (a word-like one only where it
+/// stands as a password).
 pub fn redact(text: &str) -> Cow<'_, str> {
     let secrets = SECRETS.lock().unwrap_or_else(PoisonError::into_inner);
     if !secrets.iter().any(|s| text.contains(s.as_str())) {
@@ -73,7 +97,20 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     }
     let mut out = text.to_owned();
     for secret in secrets.iter() {
-        out = out.replace(secret.as_str(), MASK);
+        if !only_as_a_password(secret) {
+            out = out.replace(secret.as_str(), MASK);
+            continue;
+        }
+        let mut from = 0;
+        while let Some(found) = out[from..].find(secret.as_str()) {
+            let (start, end) = (from + found, from + found + secret.len());
+            if stands_as_a_password(&out, start, end) {
+                out.replace_range(start..end, MASK);
+                from = start + MASK.len();
+            } else {
+                from = end;
+            }
+        }
     }
     Cow::Owned(out)
 }
@@ -96,5 +133,23 @@ mod tests {
         register("se'c\"r\\et");
         assert_eq!(redact(&format!("{:?}", "x=se'c\"r\\et")), format!("\"x={MASK}\""));
         assert_eq!(redact("'x=se\\'c\"r\\\\et'"), format!("'x={MASK}'"));
+    }
+
+    /// Review 3l: a password that reads as a word is blanked where it stands as a password, and
+    /// nowhere else.
+    #[test]
+    fn a_word_like_password_is_blanked_only_where_it_stands_as_one() {
+        register("postgres");
+        register("wrong");
+        assert_eq!(redact("postgres@127.0.0.1:5432/app"), "postgres@127.0.0.1:5432/app");
+        assert_eq!(redact("postgres.writable"), "postgres.writable");
+        assert_eq!(redact("the password is wrong"), "the password is wrong");
+        assert_eq!(redact("postgres://postgres:postgres@db/app"), format!("postgres://postgres:{MASK}@db/app"));
+        assert_eq!(redact("host=db password=wrong user=postgres"), format!("host=db password={MASK} user=postgres"));
+        assert_eq!(redact("PGPASSWORD=postgres psql"), format!("PGPASSWORD={MASK} psql"));
+        assert_eq!(redact("ALTER ROLE bob PASSWORD 'wrong'"), format!("ALTER ROLE bob PASSWORD '{MASK}'"));
+        assert_eq!(redact(r#"{"password": "postgres"}"#), format!(r#"{{"password": "{MASK}"}}"#));
+        assert_eq!(redact("?sslmode=disable&password=wrong"), format!("?sslmode=disable&password={MASK}"));
+        assert_eq!(redact("password=wrongly"), "password=wrongly");
     }
 }

@@ -229,3 +229,46 @@ fn drift_waiting_behind_a_transaction_pooler_uses_no_statement_of_another_sessio
     let _ = crowd.wait();
     outcome.assert_stderr_contains("a migration is running").assert_stderr_lacks("prepared statement");
 }
+
+/// (l) A blocking session's query is never printed (its last statement may carry a password);
+/// `--dev-url`'s password is blanked; and a password that equals the user's name or an English
+/// word blanks neither.
+#[test]
+fn secrets_are_blanked_where_they_stand_and_nothing_else_is() {
+    let cluster = Cluster::started();
+    cluster.psql("app", "CREATE TABLE accounts (id int); CREATE ROLE bob");
+    let migrations = Migrations::empty();
+    migrations.write("1_add_column.sql", "ALTER TABLE accounts ADD COLUMN note text;\n");
+    let _holder = testkit::Session::open(
+        &cluster,
+        "SET application_name = 'holder'; BEGIN; LOCK TABLE accounts IN ACCESS SHARE MODE; \
+         ALTER ROLE bob PASSWORD 'bobs own secret';",
+    );
+    assert!(testkit::eventually(std::time::Duration::from_secs(10), || {
+        cluster.psql(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'holder' AND state = 'idle in transaction'",
+        ) == "1"
+    }));
+    let outcome = run(&["migrate", "--statement-lock-timeout", "2"], &cluster.env("app"), &migrations);
+    outcome.assert_code(6).assert_stderr_contains("a lock held by pid").assert_stderr_lacks("bobs own secret");
+
+    // --dev-url's password, in a URL that does not answer.
+    let dev = format!("postgres://postgres:dev-url-secret-9@127.0.0.1:{}/nowhere", cluster.port);
+    let drift = run(&["schema", "drift", "--dev-url", &dev], &cluster.env("app"), &migrations);
+    drift.assert_stderr_lacks("dev-url-secret-9");
+    assert!(!drift.stdout.contains("dev-url-secret-9"));
+
+    // The classic of Docker's postgres image: user postgres, password postgres.
+    cluster.psql("postgres", "ALTER ROLE postgres PASSWORD 'postgres'");
+    let env = testkit::with(cluster.env("app"), "POSTGRES_PASSWORD", "postgres");
+    Run::xtask(XTASK, &["wait-for-db"], &env).output().assert_code(0).assert_stderr_contains("postgres@127.0.0.1");
+    let doctor = Run::xtask(XTASK, &["doctor", "--json"], &env).output();
+    assert!(!doctor.stdout.contains("********"), "{}", doctor.stdout);
+    let wrong = testkit::with(cluster.env("app"), "POSTGRES_PASSWORD", "wrong");
+    Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "5"], &wrong)
+        .output()
+        .assert_code(5)
+        .assert_stderr_lacks("********");
+    cluster.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{}'", testkit::PASSWORD.replace('\'', "''")));
+}

@@ -17,9 +17,12 @@ impl Blockers {
         let mut watcher = backend::db::connect_once(db, "prestart-watch", Duration::from_secs(5)).await.ok();
         loop {
             if let Some(ready) = watcher.as_mut() {
-                let found: Result<Vec<(i32, String, String)>, _> = sqlx::query_as(
+                // Never the text of its query: a session's last statement may carry a secret
+                // (`ALTER ROLE ... PASSWORD '...'`).
+                let found: Result<Vec<(i32, String, String, i64)>, _> = sqlx::query_as(
                     "SELECT pid, coalesce(nullif(application_name, ''), 'no application name'), \
-                            coalesce(split_part(ltrim(query), E'\\n', 1), '') \
+                            coalesce(state, 'state unknown'), \
+                            coalesce(extract(epoch FROM now() - xact_start)::int8, 0) \
                      FROM pg_stat_activity WHERE pid = ANY (pg_blocking_pids($1))",
                 )
                 .bind(blocked_pid)
@@ -30,8 +33,8 @@ impl Blockers {
                 {
                     *self.0.borrow_mut() = found
                         .into_iter()
-                        .map(|(pid, app, query)| {
-                            format!("pid {pid} ({app}, running `{}`)", query.chars().take(80).collect::<String>())
+                        .map(|(pid, app, state, open)| {
+                            format!("pid {pid} ({app}, {state}, its transaction open for {open} s)")
                         })
                         .collect();
                 }

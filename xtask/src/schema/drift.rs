@@ -61,6 +61,11 @@ pub enum Rehearsal {
 }
 
 pub fn run(args: DriftArgs) -> anyhow::Result<()> {
+    // A URL with a password, given on the command line: blanked from everything printed, as the
+    // settings' are.
+    if let Some(url) = &args.dev_url {
+        backend::redact::register_variable("DATABASE_URL", url);
+    }
     let loaded = args.db.load()?;
     let (set, settings, _) = args.source.load(&loaded.root)?;
     let started = Instant::now();

@@ -609,6 +609,32 @@ impl DatabaseSettings {
         self.options.clone().application_name(application_name).extra_float_digits(None)
     }
 
+    /// The `options` startup parameter the settings carry (`options` of DATABASE_URL).
+    pub fn startup_options(&self) -> Option<&str> {
+        self.options.get_options()
+    }
+
+    /// [`DatabaseSettings::connect_options`] without the `options` startup parameter, to tell
+    /// whether a pooler refuses it.
+    pub fn connect_options_without_startup_options(&self, application_name: &str) -> PgConnectOptions {
+        let mut bare = PgConnectOptions::new_without_pgpass()
+            .host(self.host())
+            .port(self.port())
+            .username(self.user())
+            .database(self.database())
+            .ssl_mode(self.ssl_mode());
+        if let Some(socket) = self.socket() {
+            bare = bare.socket(socket);
+        }
+        if let Some(password) = self.password() {
+            bare = bare.password(password.expose());
+        }
+        if let Some(root) = self.ssl_root_cert() {
+            bare = bare.ssl_root_cert(root);
+        }
+        bare.application_name(application_name).extra_float_digits(None)
+    }
+
     pub fn host(&self) -> &str {
         self.options.get_host()
     }

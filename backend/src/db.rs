@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::config::DatabaseSettings;
@@ -272,8 +272,8 @@ impl Failure {
             }
             sqlx::Error::Io(e) => Failure::Retry(classify_io(e)),
             sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>() {
-                Some(pg) => classify_sqlstate(pg.code(), pg.message(), settings),
-                None => classify_sqlstate(e.code().as_deref().unwrap_or(""), e.message(), settings),
+                Some(pg) => classify_sqlstate(pg.code(), pg.message(), pg.routine(), settings),
+                None => classify_sqlstate(e.code().as_deref().unwrap_or(""), e.message(), None, settings),
             },
             sqlx::Error::Tls(e) => Failure::Fatal(tls_failure(&e.to_string(), settings)),
             sqlx::Error::Protocol(message) => Failure::Fatal(Fatal {
@@ -320,7 +320,10 @@ fn classify_io(error: &io::Error) -> Retryable {
     Retryable { kind, detail }
 }
 
-fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> Failure {
+/// By SQLSTATE and the error's fields, never by its message, which the server may send in
+/// another language (`lc_messages`). Where one SQLSTATE covers several causes, PostgreSQL's
+/// `routine` field (the C function that raised it, never translated) tells them apart.
+fn classify_sqlstate(code: &str, message: &str, routine: Option<&str>, settings: &DatabaseSettings) -> Failure {
     let retry = |kind| Failure::Retry(Retryable { kind, detail: format!("{message} (SQLSTATE {code})") });
     let fatal = |kind, hint: String| {
         Failure::Fatal(Fatal { kind, detail: message.to_owned(), code: Some(code.to_owned()), hint })
@@ -342,15 +345,17 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
                 settings.user_variable()
             ),
         ),
-        "28000" if message.contains("pg_hba.conf") => {
-            // The server says ", no encryption" whenever the client did not encrypt: the rule may be
-            // missing altogether, or exist only as `hostssl`. Both fixes are named.
-            let without_tls = if message.contains("no encryption") {
-                "; if the server accepts only encrypted connections from here (hostssl lines), set \
+        // Refused by pg_hba.conf: no rule, or a `reject` one (raised in ClientAuthentication).
+        "28000" if routine == Some("ClientAuthentication") => {
+            // Unless the settings demand TLS the connection may have gone unencrypted: the rule
+            // may be missing altogether, or exist only as `hostssl`. Both fixes are named.
+            let without_tls =
+                if !matches!(settings.ssl_mode(), PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull) {
+                    "; if the server accepts only encrypted connections from here (hostssl lines), set \
                  POSTGRES_SSLMODE=require instead"
-            } else {
-                ""
-            };
+                } else {
+                    ""
+                };
             fatal(
                 FatalKind::RejectedByHba,
                 format!(
@@ -360,10 +365,12 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
                 ),
             )
         }
-        "28000" if message.contains("does not exist") => fatal(
+        // Raised where the session's user is looked up: the role does not exist, or may not log in.
+        "28000" if routine.is_some() => fatal(
             FatalKind::UnknownRole,
             format!(
-                "create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...') or fix {}",
+                "create the role on the server (CREATE ROLE \"{user}\" LOGIN PASSWORD '...'), or let it log in (ALTER \
+                 ROLE \"{user}\" LOGIN), or fix {}",
                 settings.user_variable()
             ),
         ),
@@ -380,23 +387,7 @@ fn classify_sqlstate(code: &str, message: &str, settings: &DatabaseSettings) -> 
             FatalKind::PermissionDenied,
             format!("grant the role access (GRANT CONNECT ON DATABASE \"{database}\" TO \"{user}\")"),
         ),
-        "08P01" if message.contains("unsupported startup parameter") => {
-            let parameter = message.rsplit(':').next().unwrap_or_default().trim();
-            fatal(
-                FatalKind::PoolerRefusedParameter,
-                format!(
-                    "a connection pooler (PgBouncer?) at {}:{} refuses the startup parameter `{parameter}`: prestart \
-                     sends none a pooler refuses by itself, so it comes from the settings (the `options` parameter \
-                     of DATABASE_URL): remove it, or add `{parameter}` to ignore_startup_parameters in pgbouncer.ini",
-                    settings.host(),
-                    settings.port()
-                ),
-            )
-        }
         _ if code.starts_with("08") => retry(RetryKind::ConnectionException),
-        _ if message.contains("SSL") || message.contains("encryption") => {
-            Failure::Fatal(tls_failure(message, settings))
-        }
         _ => fatal(FatalKind::Other, "see the server's message above and its log".into()),
     }
 }
@@ -599,6 +590,12 @@ pub async fn connect_once(
                     FirstByte::Other => {}
                 }
             }
+            if from_a_pooler(&error)
+                && settings.startup_options().is_some()
+                && refuses_startup_options(settings, left()).await
+            {
+                return Err(Failure::Fatal(pooler_refused_options(&error, settings)));
+            }
             let failure = Failure::classify(&error, settings);
             Err(tell_unresolved_apart(failure, settings, left()).await)
         }
@@ -642,6 +639,40 @@ async fn first_byte(settings: &DatabaseSettings, left: Duration) -> FirstByte {
         Ok(Ok(_)) => FirstByte::Other,
         // No answer in time is no byte: what a proxy still looking for a server does.
         Err(_) => FirstByte::None,
+    }
+}
+
+/// An error that a pooler sent, not PostgreSQL: 08P01 without the `routine` field that every
+/// error of PostgreSQL's carries (PgBouncer answers every refusal so: an unknown database, a full
+/// pool, a startup parameter it does not track).
+fn from_a_pooler(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else { return false };
+    db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| pg.code() == "08P01" && pg.routine().is_none())
+}
+
+/// Asked by trying once more without the settings' startup `options`: a pooler that lets that
+/// attempt past its refusal refused the options (what waiting never fixes).
+async fn refuses_startup_options(settings: &DatabaseSettings, left: Duration) -> bool {
+    let bare = quiet(settings.connect_options_without_startup_options("prestart-probe"));
+    match tokio::time::timeout(left.min(Duration::from_secs(2)), PgConnection::connect_with(&bare)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => !from_a_pooler(&error),
+        Err(_) => false,
+    }
+}
+
+fn pooler_refused_options(error: &sqlx::Error, settings: &DatabaseSettings) -> Fatal {
+    Fatal {
+        kind: FatalKind::PoolerRefusedParameter,
+        detail: describe_error(error),
+        code: Some("08P01".to_owned()),
+        hint: format!(
+            "a connection pooler (PgBouncer?) at {}:{} refuses the startup parameter `options` (the `options` of \
+             DATABASE_URL), and accepts the same connection without it: prestart sends no other parameter a pooler \
+             refuses by itself. Remove `options`, or add `options` to ignore_startup_parameters in pgbouncer.ini",
+            settings.host(),
+            settings.port()
+        ),
     }
 }
 

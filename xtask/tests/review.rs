@@ -272,3 +272,60 @@ fn secrets_are_blanked_where_they_stand_and_nothing_else_is() {
         .assert_stderr_lacks("********");
     cluster.psql("postgres", &format!("ALTER ROLE postgres PASSWORD '{}'", testkit::PASSWORD.replace('\'', "''")));
 }
+
+/// Makes the zh_CN.UTF-8 locale where it is missing (as root: `localedef`); whether it exists.
+fn chinese_locale() -> bool {
+    let has = || {
+        std::process::Command::new("locale")
+            .arg("-a")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.eq_ignore_ascii_case("zh_CN.utf8")))
+    };
+    if !has() && testkit::is_root() {
+        let _ = std::process::Command::new("localedef").args(["-i", "zh_CN", "-f", "UTF-8", "zh_CN.UTF-8"]).status();
+    }
+    has()
+}
+
+/// (m) A server that answers in Chinese (`lc_messages`) is understood: every failure is told by
+/// its SQLSTATE and fields, none by the words of its message.
+#[test]
+fn a_server_that_answers_in_chinese_is_understood() {
+    if !chinese_locale() {
+        eprintln!(
+            "skipped: no zh_CN.UTF-8 locale here, and no root to make one (localedef -i zh_CN -f UTF-8 zh_CN.UTF-8)"
+        );
+        return;
+    }
+    let cluster = Cluster::stopped();
+    cluster.write_conf("lc_messages = 'zh_CN.UTF-8'");
+    cluster.start();
+    let divided = cluster.psql_command("postgres").args(["-c", "SELECT 1/0"]).output().expect("psql");
+    assert!(String::from_utf8_lossy(&divided.stderr).contains("除以零"), "the server does not answer in Chinese");
+    cluster.psql("postgres", "CREATE ROLE shut_out LOGIN PASSWORD 'shut out secret'");
+    let hba = cluster.data().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(&hba, format!("host all shut_out 127.0.0.1/32 reject\n{rules}")).expect("pg_hba.conf");
+    cluster.reload();
+    let env = cluster.env("app");
+    let wait = |env: &[(String, String)]| Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "20"], env).output();
+
+    // The database is missing: told at once, and --create-database makes it.
+    wait(&env).assert_code(5).assert_stderr_contains("create it (cargo xtask database create");
+    let migrations = Migrations::workspace();
+    run(&["prestart", "--create-database"], &env, &migrations).assert_code(0);
+    // A role that does not exist, and one that pg_hba.conf turns away.
+    // (Over the trusted Unix socket: with a password PostgreSQL answers 28P01 for both on purpose.)
+    let socket = cluster.socket_dir().display().to_string();
+    let nobody = testkit::with(testkit::with(env.clone(), "POSTGRES_USER", "nobody_here"), "POSTGRES_SERVER", &socket);
+    wait(&nobody).assert_code(5).assert_stderr_contains("CREATE ROLE \"nobody_here\"");
+    let shut_out =
+        testkit::with(testkit::with(env.clone(), "POSTGRES_USER", "shut_out"), "POSTGRES_PASSWORD", "shut out secret");
+    wait(&shut_out).assert_code(5).assert_stderr_contains("pg_hba.conf on the server has no rule");
+    // A migration that fails is explained with its file and line in the server's words.
+    migrations.write("20990101000000_fails.sql", "SELECT 1;\nSELEC 2;\n");
+    run(&["migrate"], &env, &migrations)
+        .assert_code(6)
+        .assert_stderr_contains("20990101000000_fails.sql:2: ")
+        .assert_stderr_contains("(SQLSTATE 42601)");
+}

@@ -30,9 +30,9 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
             Err(error) => {
                 let message = format!("{error:#}");
                 // The hint fits what failed: the settings, the folder, or the files in it.
-                let hint = if message.contains("sqlx.toml") {
+                let hint = if backend::migrations::MigrationSettings::load(&inputs.root).is_err() {
                     "fix sqlx.toml: the [migrate] keys sqlx 0.9 reads (table-name, migrations-dir, ignored-chars, ...)"
-                } else if message.contains("does not exist") {
+                } else if !dir.is_dir() {
                     "pass --source DIR, or create the folder (cargo xtask new-migration NAME creates it with a first file)"
                 } else {
                     "fix the file names: <version>_<name>.sql, each version once"

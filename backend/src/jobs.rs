@@ -65,35 +65,66 @@ pub async fn claim(db: impl PgExecutor<'_>) -> Result<Option<Job>, sqlx::Error> 
     .await
 }
 
-/// Records the outcome of a claimed job.
+/// Records the outcome of the claim `attempt` of a job: nothing when a later claim owns it (this
+/// worker stalled past the abandonment time, and another took the job again), so a stale worker
+/// never overwrites a newer outcome. Recording the same claim's outcome twice changes nothing.
+/// Whether it was recorded.
 pub async fn finish(
     db: impl PgExecutor<'_>,
     id: i64,
+    attempt: i32,
     outcome: Result<serde_json::Value, String>,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let (status, result, error) = match outcome {
         Ok(result) => ("done", Some(result), None),
         Err(error) => ("failed", None, Some(error)),
     };
-    sqlx::query!(
-        "UPDATE jobs SET status = $2::text::job_status, result = $3, error = $4, finished_at = now() WHERE id = $1",
+    let done = sqlx::query!(
+        "UPDATE jobs SET status = $2::text::job_status, result = $3, error = $4, finished_at = now() \
+         WHERE id = $1 AND attempts = $5",
         id,
         status,
         result,
-        error
+        error,
+        attempt
     )
     .execute(db)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
-/// Puts jobs left `running` by a worker that died back in the queue.
-pub async fn requeue_abandoned(db: impl PgExecutor<'_>, older_than_secs: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        "UPDATE jobs SET status = 'queued' WHERE status = 'running' AND started_at < now() - make_interval(secs => $1)",
+/// What [`requeue_abandoned`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Requeued {
+    /// Put back in the queue.
+    pub queued: u64,
+    /// Claimed `jobs.max_attempts` times already: failed, saying so.
+    pub given_up: u64,
+}
+
+/// Jobs left `running` by a worker that died: back in the queue, up to `jobs.max_attempts`
+/// claims (from `app_settings`, 3 where it is missing or not a number); one that reached it fails
+/// with the reason, so a job that kills its worker does not kill every worker in turn.
+pub async fn requeue_abandoned(db: impl PgExecutor<'_>, older_than_secs: i64) -> Result<Requeued, sqlx::Error> {
+    let rows = sqlx::query_scalar!(
+        r#"WITH cap AS (
+               SELECT coalesce((SELECT (value #>> '{}')::numeric::int4 FROM app_settings
+                                WHERE key = 'jobs.max_attempts' AND jsonb_typeof(value) = 'number'), 3) AS max_attempts
+           )
+           UPDATE jobs SET
+               status = CASE WHEN attempts >= cap.max_attempts THEN 'failed'::job_status ELSE 'queued'::job_status END,
+               error = CASE WHEN attempts >= cap.max_attempts
+                            THEN format('abandoned by its worker on each of its %s attempts (jobs.max_attempts = %s)',
+                                        attempts, cap.max_attempts)
+                            ELSE error END,
+               finished_at = CASE WHEN attempts >= cap.max_attempts THEN now() ELSE finished_at END
+           FROM cap
+           WHERE status = 'running' AND started_at < now() - make_interval(secs => $1)
+           RETURNING jobs.status = 'failed' AS "given_up!""#,
         older_than_secs as f64
     )
-    .execute(db)
+    .fetch_all(db)
     .await?;
-    Ok(done.rows_affected())
+    let given_up = rows.iter().filter(|gave_up| **gave_up).count() as u64;
+    Ok(Requeued { queued: rows.len() as u64 - given_up, given_up })
 }

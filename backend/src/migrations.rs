@@ -561,7 +561,11 @@ pub mod embedded {
         let set = MigrationSet::from_migrator(&MIGRATOR, settings).map_err(|e| e.to_string())?;
         let applied = applied_rows(conn, &settings.table_name)
             .await
-            .map_err(|e| format!("cannot read {}: {e}", settings.table_name))?;
+            // Its SQLSTATE, not the driver's words: `/ready` answers HTTP clients with this.
+            .map_err(|e| {
+                let code = e.as_database_error().and_then(|d| d.code()).map(|c| format!(" (SQLSTATE {c})"));
+                format!("cannot read {}{}", settings.table_name, code.unwrap_or_default())
+            })?;
         let status = Status::compare(&set, &applied);
         if status.is_up_to_date() {
             Ok(())

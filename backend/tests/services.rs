@@ -275,3 +275,99 @@ fn a_panic_prints_one_redacted_line() {
     assert!(lines[0].starts_with("error: worker: internal error at "), "{}", outcome.stderr);
     assert!(lines[0].ends_with("cannot go on with ********; this is a bug, please report it"), "{}", outcome.stderr);
 }
+
+/// A connection of the test's own to `app` (as the superuser).
+async fn connect(cluster: &Cluster) -> PgConnection {
+    let options = PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .username(testkit::SUPERUSER)
+        .password(testkit::PASSWORD)
+        .database("app")
+        .ssl_mode(PgSslMode::Disable);
+    PgConnection::connect_with(&options).await.expect("connect")
+}
+
+/// Review 3k: a worker that stalled past the abandonment time does not overwrite the outcome of
+/// the claim that ran the job after it; recording one's own outcome twice changes nothing.
+#[test]
+fn a_stale_workers_outcome_never_overwrites_a_newer_claims() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut conn = connect(&cluster).await;
+        let job = backend::jobs::enqueue(&mut conn, "echo", &serde_json::json!({"n": 1})).await.expect("enqueue");
+        let stale = backend::jobs::claim(&mut conn).await.expect("claim").expect("a job");
+        // The first claim stalls; its job counts as abandoned, and a second claim runs it.
+        sqlx::query("UPDATE jobs SET started_at = now() - interval '1 hour' WHERE id = $1")
+            .bind(job.id)
+            .execute(&mut conn)
+            .await
+            .expect("age the claim");
+        backend::jobs::requeue_abandoned(&mut conn, 300).await.expect("requeue");
+        let fresh = backend::jobs::claim(&mut conn).await.expect("claim").expect("the job again");
+        assert_eq!((stale.attempts, fresh.attempts), (1, 2));
+        let ok = Ok(serde_json::json!({"by": "the second claim"}));
+        assert!(backend::jobs::finish(&mut conn, job.id, fresh.attempts, ok.clone()).await.expect("finish"));
+        assert!(backend::jobs::finish(&mut conn, job.id, fresh.attempts, ok).await.expect("finish again"));
+        let late = Err("the stalled first claim".to_owned());
+        assert!(!backend::jobs::finish(&mut conn, job.id, stale.attempts, late).await.expect("a late finish"));
+        let now = backend::jobs::get(&mut conn, job.id).await.expect("get").expect("the job");
+        assert_eq!((now.status.as_str(), now.result), ("done", Some(serde_json::json!({"by": "the second claim"}))));
+    });
+}
+
+/// Review 3k: `jobs.max_attempts` caps the claims of a job that keeps being abandoned (one that
+/// kills its worker): the running worker fails it, saying why, rather than queueing it forever.
+#[test]
+fn a_job_abandoned_max_attempts_times_fails_instead_of_running_again() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    cluster.psql("app", "INSERT INTO app_settings (key, value) VALUES ('jobs.max_attempts', '2')");
+    cluster.psql(
+        "app",
+        "INSERT INTO jobs (kind, status, attempts, started_at) VALUES \
+         ('echo', 'running', 2, now() - interval '1 hour'), ('echo', 'running', 1, now() - interval '1 hour')",
+    );
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
+    let worker = service("worker", &cluster, &bind).spawn();
+    let settled = eventually(Duration::from_secs(30), || {
+        cluster.psql("app", "SELECT string_agg(status::text, ',' ORDER BY id) FROM jobs") == "failed,done"
+    });
+    worker.signal("TERM");
+    let outcome = worker.wait();
+    assert!(
+        settled,
+        "{}\n{}",
+        cluster.psql("app", "SELECT string_agg(status::text, ',' ORDER BY id) FROM jobs"),
+        outcome.stderr
+    );
+    assert!(
+        cluster.psql("app", "SELECT error FROM jobs ORDER BY id LIMIT 1").contains("jobs.max_attempts = 2"),
+        "{}",
+        outcome.stderr
+    );
+    outcome.assert_stderr_contains("reached jobs.max_attempts and failed");
+}
+
+/// Review 3k: `/ready` tells an HTTP client that the database is unreachable, in its own words:
+/// the driver's error stays in the backend's log.
+#[test]
+fn ready_gives_http_clients_no_driver_error_text() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
+    let api = service("backend", &cluster, &bind).spawn();
+    assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/ready", None).is_ok_and(|(s, _)| s == 200)));
+    cluster.stop();
+    let (status, body) = http("GET", &bind, "/ready", None).expect("ready");
+    assert_eq!(status, 503, "{body}");
+    let reason: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(reason["reason"], "database not reachable", "{body}");
+    api.signal("TERM");
+    let outcome = api.wait();
+    assert!(outcome.stderr.contains("/ready:"), "{}", outcome.stderr);
+}

@@ -82,7 +82,11 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
                 Ok(embedded::check(conn, &app.migrations).await)
             }
         });
-        checked.await.map_err(|e| format!("database not reachable: {e}"))?
+        // The driver's words stay in the log: an HTTP client gets none of them.
+        checked.await.map_err(|e| {
+            service::say(format!("backend: /ready: {e}"));
+            "database not reachable".to_owned()
+        })?
     };
     match checked.await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response(),

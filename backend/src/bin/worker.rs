@@ -43,8 +43,16 @@ async fn work() -> ExitCode {
     while !is_ready(shutdown.as_mut()) {
         if is_ready(std::pin::pin!(requeue.tick())) {
             match db.run(|| async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
-                Ok(0) => {}
-                Ok(n) => service::say(format!("worker: put {n} abandoned jobs back in the queue")),
+                Ok(jobs::Requeued { queued, given_up }) => {
+                    if queued > 0 {
+                        service::say(format!("worker: put {queued} abandoned jobs back in the queue"));
+                    }
+                    if given_up > 0 {
+                        service::say(format!(
+                            "worker: {given_up} abandoned jobs reached jobs.max_attempts and failed (see their error)"
+                        ));
+                    }
+                }
                 Err(e) => service::say(format!("worker: cannot requeue abandoned jobs: {e}")),
             }
         }
@@ -52,13 +60,19 @@ async fn work() -> ExitCode {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
-                let recorded = record(&db, job.id, &outcome, shutdown.as_mut()).await;
-                if let Err(e) = &recorded.result {
-                    service::say(format!(
+                let recorded = record(&db, (job.id, job.attempts), &outcome, shutdown.as_mut()).await;
+                match &recorded.result {
+                    Err(e) => service::say(format!(
                         "worker: job {} ran, but its outcome could not be recorded ({e}): it runs again once it \
                          counts as abandoned ({ABANDONED_AFTER_SECS} s)",
                         job.id
-                    ));
+                    )),
+                    Ok(false) => service::say(format!(
+                        "worker: job {} ran (attempt {}), but a later claim owns it now (this worker took longer \
+                         than {ABANDONED_AFTER_SECS} s): its outcome is left to that claim",
+                        job.id, job.attempts
+                    )),
+                    Ok(true) => {}
                 }
                 match failed {
                     None => service::say(format!("worker: job {} ({}) done", job.id, job.kind)),
@@ -97,7 +111,8 @@ const LAST_TRY: Duration = Duration::from_secs(5);
 
 /// What recording an outcome came to, and whether the stop signal came meanwhile.
 struct Recorded {
-    result: Result<(), sqlx::Error>,
+    /// Whether the outcome was written (not when a later claim owns the job).
+    result: Result<bool, sqlx::Error>,
     stopping: bool,
 }
 
@@ -106,11 +121,11 @@ struct Recorded {
 /// SIGTERM meanwhile leaves one last bounded try, so the worker stops within its grace.
 async fn record<F: std::future::Future<Output = ()>>(
     db: &backend::service::Db,
-    id: i64,
+    (id, claim): (i64, i32),
     outcome: &Result<Value, String>,
     mut shutdown: std::pin::Pin<&mut F>,
 ) -> Recorded {
-    let attempt = || db.run_idempotent(|| async |conn| jobs::finish(conn, id, outcome.clone()).await);
+    let attempt = || db.run_idempotent(|| async |conn| jobs::finish(conn, id, claim, outcome.clone()).await);
     let last_try = async || {
         let last = tokio::time::timeout(LAST_TRY, attempt()).await;
         Recorded { result: last.unwrap_or_else(|_| Err(backend::db::timed_out(LAST_TRY))), stopping: true }

@@ -16,6 +16,10 @@ use crate::migrate::{MigrateOptions, migrate_step};
 use crate::session::{self, Session, Use};
 use crate::ui;
 
+/// How long `drop` and `reset` wait for a server's first answer before the usual wait: to tell a
+/// standby, which never takes a drop, at once.
+const STANDBY_PROBE: Duration = Duration::from_secs(5);
+
 /// The database every server has, to create and drop the others from.
 pub const MAINTENANCE_DATABASE: &str = "postgres";
 
@@ -86,15 +90,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Action::Create(args) => create(&args.db.load()?),
         Action::Drop(args) => {
             let loaded = args.db.load()?;
-            confirm_drop(&loaded, &args.guard)?;
-            drop_command(&loaded)
+            refuse_a_standby(&loaded)?;
+            let name = confirm_drop(&loaded, &args.guard)?;
+            drop_command(&loaded, &name)
         }
         Action::Reset(args) => {
             let loaded = args.drop.db.load()?;
             // What setup needs is read before anything is dropped: a broken folder stops here.
             args.source.load(&loaded.root)?;
-            confirm_drop(&loaded, &args.drop.guard)?;
-            drop_command(&loaded)?;
+            refuse_a_standby(&loaded)?;
+            let name = confirm_drop(&loaded, &args.drop.guard)?;
+            drop_command(&loaded, &name)?;
             setup(&loaded, &args.source, &args.options)
         }
         Action::Setup(args) => setup(&args.db.load()?, &args.source, &args.options),
@@ -135,8 +141,9 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
             .table_name;
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
-            // Made a moment ago: fresh.
-            let record = crate::environment::record(&mut session.ready.conn, &table, environment, true, None);
+            // Made a moment ago: fresh, where it may be local at all.
+            let fresh = crate::environment::may_be_recorded_local(session.settings());
+            let record = crate::environment::record(&mut session.ready.conn, &table, environment, fresh, None);
             bounded(record).await.map(|_| ()).map_err(|e| {
                 fail(
                     Failure::Refused,
@@ -148,9 +155,10 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_command(loaded: &Loaded) -> anyhow::Result<()> {
-    let name = target(loaded).database().to_owned();
-    let maintenance = loaded.with_database(MAINTENANCE_DATABASE);
+/// Drops `name` (the database whose record was read, or with `--force` the configured one) on the
+/// server migrations go to.
+fn drop_command(loaded: &Loaded, name: &str) -> anyhow::Result<()> {
+    let maintenance = loaded.for_migrations().as_ref().unwrap_or(loaded).with_database(MAINTENANCE_DATABASE);
     session::run(&maintenance, Use::Write, async |session| {
         ui::step(format!("drop database {name}"));
         if !exists(session, &name).await? {
@@ -171,11 +179,46 @@ fn setup(loaded: &Loaded, source: &SourceArgs, options: &MigrateOptions) -> anyh
     session::run(loaded, Use::Write, async |session| migrate_step(session, &plan, None, None).await)
 }
 
+/// A standby never takes the drop, and waiting will not make it (a failover is no time for a
+/// drop): refused at once when the server answers as one. A server that does not answer is left
+/// to the usual wait.
+fn refuse_a_standby(loaded: &Loaded) -> anyhow::Result<()> {
+    let target = loaded.for_migrations();
+    let db = &target.as_ref().unwrap_or(loaded).settings.database;
+    let name = db.database().to_owned();
+    // A few seconds for a server that is starting: its first answer tells.
+    let probe = async {
+        let until = std::time::Instant::now() + STANDBY_PROBE;
+        loop {
+            match backend::db::connect_once(db, "prestart-drop", backend::db::ATTEMPT_TIMEOUT).await {
+                Ok(ready) => return Some(ready),
+                Err(backend::db::Failure::Retry(_)) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    let Some(ready) = crate::interrupt::block_on(probe) else { return Ok(()) };
+    match ready.server.read_only_reason() {
+        None => Ok(()),
+        Some(reason) => Err(fail(
+            Failure::Refused,
+            anyhow!(
+                "refusing to drop {name} on {db}: {}; nothing was dropped\n  fix: point the settings at the primary",
+                reason.detail
+            ),
+        )),
+    }
+}
+
 /// `drop` and `reset` destroy data: only where both the settings and the database itself say
 /// `ENVIRONMENT=local` (see `crate::environment`), unless `--force`; and after a yes on a
-/// terminal unless `-y`.
-fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
+/// terminal unless `-y`. The name to drop: the database whose record said local (its
+/// `current_database()`, which a pooler's alias may hide), or with `--force` the configured one.
+fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<String> {
     let db = target(loaded);
+    let mut name = db.database().to_owned();
     let environment = loaded.settings.environment.as_deref();
     if !crate::environment::is_local(environment) && !guard.force {
         let said = environment.map_or_else(|| "ENVIRONMENT is not set".to_owned(), |e| format!("ENVIRONMENT={e}"));
@@ -187,11 +230,13 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
             ),
         ));
     }
-    if !guard.force {
-        refuse_unless_recorded_local(loaded, &db)?;
+    if !guard.force
+        && let Some(recorded_in) = refuse_unless_recorded_local(loaded, &db)?
+    {
+        name = recorded_in;
     }
     if guard.yes {
-        return Ok(());
+        return Ok(name);
     }
     if !std::io::stdin().is_terminal() {
         return Err(fail(
@@ -210,31 +255,40 @@ fn confirm_drop(loaded: &Loaded, guard: &DropGuard) -> anyhow::Result<()> {
         read.await.context("cannot read the answer")?.context("cannot read the answer")
     }))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
+        Ok(name)
     } else {
         Err(fail(Failure::Config, anyhow!("not dropped: the answer was not yes (-y skips the question)")))
     }
 }
 
 /// The database must say itself that it is local: its record (see `crate::environment`), not
-/// the settings, which may point at another database than their ENVIRONMENT describes.
-fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyhow::Result<()> {
+/// the settings, which may point at another database than their ENVIRONMENT describes. Read on
+/// the server migrations go to, with the name of the database that holds it; `None` when there
+/// is no such database (drop then says so).
+fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyhow::Result<Option<String>> {
     let table =
         backend::migrations::MigrationSettings::load(&loaded.root).map_err(|e| fail(Failure::Config, e))?.table_name;
-    let recorded = session::run(loaded, Use::Write, async |session| {
-        bounded(crate::environment::recorded(&mut session.ready.conn, &table))
+    let on_target = loaded.for_migrations();
+    let recorded = session::run(on_target.as_ref().unwrap_or(loaded), Use::Write, async |session| {
+        let name: String = bounded(
+            sqlx::query_scalar("SELECT pg_catalog.current_database()::text").fetch_one(&mut session.ready.conn),
+        )
+        .await
+        .map_err(|e| fail(Failure::Refused, e))?;
+        let recorded = bounded(crate::environment::recorded(&mut session.ready.conn, &table))
             .await
-            .map_err(|e| fail(Failure::Refused, e))
+            .map_err(|e| fail(Failure::Refused, e))?;
+        Ok((name, recorded))
     });
-    let recorded = match recorded {
-        Ok(recorded) => recorded,
+    let (name, recorded) = match recorded {
+        Ok(read) => read,
         // Nothing to protect: drop says the database does not exist.
-        Err(error) if crate::prestart::database_missing(&error) => return Ok(()),
+        Err(error) if crate::prestart::database_missing(&error) => return Ok(None),
         Err(error) => return Err(error),
     };
-    let where_ = format!("database {} on {}:{}", db.database(), db.host(), db.port());
+    let where_ = format!("database {name} on {}:{}", db.host(), db.port());
     let said = match &recorded {
-        Some(recorded) if crate::environment::is_local(recorded.environment.as_deref()) => return Ok(()),
+        Some(recorded) if crate::environment::is_local(recorded.environment.as_deref()) => return Ok(Some(name)),
         Some(recorded) => format!("it records {}", recorded.describe()),
         None => format!(
             "it has no record of its environment ({} is missing: `database create` writes it, and prestart and \

@@ -43,6 +43,18 @@ pub fn is_local(environment: Option<&str>) -> bool {
     environment == Some("local")
 }
 
+/// Whether a database these settings reach may be recorded `local` at all: a server on this
+/// machine (loopback, a Unix socket) or a service of a compose project (a name of one label, as
+/// `db`). A database on another machine is never recorded local from a run's own say-so, even
+/// empty: a laptop whose exported `DATABASE_URL` names production's empty new database must not
+/// make it droppable.
+pub fn may_be_recorded_local(db: &backend::config::DatabaseSettings) -> bool {
+    let host = db.host();
+    db.socket().is_some()
+        || crate::diagnose::is_loopback(host)
+        || (host.parse::<std::net::IpAddr>().is_err() && !host.contains('.'))
+}
+
 /// The record of the database `conn` is connected to; `None` when it has none.
 pub async fn recorded(conn: &mut PgConnection, migrations_table: &str) -> Result<Option<Recorded>, sqlx::Error> {
     // One simple query: the bound and the read in one implicit transaction.
@@ -83,7 +95,8 @@ pub enum Recording {
 
 /// Records `environment`, where that makes the database no easier to drop than it is: a record
 /// that is missing or `local` takes a non-local environment; `local` goes only into a database
-/// with no record that is `fresh` (just created, or migrated from empty by this run). A local
+/// with no record that is `fresh` (just created, or migrated from empty by this run, and one that
+/// [`may_be_recorded_local`]: the callers fold that in). A local
 /// `.env` with a production URL exported in the shell must never make production local, and a
 /// database that has data and no record counts as not local already. No round trip when there
 /// is nothing to write and the record was `already_read` (with the applied rows), one otherwise.

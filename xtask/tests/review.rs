@@ -329,3 +329,79 @@ fn a_server_that_answers_in_chinese_is_understood() {
         .assert_stderr_contains("20990101000000_fails.sql:2: ")
         .assert_stderr_contains("(SQLSTATE 42601)");
 }
+
+/// This machine's first address that is not a loopback one, if it has one.
+fn non_loopback_address() -> Option<String> {
+    let output = std::process::Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .map(str::to_owned)
+}
+
+/// (j) An empty database on another machine, migrated first from a laptop's ENVIRONMENT=local,
+/// is not recorded local; one on this machine is.
+#[test]
+fn only_a_database_on_this_machine_is_recorded_local() {
+    let Some(address) = non_loopback_address() else {
+        eprintln!("skipped: this machine has no address but loopback");
+        return;
+    };
+    let cluster = Cluster::started();
+    cluster.serve(&address);
+    cluster.create_database("remote");
+    let migrations = Migrations::workspace();
+    let remote =
+        testkit::with(testkit::with(cluster.env("remote"), "POSTGRES_SERVER", &address), "ENVIRONMENT", "local");
+    run(&["migrate"], &remote, &migrations).assert_code(0);
+    assert_eq!(cluster.psql("remote", "SELECT to_regclass('_prestart_environment') IS NULL"), "t");
+    Run::xtask(XTASK, &["database", "drop", "-y"], &remote)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("refusing to drop");
+    assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'remote'"), "1");
+
+    let here = testkit::with(cluster.env("app"), "ENVIRONMENT", "local");
+    run(&["migrate"], &here, &migrations).assert_code(0);
+    assert_eq!(cluster.psql("app", "SELECT environment FROM _prestart_environment"), "local");
+}
+
+/// (j) The record is read where the drop happens: behind a pooler's alias that names another
+/// database than the direct settings, the direct one's record decides, and only it is dropped.
+#[test]
+fn drop_reads_the_record_of_the_database_it_drops() {
+    let cluster = Cluster::started();
+    cluster.create_database("prod");
+    let migrations = Migrations::workspace();
+    run(&["migrate"], &testkit::with(cluster.env("app"), "ENVIRONMENT", "local"), &migrations).assert_code(0);
+    run(&["migrate"], &testkit::with(cluster.env("prod"), "ENVIRONMENT", "production"), &migrations).assert_code(0);
+    let bouncer = testkit::Bouncer::start(&cluster, testkit::PoolMode::Session);
+    // The app's settings: the pooler's alias of `app`; migrations (and drops) go to `prod`.
+    let direct = format!(
+        "postgres://{}:{}@127.0.0.1:{}/prod?sslmode=disable",
+        testkit::SUPERUSER,
+        testkit::url_encoded(testkit::PASSWORD),
+        cluster.port
+    );
+    let env = testkit::with(bouncer.env(&cluster, testkit::Bouncer::ALIAS), "ENVIRONMENT", "local");
+    let env = testkit::with(env, "MIGRATION_DATABASE_URL", &direct);
+    Run::xtask(XTASK, &["database", "drop", "-y"], &env)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("refusing to drop database prod")
+        .assert_stderr_contains("ENVIRONMENT=production");
+    assert_eq!(cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname IN ('app', 'prod')"), "2");
+}
+
+/// (j) A standby never takes a drop: refused at once, not after the wait's 300 s.
+#[test]
+fn drop_against_a_standby_is_refused_at_once() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    run(&["migrate"], &testkit::with(cluster.env("app"), "ENVIRONMENT", "local"), &migrations).assert_code(0);
+    let standby = cluster.replica("");
+    let env = testkit::with(standby.env("app"), "ENVIRONMENT", "local");
+    let outcome = Run::xtask(XTASK, &["database", "drop", "-y"], &env).output();
+    outcome.assert_code(5).assert_stderr_contains("a standby in recovery");
+    assert!(outcome.elapsed < std::time::Duration::from_secs(15), "took {:?}", outcome.elapsed);
+}

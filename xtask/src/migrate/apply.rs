@@ -327,6 +327,7 @@ async fn record_environment(
 ) {
     let environment = session.environment();
     let table = &plan.settings.table_name;
+    let fresh = fresh && crate::environment::may_be_recorded_local(session.settings());
     let recording = crate::environment::record(&mut session.ready.conn, table, environment, fresh, already_read);
     let recorded = bounded(recording);
     match recorded.await {

@@ -405,3 +405,21 @@ fn drop_against_a_standby_is_refused_at_once() {
     outcome.assert_code(5).assert_stderr_contains("a standby in recovery");
     assert!(outcome.elapsed < std::time::Duration::from_secs(15), "took {:?}", outcome.elapsed);
 }
+
+/// (n) Drift names a grant's grantee and what it got or lost.
+#[test]
+fn drift_names_who_got_and_who_lost_privileges() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    // Roles are the cluster's: made by hand, as drift makes the live server's roles in its throwaway.
+    cluster.psql("postgres", "CREATE ROLE reader; CREATE ROLE reporting");
+    migrations.write("20990101000000_reader.sql", "GRANT SELECT ON app_settings TO reader;\n");
+    let env = cluster.env("app");
+    run(&["migrate"], &env, &migrations).assert_code(0);
+    cluster.psql("app", "GRANT ALL ON jobs TO reporting; REVOKE SELECT ON app_settings FROM reader");
+    run(&["schema", "drift"], &env, &migrations)
+        .assert_code(9)
+        .assert_stderr_contains("grants table public.jobs: reporting got ")
+        .assert_stderr_contains("(not granted by any migration: granted by hand?)")
+        .assert_stderr_contains("grants table public.app_settings: reader lost SELECT");
+}

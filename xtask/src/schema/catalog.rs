@@ -36,6 +36,18 @@ impl std::fmt::Display for Difference {
             let text = text.as_deref().unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
             if text.chars().count() > 100 { format!("{}...", text.chars().take(100).collect::<String>()) } else { text }
         };
+        // A grant says who got or lost what, not only that its object's ACL changed.
+        let grantees = matches!(self.kind.as_str(), "grants" | "default privileges")
+            .then(|| super::grants::changes(self.expected.as_deref(), self.found.as_deref()))
+            .flatten();
+        if let Some(grantees) = grantees {
+            let how = match self.change {
+                Change::Missing => "a migration grants what the database lacks: revoked by hand?",
+                Change::Unexpected => "not granted by any migration: granted by hand?",
+                Change::Differs => "differs from what the migrations grant",
+            };
+            return write!(f, "{} {}: {grantees} ({how})", self.kind, self.name);
+        }
         match self.change {
             Change::Missing => {
                 write!(f, "{} {}: missing (a migration makes it; dropped by hand?)", self.kind, self.name)

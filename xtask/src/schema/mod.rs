@@ -5,6 +5,7 @@
 mod catalog;
 pub mod drift;
 mod dump;
+mod grants;
 
 use std::path::PathBuf;
 

@@ -161,12 +161,12 @@ fn drop_command(loaded: &Loaded, name: &str) -> anyhow::Result<()> {
     let maintenance = loaded.for_migrations().as_ref().unwrap_or(loaded).with_database(MAINTENANCE_DATABASE);
     session::run(&maintenance, Use::Write, async |session| {
         ui::step(format!("drop database {name}"));
-        if !exists(session, &name).await? {
+        if !exists(session, name).await? {
             ui::line(format!("database {name} does not exist: nothing to drop"));
             return Ok(());
         }
-        let dropped = drop_database(&mut session.ready.conn, &name, false).await;
-        dropped.map_err(|e| explain(e, &name, "drop", session.settings()))?;
+        let dropped = drop_database(&mut session.ready.conn, name, false).await;
+        dropped.map_err(|e| explain(e, name, "drop", session.settings()))?;
         ui::line(format!("dropped database {name}"));
         Ok(())
     })

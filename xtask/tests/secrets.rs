@@ -13,8 +13,9 @@ const COMMANDS: &[&[&str]] = &[
     &["seed", "--wait-timeout", "1"],
     &["doctor"],
     &["doctor", "--json"],
-    &["sqlx-prepare", "--check", "--wait-timeout", "1"],
-    &["schema", "dump", "--check", "--wait-timeout", "1"],
+    // Built on the configured server only when asked: by default a throwaway cluster takes no password.
+    &["sqlx-prepare", "--check", "--build-on-server", "--wait-timeout", "1"],
+    &["schema", "dump", "--check", "--build-on-server", "--wait-timeout", "1"],
     &["schema", "drift", "--wait-timeout", "1"],
     &["schema", "drift", "--json", "--wait-timeout", "1"],
     &["database", "create", "--wait-timeout", "1"],

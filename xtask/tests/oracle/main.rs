@@ -164,6 +164,63 @@ fn the_corpus_part_4_gives_sqlx_clis_results() {
     part(3);
 }
 
+/// The rows of the seed's tables differ by run (a password hash's salt, the times): counted.
+const SEEDED_ROWS: &str =
+    "SELECT (SELECT count(*) FROM users) || ' users, ' || (SELECT count(*) FROM app_settings) || ' settings'";
+
+/// `prestart` (wait, migrate, seed: the reads sent with the first query, the seed's check) against
+/// sqlx-cli followed by `cargo xtask seed`, over every fourth set of the corpus, each after the
+/// workspace's own migrations: the same outcome, schema, migrations table and rows (the seed's
+/// tables counted).
+#[test]
+fn prestart_gives_sqlx_clis_results_with_the_seed_after_them() {
+    let cluster = Cluster::started();
+    let workspace = Migrations::workspace();
+    for (index, set) in corpus::all().iter().enumerate().filter(|(i, _)| i % 4 == 1) {
+        let tag = format!("prestart_{index}");
+        let (by_cli, by_us) = (format!("cli_{tag}"), format!("us_{tag}"));
+        for database in [&by_cli, &by_us] {
+            cluster.create_database(database);
+            if !set.setup.is_empty() {
+                cluster.psql(database, set.setup);
+            }
+        }
+        let dir = write(set);
+        for entry in std::fs::read_dir(workspace.path()).expect("the workspace's migrations").flatten() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy a migration");
+        }
+        let source = dir.path().to_str().expect("utf-8 path");
+        let Some(Step::Run(None)) = set.steps.first() else { continue };
+        let cli = sqlx_cli(&cluster, &by_cli, &dir, Step::Run(None));
+        let cli_ok =
+            cli.code == Some(0) && Run::xtask(XTASK, &["seed"], &cluster.env(&by_cli)).output().code == Some(0);
+        let us = Run::xtask(XTASK, &["prestart", "--source", source], &cluster.env(&by_us)).output();
+        let us_ok = match us.code {
+            Some(0) => true,
+            Some(3 | 6 | 7) => false,
+            other => panic!("set {:?}: prestart exit {other:?} is no outcome it documents:\n{}", set.name, us.stderr),
+        };
+        assert_eq!(
+            cli_ok, us_ok,
+            "set {:?}: one tool failed, the other did not:\n{}{}\n{}",
+            set.name, cli.stdout, cli.stderr, us.stderr
+        );
+        let state = |database: &str| {
+            let made = cluster
+                .psql(database, "SELECT to_regclass('users') IS NOT NULL AND to_regclass('app_settings') IS NOT NULL");
+            let seeded = if made == "t" { cluster.psql(database, SEEDED_ROWS) } else { "no seed tables".to_owned() };
+            let rows = ROWS.replace("'_prestart_environment')", "'_prestart_environment', 'users', 'app_settings')");
+            format!(
+                "schema:\n{}\nrows:\n{}\nseeded: {seeded}\nmigrations:\n{}",
+                cluster.schema(database),
+                cluster.psql(database, &rows),
+                cluster.psql(database, MIGRATIONS)
+            )
+        };
+        assert_eq!(state(&by_cli), state(&by_us), "set {:?}:\n{}", set.name, us.stderr);
+    }
+}
+
 /// The reproduction, stated on its own: the file that commits itself runs once.
 #[test]
 fn a_file_that_commits_itself_runs_once() {

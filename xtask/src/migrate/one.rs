@@ -79,13 +79,19 @@ pub(super) async fn run_one(
         return Err(fail(Failure::Migration, anyhow!("{}: {NOT_LOCKED}\n  fix: {NOT_LOCKED_FIX}", file.name())));
     }
     let (migration, offset) = prefix.around(&file.migration, commit);
+    // A file the parser proves stays in its transaction goes in one message with its
+    // transaction's statements and its row, then the COMMIT (see `apply_in_one_message`).
+    let one_message = (direction == Direction::Apply && commits_with_its_row(file))
+        .then(|| prefix.in_one_message(&file.migration, commit, table));
+    let offset = one_message.as_ref().map_or(offset, |(_, offset)| *offset);
     let blockers = Blockers::default();
     let ran = tokio::select! {
         ran = async {
-            match direction {
-                Direction::Apply if !migration.no_tx => apply_in_its_transaction(conn, table, &migration).await,
-                Direction::Apply => conn.apply(table, &migration).await,
-                Direction::Revert => conn.revert(table, &migration).await,
+            match (direction, one_message) {
+                (Direction::Apply, Some((sql, _))) => apply_in_one_message(conn, sql, file.migration.version).await,
+                (Direction::Apply, None) if !migration.no_tx => apply_in_its_transaction(conn, table, &migration).await,
+                (Direction::Apply, None) => conn.apply(table, &migration).await,
+                (Direction::Revert, _) => conn.revert(table, &migration).await,
             }
         } => ran,
         never = blockers.watch(db, process) => match never {},
@@ -176,6 +182,26 @@ async fn apply_in_its_transaction(
         .execute(&mut *transaction)
         .await?;
     transaction.commit().await?;
+    Ok(start.elapsed())
+}
+
+/// A migration whose file the parser proves stays in its transaction, in one simple query (BEGIN,
+/// the settings, its SQL, the lock check, its row, the time its SQL took measured by the server
+/// from the message's start), then the COMMIT: two round trips where sqlx's steps take four. The
+/// server runs a message's statements in order and stops at the first error, so the file and its
+/// row stand or fall together, as under sqlx; a syntax error anywhere rejects the whole message
+/// before anything runs. The COMMIT goes alone, as sqlx sends it: a connection lost before it
+/// leaves nothing committed, and one lost waiting for its answer is read back by the caller.
+async fn apply_in_one_message(conn: &mut PgConnection, sql: String, version: i64) -> Result<Duration, MigrateError> {
+    let start = Instant::now();
+    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
+        if backend::db::lost_to_failover(&error).is_none() {
+            // Ends the failed transaction (none is open after a rejected message: a warning).
+            let _ = bounded(sqlx::raw_sql("ROLLBACK").execute(&mut *conn)).await;
+        }
+        return Err(MigrateError::ExecuteMigration(error, version));
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(MigrateError::Execute)?;
     Ok(start.elapsed())
 }
 
@@ -285,6 +311,22 @@ impl Prefix {
     /// Whether a commit may be deferred under this prefix.
     pub(super) fn may_defer(self) -> bool {
         self.may_defer
+    }
+
+    /// The one message of [`apply_in_one_message`] and how many characters go before the file's
+    /// SQL. The row is sqlx's (version, description, TRUE, checksum, execution time), written by
+    /// literal: the description dollar-quoted, the checksum in hex.
+    pub(super) fn in_one_message(self, migration: &Migration, commit: Commit, table: &str) -> (String, usize) {
+        let (around, offset) = self.around(migration, commit);
+        let checksum: String = migration.checksum.iter().map(|byte| format!("{byte:02x}")).collect();
+        let row = format!(
+            "INSERT INTO {table} ( version, description, success, checksum, execution_time ) VALUES ( {}, {}, TRUE, \
+             pg_catalog.decode('{checksum}', 'hex'), ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() \
+             - pg_catalog.statement_timestamp())) * 1000000000)::int8 );",
+            migration.version,
+            backend::db::dollar_quoted(&migration.description)
+        );
+        (format!("BEGIN;\n{}{row}", around.sql.as_str()), offset + "BEGIN;\n".len())
     }
 
     /// The migration to send, its checksum the file's, and how many characters go before its SQL

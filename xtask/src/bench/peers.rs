@@ -285,7 +285,7 @@ impl<'a> SideBySide<'a> {
         Ok(Row {
             name: "no-op on an up-to-date database".into(),
             samples: samples.to_vec(),
-            peer_limit: 0.9,
+            peer_limit: 1.0,
             floor_limit: Some(1.5),
             failures: Vec::new(),
         })

@@ -59,8 +59,9 @@ pub fn start() -> anyhow::Result<()> {
     // Registered here, before this returns: a signal from then on is the listener's. The
     // listener's runtime is built on this thread and moved to its own, so the start waits for no
     // other thread.
+    // Signals need the I/O driver alone: no timer wheel for this runtime.
     let signals =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+        tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?;
     let (interrupt, terminate) =
         signals.block_on(async { register() }).context("cannot listen for SIGINT and SIGTERM")?;
     std::thread::Builder::new()

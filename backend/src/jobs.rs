@@ -103,12 +103,13 @@ pub struct Requeued {
 }
 
 /// Jobs left `running` by a worker that died: back in the queue, up to `jobs.max_attempts`
-/// claims (from `app_settings`, 3 where it is missing or not a number); one that reached it fails
-/// with the reason, so a job that kills its worker does not kill every worker in turn.
+/// claims (from `app_settings`, 3 where it is missing or not a number, held between 1 and 1000);
+/// one that reached it fails with the reason, so a job that kills its worker does not kill every
+/// worker in turn.
 pub async fn requeue_abandoned(db: impl PgExecutor<'_>, older_than_secs: i64) -> Result<Requeued, sqlx::Error> {
     let rows = sqlx::query_scalar!(
         r#"WITH cap AS (
-               SELECT coalesce((SELECT (value #>> '{}')::numeric::int4 FROM app_settings
+               SELECT coalesce((SELECT least(greatest(round((value #>> '{}')::numeric), 1), 1000)::int4 FROM app_settings
                                 WHERE key = 'jobs.max_attempts' AND jsonb_typeof(value) = 'number'), 3) AS max_attempts
            )
            UPDATE jobs SET

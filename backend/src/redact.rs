@@ -37,12 +37,12 @@ pub fn register(secret: &str) {
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-/// A secret that reads as a word (letters, digits, `_`, `-`: `postgres`, `changethis`, `wrong`)
-/// is blanked only where it stands as a password; elsewhere it is the user's name, a check's
-/// name or an English word that the password happens to equal. Any other secret of four
-/// characters or more is blanked wherever it appears.
+/// A secret that reads as a word (letters alone: `postgres`, `changethis`, `wrong`) is blanked
+/// only where it stands as a password; elsewhere it is the user's name, a check's name or an
+/// English word that the password happens to equal. Any other secret of four characters or more
+/// (a generated one has digits or signs: `a1b2c3d4`) is blanked wherever it appears.
 fn only_as_a_password(secret: &str) -> bool {
-    secret.chars().count() < MIN_LEN || secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    secret.chars().count() < MIN_LEN || secret.chars().all(|c| c.is_ascii_alphabetic())
 }
 
 /// Whether `text[start..end]` stands where a password stands: in a URL's userinfo
@@ -151,5 +151,8 @@ mod tests {
         assert_eq!(redact(r#"{"password": "postgres"}"#), format!(r#"{{"password": "{MASK}"}}"#));
         assert_eq!(redact("?sslmode=disable&password=wrong"), format!("?sslmode=disable&password={MASK}"));
         assert_eq!(redact("password=wrongly"), "password=wrongly");
+        // A generated one, with digits, is blanked wherever it appears.
+        register("a1b2c3d4e5");
+        assert_eq!(redact("DB_PASS=a1b2c3d4e5 and a1b2c3d4e5"), format!("DB_PASS={MASK} and {MASK}"));
     }
 }

@@ -142,7 +142,7 @@ pub fn create(loaded: &Loaded) -> anyhow::Result<()> {
         let environment = loaded.settings.environment.as_deref();
         session::run(loaded, Use::Write, async |session| {
             // Made a moment ago: fresh, where it may be local at all.
-            let fresh = crate::environment::may_be_recorded_local(session.settings());
+            let fresh = crate::environment::may_be_recorded_local(session.settings(), session.context());
             let record = crate::environment::record(&mut session.ready.conn, &table, environment, fresh, None);
             bounded(record).await.map(|_| ()).map_err(|e| {
                 fail(

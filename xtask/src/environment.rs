@@ -44,15 +44,17 @@ pub fn is_local(environment: Option<&str>) -> bool {
 }
 
 /// Whether a database these settings reach may be recorded `local` at all: a server on this
-/// machine (loopback, a Unix socket) or a service of a compose project (a name of one label, as
-/// `db`). A database on another machine is never recorded local from a run's own say-so, even
-/// empty: a laptop whose exported `DATABASE_URL` names production's empty new database must not
-/// make it droppable.
-pub fn may_be_recorded_local(db: &backend::config::DatabaseSettings) -> bool {
+/// machine (loopback, a Unix socket), or, from a container of a compose project, a service of
+/// that project (a name of one label, as `db`). A database on another machine is never recorded
+/// local from a run's own say-so, even empty: a laptop whose exported `DATABASE_URL` names
+/// production's empty new database (`db-prod`, found through a search domain, or an address)
+/// must not make it droppable; nor may a Kubernetes pod, where one-label names are services too.
+pub fn may_be_recorded_local(db: &backend::config::DatabaseSettings, context: crate::diagnose::RuntimeContext) -> bool {
     let host = db.host();
-    db.socket().is_some()
-        || crate::diagnose::is_loopback(host)
-        || (host.parse::<std::net::IpAddr>().is_err() && !host.contains('.'))
+    let compose_service = context == crate::diagnose::RuntimeContext::Container
+        && host.parse::<std::net::IpAddr>().is_err()
+        && !host.contains('.');
+    db.socket().is_some() || crate::diagnose::is_loopback(host) || compose_service
 }
 
 /// The record of the database `conn` is connected to; `None` when it has none.

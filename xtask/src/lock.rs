@@ -1,10 +1,11 @@
-//! The migration lock, in one place: its advisory key (the one sqlx's Migrator and sqlx-cli take),
-//! its `pg_locks` condition, taking it with a polling try-lock, naming who holds it; and who holds
-//! a lock on the migrations table itself.
+//! The migration lock, in one place: its advisory key (the one sqlx's Migrator takes), its
+//! `pg_locks` condition, taking it with a polling try-lock, naming who holds it; and who holds a
+//! lock on the migrations table itself.
 //!
 //! sqlx's Migrator takes a blocking `pg_advisory_lock` with no timeout and leaks it on errors.
-//! We take the same key with a polling try-lock (so sqlx-cli and sqlx's Migrator still exclude
-//! us), and release it on every path.
+//! We take the same key with a polling try-lock (so a service that migrates with sqlx's Migrator
+//! at its start still excludes us), and release it on every path. sqlx-cli 0.9's `migrate run`
+//! takes no lock at all: a sqlx-cli run beside ours is not excluded.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How often to say who holds a lock while we wait for it.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// The key sqlx's Migrator and sqlx-cli lock: CRC-32 of the database name times a constant. The
+/// The key sqlx's Migrator locks: CRC-32 of the database name times a constant. The
 /// name is the server's (`current_database()`), as sqlx takes it: behind a pooler's alias the
 /// configured name differs, and the two would no longer exclude each other.
 pub fn key(database: &str) -> i64 {

@@ -2,8 +2,10 @@
 //! the kernel allows one (as root, or in a user namespace as anyone else), so TCP reaches
 //! nothing; but Unix sockets are files, and a network namespace does not hide them: a replayed
 //! `dblink('host=/var/run/postgresql dbname=app')` would write into a live cluster on this machine.
-//! So a migration that can reach another server, or run a program, is never replayed: the work
-//! that needs the replay says so and stops, and the live server is not touched.
+//! So a migration that can reach another server, run a program or touch this machine's files is
+//! never replayed: the work that needs the replay says so and stops, and the live server is not
+//! touched. The words are read as written: SQL that builds such a name at run time (`EXECUTE
+//! 'db' || 'link...'`) gets past them, and only the network namespace stands in its way.
 
 use backend::migrations::MigrationFile;
 
@@ -26,6 +28,24 @@ pub fn reaches_out(sql: &str) -> Option<&'static str> {
     }
     if follows("create", "server") || follows("foreign", "data") {
         return Some("a foreign server");
+    }
+    // Untrusted languages and C functions run what they like as the server's OS user; large
+    // objects read and write this machine's files.
+    const UNTRUSTED: [&str; 6] = ["plpython3u", "plpythonu", "plperlu", "pltclu", "plsh", "plr"];
+    if let Some(language) = words.iter().find(|w| UNTRUSTED.contains(w)) {
+        return Some(match *language {
+            "plperlu" => "PL/PerlU",
+            "pltclu" => "PL/TclU",
+            "plsh" => "PL/sh",
+            "plr" => "PL/R",
+            _ => "PL/PythonU",
+        });
+    }
+    if follows("language", "c") {
+        return Some("a C function");
+    }
+    if words.iter().any(|w| matches!(*w, "lo_import" | "lo_export")) {
+        return Some("a large object's file");
     }
     // COPY ... PROGRAM runs a program as the server's OS user, which may connect anywhere.
     let copies_a_program = lower.split(';').any(|statement| {
@@ -64,6 +84,9 @@ mod tests {
             ("CREATE SUBSCRIPTION s CONNECTION 'dbname=app' PUBLICATION p;", "a subscription"),
             ("CREATE SERVER films FOREIGN DATA WRAPPER file_fdw;", "a foreign server"),
             ("COPY t FROM\n  PROGRAM 'psql -c \"DELETE FROM users\"';", "COPY ... PROGRAM"),
+            ("CREATE EXTENSION plpython3u;", "PL/PythonU"),
+            ("CREATE FUNCTION f() RETURNS int AS 'x.so', 'f' LANGUAGE C;", "a C function"),
+            ("SELECT lo_export(1, '/tmp/x');", "a large object's file"),
         ] {
             assert_eq!(reaches_out(sql), Some(what), "{sql}");
         }

@@ -64,6 +64,11 @@ impl<'a> Session<'a> {
     }
 
     /// `ENVIRONMENT` of the settings, which migrations record in the database.
+    /// Where this run is: a host, a container, a Kubernetes pod.
+    pub fn context(&self) -> crate::diagnose::RuntimeContext {
+        self.loaded.context
+    }
+
     pub fn environment(&self) -> Option<&'a str> {
         self.loaded.settings.environment.as_deref()
     }

@@ -71,8 +71,9 @@ fn a_replay_never_writes_into_a_live_server() {
     assert_eq!(hits(), "1", "schema drift as a normal user wrote into the live server:\n{}", drift.stderr);
 }
 
-/// (a) As a normal user the throwaway runs in a user namespace of its own, cut off from the
-/// network: drift builds there and says nothing of a missing namespace.
+/// (a) As a normal user the throwaway runs in a network namespace of its own (made in a user
+/// namespace): its server processes are seen in another network namespace than ours while it
+/// replays, and drift says nothing of a missing one.
 #[test]
 fn a_normal_users_throwaway_is_cut_off_from_the_network() {
     if !testkit::is_root() {
@@ -82,14 +83,34 @@ fn a_normal_users_throwaway_is_cut_off_from_the_network() {
     let cluster = Cluster::started();
     let migrations = Migrations::empty();
     readable_by_all(migrations.path());
-    migrations.write("1_t.sql", "CREATE TABLE t (id int);\n");
+    migrations.write("1_t.sql", "CREATE TABLE t (id int);\nSELECT pg_sleep(3);\n");
     let env = cluster.env("app");
     run(&["migrate"], &env, &migrations).assert_code(0);
     let home = tempfile::tempdir().expect("a home");
     std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
     let source = migrations.path().to_str().expect("utf-8");
-    let drift = as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
-    drift.assert_code(0).assert_stderr_lacks("not in a network namespace");
+    let drift = spawn_as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
+    let mut namespaces = Vec::new();
+    let seen = testkit::eventually(std::time::Duration::from_secs(30), || {
+        namespaces = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|entry| {
+                // The postmaster (a `cp` of the template and `pg_ctl stop` run outside on purpose).
+                std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| {
+                    let cmdline = String::from_utf8_lossy(&c);
+                    cmdline.contains("bin/postgres\0") && cmdline.contains("prestart-throwaway-")
+                })
+            })
+            .filter_map(|entry| std::fs::read_link(entry.path().join("ns/net")).ok())
+            .collect();
+        !namespaces.is_empty()
+    });
+    let outcome = drift.wait_within(std::time::Duration::from_secs(60));
+    assert!(seen, "no throwaway server was seen:\n{}", outcome.stderr);
+    assert!(namespaces.iter().all(|ns| *ns != ours), "a throwaway server shares our network namespace: {namespaces:?}");
+    outcome.assert_code(0).assert_stderr_lacks("not in a network namespace");
 }
 
 /// (b) `schema dump` builds in a throwaway cluster on this machine: no database is created and

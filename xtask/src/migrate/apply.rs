@@ -1,7 +1,7 @@
 //! Applying and reverting migrations under the migration lock, one at a time as sqlx-cli does
 //! (see `one`): the table, the checksums and the transaction handling stay sqlx-cli's.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use backend::config::DatabaseSettings;
@@ -285,7 +285,11 @@ async fn apply_pending(
     plan.check_target_not_below(&applied)?;
     let pending = plan.to_apply(&status);
     plan.report_skipped(&status);
-    let mut ours = Prefix::new(lock::key(&ready.server.database), plan.statement_lock_timeout);
+    let statement_lock_timeout = match pending.is_empty() {
+        true => plan.statement_lock_timeout,
+        false => lock_timeout_unless_configured(&mut ready.conn, plan.statement_lock_timeout).await?,
+    };
+    let mut ours = Prefix::new(lock::key(&ready.server.database), statement_lock_timeout);
     let mut deferred = false;
     for (index, file) in pending.iter().enumerate() {
         let prefix = ours.for_file(file);
@@ -305,6 +309,10 @@ async fn apply_pending(
             return Err(error);
         }
         *applied_here += 1;
+    }
+    // The last commit may not have been ours to make durable (its file set synchronous_commit).
+    if deferred {
+        make_durable(&mut ready.conn).await.map_err(|e| fail(Failure::Migration, e))?;
     }
     if !pending.is_empty() {
         // What the migrations left in the session (`SET search_path`, `SET ROLE`, a session
@@ -327,7 +335,7 @@ async fn record_environment(
 ) {
     let environment = session.environment();
     let table = &plan.settings.table_name;
-    let fresh = fresh && crate::environment::may_be_recorded_local(session.settings());
+    let fresh = fresh && crate::environment::may_be_recorded_local(session.settings(), session.context());
     let recording = crate::environment::record(&mut session.ready.conn, table, environment, fresh, already_read);
     let recorded = bounded(recording);
     match recorded.await {
@@ -356,8 +364,25 @@ async fn read_under_lock(ready: &mut Ready, plan: &Plan<'_>, deadline: Instant) 
         .map_err(|e| fail(Failure::Migration, e))
 }
 
-/// Puts the session's settings and role back as they were before the migrations ran.
+/// Puts the session's user, role and settings back as they were before the migrations ran
+/// (`SET SESSION AUTHORIZATION DEFAULT` is allowed to every role: it goes back to the one that
+/// logged in), and makes the keepalive settings of the lock's wait again.
 async fn forget_what_migrations_set(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    let reset = sqlx::raw_sql("RESET ALL; RESET ROLE").execute(conn);
+    let sql = format!(
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE; SELECT {}",
+        backend::keepalive::server_side()
+    );
+    let reset = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn);
     bounded(reset).await.map(|_| ()).map_err(|e| fail(Failure::Migration, e))
+}
+
+/// `--statement-lock-timeout` for this run: none where the session already has a lock_timeout
+/// of its own (set on the role or the database, or in the URL's `options`), which is the user's.
+async fn lock_timeout_unless_configured(conn: &mut sqlx::PgConnection, ours: Duration) -> anyhow::Result<Duration> {
+    if ours.is_zero() {
+        return Ok(ours);
+    }
+    let read = bounded(sqlx::raw_sql("SELECT pg_catalog.current_setting('lock_timeout')").fetch_one(&mut *conn)).await;
+    let setting: String = read.and_then(|row| sqlx::Row::try_get(&row, 0)).map_err(|e| fail(Failure::Migration, e))?;
+    Ok(if setting == "0" { ours } else { Duration::ZERO })
 }

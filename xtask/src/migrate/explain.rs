@@ -16,6 +16,8 @@ pub enum Left {
     PartlyApplied,
     /// Its SQL holds a COMMIT of its own: what came before it stays, unrecorded.
     CommittedPart,
+    /// Its SQL could not be parsed, so whether it holds a COMMIT of its own is not known.
+    PerhapsCommittedPart,
     /// Its transaction rolled back, and its row is not in the table (or, reverting, still is).
     Nothing,
     /// It committed and its row is in the table (or, reverting, gone): what failed came after
@@ -76,6 +78,12 @@ pub fn explain_failure(
             "\n  note: its SQL holds a COMMIT of its own, so the statements before that COMMIT stay, while {} does \
              not record it: undo them by hand or make the file safe to rerun (and drop the COMMIT: sqlx runs each \
              file in a transaction, or write `-- no-transaction`)",
+            plan.settings.table_name
+        ),
+        Left::PerhapsCommittedPart => format!(
+            "\n  note: prestart's parser cannot read all of its SQL, so it cannot tell whether the file ends its \
+             transaction itself (COMMIT, END): if it does, the statements before that stay while {} does not record \
+             it; check, then make the file safe to rerun",
             plan.settings.table_name
         ),
         Left::Nothing => format!("\n  nothing of it was {done}: its transaction rolled back"),

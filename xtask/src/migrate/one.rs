@@ -136,6 +136,8 @@ async fn failed(
     let left = match (file.migration.no_tx, control) {
         (true, _) if own_sql_failed => Left::PartlyApplied,
         (false, Control::Ends) => Left::CommittedPart,
+        // SQL the parser cannot read may end its transaction too: what is known is said.
+        (false, Control::Unknown) if own_sql_failed => Left::PerhapsCommittedPart,
         // Its own SQL failed: the COMMIT was never sent.
         (false, _) if own_sql_failed => Left::Nothing,
         // What failed came after its SQL: its row, the COMMIT, sqlx's update of the time.
@@ -144,8 +146,18 @@ async fn failed(
     // Cut off by a failover (or a restart): safe to run again only where the parser proves that
     // nothing of it can have committed without its row; what it did is read back under the lock
     // before it runs again.
-    let cut_off = connection_lost(&error)
-        .filter(|_| direction == Direction::Apply && control == Control::Stays && !file.migration.no_tx);
+    let mut cut_off = connection_lost(&error).filter(|_| {
+        direction == Direction::Apply
+            && control == Control::Stays
+            && !file.migration.no_tx
+            // What a connection out did (dblink, a program) no rollback undoes.
+            && crate::replay::reaches_out(file.migration.sql.as_str()).is_none()
+    });
+    // 25006 is a failover's only where the server has turned standby: a migration's own
+    // `SET default_transaction_read_only` or `SET TRANSACTION READ ONLY` gives it too.
+    if cut_off.as_ref().is_some_and(|lost| lost.how == backend::db::LostHow::ReadOnly) && !in_recovery(conn).await {
+        cut_off = None;
+    }
     let mut explained = explain_failure(error, file, offset, blockers, plan, (doing, done), left);
     explained.cut_off = cut_off;
     if file.migration.no_tx
@@ -154,6 +166,12 @@ async fn failed(
         explained.note(&note);
     }
     fail(Failure::Migration, explained)
+}
+
+/// Whether the server behind `conn` is a standby now; `false` where it cannot say.
+async fn in_recovery(conn: &mut PgConnection) -> bool {
+    let asked = bounded(sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()").fetch_one(&mut *conn)).await;
+    asked.and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0)).unwrap_or(false)
 }
 
 /// sqlx's `apply` of a transactional migration, statement for statement (BEGIN; the SQL as one
@@ -238,8 +256,10 @@ pub struct Lost {
 /// holds it: a `-- no-transaction` file cannot carry the check in its own message (`CREATE
 /// INDEX CONCURRENTLY` refuses to share one), so it is checked before and after.
 async fn on_locked_session(conn: &mut PgConnection, key: i64, process: i32) -> anyhow::Result<bool> {
+    // A simple query: a file's `DISCARD ALL` leaves no prepared statement of ours behind.
     let sql = format!("SELECT {} AND pg_catalog.pg_backend_pid() = {process}", lock::held_by_this_session(key));
-    bounded(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(conn)).await.map_err(|e| fail(Failure::Migration, e))
+    let row = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(conn)).await;
+    row.and_then(|row| sqlx::Row::try_get(&row, 0)).map_err(|e| fail(Failure::Migration, e))
 }
 
 /// Whether a transactional migration that failed after its SQL ran is in the table after all:

@@ -31,8 +31,12 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     let dumped = crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
         let dumped = in_throwaway(&place.server, &throwaway, &active, async {
-            drop(migrated_session(&place.target, &active, &plan).await?);
-            run_pg_dump(&sh, &pg_dump, &place.target.settings.database, &settings).await
+            let session = migrated_session(&place.target, &active, &plan).await?;
+            let server_major = session.ready.conn.server_version_num().map(|v| v / 10_000);
+            drop(session);
+            run_pg_dump(&sh, &pg_dump, &place.target.settings.database, &settings)
+                .await
+                .map_err(|e| with_version_fix(e, &pg_dump, server_major))
         })
         .await;
         place.finish().await;
@@ -99,13 +103,7 @@ async fn run_pg_dump(
         .map_err(|_| anyhow!("pg_dump gave no result within {} s", PG_DUMP_TIMEOUT.as_secs()))?
         .context("cannot run pg_dump")?;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let fix = if stderr.contains("version mismatch") {
-            "\n  fix: pg_dump must be at least the server's major version: install that PostgreSQL's client"
-        } else {
-            ""
-        };
-        return Err(anyhow!("pg_dump failed: {}{fix}", stderr.trim()));
+        return Err(anyhow!("pg_dump failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -151,4 +149,17 @@ fn first_difference(committed: &str, written: &str) -> String {
     let at = old.iter().zip(&new).position(|(a, b)| a != b).unwrap_or(old.len().min(new.len()));
     let show = |lines: &[&str]| lines.iter().skip(at).take(3).map(|l| format!("\n      {l}")).collect::<String>();
     format!("; first difference at line {}:\n    committed:{}\n    migrations give:{}", at + 1, show(&old), show(&new))
+}
+
+/// A failed pg_dump older than the server: its fix, told by the two versions (not by pg_dump's
+/// words, which follow the language of the environment).
+fn with_version_fix(error: anyhow::Error, pg_dump: &std::path::Path, server_major: Option<u32>) -> anyhow::Error {
+    let ours = pg_dump.parent().and_then(crate::throwaway::major_of);
+    match (ours, server_major) {
+        (Some(ours), Some(server)) if ours < server => error.context(format!(
+            "pg_dump {ours} is older than the server's PostgreSQL {server}, and pg_dump must be at least the server's \
+             major version: install PostgreSQL {server}'s client"
+        )),
+        _ => error,
+    }
 }

@@ -93,7 +93,7 @@ fn candidates() -> Vec<PathBuf> {
 }
 
 /// The major version of the server binaries in `dir`, from `postgres --version`.
-fn major_of(dir: &Path) -> Option<u32> {
+pub fn major_of(dir: &Path) -> Option<u32> {
     let output = std::process::Command::new(dir.join("postgres")).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     text.split_whitespace().find_map(|word| word.split('.').next()?.parse().ok())

@@ -17,6 +17,21 @@ pub struct Set {
     pub files: Vec<(String, Vec<u8>)>,
     pub steps: Vec<Step>,
     pub setup: &'static str,
+    /// Where sqlx-cli does something indefensible and we do not: said, and held instead of the
+    /// equality.
+    pub deviation: Option<Deviation>,
+}
+
+/// What sqlx-cli does wrong on a set, and what we do instead.
+pub struct Deviation {
+    /// Why sqlx-cli's result cannot be defended.
+    pub why: &'static str,
+    /// Whether sqlx-cli exits 0 on it.
+    pub sqlx_cli_succeeds: bool,
+    /// Our exit code.
+    pub ours: i32,
+    /// A query on our database, and what it must answer.
+    pub check: (&'static str, &'static str),
 }
 
 impl Set {
@@ -26,6 +41,7 @@ impl Set {
             files: files.iter().map(|(n, sql)| ((*n).to_owned(), sql.as_bytes().to_vec())).collect(),
             steps: vec![Step::Run(None)],
             setup: "",
+            deviation: None,
         }
     }
 
@@ -36,6 +52,11 @@ impl Set {
 
     fn setup(mut self, sql: &'static str) -> Set {
         self.setup = sql;
+        self
+    }
+
+    fn deviation(mut self, deviation: Deviation) -> Set {
+        self.deviation = Some(deviation);
         self
     }
 }
@@ -225,10 +246,6 @@ fn empty_crlf_and_bom() -> Vec<Set> {
 
 /// Settings one file makes and the next relies on: sqlx-cli runs every file on one session.
 fn session_settings() -> Vec<Set> {
-    let owner = "DO $$ BEGIN CREATE ROLE oracle_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
-                 GRANT CREATE ON SCHEMA public TO oracle_owner;\n\
-                 GRANT oracle_owner TO postgres;\n\
-                 ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO oracle_owner;\n";
     let three = |name: &str, second: &str, third: &str| {
         Set::new(
             name,
@@ -252,7 +269,7 @@ fn session_settings() -> Vec<Set> {
             "CREATE TABLE outside (id int);\n",
         ),
         three("SET ROLE, relied on by the next file", "SET ROLE oracle_owner;\n", "CREATE TABLE owned (id int);\n")
-            .setup(owner),
+            .setup(OWNER),
         three("statement_timeout set by one file", "SET statement_timeout = '50ms';\n", "SELECT pg_sleep(0.3);\n"),
         three(
             "lock_timeout set by one file, read by the next",
@@ -380,6 +397,77 @@ fn reverts_and_targets() -> Vec<Set> {
     ]
 }
 
+/// A role the sets may switch to, which may write sqlx's table (made by the harness as the
+/// superuser, before the table exists: default privileges).
+const OWNER: &str = "DO $$ BEGIN CREATE ROLE oracle_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
+                     GRANT CREATE ON SCHEMA public TO oracle_owner;\n\
+                     GRANT oracle_owner TO postgres;\n\
+                     ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO oracle_owner;\n";
+
+/// Session state a file leaves (its user, a read-only default, a string syntax), and where
+/// sqlx-cli's own steps after a file's SQL give a result that cannot be defended.
+fn session_state_and_deviations() -> Vec<Set> {
+    let two = |name: &str, second: &str| {
+        Set::new(name, &[("1_create.sql", "CREATE TABLE t (id int);\n"), ("2_second.sql", second)])
+    };
+    vec![
+        Set::new(
+            "SET SESSION AUTHORIZATION, relied on by the next file",
+            &[
+                ("1_create.sql", "CREATE TABLE t (id int);\n"),
+                ("2_user.sql", "SET SESSION AUTHORIZATION oracle_owner;\n"),
+                ("3_owned.sql", "CREATE TABLE owned (id int);\n"),
+            ],
+        )
+        .setup(OWNER),
+        Set::new(
+            "a read-only default set by one file: the next one fails, and is no failover",
+            &[
+                ("1_create.sql", "CREATE TABLE t (id int);\n"),
+                ("2_read_only.sql", "SET default_transaction_read_only = on;\n"),
+                ("3_write.sql", "CREATE TABLE x (id int);\n"),
+            ],
+        ),
+        around("a read-only transaction of the file's own", "SET TRANSACTION READ ONLY;\nCREATE TABLE x (id int);\n"),
+        two(
+            "a COMMIT after a string that standard_conforming_strings = off ends elsewhere",
+            "INSERT INTO t VALUES (1);\nSELECT 'a\\''; COMMIT; SELECT 1/0; -- ';\n",
+        )
+        .setup(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', current_database()); END $$;",
+        ),
+        two("the last file makes the session read-only", "SET default_transaction_read_only = on;\n").deviation(Deviation {
+            why: "sqlx-cli updates execution_time after the COMMIT, in a transaction of its own that the file's \
+                  setting makes read-only: it applies and records the migration, then reports a failure",
+            sqlx_cli_succeeds: false,
+            ours: 0,
+            check: ("SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations", "1,2"),
+        }),
+        two("DEALLOCATE ALL in a file", "DEALLOCATE ALL;\nINSERT INTO t VALUES (1);\n").deviation(Deviation {
+            why: "sqlx-cli's INSERT of the row is a statement it prepared for the file before; the file's DEALLOCATE \
+                  ALL drops it, so sqlx-cli fails a migration that has nothing wrong with it",
+            sqlx_cli_succeeds: false,
+            ours: 0,
+            check: ("SELECT (SELECT string_agg(id::text, ',') FROM t) || ' ' || (SELECT count(*) FROM _sqlx_migrations)", "1 2"),
+        }),
+        two("a file that lets go of the migration lock", "SELECT pg_advisory_unlock_all();\nINSERT INTO t VALUES (1);\n")
+            .deviation(Deviation {
+                why: "a migration that releases the migration lock lets another runner migrate beside it: ours checks \
+                      the lock after the file's SQL, in its transaction, and rolls it back",
+                sqlx_cli_succeeds: true,
+                ours: 6,
+                check: ("SELECT coalesce((SELECT string_agg(id::text, ',') FROM t), 'none') || ' ' || (SELECT count(*) FROM _sqlx_migrations)", "none 1"),
+            }),
+        two("DISCARD ALL in a no-transaction file", "-- no-transaction\nDISCARD ALL;\n").deviation(Deviation {
+            why: "DISCARD ALL drops sqlx-cli's prepared INSERT, so it runs the file and leaves it unrecorded (a rerun \
+                  runs it again); it also releases the migration lock, which ours says, with the file recorded as run",
+            sqlx_cli_succeeds: false,
+            ours: 6,
+            check: ("SELECT string_agg(version::text, ',' ORDER BY version) FROM _sqlx_migrations", "1,2"),
+        }),
+    ]
+}
+
 /// Every set, in the order the tests take them.
 pub fn all() -> Vec<Set> {
     let mut sets = Vec::new();
@@ -391,5 +479,6 @@ pub fn all() -> Vec<Set> {
     sets.extend(session_settings());
     sets.extend(not_in_a_transaction_block());
     sets.extend(reverts_and_targets());
+    sets.extend(session_state_and_deviations());
     sets
 }

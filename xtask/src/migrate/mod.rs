@@ -96,7 +96,8 @@ pub struct MigrateOptions {
     pub strict: bool,
     /// Give up a migration statement that waits this many seconds for another session's lock,
     /// naming that session, instead of hanging (and queueing every query behind it); 0 waits
-    /// forever; a migration that sets its own lock_timeout wins
+    /// forever, as sqlx-cli does; a lock_timeout that a migration sets (for itself and the files
+    /// after it), or that the role, the database or the URL's options set, wins
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STATEMENT_LOCK_TIMEOUT_SECS)]
     pub statement_lock_timeout: u64,
 }

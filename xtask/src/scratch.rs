@@ -37,6 +37,15 @@ pub struct Place {
     cluster: Option<LocalCluster>,
 }
 
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cluster {
+            Some(cluster) => write!(f, "a throwaway PostgreSQL {} cluster on this machine", cluster.major()),
+            None => write!(f, "{}", self.server),
+        }
+    }
+}
+
 impl Place {
     /// A throwaway cluster, or with `--build-on-server` the configured server; `files` are
     /// what will be replayed there, refused when one can reach out (see `crate::replay`).
@@ -65,7 +74,6 @@ impl Place {
             )
         })?;
         let cluster = crate::interrupt::block_on(LocalCluster::start(bin)).context("start a throwaway cluster")?;
-        ui::line(format!("building in a throwaway PostgreSQL {} cluster on this machine", cluster.major()));
         let server = cluster.settings(MAINTENANCE_DATABASE)?;
         let settings = backend::config::Settings { database: cluster.settings(name)?, ..loaded.settings.clone() };
         let target = Loaded::new(loaded.root.clone(), settings, loaded.context, loaded.wait_timeout);

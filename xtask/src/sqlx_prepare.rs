@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let throwaway = throwaway_name("sqlx_prepare");
     let (set, _, _) = SourceArgs::default().load(&loaded.root)?;
     let place = Place::find(&sh, &loaded, &throwaway, &args.build, &set.files, "sqlx-prepare")?;
-    ui::step(format!("create the throwaway database {throwaway} on {}", place.server));
+    ui::step(format!("create the throwaway database {throwaway} in {place}"));
     crate::interrupt::block_on(async {
         let active = ActiveBackend::default();
         let prepared =

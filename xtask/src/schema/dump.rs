@@ -25,8 +25,8 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     let output = args.output.clone().unwrap_or_else(|| root.join("schema.sql"));
     let pg_dump = crate::dev_db::ensure_server_bindir(&sh)?.join("pg_dump");
     let throwaway = throwaway_name("prestart_schema");
-    ui::step(format!("build the schema of {} in the throwaway database {throwaway}", display_path(&dir)));
     let place = Place::find(&sh, &loaded, &throwaway, &args.build, &set.files, "schema dump")?;
+    ui::step(format!("build the schema of {} in the throwaway database {throwaway}, in {place}", display_path(&dir)));
     let plan = MigrateOptions::defaults().plan(&set, &settings, &dir, place.target.wait_timeout);
     let dumped = crate::interrupt::block_on(async {
         let active = ActiveBackend::default();

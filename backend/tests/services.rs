@@ -24,14 +24,7 @@ fn service_with(name: &str, mut env: Vec<(String, String)>, bind: &str) -> Run {
 fn migrate(cluster: &Cluster) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let options = PgConnectOptions::new_without_pgpass()
-            .host("127.0.0.1")
-            .port(cluster.port)
-            .username(testkit::SUPERUSER)
-            .password(testkit::PASSWORD)
-            .database("app")
-            .ssl_mode(PgSslMode::Disable);
-        let mut conn = PgConnection::connect_with(&options).await.expect("connect");
+        let mut conn = connect(cluster).await;
         backend::migrations::embedded::MIGRATOR.run(&mut conn).await.expect("migrate");
         conn.close().await.expect("close");
     });

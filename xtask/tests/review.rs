@@ -71,6 +71,19 @@ fn a_replay_never_writes_into_a_live_server() {
     assert_eq!(hits(), "1", "schema drift as a normal user wrote into the live server:\n{}", drift.stderr);
 }
 
+/// A cluster whose `app` holds `sql` as its one applied migration, in a folder every user may
+/// read, and a home for `nobody`: drift as a normal user, set up.
+fn migrated_for_a_normal_user(sql: &str) -> (Cluster, Migrations, tempfile::TempDir) {
+    let cluster = Cluster::started();
+    let migrations = Migrations::empty();
+    readable_by_all(migrations.path());
+    migrations.write("1_t.sql", sql);
+    run(&["migrate"], &cluster.env("app"), &migrations).assert_code(0);
+    let home = tempfile::tempdir().expect("a home");
+    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
+    (cluster, migrations, home)
+}
+
 /// (a) As a normal user the throwaway runs in a network namespace of its own (made in a user
 /// namespace): its server processes are seen in another network namespace than ours while it
 /// replays, and drift says nothing of a missing one.
@@ -80,14 +93,8 @@ fn a_normal_users_throwaway_is_cut_off_from_the_network() {
         eprintln!("skipped: needs root to run a part as another user");
         return;
     }
-    let cluster = Cluster::started();
-    let migrations = Migrations::empty();
-    readable_by_all(migrations.path());
-    migrations.write("1_t.sql", "CREATE TABLE t (id int);\nSELECT pg_sleep(3);\n");
+    let (cluster, migrations, home) = migrated_for_a_normal_user("CREATE TABLE t (id int);\nSELECT pg_sleep(3);\n");
     let env = cluster.env("app");
-    run(&["migrate"], &env, &migrations).assert_code(0);
-    let home = tempfile::tempdir().expect("a home");
-    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
     let source = migrations.path().to_str().expect("utf-8");
     let drift = spawn_as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
     let ours = std::fs::read_link("/proc/self/ns/net").expect("our network namespace");
@@ -173,14 +180,8 @@ fn a_throwaway_start_cut_short_leaves_nothing_behind() {
         eprintln!("skipped: needs root to run a part as another user");
         return;
     }
-    let cluster = Cluster::started();
-    let migrations = Migrations::empty();
-    readable_by_all(migrations.path());
-    migrations.write("1_t.sql", "CREATE TABLE t (id int);\n");
+    let (cluster, migrations, home) = migrated_for_a_normal_user("CREATE TABLE t (id int);\n");
     let env = cluster.env("app");
-    run(&["migrate"], &env, &migrations).assert_code(0);
-    let home = tempfile::tempdir().expect("a home");
-    std::process::Command::new("chown").arg("nobody").arg(home.path()).status().expect("chown");
     let source = migrations.path().to_str().expect("utf-8");
     let running = spawn_as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
     running.wait_for_stderr("make a cluster template", std::time::Duration::from_secs(30));

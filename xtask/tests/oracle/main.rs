@@ -92,9 +92,8 @@ fn write(set: &Set) -> Migrations {
     dir
 }
 
-/// Applies `set` with both tools on twin databases named after `tag`, step by step, and holds
-/// every step's outcome and state equal: the first step where they differ, in words.
-fn divergence(cluster: &Cluster, set: &Set, tag: &str) -> Option<String> {
+/// Twin databases for `set`, named after `tag` (sqlx-cli's, ours), each with the set's setup.
+fn twins(cluster: &Cluster, set: &Set, tag: &str) -> (String, String) {
     let (by_cli, by_us) = (format!("cli_{tag}"), format!("us_{tag}"));
     for database in [&by_cli, &by_us] {
         cluster.create_database(database);
@@ -102,6 +101,13 @@ fn divergence(cluster: &Cluster, set: &Set, tag: &str) -> Option<String> {
             cluster.psql(database, set.setup);
         }
     }
+    (by_cli, by_us)
+}
+
+/// Applies `set` with both tools on twin databases named after `tag`, step by step, and holds
+/// every step's outcome and state equal: the first step where they differ, in words.
+fn divergence(cluster: &Cluster, set: &Set, tag: &str) -> Option<String> {
+    let (by_cli, by_us) = twins(cluster, set, tag);
     let dir = write(set);
     for (index, &step) in set.steps.iter().enumerate() {
         let cli = sqlx_cli(cluster, &by_cli, &dir, step);
@@ -201,14 +207,7 @@ fn prestart_gives_sqlx_clis_results_with_the_seed_after_them() {
     let cluster = Cluster::started();
     let workspace = Migrations::workspace();
     for (index, set) in corpus::all().iter().enumerate().filter(|(i, _)| i % 4 == 1) {
-        let tag = format!("prestart_{index}");
-        let (by_cli, by_us) = (format!("cli_{tag}"), format!("us_{tag}"));
-        for database in [&by_cli, &by_us] {
-            cluster.create_database(database);
-            if !set.setup.is_empty() {
-                cluster.psql(database, set.setup);
-            }
-        }
+        let (by_cli, by_us) = twins(&cluster, set, &format!("prestart_{index}"));
         let dir = write(set);
         for entry in std::fs::read_dir(workspace.path()).expect("the workspace's migrations").flatten() {
             std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy a migration");

@@ -374,15 +374,7 @@ fn classify_sqlstate(code: &str, message: &str, routine: Option<&str>, settings:
                 settings.user_variable()
             ),
         ),
-        "3D000" => fatal(
-            FatalKind::DatabaseMissing,
-            format!(
-                "create it (cargo xtask database create, or prestart --create-database; or CREATE DATABASE \"{database}\" \
-                 on {}:{}), or fix POSTGRES_DB",
-                settings.host(),
-                settings.port()
-            ),
-        ),
+        "3D000" => fatal(FatalKind::DatabaseMissing, create_the_database(settings)),
         "42501" => fatal(
             FatalKind::PermissionDenied,
             format!("grant the role access (GRANT CONNECT ON DATABASE \"{database}\" TO \"{user}\")"),
@@ -390,6 +382,17 @@ fn classify_sqlstate(code: &str, message: &str, routine: Option<&str>, settings:
         _ if code.starts_with("08") => retry(RetryKind::ConnectionException),
         _ => fatal(FatalKind::Other, "see the server's message above and its log".into()),
     }
+}
+
+/// The fix for a database that does not exist.
+fn create_the_database(settings: &DatabaseSettings) -> String {
+    format!(
+        "create it (cargo xtask database create, or prestart --create-database; or CREATE DATABASE \"{}\" on {}:{}), or \
+         fix POSTGRES_DB",
+        settings.database(),
+        settings.host(),
+        settings.port()
+    )
 }
 
 fn tls_failure(detail: &str, settings: &DatabaseSettings) -> Fatal {
@@ -596,6 +599,18 @@ pub async fn connect_once(
             {
                 return Err(Failure::Fatal(pooler_refused_options(&error, settings)));
             }
+            if from_a_pooler(&error) && database_missing_behind_a_pooler(settings, left()).await {
+                return Err(Failure::Fatal(Fatal {
+                    kind: FatalKind::DatabaseMissing,
+                    detail: format!(
+                        "{} (the server, asked through the pooler's `postgres` database, has no database \"{}\")",
+                        describe_error(&error),
+                        settings.database()
+                    ),
+                    code: None,
+                    hint: create_the_database(settings),
+                }));
+            }
             let failure = Failure::classify(&error, settings);
             Err(tell_unresolved_apart(failure, settings, left()).await)
         }
@@ -659,6 +674,28 @@ async fn refuses_startup_options(settings: &DatabaseSettings, left: Duration) ->
         Ok(Err(error)) => !from_a_pooler(&error),
         Err(_) => false,
     }
+}
+
+/// Whether the server behind a pooler says that the database of `settings` does not exist. A
+/// pooler passes the server's refusal of a missing database on as its own 08P01 (PgBouncer), which
+/// no field tells from its refusals that waiting fixes (a pool whose server logins fail): the
+/// server itself, reached through the pooler's `postgres` database with the same credentials, is
+/// asked. Where that cannot be reached either, nothing is known, and the wait goes on.
+async fn database_missing_behind_a_pooler(settings: &DatabaseSettings, left: Duration) -> bool {
+    if settings.database() == "postgres" {
+        return false;
+    }
+    let options = quiet(settings.with_database("postgres").connect_options("prestart-probe"));
+    let sql = format!(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = {})",
+        dollar_quoted(settings.database())
+    );
+    let ask = async {
+        let mut conn = PgConnection::connect_with(&options).await.ok()?;
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await.ok()?;
+        sqlx::Row::try_get::<bool, _>(&row, 0).ok()
+    };
+    matches!(tokio::time::timeout(left.min(Duration::from_secs(2)), ask).await, Ok(Some(false)))
 }
 
 fn pooler_refused_options(error: &sqlx::Error, settings: &DatabaseSettings) -> Fatal {

@@ -445,3 +445,19 @@ fn drift_names_who_got_and_who_lost_privileges() {
         .assert_stderr_contains("(not granted by any migration: granted by hand?)")
         .assert_stderr_contains("grants table public.app_settings: reader lost SELECT");
 }
+
+/// (i), in part: behind PgBouncer with a fallback entry (`* = host=...`), a database that does not
+/// exist is the server's own refusal, relayed (3D000): told at once, and `--create-database`
+/// makes it through the pooler. (Without a fallback PgBouncer answers 08P01 "no such database",
+/// which no field tells from its transient refusals: see the note of issue 30.)
+#[test]
+fn behind_pgbouncer_a_missing_database_is_refused_at_once_and_created_on_request() {
+    let cluster = Cluster::started();
+    let bouncer = testkit::Bouncer::start(&cluster, testkit::PoolMode::Session);
+    let env = bouncer.env(&cluster, "made_through_the_pooler");
+    let outcome = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "60"], &env).output();
+    outcome.assert_code(5).assert_stderr_contains("--create-database");
+    assert!(outcome.elapsed < std::time::Duration::from_secs(10), "took {:?}", outcome.elapsed);
+    run(&["prestart", "--create-database"], &env, &Migrations::workspace()).assert_code(0);
+    assert_eq!(cluster.psql("made_through_the_pooler", "SELECT count(*) FROM _sqlx_migrations"), "3");
+}

@@ -593,23 +593,8 @@ pub async fn connect_once(
                     FirstByte::Other => {}
                 }
             }
-            if from_a_pooler(&error)
-                && settings.startup_options().is_some()
-                && refuses_startup_options(settings, left()).await
-            {
-                return Err(Failure::Fatal(pooler_refused_options(&error, settings)));
-            }
-            if from_a_pooler(&error) && database_missing_behind_a_pooler(settings, left()).await {
-                return Err(Failure::Fatal(Fatal {
-                    kind: FatalKind::DatabaseMissing,
-                    detail: format!(
-                        "{} (the server, asked through the pooler's `postgres` database, has no database \"{}\")",
-                        describe_error(&error),
-                        settings.database()
-                    ),
-                    code: None,
-                    hint: create_the_database(settings),
-                }));
+            if let Some(fatal) = refused_by_a_pooler(&error, settings, left()).await {
+                return Err(Failure::Fatal(fatal));
             }
             let failure = Failure::classify(&error, settings);
             Err(tell_unresolved_apart(failure, settings, left()).await)
@@ -663,6 +648,27 @@ async fn first_byte(settings: &DatabaseSettings, left: Duration) -> FirstByte {
 fn from_a_pooler(error: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = error else { return false };
     db.try_downcast_ref::<PgDatabaseError>().is_some_and(|pg| pg.code() == "08P01" && pg.routine().is_none())
+}
+
+/// A pooler's 08P01 that waiting will not fix, told by asking (see the two probes below): its
+/// refusal of the settings' startup options, or a database the server behind it does not have.
+async fn refused_by_a_pooler(error: &sqlx::Error, settings: &DatabaseSettings, left: Duration) -> Option<Fatal> {
+    if !from_a_pooler(error) {
+        return None;
+    }
+    if settings.startup_options().is_some() && refuses_startup_options(settings, left).await {
+        return Some(pooler_refused_options(error, settings));
+    }
+    database_missing_behind_a_pooler(settings, left).await.then(|| Fatal {
+        kind: FatalKind::DatabaseMissing,
+        detail: format!(
+            "{} (the server, asked through the pooler's `postgres` database, has no database \"{}\")",
+            describe_error(error),
+            settings.database()
+        ),
+        code: None,
+        hint: create_the_database(settings),
+    })
 }
 
 /// Asked by trying once more without the settings' startup `options`: a pooler that lets that

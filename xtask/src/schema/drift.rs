@@ -19,7 +19,6 @@ use sqlx::postgres::PgConnection;
 
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
-use crate::context::Loaded;
 use crate::database::{quote_identifier, quote_literal};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
@@ -297,6 +296,16 @@ async fn build(
 /// How long building the expected schema may take; it holds no rows, only DDL.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// What a comparison built with another major version than the server's must say.
+fn crossed_versions(built: u32, live: u32) -> Option<String> {
+    (built != live).then(|| {
+        format!(
+            "built with PostgreSQL {built}, while the server runs {live}, whose binaries are not installed here: \
+             definitions may word things differently"
+        )
+    })
+}
+
 /// Builds in a throwaway cluster on this machine, with the live server's roles (by name: grants
 /// and owners name them) and its database's encoding and locale.
 async fn in_local_cluster(
@@ -313,14 +322,8 @@ async fn in_local_cluster(
             live.major
         )));
     };
+    let caveat = crossed_versions(bin.major, live.major);
     let mut built_in = format!("a throwaway PostgreSQL {} cluster on this machine", bin.major);
-    let caveat = (bin.major != live.major).then(|| {
-        format!(
-            "built with PostgreSQL {}, while the server runs {}, whose binaries are not installed here: definitions \
-             may word things differently",
-            bin.major, live.major
-        )
-    });
     if let Some(caveat) = &caveat {
         built_in.push_str(&format!(" ({caveat})"));
     }
@@ -444,75 +447,4 @@ async fn on_server(
     })
     .await?;
     Ok(Ok((expected, format!("a throwaway database on the live server ({throwaway}, dropped again)"))))
-}
-
-/// For a failed migration: whether the database has drifted, in one line; nothing when that
-/// cannot be told (the server is gone, say). An interruption meanwhile is the run's outcome.
-/// Built in a throwaway cluster on this machine, never on the server.
-pub fn drift_note(
-    loaded: &Loaded,
-    set: &MigrationSet,
-    settings: &MigrationSettings,
-) -> Result<Option<String>, anyhow::Error> {
-    let db = loaded.settings.database.clone();
-    let look = async {
-        let mut ready = backend::db::connect_once(&db, "prestart-drift", backend::db::ATTEMPT_TIMEOUT).await.ok()?;
-        let find = find_drift(&mut ready.conn, set, settings, Build::LocalCluster, false);
-        tokio::time::timeout(DRIFT_NOTE_BOUND, find).await.ok()
-    };
-    let found = match crate::interrupt::block_on(crate::interrupt::unless_signalled(async { Ok(look.await) }))? {
-        None => return Ok(None),
-        Some(Err(_)) => return Ok(None),
-        Some(Ok(found)) => found,
-    };
-    Ok(Some(note_of(found)))
-}
-
-/// The drift note's words for what the comparison found; its caveat (another major version)
-/// always said.
-fn note_of(found: Result<Drift, String>) -> String {
-    let caveat = |drift: &Drift| drift.caveat.as_ref().map(|c| format!(" ({c})")).unwrap_or_default();
-    match found {
-        Ok(drift) if drift.differences.is_empty() => {
-            format!("no drift: the applied migrations produce exactly this database's schema{}", caveat(&drift))
-        }
-        Ok(drift) => format!(
-            "the database has drifted from its migrations (changed by hand?): {}; `cargo xtask schema drift` lists it \
-             all{}",
-            drift.differences.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            caveat(&drift)
-        ),
-        Err(cannot) => format!("drift not checked: {cannot}"),
-    }
-}
-
-/// How long a failed migration's report waits for the drift check.
-const DRIFT_NOTE_BOUND: Duration = Duration::from_secs(30);
-
-#[cfg(test)]
-mod tests {
-    use super::{Drift, note_of};
-
-    /// Review 3g: a failed prestart's drift note says when the comparison crossed major versions,
-    /// with drift and without. (No second major version of PostgreSQL can be installed on this
-    /// project's machines, Debian 12 has 15 alone, so the caveat is built here by hand.)
-    #[test]
-    fn the_note_says_the_comparison_crossed_major_versions() {
-        let crossed = || Drift {
-            differences: Vec::new(),
-            built_in: "a throwaway PostgreSQL 15 cluster on this machine".into(),
-            caveat: Some("built with PostgreSQL 15, while the server runs 17".into()),
-            rehearsal: None,
-        };
-        assert!(note_of(Ok(crossed())).contains("while the server runs 17"), "{}", note_of(Ok(crossed())));
-        let mut drifted = crossed();
-        drifted.differences.push(super::super::catalog::Difference {
-            kind: "table".into(),
-            name: "public.t".into(),
-            change: super::super::catalog::Change::Missing,
-            expected: None,
-            found: None,
-        });
-        assert!(note_of(Ok(drifted)).contains("while the server runs 17"));
-    }
 }

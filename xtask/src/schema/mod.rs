@@ -6,12 +6,14 @@ mod catalog;
 pub mod drift;
 mod dump;
 mod grants;
+mod note;
 
 use std::path::PathBuf;
 
 use crate::context::{SettingsArgs, SourceArgs, WaitArgs};
 
-pub use drift::{Build, drift_note, find_drift};
+pub use drift::{Build, find_drift};
+pub use note::drift_note;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -187,19 +187,24 @@ fn refuse_a_standby(loaded: &Loaded) -> anyhow::Result<()> {
     let db = &target.as_ref().unwrap_or(loaded).settings.database;
     let name = db.database().to_owned();
     // A few seconds for a server that is starting: its first answer tells.
+    // Out of the run's one wait budget: the probe's time is waiting too.
+    let started = std::time::Instant::now();
+    let until = started + STANDBY_PROBE.min(loaded.wait_left());
     let probe = async {
-        let until = std::time::Instant::now() + STANDBY_PROBE;
         loop {
-            match backend::db::connect_once(db, "prestart-drop", backend::db::ATTEMPT_TIMEOUT).await {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match backend::db::connect_once(db, "prestart-drop", backend::db::ATTEMPT_TIMEOUT.min(left)).await {
                 Ok(ready) => return Some(ready),
                 Err(backend::db::Failure::Retry(_)) if std::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(200).min(left)).await;
                 }
                 Err(_) => return None,
             }
         }
     };
-    let Some(ready) = crate::interrupt::block_on(probe) else { return Ok(()) };
+    let probed = crate::interrupt::block_on(crate::interrupt::unless_signalled(async { Ok(probe.await) }))?;
+    loaded.spend_waiting(started.elapsed());
+    let Some(ready) = probed else { return Ok(()) };
     match ready.server.read_only_reason() {
         None => Ok(()),
         Some(reason) => Err(fail(

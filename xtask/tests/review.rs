@@ -185,9 +185,13 @@ fn a_throwaway_start_cut_short_leaves_nothing_behind() {
     let source = migrations.path().to_str().expect("utf-8");
     let running = spawn_as_a_normal_user(&["schema", "drift", "--source", source], &env, home.path());
     running.wait_for_stderr("make a cluster template", std::time::Duration::from_secs(30));
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Signalled while initdb runs in the half-made folder.
+    let initdb_runs = testkit::eventually(std::time::Duration::from_secs(30), || {
+        processes_in(home.path()).iter().any(|cmdline| cmdline.contains("initdb"))
+    });
     running.signal("INT");
     let outcome = running.wait_within(std::time::Duration::from_secs(20));
+    assert!(initdb_runs, "initdb was never seen running:\n{}", outcome.stderr);
     assert_eq!(outcome.code, Some(130), "{}", outcome.stderr);
     let left = processes_in(home.path());
     assert!(left.is_empty(), "still running: {left:?}\n{}", outcome.stderr);
@@ -399,12 +403,7 @@ fn drop_reads_the_record_of_the_database_it_drops() {
     run(&["migrate"], &testkit::with(cluster.env("prod"), "ENVIRONMENT", "production"), &migrations).assert_code(0);
     let bouncer = testkit::Bouncer::start(&cluster, testkit::PoolMode::Session);
     // The app's settings: the pooler's alias of `app`; migrations (and drops) go to `prod`.
-    let direct = format!(
-        "postgres://{}:{}@127.0.0.1:{}/prod?sslmode=disable",
-        testkit::SUPERUSER,
-        testkit::url_encoded(testkit::PASSWORD),
-        cluster.port
-    );
+    let direct = cluster.url("prod");
     let env = testkit::with(bouncer.env(&cluster, testkit::Bouncer::ALIAS), "ENVIRONMENT", "local");
     let env = testkit::with(env, "MIGRATION_DATABASE_URL", &direct);
     Run::xtask(XTASK, &["database", "drop", "-y"], &env)

@@ -138,16 +138,26 @@ struct Leftover(PathBuf);
 
 impl Drop for Leftover {
     fn drop(&mut self) {
-        kill_processes_in(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
+        // A killed initdb may still write a file or two before it is gone: killed and removed
+        // until neither comes back, within two seconds.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let killed = kill_processes_in(&self.0);
+            let removed = std::fs::remove_dir_all(&self.0).is_ok() || !self.0.exists();
+            if (removed && killed == 0) || std::time::Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
 /// Ends (SIGKILL) every process whose command line names `dir` or a path in it: initdb and its
 /// `postgres --boot`, a postmaster that a cut-short `pg_ctl start` left starting, the `runuser`
-/// and `unshare` before them. Read from /proc, so it finds them whoever their parent is now.
-pub(super) fn kill_processes_in(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+/// and `unshare` before them. Read from /proc, so it finds them whoever their parent is now. How
+/// many there were.
+pub(super) fn kill_processes_in(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
     let needle = dir.as_os_str().as_encoded_bytes();
     let ours = std::process::id();
     let pids: Vec<String> = entries
@@ -167,4 +177,5 @@ pub(super) fn kill_processes_in(dir: &Path) {
             .stderr(Stdio::null())
             .status();
     }
+    pids.len()
 }

@@ -329,6 +329,9 @@ pub struct Settings {
     pub backend_bind: String,
     /// `KUBERNETES_SERVICE_HOST` is set: we run in a pod.
     pub in_kubernetes: bool,
+    /// `PRESTART_RELEASE`: the name prestart records the deployed release under (the image tag);
+    /// `None` names it by the build's commit or its queries.
+    pub release: Option<String>,
 }
 
 impl Settings {
@@ -349,6 +352,7 @@ impl Settings {
             environment: env.get("ENVIRONMENT").map(str::to_owned),
             backend_bind: env.get("BACKEND_BIND").unwrap_or("0.0.0.0:8000").to_owned(),
             in_kubernetes: env.get("KUBERNETES_SERVICE_HOST").is_some(),
+            release: env.get("PRESTART_RELEASE").map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned),
         })
     }
 }

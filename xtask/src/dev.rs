@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         migrate: args.migrate,
         // A development stack creates what it needs.
         create_database: true,
+        compatible_with: Vec::new(),
     })?;
     if args.no_services {
         return Ok(());

@@ -21,6 +21,7 @@ mod migrate;
 mod new_migration;
 mod pgbouncer;
 mod prestart;
+mod release;
 mod replay;
 mod schema;
 mod scratch;

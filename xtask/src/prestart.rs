@@ -26,6 +26,10 @@ pub struct Args {
     /// `db:prepare`); off by default, so a typo in POSTGRES_DB is not a new empty database
     #[arg(long)]
     pub create_database: bool,
+    /// Check pending migrations against the queries of these recorded releases (default: the one
+    /// recorded before this release); see docs/releases.md
+    #[arg(long, value_name = "RELEASE", num_args = 1..)]
+    pub compatible_with: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -33,6 +37,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can be checked without the database is checked before waiting for it.
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
+    let release = crate::release::Options {
+        this: crate::release::Release::this(loaded.settings.release.as_deref())?,
+        compatible_with: args.compatible_with.clone(),
+        refuse: !crate::environment::is_local(loaded.settings.environment.as_deref()),
+    };
     // What was read, kept past the session for the drift note of a failed migration.
     let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
@@ -44,7 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // The files are read while the server answers the first read of the migrations table.
             let (first, read) = tokio::try_join!(first_read(session, &table, Some(&seed)), listing.read())?;
             let (set, settings, dir) = sources.get_or_init(|| read);
-            let plan = args.migrate.plan(set, settings, dir, loaded.wait_timeout);
+            let plan = crate::migrate::Plan {
+                release: Some(&release),
+                ..args.migrate.plan(set, settings, dir, loaded.wait_timeout)
+            };
             migrate_step(session, &plan, Some(&mut seed), Some(first)).await?;
             // After a long migration the server may have restarted; right after a short one, asking
             // would only cost the no-op run a round trip.

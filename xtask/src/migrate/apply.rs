@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, bounded};
-use backend::migrations::{AppliedRow, Followed, Status};
+use backend::migrations::{AppliedRow, Followed, MigrationFile, Status};
 use sqlx::migrate::{Migrate, MigrateError};
 
+use super::guard::Verdict;
 use super::one::{Commit, Direction, Lost, Prefix, commits_with_its_row, lost_connection, make_durable, run_one};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
@@ -25,6 +26,8 @@ pub struct FirstRead {
     applied: Vec<AppliedRow>,
     seed_check: Option<Followed>,
     environment: Followed,
+    /// The newest recorded release's name, for prestart (see `crate::release::record`).
+    newest_release: Followed,
     started: Instant,
 }
 
@@ -36,10 +39,15 @@ pub async fn first_read(
     let started = Instant::now();
     let seed_check = seed.map(crate::seed::Ahead::check_sql);
     let environment = crate::environment::read_sql(table);
-    let then: Vec<&str> = seed_check.iter().map(String::as_str).chain([environment.as_str()]).collect();
+    // prestart (the caller with a seed) records releases; after the environment's record, whose
+    // table is there on every database a run has migrated.
+    let newest_release = seed.map(|_| crate::release::record::newest_sql(table));
+    let then: Vec<&str> =
+        seed_check.iter().map(String::as_str).chain([environment.as_str()]).chain(newest_release.as_deref()).collect();
     let (applied, mut followed) = session.read_applied_and(table, &then).await?;
+    let newest_release = if newest_release.is_some() { followed.pop() } else { None }.unwrap_or(Followed::NotRead);
     let environment = followed.pop().unwrap_or(Followed::NotRead);
-    Ok(FirstRead { applied, seed_check: followed.pop(), environment, started })
+    Ok(FirstRead { applied, seed_check: followed.pop(), environment, newest_release, started })
 }
 
 /// Applies pending migrations under the migration lock, which is released on every path. `seed`:
@@ -57,7 +65,7 @@ pub async fn migrate_step(
         None => first_read(session, table, seed.as_deref()).await?,
     };
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
-    let FirstRead { applied, seed_check, environment, started } = first;
+    let FirstRead { applied, seed_check, environment, newest_release, started } = first;
     let status = Status::compare(plan.set, &applied);
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
@@ -80,6 +88,11 @@ pub async fn migrate_step(
             Followed::NotRead => None,
         };
         record_environment(session, plan, applied.is_empty(), recorded).await;
+        let newest = match newest_release {
+            Followed::Rows(rows) => crate::release::record::newest_from_rows(&rows),
+            Followed::Missing | Followed::NotRead => None,
+        };
+        record_release(session, plan, newest.as_deref()).await;
         let total = plan.set.files.len();
         ui::line(match plan.target {
             Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
@@ -114,6 +127,7 @@ pub async fn migrate_step(
         if result.is_ok() {
             // Read again: another run may have recorded since the read above.
             record_environment(session, plan, applied.is_empty(), None).await;
+            record_release(session, plan, None).await;
         }
         lock::release(&mut session.ready.conn, key).await;
         let Err(error) = result else { break };
@@ -237,7 +251,7 @@ async fn revert_under_lock(
     let downs = to_revert(plan, &applied)?;
     let mut ours = Prefix::new(lock::key(&ready.server.database), plan.statement_lock_timeout);
     for down in &downs {
-        run_one(ready, down, ours.for_file(down), plan, db, (Direction::Revert, Commit::Durable)).await?;
+        run_one(ready, down, ours.for_file(down), plan, db, (Direction::Revert, Commit::Durable), None).await?;
     }
     if !downs.is_empty() {
         forget_what_migrations_set(&mut ready.conn).await?;
@@ -289,9 +303,34 @@ async fn apply_pending(
         true => plan.statement_lock_timeout,
         false => lock_timeout_unless_configured(&mut ready.conn, plan.statement_lock_timeout).await?,
     };
+    let guard = match pending.is_empty() {
+        true => None,
+        false => super::guard::prepare(&mut ready.conn, plan).await?,
+    };
     let mut ours = Prefix::new(lock::key(&ready.server.database), statement_lock_timeout);
     let mut deferred = false;
     for (index, file) in pending.iter().enumerate() {
+        if let Some(guard) = &guard
+            && !commits_with_its_row(file)
+        {
+            let before: Vec<&MigrationFile> = plan
+                .set
+                .files
+                .iter()
+                .filter(|f| {
+                    let version = f.migration.version;
+                    applied.iter().any(|row| row.version == version)
+                        || pending[..index].iter().any(|p| p.migration.version == version)
+                })
+                .collect();
+            let verdict = guard.judge_on_throwaway(&mut ready.conn, file, &before, plan.settings).await;
+            if !matches!(verdict, Ok(Verdict::Commit)) && deferred {
+                let _ = make_durable(&mut ready.conn).await;
+            }
+            if let Verdict::Refuse(findings) = verdict? {
+                return Err(super::guard::refused(file, &findings));
+            }
+        }
         let prefix = ours.for_file(file);
         let commit = if index + 1 < pending.len() && prefix.may_defer() && commits_with_its_row(file) {
             deferred = true;
@@ -299,7 +338,7 @@ async fn apply_pending(
         } else {
             Commit::Durable
         };
-        let ran = run_one(ready, file, prefix, plan, db, (Direction::Apply, commit)).await;
+        let ran = run_one(ready, file, prefix, plan, db, (Direction::Apply, commit), guard.as_ref()).await;
         if let Err(error) = ran {
             // What committed before it is made durable before the failure is told; a lost
             // connection leaves that to the server (a crash loses whole migrations with their rows).
@@ -351,6 +390,34 @@ async fn record_environment(
             "could not record ENVIRONMENT in {} ({}): `cargo xtask database drop` and `reset` will refuse this \
              database without --force",
             crate::environment::table_for(&plan.settings.table_name),
+            backend::db::describe_error(&error)
+        )),
+    }
+}
+
+/// Records this release with its queries as the newest (prestart only), unless it is already
+/// the `newest` recorded one: a no-op run of the release deployed last writes nothing. Not
+/// recording only leaves the next release unchecked against this one's queries: a warning.
+async fn record_release(session: &mut Session<'_>, plan: &Plan<'_>, newest: Option<&str>) {
+    let Some(options) = plan.release else { return };
+    if newest == Some(options.this.name.as_str()) {
+        return;
+    }
+    let table = plan.settings.table_name.as_str();
+    let recording =
+        crate::release::record::record(&mut session.ready.conn, table, &options.this.name, &options.this.queries);
+    match bounded(recording).await {
+        Ok(()) => ui::line(format!(
+            "recorded release {} with its {} queries in {}",
+            options.this.name,
+            options.this.queries.len(),
+            crate::release::record::table_for(table)
+        )),
+        Err(error) => ui::warn(format!(
+            "could not record release {} in {} ({}): the next release's migrations will not be checked against its \
+             queries",
+            options.this.name,
+            crate::release::record::table_for(table),
             backend::db::describe_error(&error)
         )),
     }

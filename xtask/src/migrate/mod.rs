@@ -6,6 +6,7 @@ mod apply;
 mod blockers;
 mod control;
 mod explain;
+mod guard;
 mod one;
 mod plan;
 mod status;
@@ -128,6 +129,7 @@ impl MigrateOptions {
             strict: self.strict,
             target: None,
             dry_run: false,
+            release: None,
         }
     }
 }

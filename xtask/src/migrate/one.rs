@@ -29,6 +29,7 @@ use sqlx::postgres::PgConnection;
 use super::blockers::Blockers;
 use super::control::{Control, transaction_control};
 use super::explain::{Left, explain_failure, invalid_indexes_note};
+use super::guard::{Guard, Verdict};
 use super::plan::Plan;
 use crate::exit::{Failure, fail};
 use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
@@ -63,6 +64,7 @@ pub(super) async fn run_one(
     plan: &Plan<'_>,
     db: &DatabaseSettings,
     (direction, commit): (Direction, Commit),
+    guard: Option<&Guard>,
 ) -> anyhow::Result<()> {
     let process = ready.process.pid;
     let key = lock::key(&ready.server.database);
@@ -88,7 +90,7 @@ pub(super) async fn run_one(
     let ran = tokio::select! {
         ran = async {
             match (direction, one_message) {
-                (Direction::Apply, Some((sql, _))) => apply_in_one_message(conn, sql, file.migration.version).await,
+                (Direction::Apply, Some((sql, _))) => apply_in_one_message(conn, sql, file, guard).await,
                 (Direction::Apply, None) if !migration.no_tx => apply_in_its_transaction(conn, table, &migration).await,
                 (Direction::Apply, None) => conn.apply(table, &migration).await,
                 (Direction::Revert, _) => conn.revert(table, &migration).await,
@@ -98,6 +100,10 @@ pub(super) async fn run_one(
     };
     let elapsed = match ran {
         Ok(elapsed) => elapsed,
+        Err(MigrateError::Source(source)) if source.is::<Refusal>() => {
+            let findings = source.downcast::<Refusal>().map(|refusal| refusal.0).unwrap_or_default();
+            return Err(super::guard::refused(file, &findings));
+        }
         Err(error) => return Err(failed(conn, db, file, (direction, offset), &blockers, plan, error).await),
     };
     // Its statements went in a message of their own: if a pooler gave that message another
@@ -210,8 +216,17 @@ async fn apply_in_its_transaction(
 /// row stand or fall together, as under sqlx; a syntax error anywhere rejects the whole message
 /// before anything runs. The COMMIT goes alone, as sqlx sends it: a connection lost before it
 /// leaves nothing committed, and one lost waiting for its answer is read back by the caller.
-async fn apply_in_one_message(conn: &mut PgConnection, sql: String, version: i64) -> Result<Duration, MigrateError> {
+///
+/// With prestart's release check (`guard`), the open transaction is judged between the two: a
+/// migration that breaks the release before is rolled back and refused ([`Refusal`]).
+async fn apply_in_one_message(
+    conn: &mut PgConnection,
+    sql: String,
+    file: &MigrationFile,
+    guard: Option<&Guard>,
+) -> Result<Duration, MigrateError> {
     let start = Instant::now();
+    let version = file.migration.version;
     if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
         if backend::db::lost_to_failover(&error).is_none() {
             // Ends the failed transaction (none is open after a rejected message: a warning).
@@ -219,9 +234,32 @@ async fn apply_in_one_message(conn: &mut PgConnection, sql: String, version: i64
         }
         return Err(MigrateError::ExecuteMigration(error, version));
     }
+    if let Some(guard) = guard {
+        let verdict = guard.judge(conn, file, true).await;
+        if !matches!(verdict, Ok(Verdict::Commit)) {
+            let _ = bounded(sqlx::raw_sql("ROLLBACK").execute(&mut *conn)).await;
+        }
+        match verdict {
+            Ok(Verdict::Commit) => {}
+            Ok(Verdict::Refuse(findings)) => return Err(MigrateError::Source(Box::new(Refusal(findings)))),
+            Err(error) => return Err(MigrateError::Execute(error)),
+        }
+    }
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(MigrateError::Execute)?;
     Ok(start.elapsed())
 }
+
+/// A migration the release check refused, rolled back: what it breaks.
+#[derive(Debug)]
+struct Refusal(Vec<crate::release::Finding>);
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "breaks {} queries of the release before", self.0.len())
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// Makes every commit before it durable: one commit that has a transaction id and waits for the
 /// disk, whatever a migration left `synchronous_commit` at. After a run whose last migration

@@ -24,6 +24,8 @@ pub struct Plan<'a> {
     pub target: Option<i64>,
     /// `--dry-run`: say what would run, change nothing.
     pub dry_run: bool,
+    /// prestart's release check and record (see `crate::release`); `None` for `migrate`.
+    pub release: Option<&'a crate::release::Options>,
 }
 
 impl Plan<'_> {

@@ -1,0 +1,205 @@
+//! prestart's release check on the migrate path: before the first pending migration, the queries
+//! of the release recorded before this one are described on the current schema; each migration
+//! is judged in its own open transaction, after its SQL and its row and before its COMMIT, and a
+//! migration that breaks one of them is rolled back and refused (exit 6). Earlier migrations that
+//! broke nothing have committed, as under sqlx-cli. A file that may end its own transaction, or
+//! runs without one, is judged first on a throwaway copy (see `throwaway_judge`).
+
+use anyhow::anyhow;
+use backend::migrations::MigrationFile;
+use sqlx::postgres::PgConnection;
+
+use super::plan::Plan;
+use crate::exit::{Failure, fail};
+use crate::release::queries::Query;
+use crate::release::rehearse::{Rehearsal, on_throwaway};
+use crate::release::{self, Check, Finding};
+use crate::ui;
+
+/// The check of this run, with what the run knows about it.
+pub(super) struct Guard {
+    check: Check,
+    /// The releases checked against, for a rehearsal on a throwaway copy.
+    releases: Vec<(String, Vec<Query>)>,
+    /// Refuse (any environment but `ENVIRONMENT=local`), or only warn.
+    refuse: bool,
+}
+
+/// The guard for a run with pending migrations: `None` where prestart is not the caller or no
+/// release before this one is recorded.
+pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<Option<Guard>> {
+    let Some(options) = plan.release else { return Ok(None) };
+    let table = plan.settings.table_name.as_str();
+    let recorded = release::record::all(conn, table).await.map_err(|e| fail(Failure::Migration, e))?;
+    for name in &options.compatible_with {
+        if !recorded.iter().any(|r| &r.name == name) {
+            let known: Vec<&str> = recorded.iter().map(|r| r.name.as_str()).collect();
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "--compatible-with {name}: no release of that name is recorded in {} (recorded: {}); nothing was \
+                     applied",
+                    release::record::table_for(table),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            ));
+        }
+    }
+    let previous = release::record::previous(&recorded, &options.this.name, &options.compatible_with);
+    if previous.is_empty() {
+        ui::line(format!(
+            "release {}: no earlier release is recorded, so no running release's queries to check the migrations against",
+            options.this.name
+        ));
+        return Ok(None);
+    }
+    let releases: Vec<(&str, &[release::queries::Query])> =
+        previous.iter().map(|r| (r.name.as_str(), r.queries.as_slice())).collect();
+    let check = Check::prepare(conn, &releases).await.map_err(|e| fail(Failure::Migration, e))?;
+    let (total, failing) = check.counts();
+    let names: Vec<String> =
+        previous.iter().map(|r| format!("{} (last deployed {})", r.name, r.last_deployed)).collect();
+    let failing = match failing {
+        0 => String::new(),
+        n => format!("; {n} of them fail on the current schema already and are not counted"),
+    };
+    ui::line(format!(
+        "release {}: checking each migration against the {total} queries of release {}{failing}",
+        options.this.name,
+        names.join(", ")
+    ));
+    let releases = previous.iter().map(|r| (r.name.clone(), r.queries.clone())).collect();
+    Ok(Some(Guard { check, releases, refuse: options.refuse }))
+}
+
+/// What the judge says of one migration.
+pub(super) enum Verdict {
+    Commit,
+    /// Roll back and refuse, with what it breaks.
+    Refuse(Vec<Finding>),
+}
+
+impl Guard {
+    /// Judges `file` on the schema `conn` sees (its open transaction, or a throwaway where it ran).
+    pub(super) async fn judge(
+        &self,
+        conn: &mut PgConnection,
+        file: &MigrationFile,
+        in_transaction: bool,
+    ) -> Result<Verdict, sqlx::Error> {
+        let findings = self.check.findings(conn, in_transaction).await?;
+        Ok(self.verdict(file, findings))
+    }
+
+    /// Judges a file that cannot be judged in its own transaction (`-- no-transaction`, or SQL
+    /// that may end it) before it runs: on a throwaway copy of the schema built from `applied`,
+    /// never on the target. Where no copy can be made, it is refused (or only said, where the
+    /// guard does not refuse), unless it only adds what no query notices.
+    pub(super) async fn judge_on_throwaway(
+        &self,
+        conn: &mut PgConnection,
+        file: &MigrationFile,
+        applied: &[&MigrationFile],
+        settings: &backend::migrations::MigrationSettings,
+    ) -> anyhow::Result<Verdict> {
+        if release::cannot_break(file.migration.sql.as_str()) {
+            return Ok(Verdict::Commit);
+        }
+        ui::line(format!(
+            "{}: checked on a throwaway copy of the schema first (it runs outside one transaction)",
+            file.name()
+        ));
+        let (roles, major) = live_roles_and_major(conn).await.map_err(|e| fail(Failure::Migration, e))?;
+        let releases: Vec<(&str, &[Query])> = self.releases.iter().map(|(n, q)| (n.as_str(), q.as_slice())).collect();
+        let rehearsal = Rehearsal { applied, pending: std::slice::from_ref(&file), settings, roles: &roles, major };
+        match on_throwaway(&rehearsal, &releases).await? {
+            Ok(mut findings) => Ok(self.verdict(file, findings.pop().unwrap_or_default())),
+            Err(why) if self.refuse && !release::is_contract(file.migration.sql.as_str()) => Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "{} runs outside one transaction, so it is checked against the release before on a throwaway copy \
+                     first, and none could be made: {why}; nothing of it was applied\n  fix: run prestart where \
+                     PostgreSQL's server binaries are installed, or check it in CI (cargo xtask lint-migrations \
+                     --against <deployed ref>) and mark its leading comments `-- prestart: contract`",
+                    file.name()
+                ),
+            )),
+            Err(why) => {
+                ui::warn(format!("{}: not checked against the release before: {why}", file.name()));
+                Ok(Verdict::Commit)
+            }
+        }
+    }
+
+    fn verdict(&self, file: &MigrationFile, findings: Vec<Finding>) -> Verdict {
+        let (breaking, reported): (Vec<Finding>, Vec<Finding>) = findings.into_iter().partition(|f| f.change.breaks());
+        for line in release::lines(&reported) {
+            ui::warn(format!("{}: {line} (reported, not refused: read it as nullable first)", file.name()));
+        }
+        if breaking.is_empty() {
+            return Verdict::Commit;
+        }
+        if release::is_contract(file.migration.sql.as_str()) {
+            ui::warn(format!(
+                "{} is a contract step (`-- prestart: contract`): applied although it breaks {} of the release before: {}",
+                file.name(),
+                count(breaking.len()),
+                release::lines(&breaking).join("; ")
+            ));
+            return Verdict::Commit;
+        }
+        if !self.refuse {
+            ui::warn(format!(
+                "{} breaks {} of the release before (applied: ENVIRONMENT=local; any other environment refuses it): {}",
+                file.name(),
+                count(breaking.len()),
+                release::lines(&breaking).join("; ")
+            ));
+            return Verdict::Commit;
+        }
+        Verdict::Refuse(breaking)
+    }
+}
+
+/// The live server's roles (by name: grants and owners name them) and its major version.
+async fn live_roles_and_major(conn: &mut PgConnection) -> Result<(Vec<String>, Option<u32>), sqlx::Error> {
+    let roles: Vec<String> = backend::db::bounded(
+        sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
+            .persistent(false)
+            .fetch_all(&mut *conn),
+    )
+    .await?;
+    let version: i32 = backend::db::bounded(
+        sqlx::query_scalar("SELECT pg_catalog.current_setting('server_version_num')::int4")
+            .persistent(false)
+            .fetch_one(&mut *conn),
+    )
+    .await?;
+    Ok((roles, u32::try_from(version / 10000).ok()))
+}
+
+fn count(n: usize) -> String {
+    if n == 1 { "1 query".to_owned() } else { format!("{n} queries") }
+}
+
+/// The refusal of `file`, for the run's output and exit 6.
+pub(super) fn refused(file: &MigrationFile, findings: &[Finding]) -> anyhow::Error {
+    let mut releases: Vec<&str> = findings.iter().map(|f| f.release.as_str()).collect();
+    releases.dedup();
+    let mut text = format!(
+        "{} would break {} of release {}, which may still be serving (a rolling update) or serve again (a \
+         rollback): refused: nothing of it was applied",
+        file.name(),
+        count(findings.len()),
+        releases.join(", ")
+    );
+    for line in release::lines(findings) {
+        text.push_str(&format!("\n  {line}"));
+    }
+    text.push_str(
+        "\n  fix: make the change in steps a release apart (expand, then contract: docs/releases.md has the recipes for \
+         a rename, a type change, a required column and a drop); once no release that runs these queries serves any \
+         more, mark the file's leading comments with `-- prestart: contract`",
+    );
+    fail(Failure::Migration, anyhow!(text))
+}

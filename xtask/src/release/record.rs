@@ -1,0 +1,117 @@
+//! The releases a database has served, recorded in the database itself beside the migrations
+//! table (whose format stays sqlx's): each one's name, when it was first and last deployed, and
+//! its queries. The newest ten are kept. The next release's migrations are checked against the
+//! queries of the one recorded before it, which may still be serving (a rolling update) or serve
+//! again (a rollback).
+
+use sqlx::postgres::PgConnection;
+
+use super::queries::Query;
+
+/// The table's name, in the schema of the migrations table.
+pub const TABLE: &str = "_prestart_releases";
+
+/// How many releases the record keeps.
+pub const KEPT: i64 = 10;
+
+/// The record's table for the migrations table `migrations_table` (which may be qualified).
+pub fn table_for(migrations_table: &str) -> String {
+    match migrations_table.rsplit_once('.') {
+        Some((schema, _)) => format!("{schema}.{TABLE}"),
+        None => TABLE.to_owned(),
+    }
+}
+
+/// A release as recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub name: String,
+    /// As the server prints them (RFC 3339, seconds).
+    pub first_deployed: String,
+    pub last_deployed: String,
+    pub queries: Vec<Query>,
+}
+
+/// The `SELECT` of the newest recorded release's name, for the first read's message (the no-op
+/// run learns from it whether this release is recorded already, in no round trip of its own).
+pub fn newest_sql(migrations_table: &str) -> String {
+    format!("SELECT name FROM {} ORDER BY last_deployed DESC, name LIMIT 1", table_for(migrations_table))
+}
+
+/// The name in the rows of [`newest_sql`].
+pub fn newest_from_rows(rows: &[sqlx::postgres::PgRow]) -> Option<String> {
+    rows.first().and_then(|row| sqlx::Row::try_get::<String, _>(row, 0).ok())
+}
+
+/// Every recorded release, newest first; none where the table is missing.
+pub async fn all(conn: &mut PgConnection, migrations_table: &str) -> Result<Vec<Recorded>, sqlx::Error> {
+    let sql = format!(
+        "SELECT name, pg_catalog.to_char(first_deployed AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         pg_catalog.to_char(last_deployed AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), queries::text \
+         FROM {} ORDER BY last_deployed DESC, name",
+        table_for(migrations_table)
+    );
+    let rows = match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *conn).await {
+        Ok(rows) => rows,
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42P01") => {
+            return Ok(vec![]);
+        }
+        Err(error) => return Err(error),
+    };
+    rows.iter()
+        .map(|row| {
+            use sqlx::Row as _;
+            let queries: String = row.try_get(3)?;
+            Ok(Recorded {
+                name: row.try_get(0)?,
+                first_deployed: row.try_get(1)?,
+                last_deployed: row.try_get(2)?,
+                // A record this version cannot read is checked as one with no queries.
+                queries: serde_json::from_str(&queries).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The releases to check a migration against: those named, or else the newest recorded one that
+/// is not `this`. A name that is not recorded is said by the caller.
+pub fn previous<'a>(recorded: &'a [Recorded], this: &str, named: &[String]) -> Vec<&'a Recorded> {
+    if named.is_empty() {
+        return recorded.iter().find(|r| r.name != this).into_iter().collect();
+    }
+    recorded.iter().filter(|r| named.contains(&r.name)).collect()
+}
+
+/// Records `name` with its queries as the newest release, and forgets all but the newest
+/// [`KEPT`]. The table is made where it is missing (COMMENT takes its owner, which a later run's
+/// role may not be). One simple query under the bounds of our reads.
+pub async fn record(
+    conn: &mut PgConnection,
+    migrations_table: &str,
+    name: &str,
+    queries: &[Query],
+) -> Result<(), sqlx::Error> {
+    let table = table_for(migrations_table);
+    let quoted_table = format!("'{}'", table.replace('\'', "''"));
+    let queries = serde_json::to_string(queries).unwrap_or_else(|_| "[]".to_owned());
+    let sql = format!(
+        "{bound}SET LOCAL lock_timeout = {lock};\n\
+         DO $prestart$ BEGIN IF pg_catalog.to_regclass({quoted_table}) IS NULL THEN\n\
+             CREATE TABLE {table} (\n\
+                 name text PRIMARY KEY,\n\
+                 first_deployed timestamptz NOT NULL DEFAULT now(),\n\
+                 last_deployed timestamptz NOT NULL DEFAULT now(),\n\
+                 queries jsonb NOT NULL\n\
+             );\n\
+             COMMENT ON TABLE {table} IS 'The releases prestart migrated this database for, with their queries: the next release''s migrations are checked against them (docs/releases.md)';\n\
+         END IF; END $prestart$;\n\
+         INSERT INTO {table} (name, queries) VALUES ({name}, {queries}::jsonb) ON CONFLICT (name) DO UPDATE \
+         SET last_deployed = pg_catalog.clock_timestamp(), queries = EXCLUDED.queries;\n\
+         DELETE FROM {table} WHERE name NOT IN (SELECT name FROM {table} ORDER BY last_deployed DESC, name LIMIT {KEPT})",
+        bound = backend::db::server_side_bound(),
+        lock = backend::migrations::TABLE_LOCK_WAIT.as_millis(),
+        name = backend::db::dollar_quoted(name),
+        queries = backend::db::dollar_quoted(&queries),
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| ())
+}

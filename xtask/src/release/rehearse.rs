@@ -1,0 +1,113 @@
+//! The release check on a throwaway copy of the schema: the applied migrations built in a
+//! throwaway cluster on this machine, a release's queries described there, then each pending
+//! migration applied and the queries described again. What prestart does for a file it cannot
+//! judge inside its own transaction (`-- no-transaction`, or one that may end its transaction),
+//! and what `lint-migrations --against` does offline. The server being deployed to runs nothing.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use backend::db::bounded;
+use backend::migrations::{MigrationFile, MigrationSettings};
+use sqlx::migrate::Migrate as _;
+
+use super::queries::Query;
+use super::{Check, Finding};
+use crate::throwaway::{Binaries, LocalCluster};
+
+/// How long building and checking may take; the throwaway holds no rows, only DDL.
+const REHEARSAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to rehearse.
+pub struct Rehearsal<'a> {
+    /// The migrations the schema has, in order.
+    pub applied: &'a [&'a MigrationFile],
+    /// The migrations to check, in order: each is judged against the schema before the first.
+    pub pending: &'a [&'a MigrationFile],
+    pub settings: &'a MigrationSettings,
+    /// The roles the migrations may grant to or own objects as (the live server's, by name).
+    pub roles: &'a [String],
+    /// The live server's major version, to pick the same binaries where installed.
+    pub major: Option<u32>,
+}
+
+/// The findings of each pending migration, by its position in `pending`; `Err(why)` where no
+/// throwaway could be made or the schema could not be built there.
+pub async fn on_throwaway(
+    rehearsal: &Rehearsal<'_>,
+    releases: &[(&str, &[Query])],
+) -> anyhow::Result<Result<Vec<Vec<Finding>>, String>> {
+    let Some(bin) = Binaries::find(rehearsal.major) else {
+        return Ok(Err("this machine has no PostgreSQL server binaries for a throwaway cluster \
+                       (apt-get install postgresql, brew install postgresql@17)"
+            .to_owned()));
+    };
+    let files = rehearsal.applied.iter().chain(rehearsal.pending).copied();
+    if let Err(refused) = crate::replay::refuse_reaching_out(files, "the release check") {
+        return Ok(Err(refused));
+    }
+    let cluster = match LocalCluster::start(bin).await {
+        Ok(cluster) => cluster,
+        Err(error) => return Ok(Err(format!("cannot start a throwaway cluster on this machine: {error:#}"))),
+    };
+    let result = tokio::time::timeout(REHEARSAL_TIMEOUT, run(&cluster, rehearsal, releases)).await;
+    cluster.stop().await;
+    match result {
+        Ok(Ok(findings)) => Ok(Ok(findings)),
+        Ok(Err(error)) => Ok(Err(format!("in a throwaway cluster: {error:#}"))),
+        Err(_) => Ok(Err(format!("the rehearsal took more than {} s", REHEARSAL_TIMEOUT.as_secs()))),
+    }
+}
+
+async fn run(
+    cluster: &LocalCluster,
+    rehearsal: &Rehearsal<'_>,
+    releases: &[(&str, &[Query])],
+) -> anyhow::Result<Vec<Vec<Finding>>> {
+    let connect = async |database: &str| {
+        let settings = cluster.settings(database)?;
+        backend::db::connect_once(&settings, "prestart-release-check", backend::db::ATTEMPT_TIMEOUT)
+            .await
+            .map_err(|e| anyhow!("cannot connect to the throwaway cluster: {e}"))
+    };
+    let mut admin = connect("postgres").await?;
+    let mut setup = String::new();
+    for role in rehearsal.roles {
+        let literal = role.replace('\'', "''");
+        let ident = role.replace('"', "\"\"");
+        setup.push_str(&format!(
+            "DO $r$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{literal}') THEN CREATE ROLE \
+             \"{ident}\"; END IF; END $r$;\n"
+        ));
+    }
+    if !setup.is_empty() {
+        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut admin.conn)).await?;
+    }
+    // Alone: CREATE DATABASE refuses the implicit transaction of a message with more.
+    bounded(sqlx::raw_sql("CREATE DATABASE prestart_release_check").execute(&mut admin.conn)).await?;
+    let mut ready = connect("prestart_release_check").await?;
+    let conn = &mut ready.conn;
+    let table = rehearsal.settings.table_name.as_str();
+    for schema in &rehearsal.settings.create_schemas {
+        conn.create_schema_if_not_exists(schema).await?;
+    }
+    conn.ensure_migrations_table(table).await?;
+    for file in rehearsal.applied {
+        conn.apply(table, &file.migration)
+            .await
+            .with_context(|| format!("{} fails on an empty database, so the schema cannot be built", file.name()))?;
+    }
+    let check = Check::prepare(conn, releases).await?;
+    let mut findings = Vec::with_capacity(rehearsal.pending.len());
+    // Each file is told what it breaks first; what an earlier file broke stays broken after it.
+    let mut told: Vec<Finding> = Vec::new();
+    for file in rehearsal.pending {
+        conn.apply(table, &file.migration).await.with_context(|| format!("{} fails", file.name()))?;
+        // What the file left in the session (a SET) is not what the release's connections see.
+        sqlx::raw_sql("SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE").execute(&mut *conn).await?;
+        let new: Vec<Finding> = check.findings(conn, false).await?.into_iter().filter(|f| !told.contains(f)).collect();
+        told.extend(new.iter().cloned());
+        findings.push(new);
+    }
+    Ok(findings)
+}

@@ -140,7 +140,7 @@ fn read_text(path: &Path) -> std::io::Result<String> {
 }
 
 /// The forward migrations of one source, in version order, and the down files that revert them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MigrationSet {
     pub files: Vec<MigrationFile>,
     /// `<version>_<name>.down.sql`, by version.

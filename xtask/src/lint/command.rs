@@ -9,7 +9,9 @@ use backend::migrations::{MigrationFile, MigrationSet};
 use xshell::{Shell, cmd};
 
 use super::facts::Facts;
+use super::breaks_previous_release::Previous;
 use super::report::{self, Format};
+use super::rules::{Own, RuleId};
 use super::{Config, Engine, Outcome};
 use crate::context::{SettingsArgs, SourceArgs, display_path};
 use crate::exit::{Failure, fail};
@@ -35,6 +37,17 @@ pub struct Args {
     /// Print every rule and whether it is on (with this folder's .squawk.toml), then exit
     #[arg(long)]
     list_rules: bool,
+    /// Check the migrations added since REF (a git ref of the deployed release) against REF's
+    /// queries (its .sqlx), on a throwaway copy of the schema REF's migrations build
+    /// (breaks-previous-release)
+    #[arg(long, value_name = "REF", conflicts_with = "all")]
+    against: Option<String>,
+    /// Check the selected migrations against the queries of another build's .sqlx folder
+    #[arg(long, value_name = "DIR", conflicts_with = "against")]
+    previous_queries: Option<PathBuf>,
+    /// Where the queries live in the repository, for --against (sqlx's default: .sqlx at the root)
+    #[arg(long, value_name = "PATH", default_value = ".sqlx")]
+    sqlx_dir: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -51,10 +64,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // --all checks the files, not a deploy: no database is asked (it may not even be this project's).
     let database =
         if args.all { Err("--all checks every file".to_owned()) } else { ask_database(&args, &settings.table_name) };
-    let (selected, basis) = if args.all {
-        (set.files.iter().map(|f| f.migration.version).collect(), "every migration (--all)".to_owned())
-    } else {
-        select(&database, &set, &root, &dir)
+    let previous = match (&args.against, &args.previous_queries) {
+        (Some(reference), _) => {
+            Some(Previous::from_git(&root, reference, &dir, &root.join(&args.sqlx_dir), &settings)?)
+        }
+        (None, Some(queries)) => Some(Previous::from_dir(queries)?),
+        (None, None) => None,
+    };
+    let (selected, basis): (BTreeSet<i64>, String) = match previous.as_ref().and_then(Previous::versions) {
+        Some(theirs) => (
+            set.files.iter().map(|f| f.migration.version).filter(|v| !theirs.contains(v)).collect(),
+            format!("the ones added since {}", args.against.as_deref().unwrap_or_default()),
+        ),
+        None if args.all => {
+            (set.files.iter().map(|f| f.migration.version).collect(), "every migration (--all)".to_owned())
+        }
+        None => select(&database, &set, &root, &dir),
     };
     let facts = database.as_ref().ok().and_then(|(_, facts)| facts.as_ref());
     ui::step(format!("lint {} of {} migrations in {}: {basis}", selected.len(), set.files.len(), display_path(&dir)));
@@ -65,6 +90,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ui::line(format!("with the database's facts: PostgreSQL {}, its table sizes", facts.version_text));
     }
     let mut outcome = lint_set(&set, &config, facts, |file| selected.contains(&file.migration.version), !args.all);
+    if let Some(previous) = &previous
+        && config.enabled.contains(&RuleId::Own(Own::BreaksPreviousRelease))
+    {
+        let (pending, applied): (Vec<&MigrationFile>, Vec<&MigrationFile>) =
+            set.files.iter().partition(|f| selected.contains(&f.migration.version));
+        let roles = facts.map(|f| f.roles.as_slice()).unwrap_or_default();
+        outcome.findings.extend(super::breaks_previous_release::check(previous, &applied, &pending, &settings, roles)?);
+    }
     outcome.rank();
     if outcome.moot_lock_timeout > 0 {
         ui::line(format!(

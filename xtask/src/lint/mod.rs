@@ -9,6 +9,7 @@
 //! lines) exempts it from that rule.
 
 mod adding_exclude_constraint;
+mod breaks_previous_release;
 mod config;
 pub mod facts;
 mod history;

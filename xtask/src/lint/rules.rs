@@ -17,6 +17,9 @@ pub enum Own {
     UnparsedStatement,
     /// An EXCLUDE constraint added to a table that exists: its index is built under the lock.
     AddingExcludeConstraint,
+    /// A query of the release before (its `.sqlx`) no longer prepares, or reads another type,
+    /// once the migration ran (`--against`, `--previous-queries`): measured, not guessed.
+    BreaksPreviousRelease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +49,7 @@ impl RuleId {
             RuleId::Own(Own::NeedsNoTransaction | Own::NoTransactionSingleStatement) => Kind::Transaction,
             RuleId::Own(Own::UnparsedStatement) => Kind::Correctness,
             RuleId::Own(Own::AddingExcludeConstraint) => Kind::Locking,
+            RuleId::Own(Own::BreaksPreviousRelease) => Kind::Breaking,
             RuleId::Squawk(rule) => squawk_kind(rule),
         }
     }
@@ -68,6 +72,10 @@ impl RuleId {
 
     /// The file a finding of this rule fails, or lets through.
     pub fn severity(self) -> Severity {
+        if self == RuleId::Own(Own::BreaksPreviousRelease) {
+            // Not a risk by rule: a query of the release before was seen to break.
+            return Severity::Error;
+        }
         match self.kind() {
             Kind::Transaction | Kind::Correctness => Severity::Error,
             _ => Severity::Warning,
@@ -81,6 +89,7 @@ impl RuleId {
             "no-transaction-single-statement" => RuleId::Own(Own::NoTransactionSingleStatement),
             "unparsed-statement" => RuleId::Own(Own::UnparsedStatement),
             "adding-exclude-constraint" => RuleId::Own(Own::AddingExcludeConstraint),
+            "breaks-previous-release" => RuleId::Own(Own::BreaksPreviousRelease),
             _ => RuleId::Squawk(name.parse().ok()?),
         })
     }
@@ -92,6 +101,7 @@ impl RuleId {
             Own::NoTransactionSingleStatement,
             Own::UnparsedStatement,
             Own::AddingExcludeConstraint,
+            Own::BreaksPreviousRelease,
         ]
         .into_iter()
         .map(RuleId::Own)
@@ -107,6 +117,7 @@ impl fmt::Display for RuleId {
             RuleId::Own(Own::NoTransactionSingleStatement) => f.write_str("no-transaction-single-statement"),
             RuleId::Own(Own::UnparsedStatement) => f.write_str("unparsed-statement"),
             RuleId::Own(Own::AddingExcludeConstraint) => f.write_str("adding-exclude-constraint"),
+            RuleId::Own(Own::BreaksPreviousRelease) => f.write_str("breaks-previous-release"),
         }
     }
 }

@@ -296,9 +296,10 @@ impl Cluster {
     /// states.
     pub fn dump(&self, database: &str) -> String {
         let mut command = server_command("pg_dump");
-        // prestart's record of the environment is its own bookkeeping, beside sqlx's table, and
-        // holds when it was recorded: no part of a state to compare (with sqlx-cli's, say).
-        command.args(["--exclude-table=_prestart_environment", "-h"]).arg(self.dir.path());
+        // prestart's records of the environment and the releases are its own bookkeeping, beside
+        // sqlx's table, and hold when they were recorded: no part of a state to compare (with sqlx-cli's, say).
+        command.args(["--exclude-table=_prestart_environment", "--exclude-table=_prestart_releases", "-h"]);
+        command.arg(self.dir.path());
         command.args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
         let dump = run_ok(&mut command);
         // pg_dump 15.14 and later print a random `\restrict` key on every run.
@@ -308,11 +309,16 @@ impl Cluster {
             .join("\n")
     }
 
-    /// `pg_dump --schema-only`, without prestart's own table (`_prestart_environment`, in any
-    /// schema): the schema two tools must agree on.
+    /// `pg_dump --schema-only`, without prestart's own tables (`_prestart_environment` and
+    /// `_prestart_releases`, in any schema): the schema two tools must agree on.
     pub fn schema(&self, database: &str) -> String {
         let mut command = server_command("pg_dump");
-        command.args(["--schema-only", "--exclude-table=*._prestart_environment", "-h"]).arg(self.dir.path());
+        command.args([
+            "--schema-only",
+            "--exclude-table=*._prestart_environment",
+            "--exclude-table=*._prestart_releases",
+        ]);
+        command.arg("-h").arg(self.dir.path());
         command.args(["-p", &self.port.to_string(), "-U", SUPERUSER, database]);
         run_ok(&mut command)
             .lines()

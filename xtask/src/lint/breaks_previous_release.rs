@@ -32,13 +32,23 @@ pub struct Previous {
 
 impl Previous {
     /// REF's migrations folder and `.sqlx` (at `sqlx_dir` within the repository), from git.
-    pub fn from_git(root: &Path, reference: &str, dir: &Path, sqlx_dir: &Path, settings: &MigrationSettings) -> anyhow::Result<Previous> {
+    pub fn from_git(
+        root: &Path,
+        reference: &str,
+        dir: &Path,
+        sqlx_dir: &Path,
+        settings: &MigrationSettings,
+    ) -> anyhow::Result<Previous> {
         let sh = Shell::new()?;
         let _root = sh.push_dir(root);
         let spec = format!("{reference}^{{commit}}");
-        let commit = cmd!(sh, "git rev-parse --verify --quiet {spec}").quiet().ignore_stderr().read().map_err(|_| {
-            fail(Failure::Config, anyhow!("--against {reference}: not a commit of the git repository at {}", root.display()))
-        })?;
+        let commit =
+            cmd!(sh, "git rev-parse --verify --quiet {spec}").quiet().ignore_stderr().read().map_err(|_| {
+                fail(
+                    Failure::Config,
+                    anyhow!("--against {reference}: not a commit of the git repository at {}", root.display()),
+                )
+            })?;
         let relative =
             |path: &Path| path.strip_prefix(root).map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf());
         let (migrations_rel, sqlx_rel) = (relative(dir), relative(sqlx_dir));

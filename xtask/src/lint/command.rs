@@ -8,8 +8,8 @@ use anyhow::anyhow;
 use backend::migrations::{MigrationFile, MigrationSet};
 use xshell::{Shell, cmd};
 
-use super::facts::Facts;
 use super::breaks_previous_release::Previous;
+use super::facts::Facts;
 use super::report::{self, Format};
 use super::rules::{Own, RuleId};
 use super::{Config, Engine, Outcome};

@@ -67,17 +67,23 @@ pub fn is_contract(sql: &str) -> bool {
 }
 
 /// Whether every statement of `sql` only adds what no query can notice (an index, statistics, a
-/// comment): a `-- no-transaction` file of `CREATE INDEX CONCURRENTLY` needs no rehearsal. SQL
+/// comment, an enum value): a `-- no-transaction` file of `CREATE INDEX CONCURRENTLY` needs no
+/// rehearsal. SQL
 /// the parser cannot read may do anything.
 pub fn cannot_break(sql: &str) -> bool {
     use squawk_syntax::ast::Stmt;
     let parse = squawk_syntax::SourceFile::parse(sql);
     parse.errors().is_empty()
-        && parse.tree().stmts().all(|statement| {
-            matches!(
-                statement,
-                Stmt::CreateIndex(_) | Stmt::Analyze(_) | Stmt::Vacuum(_) | Stmt::Reindex(_) | Stmt::CommentOn(_)
-            )
+        && parse.tree().stmts().all(|statement| match statement {
+            Stmt::CreateIndex(_) | Stmt::Analyze(_) | Stmt::Vacuum(_) | Stmt::Reindex(_) | Stmt::CommentOn(_) => true,
+            // A new enum value: what PostgreSQL before 12 refuses in a transaction block.
+            Stmt::AlterType(alter) => {
+                use squawk_syntax::ast::AstNode as _;
+                let words: Vec<String> =
+                    alter.syntax().text().to_string().split_whitespace().map(str::to_ascii_uppercase).collect();
+                words.windows(2).any(|pair| pair == ["ADD", "VALUE"]) && !words.iter().any(|w| w == "RENAME")
+            }
+            _ => false,
         })
 }
 
@@ -144,6 +150,8 @@ mod tests {
             "CREATE INDEX CONCURRENTLY i ON jobs (kind);\nALTER TABLE jobs RENAME kind TO k;"
         ));
         assert!(!super::cannot_break("DROP INDEX CONCURRENTLY users_email_key;"));
+        assert!(super::cannot_break("ALTER TYPE job_status ADD VALUE IF NOT EXISTS 'paused';"));
+        assert!(!super::cannot_break("ALTER TYPE job_status RENAME VALUE 'queued' TO 'waiting';"));
     }
 
     #[test]

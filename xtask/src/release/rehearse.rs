@@ -102,7 +102,16 @@ async fn run(
     // Each file is told what it breaks first; what an earlier file broke stays broken after it.
     let mut told: Vec<Finding> = Vec::new();
     for file in rehearsal.pending {
-        conn.apply(table, &file.migration).await.with_context(|| format!("{} fails", file.name()))?;
+        // A file that fails here is judged on what it left (a file outside one transaction keeps
+        // its first statements): run for real, it fails the same way, with sqlx-cli's result.
+        if let Err(error) = conn.apply(table, &file.migration).await {
+            crate::ui::line(format!(
+                "{} fails on the throwaway copy too ({}): judged on what it left there",
+                file.name(),
+                crate::migrate::describe_failure(&error, file)
+            ));
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        }
         // What the file left in the session (a SET) is not what the release's connections see.
         sqlx::raw_sql("SET SESSION AUTHORIZATION DEFAULT; RESET ALL; RESET ROLE").execute(&mut *conn).await?;
         let new: Vec<Finding> = check.findings(conn, false).await?.into_iter().filter(|f| !told.contains(f)).collect();

@@ -76,11 +76,12 @@ pub struct Object {
 }
 
 /// Every object of the schema as (kind, name) → its definition, outside the system schemas, the
-/// objects of extensions, sqlx's own table and prestart's `_prestart_environment`.
+/// objects of extensions, sqlx's own table and prestart's `_prestart_environment` and
+/// `_prestart_releases`.
 pub type Snapshot = BTreeMap<(String, String), Object>;
 
 /// The catalog read, one query. `$1` is the migrations table (its oid, or NULL): it stays out, and
-/// so does `_prestart_environment` in `public` or in the migrations table's schema, with their
+/// so do `_prestart_environment` and `_prestart_releases` in `public` or in the migrations table's schema, with their
 /// indexes and sequences. The migrations table's owner, the role that ran the migrations, is named
 /// `<migrator>` in owners, grants and policies: the expected database is built by whoever runs
 /// drift, the live one by the role that migrated it. In grants, the object's own owner is `<owner>`, so an `OWNER TO`
@@ -132,7 +133,7 @@ WITH ns AS (
 ), excluded AS (
     SELECT c.oid FROM pg_catalog.pg_class c
     WHERE c.oid = $1
-       OR c.relname = '_prestart_environment'
+       OR c.relname IN ('_prestart_environment', '_prestart_releases')
           AND (c.relnamespace = (SELECT p.oid FROM pg_catalog.pg_namespace p WHERE p.nspname = 'public')
                OR c.relnamespace = (SELECT m.relnamespace FROM pg_catalog.pg_class m WHERE m.oid = $1))
 ), roles AS (

@@ -134,6 +134,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         "migrations.environment",
         "migrations.drift",
         "migrations.rehearsal",
+        "migrations.releases",
     ];
     let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
         for id in ids {
@@ -334,6 +335,8 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
             ),
         })
     });
+
+    super::releases::run(doctor, inputs, &mut conn, (set, settings), &status).await;
 }
 
 /// A multi-line report (detail, hint) on the report's one line.

@@ -11,6 +11,7 @@ mod hba;
 mod location;
 mod migrations;
 mod postgres;
+mod releases;
 mod render;
 
 use std::future::Future;

@@ -120,3 +120,20 @@ async fn run(
     }
     Ok(findings)
 }
+
+/// The live server's roles (by name: grants and owners name them) and its major version.
+pub async fn live_roles_and_major(conn: &mut sqlx::PgConnection) -> Result<(Vec<String>, Option<u32>), sqlx::Error> {
+    let roles: Vec<String> = backend::db::bounded(
+        sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' ORDER BY 1")
+            .persistent(false)
+            .fetch_all(&mut *conn),
+    )
+    .await?;
+    let version: i32 = backend::db::bounded(
+        sqlx::query_scalar("SELECT pg_catalog.current_setting('server_version_num')::int4")
+            .persistent(false)
+            .fetch_one(&mut *conn),
+    )
+    .await?;
+    Ok((roles, u32::try_from(version / 10000).ok()))
+}

@@ -186,3 +186,29 @@ fn lint_migrations_against_a_git_ref_reports_a_rename() {
     project.write("migrations/20990101000000_note.sql", "ALTER TABLE jobs ADD COLUMN note text;\n");
     lint("text").assert_code(0);
 }
+
+#[test]
+fn statements_of_other_clients_in_pg_stat_statements_are_checked_too() {
+    let cluster = Cluster::stopped();
+    cluster.write_conf("shared_preload_libraries = 'pg_stat_statements'");
+    cluster.start();
+    cluster.create_database("statements");
+    let env = cluster.env("statements");
+    let migrations = Migrations::workspace();
+    migrations.write("20990101000000_reports.sql", "CREATE TABLE reports (id int PRIMARY KEY, title text);\n");
+    // Without the extension in the database, the run says so and goes on.
+    prestart("v1", &env, &migrations).assert_code(0).assert_stderr_contains("pg_stat_statements is not installed");
+    cluster.psql("statements", "CREATE EXTENSION pg_stat_statements");
+    // A reporting service that is no release of ours, with a query built at run time.
+    cluster.psql("statements", "SELECT title FROM reports WHERE id = 7");
+    migrations.write("20990102000000_rename.sql", "ALTER TABLE reports RENAME COLUMN title TO name;\n");
+    prestart("v2", &env, &migrations)
+        .assert_code(6)
+        .assert_stderr_contains("statements of this database's clients to check too")
+        .assert_stderr_contains("of pg_stat_statements")
+        .assert_stderr_contains("`SELECT title FROM reports WHERE id = $1`: no longer prepares");
+    assert_eq!(
+        cluster.psql("statements", "SELECT count(*) FROM information_schema.columns WHERE column_name = 'title'"),
+        "1"
+    );
+}

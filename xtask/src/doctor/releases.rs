@@ -57,7 +57,8 @@ pub async fn run(
                 .collect();
             let (roles, major) = live_roles_and_major(conn).await?;
             let rehearsal = Rehearsal { applied: &applied, pending: &pending, settings, roles: &roles, major };
-            let releases = [(previous.name.as_str(), previous.queries.as_slice())];
+            let label = format!("release {}", previous.name);
+            let releases = [(label.as_str(), previous.queries.as_slice())];
             let findings = match on_throwaway(&rehearsal, &releases).await? {
                 Ok(findings) => findings,
                 Err(why) => {

@@ -46,31 +46,53 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
         }
     }
     let previous = release::record::previous(&recorded, &options.this.name, &options.compatible_with);
+    let mut sources: Vec<(String, Vec<Query>)> =
+        previous.iter().map(|r| (format!("release {}", r.name), r.queries.clone())).collect();
+    let known: Vec<&Query> = previous.iter().flat_map(|r| r.queries.iter()).collect();
+    match release::statements::read(conn, &known).await.map_err(|e| fail(Failure::Migration, e))? {
+        release::statements::Statements::Read(statements, limited) => {
+            ui::line(format!(
+                "pg_stat_statements: {} statements of this database's clients to check too{}",
+                statements.len(),
+                limited.map(|l| format!(" ({l})")).unwrap_or_default()
+            ));
+            if !statements.is_empty() {
+                sources.push((STATEMENTS.to_owned(), statements));
+            }
+        }
+        release::statements::Statements::Unavailable(why) => ui::line(why),
+    }
     if previous.is_empty() {
         ui::line(format!(
             "release {}: no earlier release is recorded, so no running release's queries to check the migrations against",
             options.this.name
         ));
+    }
+    if sources.is_empty() {
         return Ok(None);
     }
-    let releases: Vec<(&str, &[release::queries::Query])> =
-        previous.iter().map(|r| (r.name.as_str(), r.queries.as_slice())).collect();
-    let check = Check::prepare(conn, &releases).await.map_err(|e| fail(Failure::Migration, e))?;
+    let borrowed: Vec<(&str, &[Query])> = sources.iter().map(|(n, q)| (n.as_str(), q.as_slice())).collect();
+    let check = Check::prepare(conn, &borrowed).await.map_err(|e| fail(Failure::Migration, e))?;
     let (total, failing) = check.counts();
-    let names: Vec<String> =
-        previous.iter().map(|r| format!("{} (last deployed {})", r.name, r.last_deployed)).collect();
+    let mut names: Vec<String> =
+        previous.iter().map(|r| format!("release {} (last deployed {})", r.name, r.last_deployed)).collect();
+    if sources.iter().any(|(n, _)| n == STATEMENTS) {
+        names.push(STATEMENTS.to_owned());
+    }
     let failing = match failing {
         0 => String::new(),
         n => format!("; {n} of them fail on the current schema already and are not counted"),
     };
     ui::line(format!(
-        "release {}: checking each migration against the {total} queries of release {}{failing}",
+        "release {}: checking each migration against the {total} queries of {}{failing}",
         options.this.name,
-        names.join(", ")
+        names.join(" and ")
     ));
-    let releases = previous.iter().map(|r| (r.name.clone(), r.queries.clone())).collect();
-    Ok(Some(Guard { check, releases, refuse: options.refuse }))
+    Ok(Some(Guard { check, releases: sources, refuse: options.refuse }))
 }
+
+/// The name the statements of `pg_stat_statements` are checked under.
+const STATEMENTS: &str = "pg_stat_statements";
 
 /// What the judge says of one migration.
 pub(super) enum Verdict {
@@ -170,11 +192,11 @@ pub(super) fn refused(file: &MigrationFile, findings: &[Finding]) -> anyhow::Err
     let mut releases: Vec<&str> = findings.iter().map(|f| f.release.as_str()).collect();
     releases.dedup();
     let mut text = format!(
-        "{} would break {} of release {}, which may still be serving (a rolling update) or serve again (a \
-         rollback): refused: nothing of it was applied",
+        "{} would break {} of {}, which may still be serving (a rolling update) or serve again (a rollback): \
+         refused: nothing of it was applied",
         file.name(),
         count(findings.len()),
-        releases.join(", ")
+        releases.join(" and ")
     );
     for line in release::lines(findings) {
         text.push_str(&format!("\n  {line}"));

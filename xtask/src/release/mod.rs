@@ -10,6 +10,7 @@ mod insert;
 pub mod queries;
 pub mod record;
 pub mod rehearse;
+pub mod statements;
 
 use sqlx::postgres::PgConnection;
 
@@ -135,7 +136,7 @@ impl Check {
 pub fn lines(findings: &[Finding]) -> Vec<String> {
     findings
         .iter()
-        .map(|f| format!("release {} query {} `{}`: {}", f.release, f.hash, f.first_line, f.change.describe()))
+        .map(|f| format!("{} query {} `{}`: {}", f.release, f.hash, f.first_line, f.change.describe()))
         .collect()
 }
 

@@ -14,6 +14,7 @@ use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
 
 mod peers;
+mod release_check;
 
 const PASSWORD: &str = "bench password";
 
@@ -37,6 +38,9 @@ pub struct Args {
     /// Only the side-by-side rows: prestart, sqlx-cli, dbmate and the floor
     #[arg(long)]
     side_by_side_only: bool,
+    /// Only the release check's rows (and the no-op's and the drift check's, for reference)
+    #[arg(long)]
+    release_check_only: bool,
     /// Rounds of the side-by-side no-op (a quarter as many of the apply and of the late start)
     #[arg(long, default_value_t = 44)]
     rounds: usize,
@@ -105,6 +109,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<()> {
         // The peers first: an install that fails is said before minutes of runs, and costs the
         // comparison, not the other figures.
+        if args.release_check_only {
+            figures.extend(bench.noop_prestart(args.runs)?);
+            figures.push(bench.drift_check(args.runs.min(10))?);
+            figures.extend(bench.release_check(args.runs.min(10))?);
+            return Ok(());
+        }
         let side_by_side = match peers::SideBySide::prepare(&sh, &bench) {
             Ok(side_by_side) => Some(side_by_side),
             Err(error) if !args.side_by_side_only => {
@@ -116,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if !args.side_by_side_only {
             figures.extend(bench.noop_prestart(args.runs)?);
             figures.push(bench.drift_check(args.runs.min(10))?);
+            figures.extend(bench.release_check(args.runs.min(10))?);
             figures.push(bench.noop_through_pgbouncer(&sh, args.runs)?);
             figures.push(bench.detection_latency(&cluster, args.trials)?);
             figures.push(bench.after_promote(&sh, args.trials.min(5))?);

@@ -349,6 +349,9 @@ async fn apply_pending(
         }
         *applied_here += 1;
     }
+    if let Some(guard) = &guard {
+        ui::line(guard.summary());
+    }
     // The last commit may not have been ours to make durable (its file set synchronous_commit).
     if deferred {
         make_durable(&mut ready.conn).await.map_err(|e| fail(Failure::Migration, e))?;

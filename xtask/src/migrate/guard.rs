@@ -23,6 +23,9 @@ pub(super) struct Guard {
     releases: Vec<(String, Vec<Query>)>,
     /// Refuse (any environment but `ENVIRONMENT=local`), or only warn.
     refuse: bool,
+    /// What the check cost this run: the description on the schema before, and each judgement.
+    spent: std::cell::Cell<std::time::Duration>,
+    judged: std::cell::Cell<usize>,
 }
 
 /// The guard for a run with pending migrations: `None` where prestart is not the caller or no
@@ -72,7 +75,9 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
         return Ok(None);
     }
     let borrowed: Vec<(&str, &[Query])> = sources.iter().map(|(n, q)| (n.as_str(), q.as_slice())).collect();
+    let started = std::time::Instant::now();
     let check = Check::prepare(conn, &borrowed).await.map_err(|e| fail(Failure::Migration, e))?;
+    let spent = std::cell::Cell::new(started.elapsed());
     let (total, failing) = check.counts();
     let mut names: Vec<String> =
         previous.iter().map(|r| format!("release {} (last deployed {})", r.name, r.last_deployed)).collect();
@@ -88,7 +93,7 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
         options.this.name,
         names.join(" and ")
     ));
-    Ok(Some(Guard { check, releases: sources, refuse: options.refuse }))
+    Ok(Some(Guard { check, releases: sources, refuse: options.refuse, spent, judged: Default::default() }))
 }
 
 /// The name the statements of `pg_stat_statements` are checked under.
@@ -109,8 +114,22 @@ impl Guard {
         file: &MigrationFile,
         in_transaction: bool,
     ) -> Result<Verdict, sqlx::Error> {
+        let started = std::time::Instant::now();
         let findings = self.check.findings(conn, in_transaction).await?;
+        self.spent.set(self.spent.get() + started.elapsed());
+        self.judged.set(self.judged.get() + 1);
         Ok(self.verdict(file, findings))
+    }
+
+    /// One line on what the check cost (the bench reads it): the queries described on the schema
+    /// before, and again in each migration judged in its transaction.
+    pub(super) fn summary(&self) -> String {
+        let (total, _) = self.check.counts();
+        format!(
+            "release check: {total} queries, {} migrations judged in their transactions, {:.1} ms",
+            self.judged.get(),
+            self.spent.get().as_secs_f64() * 1000.0
+        )
     }
 
     /// Judges a file that cannot be judged in its own transaction (`-- no-transaction`, or SQL

@@ -1,4 +1,6 @@
-//! `init_db`: the data every installation starts with. Idempotent: running it twice changes nothing.
+//! `init_db`: the data every installation starts with: the first superuser, the default settings,
+//! and the project's SQL seed files. Idempotent: running it twice changes nothing (for the SQL
+//! files, `cargo xtask seed --check` holds them to it).
 
 use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
 use sqlx::postgres::PgConnection;
@@ -14,18 +16,30 @@ const DEFAULT_SETTINGS: &[(&str, &str)] = &[("jobs.max_attempts", "3"), ("regist
 pub struct SeedReport {
     pub superuser_created: bool,
     pub settings_inserted: u64,
+    /// How many SQL seed files ran.
+    pub files_run: usize,
 }
 
 impl SeedReport {
     pub fn changed_nothing(&self) -> bool {
-        !self.superuser_created && self.settings_inserted == 0
+        !self.superuser_created && self.settings_inserted == 0 && self.files_run == 0
     }
+}
+
+/// A SQL seed file: initial data a project adds without Rust, written to run any number of times
+/// (`INSERT ... ON CONFLICT DO NOTHING`, `WHERE NOT EXISTS`). It runs in the seed's transaction.
+#[derive(Debug, Clone)]
+pub struct SeedFile {
+    pub name: String,
+    pub sql: String,
 }
 
 #[derive(Debug)]
 pub enum SeedError {
     Database(sqlx::Error),
     Hash(String),
+    /// A SQL seed file failed: its name.
+    File(String, sqlx::Error),
 }
 
 impl std::fmt::Display for SeedError {
@@ -33,6 +47,7 @@ impl std::fmt::Display for SeedError {
         match self {
             SeedError::Database(e) => write!(f, "{e}"),
             SeedError::Hash(e) => write!(f, "cannot hash the first superuser's password: {e}"),
+            SeedError::File(name, e) => write!(f, "the seed file {name}: {e}"),
         }
     }
 }
@@ -96,12 +111,13 @@ pub fn check_sql(superuser: Option<&FirstSuperuser>) -> String {
 /// Creates the first superuser if absent and the default settings rows, in one transaction, so an
 /// interrupted seed leaves nothing half done. `present`: what [`check_sql`] found a moment ago
 /// on this connection (`None`: it is read now); `hashed`: the superuser's password hashed
-/// beforehand by [`hash_password`] (`None`: hashed here when the account is missing).
+/// beforehand by [`hash_password`] (`None`: hashed here when the account is missing); `files`:
+/// the SQL seed files, run in name order after the rest, in the same transaction.
 pub async fn init_db(
     conn: &mut PgConnection,
     superuser: Option<&FirstSuperuser>,
-    present: Option<Present>,
-    hashed: Option<String>,
+    (present, hashed): (Option<Present>, Option<String>),
+    files: &[SeedFile],
 ) -> Result<SeedReport, SeedError> {
     let present = match present {
         Some(present) => present,
@@ -110,7 +126,7 @@ pub async fn init_db(
             Present::from_rows(&rows, superuser)?
         }
     };
-    if present.is_complete() {
+    if present.is_complete() && files.is_empty() {
         return Ok(SeedReport::default());
     }
     // Hash only when the account is missing: argon2's default costs 19 MiB and tens of
@@ -141,6 +157,13 @@ pub async fn init_db(
                 .execute(&mut *tx)
                 .await?;
         report.settings_inserted += inserted.rows_affected();
+    }
+    for file in files {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(file.sql.clone()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| SeedError::File(file.name.clone(), e))?;
+        report.files_run += 1;
     }
     tx.commit().await?;
     Ok(report)

@@ -73,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // A development stack creates what it needs.
         create_database: true,
         compatible_with: Vec::new(),
+        seeds: crate::seed::SeedArgs::default(),
     })?;
     if args.no_services {
         return Ok(());

@@ -26,6 +26,7 @@ mod replay;
 mod schema;
 mod scratch;
 mod seed;
+mod seed_check;
 mod session;
 mod sqlx_prepare;
 mod test;

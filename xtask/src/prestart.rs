@@ -22,6 +22,8 @@ pub struct Args {
     pub source: SourceArgs,
     #[command(flatten)]
     pub migrate: MigrateOptions,
+    #[command(flatten)]
+    pub seeds: crate::seed::SeedArgs,
     /// Create the database when it does not exist (if the role may), then go on (Rails'
     /// `db:prepare`); off by default, so a typo in POSTGRES_DB is not a new empty database
     #[arg(long)]
@@ -37,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can be checked without the database is checked before waiting for it.
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
+    let seed_files = args.seeds.load(&loaded.root)?;
     let release = crate::release::Options {
         this: crate::release::Release::this(loaded.settings.release.as_deref())?,
         compatible_with: args.compatible_with.clone(),
@@ -48,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let steps = |listing| {
         session::run_alongside(&loaded, Use::Write, listing, async |session, listing: Listing| {
             let table = listing.settings.table_name.clone();
-            let mut seed = Ahead::new(superuser);
+            let mut seed = Ahead::new(superuser, &seed_files);
             let migrating = Instant::now();
             // The files are read while the server answers the first read of the migrations table.
             let (first, read) = tokio::try_join!(first_read(session, &table, Some(&seed)), listing.read())?;

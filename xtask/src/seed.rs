@@ -1,11 +1,12 @@
 //! `cargo xtask seed`, and the seed step of prestart.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::anyhow;
 use backend::config::{FirstSuperuser, Settings};
 use backend::migrations::Followed;
-use backend::seed::{Present, SeedError, SeedReport, init_db};
+use backend::seed::{Present, SeedError, SeedFile, SeedReport, init_db};
 use sqlx::postgres::PgConnection;
 
 use crate::context::DbArgs;
@@ -17,12 +18,61 @@ use crate::ui;
 pub struct Args {
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    seeds: SeedArgs,
+    #[command(flatten)]
+    source: crate::context::SourceArgs,
+    /// Run the seed twice on a throwaway migrated copy of the schema (a throwaway cluster on this
+    /// machine, never the database) and name each table whose rows the second run changed
+    #[arg(long)]
+    check: bool,
+}
+
+/// Where the project's SQL seed files are.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SeedArgs {
+    /// The folder of SQL seed files, run in name order after the first superuser and the default
+    /// settings, in the seed's one transaction (default: `seeds/` of the workspace, or beside the
+    /// binary, when it exists)
+    #[arg(long, value_name = "DIR")]
+    pub seeds: Option<PathBuf>,
+}
+
+impl SeedArgs {
+    /// The `*.sql` files of the folder, in name order; none where the default folder is missing.
+    pub fn load(&self, root: &Path) -> anyhow::Result<Vec<SeedFile>> {
+        let dir = self.seeds.clone().unwrap_or_else(|| root.join("seeds"));
+        if self.seeds.is_none() && !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            fail(Failure::Config, anyhow!("cannot read the seed folder {}: {e}", crate::context::display_path(&dir)))
+        })?;
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "sql") {
+                let sql = std::fs::read_to_string(&path).map_err(|e| {
+                    fail(Failure::Config, anyhow!("cannot read {}: {e}", crate::context::display_path(&path)))
+                })?;
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                files.push(SeedFile { name, sql });
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    session::run(&loaded, Use::Write, async |session| seed_step(session, Ahead::new(superuser)).await)
+    let files = args.seeds.load(&loaded.root)?;
+    if args.check {
+        let (set, settings, _) = args.source.load(&loaded.root)?;
+        return crate::seed_check::run(&set, &settings, superuser, &files);
+    }
+    session::run(&loaded, Use::Write, async |session| seed_step(session, Ahead::new(superuser, &files)).await)
 }
 
 /// The seed's work done ahead of its step, while prestart migrates: on a no-op run its check
@@ -31,6 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// (argon2 takes tens of milliseconds).
 pub struct Ahead<'a> {
     superuser: &'a FirstSuperuser,
+    files: &'a [SeedFile],
     /// What the check found, and the server process it asked: after a reconnect (a failover) it
     /// says nothing of the server the seed then runs on.
     present: Option<(Present, backend::db::ServerProcess)>,
@@ -38,8 +89,8 @@ pub struct Ahead<'a> {
 }
 
 impl<'a> Ahead<'a> {
-    pub fn new(superuser: &'a FirstSuperuser) -> Ahead<'a> {
-        Ahead { superuser, present: None, hashing: None }
+    pub fn new(superuser: &'a FirstSuperuser, files: &'a [SeedFile]) -> Ahead<'a> {
+        Ahead { superuser, files, present: None, hashing: None }
     }
 
     /// The check to send with the read of the migrations table.
@@ -94,7 +145,7 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
         let tried = match ahead.hashed().await {
             Ok(hashed) => {
                 let present = ahead.present.take().filter(|(_, on)| *on == session.ready.process).map(|(p, _)| p);
-                seed_once(&mut session.ready.conn, superuser, present, hashed).await
+                seed_once(&mut session.ready.conn, superuser, (present, hashed), ahead.files).await
             }
             Err(error) => Err(error),
         };
@@ -112,7 +163,7 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
             )
         };
         let lost = match &error {
-            SeedError::Database(e) => crate::migrate::lost_connection(e),
+            SeedError::Database(e) | SeedError::File(_, e) => crate::migrate::lost_connection(e),
             SeedError::Hash(_) => None,
         };
         let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else { return Err(failed(String::new())) };
@@ -131,8 +182,12 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
     } else {
         format!("first superuser {} already exists", superuser.email)
     };
+    let files = match report.files_run {
+        0 => String::new(),
+        n => format!("; {n} seed {} run", if n == 1 { "file" } else { "files" }),
+    };
     ui::line(format!(
-        "{user}; {} default settings inserted ({})",
+        "{user}; {} default settings inserted{files} ({})",
         report.settings_inserted,
         ui::duration(started.elapsed())
     ));
@@ -144,6 +199,7 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
 fn describe(error: &SeedError) -> String {
     match error {
         SeedError::Database(e) => backend::db::describe_error(e),
+        SeedError::File(name, e) => format!("the seed file {name}: {}", backend::db::describe_error(e)),
         other => other.to_string(),
     }
 }
@@ -155,12 +211,12 @@ const SEED_RETRIES: u32 = 5;
 async fn seed_once(
     conn: &mut PgConnection,
     superuser: &FirstSuperuser,
-    present: Option<Present>,
-    hashed: Option<String>,
+    ahead: (Option<Present>, Option<String>),
+    files: &[SeedFile],
 ) -> Result<SeedReport, SeedError> {
     let limit = backend::db::QUERY_TIMEOUT;
     // The one timed-out error of the workspace: a bound of ours, never taken for a lost connection.
-    tokio::time::timeout(limit, init_db(conn, Some(superuser), present, hashed))
+    tokio::time::timeout(limit, init_db(conn, Some(superuser), ahead, files))
         .await
         .unwrap_or_else(|_| Err(SeedError::from(backend::db::timed_out(limit))))
 }

@@ -60,7 +60,9 @@ impl Bench {
              (name, queries, first_deployed, last_deployed) VALUES ('bench-before', {queries}, now() - interval '1 day', \
              now() - interval '1 day')"
         );
-        self.on_server(DATABASE, async |conn| Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await.map(drop)?))
+        self.on_server(DATABASE, async |conn| {
+            Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(conn).await.map(drop)?)
+        })
     }
 
     /// One prestart that applies the pending migration under the check; what the check cost, as
@@ -76,7 +78,8 @@ impl Bench {
             .find_map(|line| line.trim().strip_prefix("release check: "))
             .and_then(|line| line.strip_suffix(" ms")?.rsplit(", ").next()?.parse::<f64>().ok())
             .with_context(|| format!("the run did not say what its release check cost:\n{stderr}"))?;
-        let undo = "ALTER TABLE jobs DROP COLUMN bench_note; DELETE FROM _sqlx_migrations WHERE version = 20990101000000";
+        let undo =
+            "ALTER TABLE jobs DROP COLUMN bench_note; DELETE FROM _sqlx_migrations WHERE version = 20990101000000";
         self.on_server(DATABASE, async |conn| Ok(sqlx::raw_sql(undo).execute(conn).await.map(drop)?))?;
         Ok(spent)
     }
@@ -107,7 +110,10 @@ impl Bench {
 /// `count` queries in the record's format, on the template's tables, each text its own.
 fn many_queries(count: usize) -> String {
     let shapes: [(&str, &[&str]); 4] = [
-        ("SELECT id, kind, payload, status::text AS status, attempts FROM jobs WHERE id = $1 AND attempts <> #", &["int8"]),
+        (
+            "SELECT id, kind, payload, status::text AS status, attempts FROM jobs WHERE id = $1 AND attempts <> #",
+            &["int8"],
+        ),
         ("UPDATE jobs SET attempts = attempts + # WHERE id = $1 RETURNING id, attempts", &["int8"]),
         ("INSERT INTO jobs (kind, payload) VALUES ($1 || '#', $2) RETURNING id", &["text", "jsonb"]),
         ("SELECT key, value FROM app_settings WHERE key = $1 OR key = '#'", &["text"]),

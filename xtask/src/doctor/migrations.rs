@@ -135,6 +135,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         "migrations.drift",
         "migrations.rehearsal",
         "migrations.releases",
+        "migrations.seed_rerun",
     ];
     let (Some(mut conn), Ok((set, settings, _))) = (conn, &loaded) else {
         for id in ids {
@@ -337,6 +338,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
     });
 
     super::releases::run(doctor, inputs, &mut conn, (set, settings), &status).await;
+    super::seed::run(doctor, inputs, set, settings).await;
 }
 
 /// A multi-line report (detail, hint) on the report's one line.

@@ -13,6 +13,7 @@ mod migrations;
 mod postgres;
 mod releases;
 mod render;
+mod seed;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

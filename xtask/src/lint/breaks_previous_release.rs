@@ -32,15 +32,21 @@ pub struct Previous {
 
 impl Previous {
     /// REF's migrations folder and `.sqlx` (at `sqlx_dir` within the repository), from git.
+    /// REF's migrations folder and `.sqlx` (`sqlx_dir`, default `.sqlx` at the top of the
+    /// repository), from the git repository the migrations folder `dir` is in: any sqlx project.
     pub fn from_git(
-        root: &Path,
         reference: &str,
         dir: &Path,
-        sqlx_dir: &Path,
+        sqlx_dir: Option<&Path>,
         settings: &MigrationSettings,
     ) -> anyhow::Result<Previous> {
         let sh = Shell::new()?;
-        let _root = sh.push_dir(root);
+        let dir = dir.canonicalize().map_err(|e| fail(Failure::Config, anyhow!("{}: {e}", dir.display())))?;
+        let top = cmd!(sh, "git -C {dir} rev-parse --show-toplevel").quiet().ignore_stderr().read().map_err(|_| {
+            fail(Failure::Config, anyhow!("--against {reference}: {} is in no git repository", dir.display()))
+        })?;
+        let root = PathBuf::from(top.trim());
+        let _root = sh.push_dir(&root);
         let spec = format!("{reference}^{{commit}}");
         let commit =
             cmd!(sh, "git rev-parse --verify --quiet {spec}").quiet().ignore_stderr().read().map_err(|_| {
@@ -49,9 +55,13 @@ impl Previous {
                     anyhow!("--against {reference}: not a commit of the git repository at {}", root.display()),
                 )
             })?;
+        let sqlx_dir = match sqlx_dir {
+            Some(given) => given.canonicalize().unwrap_or_else(|_| given.to_path_buf()),
+            None => root.join(".sqlx"),
+        };
         let relative =
-            |path: &Path| path.strip_prefix(root).map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf());
-        let (migrations_rel, sqlx_rel) = (relative(dir), relative(sqlx_dir));
+            |path: &Path| path.strip_prefix(&root).map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf());
+        let (migrations_rel, sqlx_rel) = (relative(&dir), relative(&sqlx_dir));
         let checkout = tempfile::Builder::new().prefix("prestart-against-").tempdir()?;
         let archive = checkout.path().join("ref.tar");
         // One folder at a time: either may be missing at REF (an early release had no queries).

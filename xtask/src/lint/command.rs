@@ -45,9 +45,10 @@ pub struct Args {
     /// Check the selected migrations against the queries of another build's .sqlx folder
     #[arg(long, value_name = "DIR", conflicts_with = "against")]
     previous_queries: Option<PathBuf>,
-    /// Where the queries live in the repository, for --against (sqlx's default: .sqlx at the root)
-    #[arg(long, value_name = "PATH", default_value = ".sqlx")]
-    sqlx_dir: PathBuf,
+    /// Where the queries live, for --against (default: `.sqlx` at the top of the git repository
+    /// the migrations folder is in, where sqlx-cli writes them for a workspace)
+    #[arg(long, value_name = "DIR")]
+    sqlx_dir: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -65,9 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let database =
         if args.all { Err("--all checks every file".to_owned()) } else { ask_database(&args, &settings.table_name) };
     let previous = match (&args.against, &args.previous_queries) {
-        (Some(reference), _) => {
-            Some(Previous::from_git(&root, reference, &dir, &root.join(&args.sqlx_dir), &settings)?)
-        }
+        (Some(reference), _) => Some(Previous::from_git(reference, &dir, args.sqlx_dir.as_deref(), &settings)?),
         (None, Some(queries)) => Some(Previous::from_dir(queries)?),
         (None, None) => None,
     };

@@ -27,9 +27,10 @@ pub const EXIT_CODES: [(u8, &str); 12] = [
     (
         6,
         "migration failed (SQL error, changed or failed migration, lock not acquired, unknown versions with \
-         `--strict`, a `--target-version` that does not fit, a revert without a down file)",
+         `--strict`, a `--target-version` that does not fit, a revert without a down file), or refused: it breaks a \
+         query of the release before (prestart's release check)",
     ),
-    (7, "seed failed"),
+    (7, "seed failed; for `seed --check`: its second run changes rows"),
     (8, "schema not up to date (`migrate status`; backend and worker refusing to start)"),
     (9, "schema drift: the live schema differs from what its applied migrations produce (`schema drift`)"),
     (130, "interrupted by SIGINT"),

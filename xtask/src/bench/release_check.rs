@@ -94,7 +94,12 @@ impl Bench {
         for _ in 0..runs.min(10) {
             let run = measured(&mut self.command(DATABASE, &args))?;
             if !run.success {
-                bail!("lint-migrations --previous-queries failed on an additive migration");
+                let output = self.command(DATABASE, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+                bail!(
+                    "lint-migrations --previous-queries failed on an additive migration:\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
             }
             wall.push(run.wall.as_secs_f64() * 1000.0);
         }

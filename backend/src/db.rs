@@ -218,6 +218,9 @@ pub enum FatalKind {
     Tls,
     /// A connection pooler refused a startup parameter (08P01).
     PoolerRefusedParameter,
+    /// A connection pooler has no entry for the database (PgBouncer's 08P01 without a fallback `*`):
+    /// creating it on the server would not make the pooler route to it.
+    PoolerUnknownDatabase,
     /// The peer does not speak the PostgreSQL protocol, or the settings cannot work.
     Other,
 }
@@ -659,7 +662,10 @@ async fn refused_by_a_pooler(error: &sqlx::Error, settings: &DatabaseSettings, l
     if settings.startup_options().is_some() && refuses_startup_options(settings, left).await {
         return Some(pooler_refused_options(error, settings));
     }
-    database_missing_behind_a_pooler(settings, left).await.then(|| Fatal {
+    if !database_missing_behind_a_pooler(settings, left).await {
+        return unknown_to_the_pooler(error, settings, left).await;
+    }
+    Some(Fatal {
         kind: FatalKind::DatabaseMissing,
         detail: format!(
             "{} (the server, asked through the pooler's `postgres` database, has no database \"{}\")",
@@ -669,6 +675,48 @@ async fn refused_by_a_pooler(error: &sqlx::Error, settings: &DatabaseSettings, l
         code: None,
         hint: create_the_database(settings),
     })
+}
+
+/// Whether the pooler answers for the settings' database exactly as it answers for a database
+/// that surely does not exist, where the server behind it cannot be asked (see
+/// [`database_missing_behind_a_pooler`]): PgBouncer without a `*` fallback says "no such
+/// database" as 08P01, the code of its transient refusals too, and no field tells them apart.
+/// Nothing is matched against words of ours: the two answers of the same pooler are compared with
+/// each other, each database's name taken out, so a pooler that words (or translates) its
+/// refusals otherwise is judged the same way. A refusal that names no database (a full pool, a
+/// pooler shutting down, a server down behind it) is never taken for one.
+async fn unknown_to_the_pooler(error: &sqlx::Error, settings: &DatabaseSettings, left: Duration) -> Option<Fatal> {
+    let ours = pooler_message(error)?;
+    let database = settings.database();
+    if !ours.contains(database) {
+        return None;
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let nowhere = format!("prestart_no_such_database_{}_{nanos}", std::process::id());
+    let probe = quiet(settings.with_database(&nowhere).connect_options("prestart-probe"));
+    let answer = tokio::time::timeout(left.min(Duration::from_secs(2)), PgConnection::connect_with(&probe)).await;
+    let Ok(Err(theirs)) = answer else { return None };
+    let theirs = pooler_message(&theirs)?;
+    (ours.replace(database, "\u{0}") == theirs.replace(&nowhere, "\u{0}")).then(|| Fatal {
+        kind: FatalKind::PoolerUnknownDatabase,
+        detail: format!("{ours} (the same answer it gives for a database that surely does not exist)"),
+        code: Some("08P01".to_owned()),
+        hint: format!(
+            "the connection pooler at {}:{} answers for the database \"{database}\" as for one that does not exist: \
+             it has no entry for it (add it to the pooler's [databases] in pgbouncer.ini, or a `*` fallback entry), or \
+             the server behind it has no such database (create it there); or fix POSTGRES_DB. A database created on \
+             the server is reached through the pooler only once it has an entry, so --create-database cannot make \
+             it through this pooler",
+            settings.host(),
+            settings.port()
+        ),
+    })
+}
+
+/// The message of a pooler's own 08P01 (see [`from_a_pooler`]).
+fn pooler_message(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = error else { return None };
+    from_a_pooler(error).then(|| db.message().to_owned())
 }
 
 /// Asked by trying once more without the settings' startup `options`: a pooler that lets that

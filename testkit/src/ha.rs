@@ -452,7 +452,7 @@ impl Ha {
         std::fs::create_dir(&dir).expect("pooler folder");
         let secret = self.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
         let port = claim_port();
-        let pool = super::pgbouncer::Pool { mode: "session", size: 20, sockets: None };
+        let pool = super::pgbouncer::Pool { mode: "session", size: 20, sockets: None, fallback: true };
         let run_as = is_root().then_some(SERVER_OS_USER);
         let command = super::pgbouncer::prepare(&dir, port.number, self.port, pool, SUPERUSER, &secret, run_as)
             .expect("PgBouncer not found: apt-get install pgbouncer");

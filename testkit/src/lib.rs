@@ -418,7 +418,13 @@ impl Bouncer {
 
     /// The same with `default_pool_size` set: a small pool fills, and clients queue for it.
     pub fn start_with_pool_size(cluster: &Cluster, mode: PoolMode, pool_size: u32) -> Bouncer {
-        Bouncer::launch(cluster, mode, pool_size, None)
+        Bouncer::launch(cluster, mode, (pool_size, true), None)
+    }
+
+    /// Without the `*` fallback entry: PgBouncer knows `app` and the alias only, and refuses any
+    /// other database itself ("no such database", 08P01).
+    pub fn start_without_fallback(cluster: &Cluster, mode: PoolMode) -> Bouncer {
+        Bouncer::launch(cluster, mode, (20, false), None)
     }
 
     /// PgBouncer on a Unix socket only, in a folder of its own, with the server's port number, in
@@ -427,7 +433,7 @@ impl Bouncer {
         let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-socket-").tempdir().expect("temp dir");
         set_mode(dir.path(), 0o755);
         chown_to_server_user(dir.path());
-        Bouncer::launch(cluster, mode, 20, Some(dir))
+        Bouncer::launch(cluster, mode, (20, true), Some(dir))
     }
 
     /// The folder of its Unix socket, when it listens on one (for POSTGRES_SERVER).
@@ -435,7 +441,12 @@ impl Bouncer {
         self.socket.as_ref().map(tempfile::TempDir::path)
     }
 
-    fn launch(cluster: &Cluster, mode: PoolMode, pool_size: u32, socket: Option<tempfile::TempDir>) -> Bouncer {
+    fn launch(
+        cluster: &Cluster,
+        mode: PoolMode,
+        (pool_size, fallback): (u32, bool),
+        socket: Option<tempfile::TempDir>,
+    ) -> Bouncer {
         let dir = tempfile::Builder::new().prefix("prestart-pgbouncer-").tempdir().expect("temp dir");
         let secret =
             cluster.psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"));
@@ -452,7 +463,7 @@ impl Bouncer {
             dir.path(),
             port,
             cluster.port,
-            pgbouncer::Pool { mode, size: pool_size, sockets },
+            pgbouncer::Pool { mode, size: pool_size, sockets, fallback },
             SUPERUSER,
             &secret,
             run_as,

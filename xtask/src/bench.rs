@@ -279,7 +279,7 @@ impl Bench {
             dir,
             port,
             self.port,
-            crate::pgbouncer::Pool { mode: "session", size: 20, sockets: None },
+            crate::pgbouncer::Pool { mode: "session", size: 20, sockets: None, fallback: true },
             "postgres",
             &secret,
             scratch.run_as,

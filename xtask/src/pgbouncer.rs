@@ -25,6 +25,9 @@ pub struct Pool<'a> {
     /// Over Unix sockets only, both ways: PgBouncer's socket in the first folder, the server's in
     /// the second (with the same port number, as a pooler beside the server often is).
     pub sockets: Option<(&'a Path, &'a Path)>,
+    /// A `*` entry that passes every other database through; without it only `app` and the alias
+    /// are known, and PgBouncer refuses any other name itself.
+    pub fallback: bool,
 }
 
 /// Writes `pgbouncer.ini` and `userlist.txt` into `dir` and returns the command that runs it in
@@ -48,10 +51,14 @@ pub fn prepare(
         None => ("127.0.0.1".to_owned(), "127.0.0.1".to_owned(), String::new()),
     };
     let ini = format!(
-        "[databases]\n{ALIAS} = host={server_host} port={server_port} dbname=app\n* = host={server_host} port={server_port}\n\n\
+        "[databases]\n{ALIAS} = host={server_host} port={server_port} dbname=app\n{entries}\n\
          [pgbouncer]\nlisten_addr = {listen_addr}\nlisten_port = {listen_port}\nunix_socket_dir = {socket_dir}\n\
          auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = {mode}\nmax_client_conn = 200\n\
          default_pool_size = {size}\nlogfile = {dir}/pgbouncer.log\n",
+        entries = match pool.fallback {
+            true => format!("* = host={server_host} port={server_port}\n"),
+            false => format!("app = host={server_host} port={server_port}\n"),
+        },
         dir = dir.display(),
         mode = pool.mode,
         size = pool.size

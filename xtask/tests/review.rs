@@ -445,10 +445,9 @@ fn drift_names_who_got_and_who_lost_privileges() {
         .assert_stderr_contains("grants table public.app_settings: reader lost SELECT");
 }
 
-/// (i), in part: behind PgBouncer with a fallback entry (`* = host=...`), a database that does not
-/// exist is the server's own refusal, relayed (3D000): told at once, and `--create-database`
-/// makes it through the pooler. (Without a fallback PgBouncer answers 08P01 "no such database",
-/// which no field tells from its transient refusals: see the note of issue 30.)
+/// (i) Behind PgBouncer with a fallback entry (`* = host=...`), a database that does not exist
+/// is the server's own refusal, relayed (3D000): told at once, and `--create-database` makes it
+/// through the pooler. (Without a fallback, see the next test.)
 #[test]
 fn behind_pgbouncer_a_missing_database_is_refused_at_once_and_created_on_request() {
     let cluster = Cluster::started();
@@ -459,4 +458,28 @@ fn behind_pgbouncer_a_missing_database_is_refused_at_once_and_created_on_request
     assert!(outcome.elapsed < std::time::Duration::from_secs(10), "took {:?}", outcome.elapsed);
     run(&["prestart", "--create-database"], &env, &Migrations::workspace()).assert_code(0);
     assert_eq!(cluster.psql("made_through_the_pooler", "SELECT count(*) FROM _sqlx_migrations"), "3");
+}
+
+/// (i) Behind PgBouncer without a fallback entry, a database it has no entry for is refused by
+/// PgBouncer itself (08P01, the code of its transient refusals too): told from them by asking it
+/// for a database that surely does not exist, at once (exit 5), with the fix; `--create-database`
+/// says why it cannot help. A server that is down behind it is still waited for.
+#[test]
+fn behind_pgbouncer_without_a_fallback_an_unknown_database_is_refused_at_once() {
+    let cluster = Cluster::started();
+    let bouncer = testkit::Bouncer::start_without_fallback(&cluster, testkit::PoolMode::Session);
+    let env = bouncer.env(&cluster, "not_in_the_pooler");
+    let outcome = Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "60"], &env).output();
+    outcome
+        .assert_code(5)
+        .assert_stderr_contains("answers for the database \"not_in_the_pooler\" as for one that does not exist")
+        .assert_stderr_contains("pgbouncer.ini");
+    assert!(outcome.elapsed < std::time::Duration::from_secs(10), "took {:?}", outcome.elapsed);
+    run(&["prestart", "--create-database"], &env, &Migrations::workspace())
+        .assert_code(5)
+        .assert_stderr_contains("--create-database cannot make it through this pooler");
+    // The database it knows, with the server down behind it: waited for, not refused.
+    cluster.stop();
+    let known = bouncer.env(&cluster, "app");
+    Run::xtask(XTASK, &["wait-for-db", "--wait-timeout", "3"], &known).output().assert_code(4);
 }

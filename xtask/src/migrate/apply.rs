@@ -9,7 +9,6 @@ use backend::db::{Ready, bounded};
 use backend::migrations::{AppliedRow, Followed, MigrationFile, Status};
 use sqlx::migrate::{Migrate, MigrateError};
 
-use super::guard::Verdict;
 use super::one::{Commit, Direction, Lost, Prefix, commits_with_its_row, lost_connection, make_durable, run_one};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
 use crate::context::display_path;
@@ -267,69 +266,29 @@ async fn apply_pending(
     deadline: Instant,
     applied_here: &mut usize,
 ) -> anyhow::Result<()> {
-    let conn = &mut ready.conn;
-    let table = plan.settings.table_name.as_str();
-    let prepare = async {
-        for schema in &plan.settings.create_schemas {
-            conn.create_schema_if_not_exists(schema).await?;
-        }
-        conn.ensure_migrations_table(table).await
-    };
-    tokio::time::timeout(backend::db::QUERY_TIMEOUT, prepare)
-        .await
-        .map_err(|_| {
-            fail(
-                Failure::Migration,
-                anyhow!(
-                    "the server sent no answer within {} s while preparing the migrations table",
-                    backend::db::QUERY_TIMEOUT.as_secs()
-                ),
-            )
-        })?
-        .map_err(|e| match e {
-            MigrateError::Execute(e) => fail(Failure::Migration, NothingRanYet(e)),
-            other => fail(Failure::Migration, other),
-        })?;
-    let applied = lock::read_applied(&mut ready.conn, table, deadline)
-        .await?
-        .map_err(|e| fail(Failure::Migration, NothingRanYet(e)))?;
+    let applied = prepare_and_read(ready, plan, deadline).await?;
     let status = Status::compare(plan.set, &applied);
     refuse_inconsistent(&status, plan)?;
-
     plan.check_target_not_below(&applied)?;
     let pending = plan.to_apply(&status);
     plan.report_skipped(&status);
-    let statement_lock_timeout = match pending.is_empty() {
-        true => plan.statement_lock_timeout,
-        false => lock_timeout_unless_configured(&mut ready.conn, plan.statement_lock_timeout).await?,
-    };
-    let guard = match pending.is_empty() {
-        true => None,
-        false => super::guard::prepare(&mut ready.conn, plan).await?,
-    };
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let statement_lock_timeout = lock_timeout_unless_configured(&mut ready.conn, plan.statement_lock_timeout).await?;
+    let guard = super::guard::prepare(&mut ready.conn, plan).await?;
     let mut ours = Prefix::new(lock::key(&ready.server.database), statement_lock_timeout);
     let mut deferred = false;
     for (index, file) in pending.iter().enumerate() {
         if let Some(guard) = &guard
             && !commits_with_its_row(file)
         {
-            let before: Vec<&MigrationFile> = plan
-                .set
-                .files
-                .iter()
-                .filter(|f| {
-                    let version = f.migration.version;
-                    applied.iter().any(|row| row.version == version)
-                        || pending[..index].iter().any(|p| p.migration.version == version)
-                })
-                .collect();
-            let verdict = guard.judge_on_throwaway(&mut ready.conn, file, &before, plan.settings).await;
-            if !matches!(verdict, Ok(Verdict::Commit)) && deferred {
+            let before = applied_before(plan, &applied, &pending[..index]);
+            let judged = guard.before_running(&mut ready.conn, file, &before, plan.settings).await;
+            if judged.is_err() && deferred {
                 let _ = make_durable(&mut ready.conn).await;
             }
-            if let Verdict::Refuse(findings) = verdict? {
-                return Err(super::guard::refused(file, &findings));
-            }
+            judged?;
         }
         let prefix = ours.for_file(file);
         let commit = if index + 1 < pending.len() && prefix.may_defer() && commits_with_its_row(file) {
@@ -356,14 +315,49 @@ async fn apply_pending(
     if deferred {
         make_durable(&mut ready.conn).await.map_err(|e| fail(Failure::Migration, e))?;
     }
-    if !pending.is_empty() {
-        // What the migrations left in the session (`SET search_path`, `SET ROLE`, a session
-        // lock_timeout) is theirs: what runs next on it (the environment's record, the seed) gets
-        // the session as it was before them. The migrations among themselves keep sqlx-cli's one
-        // session, where a file's SET reaches the next.
-        forget_what_migrations_set(&mut ready.conn).await?;
-    }
-    Ok(())
+    // What the migrations left in the session (`SET search_path`, `SET ROLE`, a session
+    // lock_timeout) is theirs: what runs next on it (the environment's record, the seed) gets the
+    // session as it was before them. The migrations among themselves keep sqlx-cli's one session,
+    // where a file's SET reaches the next.
+    forget_what_migrations_set(&mut ready.conn).await
+}
+
+/// Makes the schemas and the migrations table where missing, then reads the applied rows under
+/// the lock.
+async fn prepare_and_read(ready: &mut Ready, plan: &Plan<'_>, deadline: Instant) -> anyhow::Result<Vec<AppliedRow>> {
+    let conn = &mut ready.conn;
+    let table = plan.settings.table_name.as_str();
+    let prepare = async {
+        for schema in &plan.settings.create_schemas {
+            conn.create_schema_if_not_exists(schema).await?;
+        }
+        conn.ensure_migrations_table(table).await
+    };
+    tokio::time::timeout(backend::db::QUERY_TIMEOUT, prepare)
+        .await
+        .map_err(|_| {
+            fail(
+                Failure::Migration,
+                anyhow!(
+                    "the server sent no answer within {} s while preparing the migrations table",
+                    backend::db::QUERY_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| match e {
+            MigrateError::Execute(e) => fail(Failure::Migration, NothingRanYet(e)),
+            other => fail(Failure::Migration, other),
+        })?;
+    lock::read_applied(&mut ready.conn, table, deadline).await?.map_err(|e| fail(Failure::Migration, NothingRanYet(e)))
+}
+
+/// The files the schema has now: those applied before the run, and `done`, the pending ones this
+/// run applied since.
+fn applied_before<'a>(plan: &'a Plan<'_>, applied: &[AppliedRow], done: &[&MigrationFile]) -> Vec<&'a MigrationFile> {
+    let has = |version: i64| {
+        applied.iter().any(|row| row.version == version) || done.iter().any(|d| d.migration.version == version)
+    };
+    plan.set.files.iter().filter(|f| has(f.migration.version)).collect()
 }
 
 /// Records the run's `ENVIRONMENT` in the database (see `crate::environment`); `fresh`: nothing

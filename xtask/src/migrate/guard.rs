@@ -132,11 +132,25 @@ impl Guard {
         )
     }
 
+    /// Refuses `file` before it runs where [`Guard::judge_on_throwaway`] says so.
+    pub(super) async fn before_running(
+        &self,
+        conn: &mut PgConnection,
+        file: &MigrationFile,
+        applied: &[&MigrationFile],
+        settings: &backend::migrations::MigrationSettings,
+    ) -> anyhow::Result<()> {
+        match self.judge_on_throwaway(conn, file, applied, settings).await? {
+            Verdict::Commit => Ok(()),
+            Verdict::Refuse(findings) => Err(refused(file, &findings)),
+        }
+    }
+
     /// Judges a file that cannot be judged in its own transaction (`-- no-transaction`, or SQL
     /// that may end it) before it runs: on a throwaway copy of the schema built from `applied`,
     /// never on the target. Where no copy can be made, it is refused (or only said, where the
     /// guard does not refuse), unless it only adds what no query notices.
-    pub(super) async fn judge_on_throwaway(
+    async fn judge_on_throwaway(
         &self,
         conn: &mut PgConnection,
         file: &MigrationFile,

@@ -48,32 +48,34 @@ const CHUNK: usize = 90;
 const OUTER: &str = "prestart_release_check";
 const INNER: &str = "prestart_release_query";
 
+/// How long one description may take, and wait for a lock (a table another session holds
+/// exclusively): bounds of the check's own, whatever the migration or the role set.
+const BOUNDS: &str = "SET LOCAL statement_timeout = 10000; SET LOCAL lock_timeout = 5000";
+
 /// Describes `queries` on the schema `conn` sees; `in_transaction`: inside a migration's open
-/// transaction, which it leaves as it found it.
+/// transaction, which it leaves as it found it (outside one, in a transaction of its own, rolled
+/// back).
 pub async fn describe(
     conn: &mut PgConnection,
     queries: &[Query],
     inserts: &[Option<super::insert::Target>],
     in_transaction: bool,
 ) -> Result<Described, sqlx::Error> {
-    if in_transaction {
-        let enter = format!(
-            "SAVEPOINT {OUTER}; SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
-             SET LOCAL search_path TO DEFAULT; SAVEPOINT {INNER}"
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(enter)).execute(&mut *conn).await?;
-    }
-    let described = describe_in(conn, queries, inserts, in_transaction).await;
-    let leave = if in_transaction {
-        conn.execute(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {OUTER}; RELEASE SAVEPOINT {OUTER}")))
-            .await
-            .map(|_| ())
-    } else {
-        Ok(())
+    let begin = if in_transaction { "" } else { "BEGIN; " };
+    let enter = format!(
+        "{begin}SAVEPOINT {OUTER}; SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
+         SET LOCAL search_path TO DEFAULT; {BOUNDS}; SAVEPOINT {INNER}"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(enter)).execute(&mut *conn).await?;
+    let described = describe_in(conn, queries, inserts).await;
+    let leave = match in_transaction {
+        true => format!("ROLLBACK TO SAVEPOINT {OUTER}; RELEASE SAVEPOINT {OUTER}"),
+        false => "ROLLBACK".to_owned(),
     };
+    let left = sqlx::raw_sql(sqlx::AssertSqlSafe(leave)).execute(&mut *conn).await.map(|_| ());
     let cleared = sqlx::Connection::clear_cached_statements(&mut *conn).await;
     let described = described?;
-    leave?;
+    left?;
     cleared?;
     Ok(described)
 }
@@ -82,7 +84,6 @@ async fn describe_in(
     conn: &mut PgConnection,
     queries: &[Query],
     inserts: &[Option<super::insert::Target>],
-    in_transaction: bool,
 ) -> Result<Described, sqlx::Error> {
     sqlx::Connection::clear_cached_statements(&mut *conn).await?;
     let types = resolve_types(conn, queries).await?;
@@ -91,7 +92,7 @@ async fn describe_in(
         if index > 0 && index % CHUNK == 0 {
             sqlx::Connection::clear_cached_statements(&mut *conn).await?;
         }
-        shapes.push(prepare(conn, query, &types, in_transaction).await?);
+        shapes.push(prepare(conn, query, &types).await?);
     }
     add_not_null(conn, &mut shapes).await?;
     let omitted = omitted_columns(conn, inserts).await?;
@@ -119,7 +120,6 @@ async fn prepare(
     conn: &mut PgConnection,
     query: &Query,
     types: &HashMap<String, Option<u32>>,
-    in_transaction: bool,
 ) -> Result<Shape, sqlx::Error> {
     let mut parameters = Vec::with_capacity(query.parameters.len());
     for name in &query.parameters {
@@ -145,19 +145,25 @@ async fn prepare(
                 })
                 .collect(),
         )),
-        Err(sqlx::Error::Database(error)) => {
-            if in_transaction {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {INNER}")))
-                    .execute(&mut *conn)
-                    .await?;
-            }
+        Err(sqlx::Error::Database(error)) if says_the_query_is_wrong(error.code().as_deref()) => {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {INNER}"))).execute(&mut *conn).await?;
             Ok(Shape::Failed {
                 code: error.code().unwrap_or_default().into_owned(),
                 message: error.message().to_owned(),
             })
         }
+        // A cancelled statement, a lock not granted, a deadlock, a lost connection: nothing about
+        // the query, so no finding; the check itself failed.
         Err(other) => Err(other),
     }
+}
+
+/// Whether a SQLSTATE says that the query no longer fits the schema: syntax error or access rule
+/// violation (42: an undefined column, table, function or type, a datatype mismatch), data
+/// exception (22: a literal that no longer fits its type, as a dropped enum value), feature not
+/// supported (0A). Any other class says something about the server or the session.
+fn says_the_query_is_wrong(code: Option<&str>) -> bool {
+    code.is_some_and(|code| ["42", "22", "0A"].iter().any(|class| code.starts_with(class)))
 }
 
 /// Fills in whether each result column's table column is NOT NULL, in one query.

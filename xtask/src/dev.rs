@@ -49,6 +49,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let probe = crate::interrupt::block_on(backend::db::connect_once(db, "prestart-dev", Duration::from_secs(2)));
     match probe {
         Ok(_) => ui::line("it answers: using it"),
+        // The workspace's own cluster takes the password .env names now (see dev_db::password).
+        Err(ConnectFailure::Fatal(fatal))
+            if fatal.kind == backend::db::FatalKind::BadPassword
+                && is_local(db.host())
+                && DevCluster::new(&sh)?.serves(db) =>
+        {
+            ui::line("it is the local cluster of target/dev-db/, with another password: it takes the one .env names");
+            DevCluster::new(&sh)?.start(db, None)?;
+        }
         Err(ConnectFailure::Fatal(fatal)) => {
             return Err(fail(Failure::Refused, anyhow::anyhow!("{db}: {fatal}")));
         }

@@ -12,6 +12,8 @@ use crate::context::{SettingsArgs, root};
 use crate::exit::{Failure, fail};
 use crate::ui;
 
+mod password;
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(subcommand)]
@@ -210,26 +212,11 @@ impl<'a> DevCluster<'a> {
         } else {
             let verb = if running { "restart" } else { "start" };
             ui::step(format!("{verb} the local cluster on port {} (listen_addresses = '{listen}')", db.port()));
-            let (data, log) = (self.data(), self.log());
-            let started = self
-                .server_cmd("pg_ctl")
-                .args([verb, "-w", "-t", "60", "-m", "fast", "-D"])
-                .arg(&data)
-                .arg("-l")
-                .arg(&log)
-                .quiet()
-                .ignore_stdout()
-                .run();
-            if started.is_err() {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                bail!(
-                    "the local cluster did not start (is port {} taken by another server?); its log says:\n  {}",
-                    db.port(),
-                    tail.join("\n  ")
-                );
-            }
+            self.launch(verb, db.port())?;
         }
+        // A POSTGRES_PASSWORD changed since the cluster was made: the cluster is ours, so it
+        // takes the new one.
+        self.take_the_password_of(db)?;
         if let Some(Audience::Compose { subnet, .. }) = audience {
             ui::line(format!("containers of the compose network {subnet} may connect through host.docker.internal"));
         }
@@ -237,16 +224,44 @@ impl<'a> DevCluster<'a> {
         crate::interrupt::block_on(create_database(&db.with_host("127.0.0.1")))
     }
 
+    /// `pg_ctl start` or `restart`, waiting until the server accepts connections.
+    fn launch(&self, verb: &str, port: u16) -> anyhow::Result<()> {
+        let (data, log) = (self.data(), self.log());
+        let started = self
+            .server_cmd("pg_ctl")
+            .args([verb, "-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .quiet()
+            .ignore_stdout()
+            .run();
+        if started.is_err() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!(
+                "the local cluster did not start (is port {port} taken by another server?); its log says:\n  {}",
+                tail.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The server's OS user's id, when it runs as another user than us.
+    fn server_uid(&self) -> anyhow::Result<Option<u32>> {
+        let Some(user) = self.run_as else { return Ok(None) };
+        Ok(Some(cmd!(self.sh, "id -u {user}").quiet().read()?.trim().parse::<u32>()?))
+    }
+
     fn init(&self, db: &DatabaseSettings) -> anyhow::Result<()> {
         ui::step(format!("create a local cluster in {} (user {})", self.dir.display(), db.user()));
         self.sh.create_dir(&self.dir)?;
         std::fs::set_permissions(&self.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let mut server_uid = None;
         if let Some(user) = self.run_as {
             let dir = &self.dir;
             cmd!(self.sh, "chown -R {user} {dir}").quiet().run()?;
-            server_uid = Some(cmd!(self.sh, "id -u {user}").quiet().read()?.trim().parse::<u32>()?);
         }
+        let server_uid = self.server_uid()?;
         // The password reaches initdb through a pipe, never a file: nothing is left behind if
         // initdb is interrupted. The pipe is the server user's, so initdb may open /dev/stdin.
         let (reader, mut writer) = std::io::pipe()?;

@@ -149,5 +149,7 @@ pub fn likely_causes(reason: RetryKind, db: &DatabaseSettings, context: RuntimeC
 
 /// `likely cause: A`, `or: B`: the lines that present causes, most likely first.
 pub fn cause_lines(causes: &[String]) -> impl Iterator<Item = String> + '_ {
-    causes.iter().enumerate().map(|(i, cause)| format!("{} {cause}", if i == 0 { "likely cause:" } else { "or:" }))
+    // A cause two checks found is said once.
+    let unique = causes.iter().enumerate().filter(|(i, cause)| !causes[..*i].contains(cause)).map(|(_, c)| c);
+    unique.enumerate().map(|(i, cause)| format!("{} {cause}", if i == 0 { "likely cause:" } else { "or:" }))
 }

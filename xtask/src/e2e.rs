@@ -469,7 +469,7 @@ fn scenarios(
         let logs = project.logs("prestart");
         ensure!(code == Some(4), "prestart exited {code:?}:\n{logs}");
         ensure!(started.elapsed() < Duration::from_secs(75), "up took {:?}", started.elapsed());
-        ensure!(logs.contains("giving up after 30 s, not 300"), "no early end said:\n{logs}");
+        ensure!(logs.contains("the deadline is now 30 s, not 300"), "no early end said:\n{logs}");
         ensure!(
             logs.contains("POSTGRES_SERVER=localhost inside a container points at the container itself"),
             "no diagnosis:\n{logs}"

@@ -62,6 +62,9 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
     ui::step(format!("wait for the database at {db} ({budget})"));
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;
+    // The likely causes are said once, and again only when they change: a repeat of the wait line
+    // says only what changed (the attempts, the time left).
+    let mut told: Vec<String> = Vec::new();
     let may_shorten = !loaded.wait_timeout_chosen && deadline == loaded.wait_timeout;
     let mut report = |progress: &WaitProgress<'_>| {
         let hopeless = may_shorten && progress.attempts == 1 && looks_hopeless(progress.reason.kind, db, context);
@@ -77,12 +80,16 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             ui::duration(progress.elapsed),
             progress.remaining.as_secs()
         ));
-        for cause in cause_lines(&likely_causes(progress.reason.kind, db, context)) {
-            ui::line(format!("  {cause}"));
+        let causes = likely_causes(progress.reason.kind, db, context);
+        if causes != told {
+            for cause in cause_lines(&causes) {
+                ui::line(format!("  {cause}"));
+            }
+            told = causes;
         }
         hopeless.then(|| {
             ui::line(format!(
-                "  this is unlikely to change by waiting: giving up after {} s, not {} (PRESTART_WAIT_TIMEOUT=SECONDS \
+                "  this is unlikely to change by waiting: the deadline is now {} s, not {} (PRESTART_WAIT_TIMEOUT=SECONDS \
                  waits as long as it says)",
                 HOPELESS_WAIT.as_secs(),
                 deadline.as_secs()

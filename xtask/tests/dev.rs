@@ -138,3 +138,40 @@ fn a_stopped_workspace_cluster_is_the_first_likely_cause() {
     }
     project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
 }
+
+/// The workspace's own cluster takes a POSTGRES_PASSWORD changed in `.env` (issue 33, 3): `dev-db
+/// start` and `dev` set it and say so in one line, where they used to end with "the password is
+/// wrong"; a server that is not ours keeps that hint.
+#[test]
+fn the_workspaces_cluster_takes_the_password_env_names_and_another_server_keeps_the_hint() {
+    let cluster = Cluster::started();
+    let project = testkit::Project::new(env!("CARGO_BIN_EXE_xtask"));
+    let claim = claim_port();
+    let port = claim.number.to_string();
+    project.write_env(&cluster, &[("POSTGRES_PORT", &port), ("POSTGRES_SERVER", "localhost")]);
+    project.run(&["dev-db", "start"], &[]).output().assert_code(0);
+    project.write_env(
+        &cluster,
+        &[("POSTGRES_PORT", &port), ("POSTGRES_SERVER", "localhost"), ("POSTGRES_PASSWORD", "a new one 2")],
+    );
+    project
+        .run(&["dev-db", "start"], &[])
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("the local cluster's password for postgres is now the one POSTGRES_PASSWORD names")
+        .assert_lacks_secret("a new one 2");
+    project.run(&["wait-for-db", "--wait-timeout", "5"], &[]).output().assert_code(0);
+    project.write_env(
+        &cluster,
+        &[("POSTGRES_PORT", &port), ("POSTGRES_SERVER", "localhost"), ("POSTGRES_PASSWORD", "and another 3")],
+    );
+    project
+        .run(&["dev", "--no-services"], &[])
+        .output()
+        .assert_code(0)
+        .assert_stderr_contains("it is the local cluster of target/dev-db/, with another password");
+    project.run(&["dev-db", "destroy"], &[]).output().assert_code(0);
+    // Not ours: the hint stays.
+    project.write_env(&cluster, &[("POSTGRES_PASSWORD", "wrong for that server")]);
+    project.run(&["dev", "--no-services"], &[]).output().assert_code(5).assert_stderr_contains("password");
+}

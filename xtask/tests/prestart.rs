@@ -388,15 +388,19 @@ fn a_hopeless_wait_in_a_container_gives_up_early_unless_told_otherwise() {
     let source = migrations.path().to_str().expect("utf-8").to_owned();
     let env = testkit::with(cluster.env("app"), "POSTGRES_SERVER", "localhost");
     let started = std::time::Instant::now();
-    xtask(&["prestart", "--context", "container", "--source", &source], &env)
-        .output()
+    let outcome = xtask(&["prestart", "--context", "container", "--source", &source], &env).output();
+    outcome
         .assert_code(4)
         .assert_stderr_contains("points at the container itself")
-        .assert_stderr_contains("giving up after 30 s, not 300");
+        .assert_stderr_contains("the deadline is now 30 s, not 300");
+    // The cause is said once while it waits (then only the time left every 5 s), and once more in
+    // the final error, which stands alone.
+    assert_eq!(outcome.stderr.matches("likely cause:").count(), 2, "{}", outcome.stderr);
+    assert!(outcome.stderr.matches("waiting: ").count() >= 6, "{}", outcome.stderr);
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(29) && took < Duration::from_secs(90), "took {took:?}");
     xtask(&["prestart", "--context", "container", "--wait-timeout", "2", "--source", &source], &env)
         .output()
         .assert_code(4)
-        .assert_stderr_lacks("giving up after");
+        .assert_stderr_lacks("the deadline is now");
 }

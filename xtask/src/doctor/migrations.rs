@@ -306,7 +306,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         })
         .await;
 
-    doctor.check(Area::Migrations, "migrations.rehearsal", || {
+    let rehearsed = doctor.check(Area::Migrations, "migrations.rehearsal", || {
         if status.with_state(State::Pending).next().is_none() {
             return Ok(Outcome::ok("no pending migration to try"));
         }
@@ -337,7 +337,22 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
         })
     });
 
-    super::releases::run(doctor, inputs, &mut conn, (set, settings), &status).await;
+    if rehearsed == super::Status::Fail {
+        doctor.amend_hint(
+            "migrations.pending",
+            "prestart would apply them up to the one that fails on a throwaway copy (migrations.rehearsal) and stop \
+             there: fix that file first"
+                .to_owned(),
+        );
+    }
+    let judged = super::releases::run(doctor, inputs, &mut conn, (set, settings), &status).await;
+    if judged == super::Status::Fail {
+        doctor.amend_hint(
+            "migrations.pending",
+            "prestart would refuse the one that breaks a query of the release before (migrations.releases), exit 6"
+                .to_owned(),
+        );
+    }
     super::seed::run(doctor, inputs, set, settings).await;
 }
 

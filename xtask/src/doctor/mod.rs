@@ -180,6 +180,14 @@ impl Doctor {
     pub fn findings(&self) -> &[Finding] {
         &self.findings
     }
+
+    /// Says more in the hint of an earlier finding, so that two lines about one thing agree (what
+    /// `migrations.pending` says prestart does, once a later check knows it would stop).
+    pub fn amend_hint(&mut self, id: &str, hint: String) {
+        if let Some(finding) = self.findings.iter_mut().find(|f| f.id == id) {
+            finding.hint = Some(hint);
+        }
+    }
 }
 
 fn panicked() -> anyhow::Error {

@@ -15,7 +15,7 @@ pub async fn run(
     conn: &mut PgConnection,
     (set, settings): (&MigrationSet, &MigrationSettings),
     status: &Status,
-) {
+) -> super::Status {
     doctor
         .check_async(Area::Migrations, "migrations.releases", async {
             let recorded = backend::db::bounded(record::all(conn, &settings.table_name)).await?;
@@ -70,7 +70,7 @@ pub async fn run(
             };
             Ok(judge(&listed, &previous.name, &pending, &findings))
         })
-        .await;
+        .await
 }
 
 /// The outcome: what breaks which query, by file; a contract step only warns.

@@ -16,6 +16,9 @@ use crate::exit::{Failure, fail};
 use crate::throwaway::{Binaries, LocalCluster};
 use crate::ui;
 
+/// How long building the copy and seeding it twice may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A table the second run changed: its name and its rows after each run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changed {
@@ -82,9 +85,9 @@ pub async fn rerun_changes(
         Ok(cluster) => cluster,
         Err(error) => return Ok(Err(format!("cannot start a throwaway cluster on this machine: {error:#}"))),
     };
-    let result = in_cluster(&cluster, set, settings, superuser, files).await;
+    let result = tokio::time::timeout(CHECK_TIMEOUT, in_cluster(&cluster, set, settings, superuser, files)).await;
     cluster.stop().await;
-    result
+    result.unwrap_or_else(|_| Ok(Err(format!("the seed check took more than {} s", CHECK_TIMEOUT.as_secs()))))
 }
 
 async fn in_cluster(
@@ -144,8 +147,9 @@ async fn snapshot(conn: &mut PgConnection, migrations_table: &str) -> Result<Vec
     .await?;
     let mut rows = Vec::with_capacity(tables.len());
     for table in tables {
-        let sql =
-            format!("SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t");
+        let sql = format!(
+            "SELECT count(*), md5(coalesce(string_agg(ROW(t.*)::text, E'\\n' ORDER BY ROW(t.*)::text), '')) FROM {table} t"
+        );
         let (count, digest): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
         rows.push((table, count, digest));
     }

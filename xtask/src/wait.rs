@@ -28,6 +28,9 @@ fn looks_hopeless(kind: RetryKind, db: &DatabaseSettings, context: RuntimeContex
 
 /// While the reason stays the same, repeat the wait line this often rather than per attempt.
 const REPEAT_EVERY: Duration = Duration::from_secs(5);
+/// Whether this run has said that it waits for the database.
+static ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The name other sessions see in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "prestart";
 
@@ -59,7 +62,13 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
     } else {
         format!("{} s left of the {} s deadline", deadline.as_secs(), loaded.wait_timeout.as_secs())
     };
-    ui::step(format!("wait for the database at {db} ({budget})"));
+    // Said once a run: a command that connects several times (`database reset`) says it again
+    // only for a wait that has something to say.
+    let header = format!("wait for the database at {db} ({budget})");
+    let mut announced = !ANNOUNCED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    if announced {
+        ui::step(&header);
+    }
     let started = Instant::now();
     let mut last_line: Option<Instant> = None;
     // The likely causes are said once, and again only when they change: a repeat of the wait line
@@ -73,6 +82,10 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             return None;
         }
         last_line = Some(Instant::now());
+        if !announced {
+            ui::step(&header);
+            announced = true;
+        }
         ui::line(format!(
             "waiting: {} (attempt {}, {} elapsed, {} s left)",
             progress.reason,
@@ -99,7 +112,9 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
     };
     match backend::db::wait_for_database(db, APPLICATION_NAME, deadline, &mut report).await {
         Ok(ready) => {
-            ui::line(format!("ready in {}", ui::duration(started.elapsed())));
+            if announced {
+                ui::line(format!("ready in {}", ui::duration(started.elapsed())));
+            }
             Ok(ready)
         }
         // The `Fatal` stays in the chain, for callers that act on its kind.

@@ -67,7 +67,10 @@ fn database_create_drop_reset_and_setup_with_their_guards() {
     cluster.psql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'shop'");
 
     // reset: drop, then create and migrate; the row is gone, the schema is back.
-    database(&["reset", "-y"], &env).assert_code(0).assert_stderr_contains("dropped database shop");
+    let reset = database(&["reset", "-y"], &env);
+    reset.assert_code(0).assert_stderr_contains("dropped database shop");
+    // One run, one wait header: the reset's later connections say nothing while nothing waits.
+    assert_eq!(reset.stderr.matches("wait for the database").count(), 1, "{}", reset.stderr);
     assert_eq!(cluster.psql("shop", "SELECT count(*) FROM app_settings WHERE key = 'kept'"), "0");
     assert_eq!(cluster.psql("shop", "SELECT count(*) FROM _sqlx_migrations"), "3");
 

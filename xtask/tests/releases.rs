@@ -201,14 +201,67 @@ fn statements_of_other_clients_in_pg_stat_statements_are_checked_too() {
     cluster.psql("statements", "CREATE EXTENSION pg_stat_statements");
     // A reporting service that is no release of ours, with a query built at run time.
     cluster.psql("statements", "SELECT title FROM reports WHERE id = 7");
+    cluster.psql("statements", "SELECT title FROM reports WHERE id = 8");
+    // Run once, by hand: not a client's query, left out.
+    cluster.psql("statements", "SELECT id, title FROM reports");
     migrations.write("20990102000000_rename.sql", "ALTER TABLE reports RENAME COLUMN title TO name;\n");
     prestart("v2", &env, &migrations)
         .assert_code(6)
         .assert_stderr_contains("statements of this database's clients to check too")
         .assert_stderr_contains("of pg_stat_statements")
-        .assert_stderr_contains("`SELECT title FROM reports WHERE id = $1`: no longer prepares");
+        .assert_stderr_contains("`SELECT title FROM reports WHERE id = $1`: no longer prepares")
+        .assert_stderr_lacks("SELECT id, title FROM reports`");
     assert_eq!(
         cluster.psql("statements", "SELECT count(*) FROM information_schema.columns WHERE column_name = 'title'"),
         "1"
     );
+}
+
+/// What a contract step of a run breaks is said of it alone: the files after it in the same run
+/// are judged on what they change (a review's finding: every later file was refused).
+#[test]
+fn a_contract_step_does_not_spoil_the_files_after_it_in_the_same_run() {
+    let cluster = Cluster::started();
+    let (env, migrations) = v1_deployed(&cluster, "contract_then_more");
+    migrations.write("20990101000000_drop_error.sql", "-- prestart: contract\nALTER TABLE jobs DROP COLUMN error;\n");
+    migrations.write("20990101000001_note.sql", "ALTER TABLE jobs ADD COLUMN note text;\n");
+    let outcome = prestart("v2", &env, &migrations);
+    outcome.assert_code(0).assert_stderr_contains("20990101000000_drop_error.sql is a contract step");
+    outcome.assert_stderr_lacks("20990101000001_note.sql breaks").assert_stderr_lacks("would break");
+    assert_eq!(cluster.psql("contract_then_more", "SELECT max(version) FROM _sqlx_migrations"), "20990101000001");
+}
+
+/// The release deployed last is what serves during the rollout, whatever its name: a redeploy
+/// under the same name (a `PRESTART_RELEASE` that names no version, a release named by its
+/// unchanged queries) is checked against it, not against an older one or none.
+#[test]
+fn a_release_under_the_name_of_the_one_serving_is_checked_against_it() {
+    let cluster = Cluster::started();
+    let (env, migrations) = v1_deployed(&cluster, "same_name");
+    migrations.write("20990101000000_rename.sql", "ALTER TABLE jobs RENAME COLUMN kind TO job_kind;\n");
+    prestart("v1", &env, &migrations).assert_code(6).assert_stderr_contains("of release v1");
+}
+
+/// When the check itself cannot run (here a lock another session holds on a table the release's
+/// queries read), nothing is applied, and the run says that the check failed, not the migration.
+#[test]
+fn a_check_that_cannot_run_applies_nothing_and_says_so() {
+    let cluster = Cluster::started();
+    let (env, migrations) = v1_deployed(&cluster, "locked");
+    let mut holder = cluster.psql_command("locked");
+    holder.args(["-c", "BEGIN; LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)"]);
+    let mut holder = holder.spawn().expect("psql");
+    assert!(testkit::eventually(std::time::Duration::from_secs(10), || {
+        cluster.psql("locked", "SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted AND relation = 'jobs'::regclass")
+            == "1"
+    }));
+    migrations.write("20990101000000_settings_note.sql", "ALTER TABLE app_settings ADD COLUMN note text;\n");
+    let outcome = prestart("v2", &env, &migrations);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    outcome
+        .assert_code(6)
+        .assert_stderr_contains("the release check could not describe the queries")
+        .assert_stderr_contains("nothing was applied");
+    assert_eq!(cluster.psql("locked", "SELECT count(*) FROM _sqlx_migrations"), "3");
 }

@@ -345,7 +345,7 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection
                 .to_owned(),
         );
     }
-    let judged = super::releases::run(doctor, inputs, &mut conn, (set, settings), &status).await;
+    let judged = super::releases::run(doctor, &mut conn, (set, settings), &status).await;
     if judged == super::Status::Fail {
         doctor.amend_hint(
             "migrations.pending",

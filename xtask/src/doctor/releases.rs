@@ -5,13 +5,12 @@
 use backend::migrations::{MigrationFile, MigrationSet, MigrationSettings, State, Status};
 use sqlx::postgres::PgConnection;
 
-use super::{Area, Doctor, Inputs, Outcome};
+use super::{Area, Doctor, Outcome};
 use crate::release::rehearse::{Rehearsal, live_roles_and_major, on_throwaway};
-use crate::release::{self, Release, record};
+use crate::release::{self, record};
 
 pub async fn run(
     doctor: &mut Doctor,
-    inputs: &Inputs,
     conn: &mut PgConnection,
     (set, settings): (&MigrationSet, &MigrationSettings),
     status: &Status,
@@ -38,9 +37,8 @@ pub async fn run(
                 })
                 .collect();
             let listed = format!("{} recorded: {}", count(recorded.len(), "release"), listed.join(", "));
-            let this = Release::this(inputs.settings().and_then(|s| s.release.as_deref()))?;
-            let Some(previous) = record::previous(&recorded, &this.name, &[]).into_iter().next() else {
-                return Ok(Outcome::ok(format!("{listed}; none but this release ({}) to check against", this.name)));
+            let Some(previous) = record::previous(&recorded, &[]).into_iter().next() else {
+                return Ok(Outcome::ok(format!("{listed}; no release to check against")));
             };
             let pending: Vec<&MigrationFile> = set
                 .files

@@ -91,7 +91,7 @@ pub async fn migrate_step(
             Followed::Rows(rows) => crate::release::record::newest_from_rows(&rows),
             Followed::Missing | Followed::NotRead => None,
         };
-        record_release(session, plan, newest.as_deref()).await;
+        record_release(session, plan, newest).await;
         let total = plan.set.files.len();
         ui::line(match plan.target {
             Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
@@ -393,11 +393,13 @@ async fn record_environment(
 }
 
 /// Records this release with its queries as the newest (prestart only), unless it is already
-/// the `newest` recorded one: a no-op run of the release deployed last writes nothing. Not
+/// the `newest` recorded one (name and fingerprint of its queries): a no-op run of the release
+/// deployed last writes nothing. Not
 /// recording only leaves the next release unchecked against this one's queries: a warning.
-async fn record_release(session: &mut Session<'_>, plan: &Plan<'_>, newest: Option<&str>) {
+async fn record_release(session: &mut Session<'_>, plan: &Plan<'_>, newest: Option<(String, String)>) {
     let Some(options) = plan.release else { return };
-    if newest == Some(options.this.name.as_str()) {
+    let this = (options.this.name.clone(), crate::release::queries::fingerprint(&options.this.queries));
+    if newest.as_ref() == Some(&this) {
         return;
     }
     let table = plan.settings.table_name.as_str();

@@ -26,6 +26,8 @@ pub(super) struct Guard {
     /// What the check cost this run: the description on the schema before, and each judgement.
     spent: std::cell::Cell<std::time::Duration>,
     judged: std::cell::Cell<usize>,
+    /// What migrations of this run broke and were let through.
+    told: std::cell::RefCell<Vec<Finding>>,
 }
 
 /// The guard for a run with pending migrations: `None` where prestart is not the caller or no
@@ -33,7 +35,8 @@ pub(super) struct Guard {
 pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<Option<Guard>> {
     let Some(options) = plan.release else { return Ok(None) };
     let table = plan.settings.table_name.as_str();
-    let recorded = release::record::all(conn, table).await.map_err(|e| fail(Failure::Migration, e))?;
+    let recorded =
+        backend::db::bounded(release::record::all(conn, table)).await.map_err(|e| fail(Failure::Migration, e))?;
     for name in &options.compatible_with {
         if !recorded.iter().any(|r| &r.name == name) {
             let known: Vec<&str> = recorded.iter().map(|r| r.name.as_str()).collect();
@@ -48,11 +51,19 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
             ));
         }
     }
-    let previous = release::record::previous(&recorded, &options.this.name, &options.compatible_with);
+    let previous = release::record::previous(&recorded, &options.compatible_with);
+    for unreadable in previous.iter().filter(|r| !r.readable) {
+        ui::warn(format!(
+            "release {}'s record in {} cannot be read by this version: its queries are not checked",
+            unreadable.name,
+            release::record::table_for(table)
+        ));
+    }
     let mut sources: Vec<(String, Vec<Query>)> =
         previous.iter().map(|r| (format!("release {}", r.name), r.queries.clone())).collect();
     let known: Vec<&Query> = previous.iter().flat_map(|r| r.queries.iter()).collect();
-    match release::statements::read(conn, &known).await.map_err(|e| fail(Failure::Migration, e))? {
+    let statements = backend::db::bounded(release::statements::read(conn, &known)).await;
+    match statements.map_err(|e| fail(Failure::Migration, e))? {
         release::statements::Statements::Read(statements, limited) => {
             ui::line(format!(
                 "pg_stat_statements: {} statements of this database's clients to check too{}",
@@ -60,7 +71,7 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
                 limited.map(|l| format!(" ({l})")).unwrap_or_default()
             ));
             if !statements.is_empty() {
-                sources.push((STATEMENTS.to_owned(), statements));
+                sources.push((release::STATEMENTS.to_owned(), statements));
             }
         }
         release::statements::Statements::Unavailable(why) => ui::line(why),
@@ -76,13 +87,22 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
     }
     let borrowed: Vec<(&str, &[Query])> = sources.iter().map(|(n, q)| (n.as_str(), q.as_slice())).collect();
     let started = std::time::Instant::now();
-    let check = Check::prepare(conn, &borrowed).await.map_err(|e| fail(Failure::Migration, e))?;
+    let check = Check::prepare(conn, &borrowed).await.map_err(|e| {
+        fail(
+            Failure::Migration,
+            anyhow!(
+                "the release check could not describe the queries on the current schema: {}; nothing was applied\n  \
+                 fix: run prestart again (the check's statements are bounded: 10 s each, 5 s for a lock)",
+                backend::db::describe_error(&e)
+            ),
+        )
+    })?;
     let spent = std::cell::Cell::new(started.elapsed());
     let (total, failing) = check.counts();
     let mut names: Vec<String> =
         previous.iter().map(|r| format!("release {} (last deployed {})", r.name, r.last_deployed)).collect();
-    if sources.iter().any(|(n, _)| n == STATEMENTS) {
-        names.push(STATEMENTS.to_owned());
+    if sources.iter().any(|(n, _)| n == release::STATEMENTS) {
+        names.push(release::STATEMENTS.to_owned());
     }
     let failing = match failing {
         0 => String::new(),
@@ -93,11 +113,15 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
         options.this.name,
         names.join(" and ")
     ));
-    Ok(Some(Guard { check, releases: sources, refuse: options.refuse, spent, judged: Default::default() }))
+    Ok(Some(Guard {
+        check,
+        releases: sources,
+        refuse: options.refuse,
+        spent,
+        judged: Default::default(),
+        told: Default::default(),
+    }))
 }
-
-/// The name the statements of `pg_stat_statements` are checked under.
-const STATEMENTS: &str = "pg_stat_statements";
 
 /// What the judge says of one migration.
 pub(super) enum Verdict {
@@ -187,6 +211,17 @@ impl Guard {
     }
 
     fn verdict(&self, file: &MigrationFile, findings: Vec<Finding>) -> Verdict {
+        // What an earlier file of this run broke and was let through (a contract step, a local
+        // run) stays broken after it: said of that file, not of each one after.
+        let findings: Vec<Finding> = findings.into_iter().filter(|f| !self.told.borrow().contains(f)).collect();
+        let verdict = self.judge_findings(file, findings.clone());
+        if matches!(verdict, Verdict::Commit) {
+            self.told.borrow_mut().extend(findings);
+        }
+        verdict
+    }
+
+    fn judge_findings(&self, file: &MigrationFile, findings: Vec<Finding>) -> Verdict {
         let (breaking, reported): (Vec<Finding>, Vec<Finding>) = findings.into_iter().partition(|f| f.change.breaks());
         for line in release::lines(&reported) {
             ui::warn(format!("{}: {line} (reported, not refused: read it as nullable first)", file.name()));

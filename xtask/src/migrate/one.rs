@@ -104,6 +104,17 @@ pub(super) async fn run_one(
             let findings = source.downcast::<Refusal>().map(|refusal| refusal.0).unwrap_or_default();
             return Err(super::guard::refused(file, &findings));
         }
+        Err(MigrateError::Source(source)) if source.is::<CheckFailed>() => {
+            return Err(fail(
+                Failure::Migration,
+                anyhow!(
+                    "{}: {source}; the migration was rolled back, nothing of it was applied\n  fix: run prestart again \
+                     (the check's statements are bounded: 10 s each, 5 s for a lock); if a session holds a lock on a \
+                     table the release's queries read, it is named by `cargo xtask doctor`",
+                    file.name()
+                ),
+            ));
+        }
         Err(error) => return Err(failed(conn, db, file, (direction, offset), &blockers, plan, error).await),
     };
     // Its statements went in a message of their own: if a pooler gave that message another
@@ -242,7 +253,10 @@ async fn apply_in_one_message(
         match verdict {
             Ok(Verdict::Commit) => {}
             Ok(Verdict::Refuse(findings)) => return Err(MigrateError::Source(Box::new(Refusal(findings)))),
-            Err(error) => return Err(MigrateError::Execute(error)),
+            // A connection lost during the check lost the uncommitted migration with it: what a
+            // failover's resume may run again.
+            Err(error) if backend::db::lost_to_failover(&error).is_some() => return Err(MigrateError::Execute(error)),
+            Err(error) => return Err(MigrateError::Source(Box::new(CheckFailed(error)))),
         }
     }
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(MigrateError::Execute)?;
@@ -260,6 +274,19 @@ impl std::fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+/// The release check could not judge a migration (a statement cancelled, a lock not granted, a
+/// connection lost): not a finding about the migration, which is rolled back.
+#[derive(Debug)]
+struct CheckFailed(sqlx::Error);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the release check could not describe the queries: {}", backend::db::describe_error(&self.0))
+    }
+}
+
+impl std::error::Error for CheckFailed {}
 
 /// Makes every commit before it durable: one commit that has a transaction id and waits for the
 /// disk, whatever a migration left `synchronous_commit` at. After a run whose last migration

@@ -4,7 +4,7 @@
 //! that each column it reads keeps its type, that its INSERTs still give every required column.
 //! A column that only turns nullable is reported, not refused.
 
-use super::describe::{Described, Shape};
+use super::describe::{Described, ResultColumn, Shape};
 use super::queries::Query;
 
 /// One thing a migration does to one query of a release.
@@ -69,7 +69,7 @@ pub fn compare(release: &str, queries: &[Query], before: &Described, after: &Des
                 for (position, column) in old.iter().enumerate() {
                     match new.get(position) {
                         None => changes.push(Change::ColumnGone { column: column.name.clone() }),
-                        Some(now) if now.type_oid != column.type_oid => changes.push(Change::ColumnType {
+                        Some(now) if !decodes_alike(column, now) => changes.push(Change::ColumnType {
                             column: column.name.clone(),
                             before: column.type_name.clone(),
                             after: now.type_name.clone(),
@@ -100,7 +100,71 @@ pub fn compare(release: &str, queries: &[Query], before: &Described, after: &Des
     findings
 }
 
+/// Whether the old code reads a column of type `now` as it read one of type `before`: the same
+/// type, one made again under its name (an enum dropped and created), or types sqlx decodes into
+/// one Rust type without a check of its own, as its macros decode (`String` from text, varchar,
+/// bpchar and name; `serde_json::Value` from json and jsonb).
+fn decodes_alike(before: &ResultColumn, now: &ResultColumn) -> bool {
+    const ALIKE: [&[&str]; 2] = [&["text", "varchar", "char", "bpchar", "name"], &["json", "jsonb"]];
+    before.type_oid == now.type_oid
+        || before.type_name == now.type_name
+        || ALIKE
+            .iter()
+            .any(|class| class.contains(&before.type_name.as_str()) && class.contains(&now.type_name.as_str()))
+}
+
 /// How many of `queries` did not describe on the schema before (they fail already: not counted).
 pub fn failing_already(before: &Described) -> usize {
     before.shapes.iter().filter(|s| matches!(s, Shape::Failed { .. })).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Change, Described, ResultColumn, Shape, compare};
+    use crate::release::queries::{Column, Query};
+
+    fn column(name: &str, type_name: &str, type_oid: u32) -> ResultColumn {
+        ResultColumn { name: name.into(), type_oid, type_name: type_name.into(), origin: None, not_null: None }
+    }
+
+    fn described(columns: Vec<ResultColumn>) -> Described {
+        Described { shapes: vec![Shape::Described(columns)], omitted: vec![Vec::new()] }
+    }
+
+    fn query() -> Query {
+        let column = |name: &str| Column { name: name.into(), type_name: "text".into(), nullable: Some(false) };
+        Query {
+            hash: "abc".into(),
+            query: "SELECT kind, payload, attempts FROM jobs".into(),
+            parameters: vec![],
+            columns: vec![column("kind"), column("payload"), column("attempts")],
+        }
+    }
+
+    #[test]
+    fn what_sqlx_decodes_alike_is_no_change_and_a_wider_integer_is() {
+        let before =
+            described(vec![column("kind", "text", 25), column("payload", "json", 114), column("attempts", "int4", 23)]);
+        let alike = described(vec![
+            column("kind", "varchar", 1043),
+            column("payload", "jsonb", 3802),
+            column("attempts", "int4", 23),
+        ]);
+        assert_eq!(compare("release v1", &[query()], &before, &alike), vec![]);
+        let wider =
+            described(vec![column("kind", "text", 25), column("payload", "json", 114), column("attempts", "int8", 20)]);
+        let found = compare("release v1", &[query()], &before, &wider);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].change,
+            Change::ColumnType { column: "attempts".into(), before: "int4".into(), after: "int8".into() }
+        );
+        let gone = Described {
+            shapes: vec![Shape::Failed { code: "42703".into(), message: "no".into() }],
+            omitted: vec![vec![]],
+        };
+        assert!(matches!(compare("release v1", &[query()], &before, &gone)[0].change, Change::Fails { .. }));
+        // A query that failed before is not this migration's doing.
+        assert_eq!(compare("release v1", &[query()], &gone, &wider), vec![]);
+    }
 }

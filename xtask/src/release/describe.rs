@@ -2,8 +2,9 @@
 //! each (with the parameter types the code binds, as the release's own connections send them),
 //! the NOT NULL of each result column's table column, and the required columns an INSERT leaves
 //! out. Inside a migration's transaction the description sees its uncommitted DDL; it runs under
-//! a savepoint, as a fresh session of the same login would (no role or search_path a migration
-//! set), and leaves the transaction as it found it.
+//! a savepoint, as a fresh session of the same login would (no role, search_path or other setting
+//! a migration made: `RESET ALL` under the savepoint, undone with it), and leaves the transaction
+//! as it found it.
 
 use std::collections::HashMap;
 
@@ -54,20 +55,21 @@ const BOUNDS: &str = "SET LOCAL statement_timeout = 10000; SET LOCAL lock_timeou
 
 /// Describes `queries` on the schema `conn` sees; `in_transaction`: inside a migration's open
 /// transaction, which it leaves as it found it (outside one, in a transaction of its own, rolled
-/// back).
+/// back). `lenient`: any refusal of the server is the query's failure (statements of unknown
+/// origin, whose failure before a migration only takes them out of the check).
 pub async fn describe(
     conn: &mut PgConnection,
     queries: &[Query],
     inserts: &[Option<super::insert::Target>],
-    in_transaction: bool,
+    (in_transaction, lenient): (bool, bool),
 ) -> Result<Described, sqlx::Error> {
     let begin = if in_transaction { "" } else { "BEGIN; " };
     let enter = format!(
-        "{begin}SAVEPOINT {OUTER}; SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
-         SET LOCAL search_path TO DEFAULT; {BOUNDS}; SAVEPOINT {INNER}"
+        "{begin}SAVEPOINT {OUTER}; RESET ALL; SET LOCAL SESSION AUTHORIZATION DEFAULT; SET LOCAL ROLE NONE; \
+         {BOUNDS}; SAVEPOINT {INNER}"
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(enter)).execute(&mut *conn).await?;
-    let described = describe_in(conn, queries, inserts).await;
+    let described = describe_in(conn, queries, inserts, lenient).await;
     let leave = match in_transaction {
         true => format!("ROLLBACK TO SAVEPOINT {OUTER}; RELEASE SAVEPOINT {OUTER}"),
         false => "ROLLBACK".to_owned(),
@@ -84,6 +86,7 @@ async fn describe_in(
     conn: &mut PgConnection,
     queries: &[Query],
     inserts: &[Option<super::insert::Target>],
+    lenient: bool,
 ) -> Result<Described, sqlx::Error> {
     sqlx::Connection::clear_cached_statements(&mut *conn).await?;
     let types = resolve_types(conn, queries).await?;
@@ -92,7 +95,7 @@ async fn describe_in(
         if index > 0 && index % CHUNK == 0 {
             sqlx::Connection::clear_cached_statements(&mut *conn).await?;
         }
-        shapes.push(prepare(conn, query, &types).await?);
+        shapes.push(prepare(conn, query, &types, lenient).await?);
     }
     add_not_null(conn, &mut shapes).await?;
     let omitted = omitted_columns(conn, inserts).await?;
@@ -100,6 +103,9 @@ async fn describe_in(
 }
 
 /// The OID of every parameter type the queries name, `None` for a type the schema lacks.
+/// The OID of every parameter type the queries name, `None` for a type the schema lacks: looked
+/// up by `pg_type.typname` as sqlx writes it (exact case; `x[]` is `_x`), among the types the
+/// session sees, with no function that raises on a name it cannot parse; `oid N` is N.
 async fn resolve_types(
     conn: &mut PgConnection,
     queries: &[Query],
@@ -108,18 +114,29 @@ async fn resolve_types(
     names.sort();
     names.dedup();
     let oids: Vec<Option<i64>> = sqlx::query_scalar(
-        "SELECT pg_catalog.to_regtype(n)::oid::int8 FROM unnest($1::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i",
+        "SELECT (SELECT t.oid::int8 FROM pg_catalog.pg_type t WHERE t.typname = CASE WHEN x.n LIKE '%[]' \
+         THEN '_' || pg_catalog.left(x.n, -2) ELSE x.n END AND pg_catalog.pg_type_is_visible(t.oid) LIMIT 1) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS x(n, i) ORDER BY x.i",
     )
     .bind(&names)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(names.into_iter().zip(oids).map(|(name, oid)| (name, oid.and_then(|o| u32::try_from(o).ok()))).collect())
+    Ok(names
+        .into_iter()
+        .zip(oids)
+        .map(|(name, oid)| {
+            let given = name.strip_prefix("oid ").and_then(|n| n.parse::<u32>().ok());
+            let oid = given.or_else(|| oid.and_then(|o| u32::try_from(o).ok()));
+            (name, oid)
+        })
+        .collect())
 }
 
 async fn prepare(
     conn: &mut PgConnection,
     query: &Query,
     types: &HashMap<String, Option<u32>>,
+    lenient: bool,
 ) -> Result<Shape, sqlx::Error> {
     let mut parameters = Vec::with_capacity(query.parameters.len());
     for name in &query.parameters {
@@ -145,7 +162,7 @@ async fn prepare(
                 })
                 .collect(),
         )),
-        Err(sqlx::Error::Database(error)) if says_the_query_is_wrong(error.code().as_deref()) => {
+        Err(sqlx::Error::Database(error)) if lenient || says_the_query_is_wrong(error.code().as_deref()) => {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {INNER}"))).execute(&mut *conn).await?;
             Ok(Shape::Failed {
                 code: error.code().unwrap_or_default().into_owned(),

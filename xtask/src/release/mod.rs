@@ -94,7 +94,12 @@ struct Against {
     queries: Vec<Query>,
     inserts: Vec<Option<insert::Target>>,
     before: Described,
+    /// Statements of unknown origin (see [`STATEMENTS`]): any refusal counts as their failure.
+    lenient: bool,
 }
+
+/// The name the statements of `pg_stat_statements` are checked under, as a release's queries.
+pub const STATEMENTS: &str = "pg_stat_statements";
 
 /// The check of a run's pending migrations against the releases that may still be serving.
 pub struct Check {
@@ -107,8 +112,10 @@ impl Check {
         let mut against = Vec::with_capacity(releases.len());
         for (release, queries) in releases {
             let inserts: Vec<Option<insert::Target>> = queries.iter().map(|q| insert::target(&q.query)).collect();
-            let before = describe::describe(conn, queries, &inserts, false).await?;
-            against.push(Against { release: (*release).to_owned(), queries: queries.to_vec(), inserts, before });
+            let lenient = *release == STATEMENTS;
+            let before = describe::describe(conn, queries, &inserts, (false, lenient)).await?;
+            let release = (*release).to_owned();
+            against.push(Against { release, queries: queries.to_vec(), inserts, before, lenient });
         }
         Ok(Check { against })
     }
@@ -125,7 +132,8 @@ impl Check {
     pub async fn findings(&self, conn: &mut PgConnection, in_transaction: bool) -> Result<Vec<Finding>, sqlx::Error> {
         let mut findings = Vec::new();
         for against in &self.against {
-            let after = describe::describe(conn, &against.queries, &against.inserts, in_transaction).await?;
+            let modes = (in_transaction, against.lenient);
+            let after = describe::describe(conn, &against.queries, &against.inserts, modes).await?;
             findings.extend(compare::compare(&against.release, &against.queries, &against.before, &after));
         }
         Ok(findings)

@@ -30,17 +30,21 @@ pub struct Recorded {
     pub first_deployed: String,
     pub last_deployed: String,
     pub queries: Vec<Query>,
+    /// False where this version cannot read the recorded queries (checked as none, and said).
+    pub readable: bool,
 }
 
-/// The `SELECT` of the newest recorded release's name, for the first read's message (the no-op
-/// run learns from it whether this release is recorded already, in no round trip of its own).
+/// The `SELECT` of the newest recorded release's name and fingerprint, for the first read's
+/// message (the no-op run learns from it whether this release is recorded already, with these
+/// queries, in no round trip of its own).
 pub fn newest_sql(migrations_table: &str) -> String {
-    format!("SELECT name FROM {} ORDER BY last_deployed DESC, name LIMIT 1", table_for(migrations_table))
+    format!("SELECT name, fingerprint FROM {} ORDER BY last_deployed DESC, name LIMIT 1", table_for(migrations_table))
 }
 
-/// The name in the rows of [`newest_sql`].
-pub fn newest_from_rows(rows: &[sqlx::postgres::PgRow]) -> Option<String> {
-    rows.first().and_then(|row| sqlx::Row::try_get::<String, _>(row, 0).ok())
+/// The name and fingerprint in the rows of [`newest_sql`].
+pub fn newest_from_rows(rows: &[sqlx::postgres::PgRow]) -> Option<(String, String)> {
+    let row = rows.first()?;
+    Some((sqlx::Row::try_get(row, 0).ok()?, sqlx::Row::try_get(row, 1).ok()?))
 }
 
 /// Every recorded release, newest first; none where the table is missing.
@@ -62,22 +66,26 @@ pub async fn all(conn: &mut PgConnection, migrations_table: &str) -> Result<Vec<
         .map(|row| {
             use sqlx::Row as _;
             let queries: String = row.try_get(3)?;
+            let parsed: Option<Vec<Query>> = serde_json::from_str(&queries).ok();
             Ok(Recorded {
                 name: row.try_get(0)?,
                 first_deployed: row.try_get(1)?,
                 last_deployed: row.try_get(2)?,
-                // A record this version cannot read is checked as one with no queries.
-                queries: serde_json::from_str(&queries).unwrap_or_default(),
+                readable: parsed.is_some(),
+                queries: parsed.unwrap_or_default(),
             })
         })
         .collect()
 }
 
-/// The releases to check a migration against: those named, or else the newest recorded one that
-/// is not `this`. A name that is not recorded is said by the caller.
-pub fn previous<'a>(recorded: &'a [Recorded], this: &str, named: &[String]) -> Vec<&'a Recorded> {
+/// The releases to check a migration against: those named, or else the newest recorded one, the
+/// release deployed last, which still serves while this one rolls out. It may bear this release's
+/// name (a redeploy, a `PRESTART_RELEASE` that names no version, a release named by its queries
+/// whose queries did not change): its queries are still the ones serving. A name that is not
+/// recorded is said by the caller.
+pub fn previous<'a>(recorded: &'a [Recorded], named: &[String]) -> Vec<&'a Recorded> {
     if named.is_empty() {
-        return recorded.iter().find(|r| r.name != this).into_iter().collect();
+        return recorded.first().into_iter().collect();
     }
     recorded.iter().filter(|r| named.contains(&r.name)).collect()
 }
@@ -89,11 +97,11 @@ pub async fn record(
     conn: &mut PgConnection,
     migrations_table: &str,
     name: &str,
-    queries: &[Query],
+    release_queries: &[Query],
 ) -> Result<(), sqlx::Error> {
     let table = table_for(migrations_table);
     let quoted_table = format!("'{}'", table.replace('\'', "''"));
-    let queries = serde_json::to_string(queries).unwrap_or_else(|_| "[]".to_owned());
+    let queries = serde_json::to_string(release_queries).unwrap_or_else(|_| "[]".to_owned());
     let sql = format!(
         "{bound}SET LOCAL lock_timeout = {lock};\n\
          DO $prestart$ BEGIN IF pg_catalog.to_regclass({quoted_table}) IS NULL THEN\n\
@@ -101,16 +109,19 @@ pub async fn record(
                  name text PRIMARY KEY,\n\
                  first_deployed timestamptz NOT NULL DEFAULT now(),\n\
                  last_deployed timestamptz NOT NULL DEFAULT now(),\n\
+                 fingerprint text NOT NULL DEFAULT '',\n\
                  queries jsonb NOT NULL\n\
              );\n\
              COMMENT ON TABLE {table} IS 'The releases prestart migrated this database for, with their queries: the next release''s migrations are checked against them (docs/releases.md)';\n\
          END IF; END $prestart$;\n\
-         INSERT INTO {table} (name, queries) VALUES ({name}, {queries}::jsonb) ON CONFLICT (name) DO UPDATE \
-         SET last_deployed = pg_catalog.clock_timestamp(), queries = EXCLUDED.queries;\n\
+         INSERT INTO {table} (name, fingerprint, queries) VALUES ({name}, {fingerprint}, {queries}::jsonb) \
+         ON CONFLICT (name) DO UPDATE SET last_deployed = pg_catalog.clock_timestamp(), \
+         fingerprint = EXCLUDED.fingerprint, queries = EXCLUDED.queries;\n\
          DELETE FROM {table} WHERE name NOT IN (SELECT name FROM {table} ORDER BY last_deployed DESC, name LIMIT {KEPT})",
         bound = backend::db::server_side_bound(),
         lock = backend::migrations::TABLE_LOCK_WAIT.as_millis(),
         name = backend::db::dollar_quoted(name),
+        fingerprint = backend::db::dollar_quoted(&super::queries::fingerprint(release_queries)),
         queries = backend::db::dollar_quoted(&queries),
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map(|_| ())

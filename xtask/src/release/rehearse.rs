@@ -71,17 +71,13 @@ async fn run(
             .map_err(|e| anyhow!("cannot connect to the throwaway cluster: {e}"))
     };
     let mut admin = connect("postgres").await?;
-    let mut setup = String::new();
-    for role in rehearsal.roles {
-        let literal = role.replace('\'', "''");
-        let ident = role.replace('"', "\"\"");
-        setup.push_str(&format!(
-            "DO $r$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{literal}') THEN CREATE ROLE \
-             \"{ident}\"; END IF; END $r$;\n"
-        ));
-    }
-    if !setup.is_empty() {
-        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut admin.conn)).await?;
+    // The roles the migrations may name, made where missing: quoted as identifiers, never
+    // spliced into a quoted body.
+    let present: Vec<String> =
+        bounded(sqlx::query_scalar("SELECT rolname::text FROM pg_catalog.pg_roles").fetch_all(&mut admin.conn)).await?;
+    for role in rehearsal.roles.iter().filter(|r| !present.contains(r)) {
+        let create = format!("CREATE ROLE \"{}\"", role.replace('"', "\"\""));
+        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut admin.conn)).await?;
     }
     // Alone: CREATE DATABASE refuses the implicit transaction of a message with more.
     bounded(sqlx::raw_sql("CREATE DATABASE prestart_release_check").execute(&mut admin.conn)).await?;

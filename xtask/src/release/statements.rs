@@ -1,15 +1,18 @@
 //! Statements from outside the code: what `pg_stat_statements` holds for this database (other
 //! services, runtime-built queries, ORMs), checked like a release's queries, differentially (only
 //! those that describe on the current schema count). Its texts are normalized (constants become
-//! `$n`), so the server infers the parameters' types.
+//! `$n`), so the server infers the parameters' types. Statements run once are left out: a
+//! service's queries run again and again, while a backfill of an earlier migration, the seed's
+//! first inserts or someone's query in psql ran once and would refuse a migration for nothing.
 
 use sqlx::postgres::PgConnection;
 use squawk_syntax::ast::Stmt;
 
 use super::queries::Query;
 
-/// How many statements are read, the most called first.
-const LIMIT: i64 = 1000;
+/// How many statements are read, the most called first: each is described again inside every
+/// migration's transaction, while it holds its locks.
+const LIMIT: i64 = 200;
 
 /// What `pg_stat_statements` gave: its DML statements, or why it gave none.
 pub enum Statements {
@@ -45,7 +48,7 @@ pub async fn read(conn: &mut PgConnection, known: &[&Query]) -> Result<Statement
     let sql = format!(
         "SELECT queryid::text, query FROM {}.pg_stat_statements \
          WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
-         ORDER BY calls DESC LIMIT {LIMIT}",
+         AND calls > 1 ORDER BY calls DESC LIMIT {LIMIT}",
         quote_identifier(&schema)
     );
     let rows: Vec<(Option<String>, Option<String>)> =

@@ -51,6 +51,32 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Option<Job>, sqlx::
     .await
 }
 
+/// The states a job goes through, as the API names them (`job_status`).
+pub const STATUSES: [&str; 4] = ["queued", "running", "done", "failed"];
+
+/// Jobs newest first: `limit` of them, those below `before` (an id, for the next page), with the
+/// status `status` when given.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    status: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Job>, sqlx::Error> {
+    sqlx::query_as!(
+        Job,
+        r#"SELECT id, kind, payload, status::text AS "status!", attempts, result, error,
+                  to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS "created_at!",
+                  to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS finished_at
+           FROM jobs WHERE ($1::text IS NULL OR status::text = $1) AND ($2::int8 IS NULL OR id < $2)
+           ORDER BY id DESC LIMIT $3"#,
+        status,
+        before,
+        limit
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Takes the oldest queued job; concurrent workers skip the rows others hold.
 pub async fn claim(db: impl PgExecutor<'_>) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as!(

@@ -364,3 +364,70 @@ fn ready_gives_http_clients_no_driver_error_text() {
     let outcome = api.wait();
     assert!(outcome.stderr.contains("/ready:"), "{}", outcome.stderr);
 }
+
+/// A request without a JSON content type, with one of the raw socket: no client adds a header.
+fn post_without_content_type(bind: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(bind).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {bind}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// `GET /api/jobs` lists jobs newest first, a page at a time, by status; every error is JSON,
+/// the missing content type's 415 too (issue 33, 8).
+#[test]
+fn the_api_lists_jobs_newest_first_by_page_and_status_and_answers_every_error_in_json() {
+    let cluster = Cluster::started();
+    migrate(&cluster);
+    cluster.psql(
+        "app",
+        "INSERT INTO jobs (kind, payload, status) SELECT 'echo', jsonb_build_object('n', n), \
+         CASE WHEN n % 3 = 0 THEN 'done'::job_status ELSE 'queued'::job_status END FROM generate_series(1, 25) n",
+    );
+    let port = claim_port();
+    let bind = format!("127.0.0.1:{}", port.number);
+    let api = service("backend", &cluster, &bind).spawn();
+    assert!(eventually(Duration::from_secs(20), || http("GET", &bind, "/health", None).is_ok_and(|(s, _)| s == 200)));
+    let page = |query: &str| {
+        let (status, body) = http("GET", &bind, &format!("/api/jobs{query}"), None).expect("list");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+    };
+    let ids = |page: &serde_json::Value| -> Vec<i64> {
+        page["jobs"].as_array().expect("jobs").iter().map(|j| j["id"].as_i64().expect("id")).collect()
+    };
+    let first = page("");
+    assert_eq!(ids(&first), (6..=25).rev().collect::<Vec<i64>>());
+    assert_eq!(first["next_before"], 6);
+    let last = page("?before=6");
+    assert_eq!(ids(&last), vec![5, 4, 3, 2, 1]);
+    assert_eq!(last["next_before"], serde_json::Value::Null);
+    let done = page("?status=done&limit=3");
+    assert_eq!(ids(&done), vec![24, 21, 18]);
+    assert!(done["jobs"].as_array().expect("jobs").iter().all(|j| j["status"] == "done"));
+    for (query, status, says) in [
+        ("?status=finished", 422, "unknown status `finished`: use one of queued, running, done, failed"),
+        ("?limit=0", 422, "limit must be 1 to 100"),
+        ("?before=soon", 400, "before"),
+    ] {
+        let (code, body) = http("GET", &bind, &format!("/api/jobs{query}"), None).expect("list");
+        assert_eq!(code, status, "{query}: {body}");
+        let error: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{query}: not JSON: {body}"));
+        assert!(error["error"].as_str().expect("error").contains(says), "{query}: {body}");
+    }
+    let (code, body) = post_without_content_type(&bind, "/api/jobs", r#"{"kind":"echo"}"#);
+    assert_eq!(code, 415, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("415 not JSON: {body}"));
+    assert!(error["error"].as_str().expect("error").contains("Content-Type"), "{body}");
+    api.signal("TERM");
+    api.wait().assert_code(0);
+}

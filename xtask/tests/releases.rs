@@ -19,7 +19,7 @@ fn v1_deployed(cluster: &Cluster, database: &str) -> (Vec<(String, String)>, Mig
     cluster.create_database(database);
     let env = cluster.env(database);
     let migrations = Migrations::workspace();
-    prestart("v1", &env, &migrations).assert_code(0).assert_stderr_contains("recorded release v1 with its 5 queries");
+    prestart("v1", &env, &migrations).assert_code(0).assert_stderr_contains("recorded release v1 with its 6 queries");
     (env, migrations)
 }
 
@@ -81,7 +81,7 @@ fn additive_migrations_pass_without_a_finding_and_earlier_files_commit_before_a_
         "-- no-transaction\nCREATE INDEX CONCURRENTLY jobs_kind_idx ON jobs (kind);\n",
     );
     let outcome = prestart("v2", &env, &migrations);
-    outcome.assert_code(0).assert_stderr_contains("checking each migration against the 5 queries of release v1");
+    outcome.assert_code(0).assert_stderr_contains("checking each migration against the 6 queries of release v1");
     outcome.assert_stderr_lacks("would break").assert_stderr_lacks("warning");
     // v3 adds a column and then renames one: the first commits, the second is refused.
     migrations.write("20990102000000_level.sql", "ALTER TABLE jobs ADD COLUMN level int;\n");
@@ -112,7 +112,7 @@ fn a_contract_step_passes_with_its_line_and_a_column_made_nullable_is_only_repor
     );
     prestart("v3", &env, &migrations)
         .assert_code(0)
-        .assert_stderr_contains("20990102000000_drop_kind.sql is a contract step (`-- prestart: contract`): applied although it breaks 3 queries of the release before");
+        .assert_stderr_contains("20990102000000_drop_kind.sql is a contract step (`-- prestart: contract`): applied although it breaks 4 queries of the release before");
     assert_eq!(
         cluster.psql("contract", "SELECT count(*) FROM information_schema.columns WHERE column_name = 'kind'"),
         "0"
@@ -142,7 +142,7 @@ fn the_record_keeps_ten_releases_a_no_op_writes_nothing_and_local_only_warns() {
     let local = testkit::with(env.clone(), "ENVIRONMENT", "local");
     prestart("v13", &local, &migrations)
         .assert_code(0)
-        .assert_stderr_contains("breaks 3 queries of the release before (applied: ENVIRONMENT=local");
+        .assert_stderr_contains("breaks 4 queries of the release before (applied: ENVIRONMENT=local");
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn lint_migrations_against_a_git_ref_reports_a_rename() {
     );
     let json: serde_json::Value = serde_json::from_str(&lint("json").stdout).expect("json");
     let rules: Vec<&str> = json.as_array().expect("array").iter().filter_map(|f| f["rule"].as_str()).collect();
-    assert_eq!(rules.iter().filter(|r| **r == "breaks-previous-release").count(), 3, "{json}");
+    assert_eq!(rules.iter().filter(|r| **r == "breaks-previous-release").count(), 4, "{json}");
     // Additive: nothing to say.
     std::fs::remove_file(project.path().join("migrations/20990101000000_rename.sql")).expect("remove");
     project.write("migrations/20990101000000_note.sql", "ALTER TABLE jobs ADD COLUMN note text;\n");

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,7 +43,7 @@ async fn serve() -> ExitCode {
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/api/jobs", post(create_job))
+        .route("/api/jobs", post(create_job).get(list_jobs))
         .route("/api/jobs/{id}", get(show_job))
         .with_state(app);
     let listener = match tokio::net::TcpListener::bind(&settings.backend_bind).await {
@@ -102,7 +103,17 @@ struct NewJob {
     payload: serde_json::Value,
 }
 
-async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Response {
+/// A request the API cannot read (no JSON content type, a body that is not the job, a query
+/// string of the wrong types): its status, with the reason as JSON, as every other error.
+fn unreadable(status: StatusCode, reason: String) -> Response {
+    (status, Json(json!({ "error": reason }))).into_response()
+}
+
+async fn create_job(State(app): State<Arc<App>>, job: Result<Json<NewJob>, JsonRejection>) -> Response {
+    let job = match job {
+        Ok(Json(job)) => job,
+        Err(rejection) => return unreadable(rejection.status(), rejection.body_text()),
+    };
     if !jobs::KINDS.contains(&job.kind.as_str()) {
         let error = format!("unknown kind `{}`: use one of {}", job.kind, jobs::KINDS.join(", "));
         return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": error }))).into_response();
@@ -110,6 +121,41 @@ async fn create_job(State(app): State<Arc<App>>, Json(job): Json<NewJob>) -> Res
     let payload = if job.payload.is_null() { json!({}) } else { job.payload };
     match app.db.run(|| async |conn| jobs::enqueue(conn, &job.kind, &payload).await).await {
         Ok(job) => (StatusCode::CREATED, Json(job)).into_response(),
+        Err(e) => database_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The page size when none is asked for, and the largest one served.
+const PAGE: (i64, i64) = (20, 100);
+
+/// `GET /api/jobs?status=&before=&limit=`: jobs newest first, a page at a time; `next_before` is
+/// the `before` of the next page (null on the last one).
+async fn list_jobs(State(app): State<Arc<App>>, query: Result<Query<ListQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return unreadable(rejection.status(), rejection.body_text()),
+    };
+    if let Some(status) = query.status.as_deref().filter(|s| !jobs::STATUSES.contains(s)) {
+        let error = format!("unknown status `{status}`: use one of {}", jobs::STATUSES.join(", "));
+        return unreadable(StatusCode::UNPROCESSABLE_ENTITY, error);
+    }
+    let limit = query.limit.unwrap_or(PAGE.0);
+    if !(1..=PAGE.1).contains(&limit) {
+        return unreadable(StatusCode::UNPROCESSABLE_ENTITY, format!("limit must be 1 to {}", PAGE.1));
+    }
+    let status = query.status.as_deref();
+    match app.db.run(|| async |conn| jobs::list(conn, status, query.before, limit).await).await {
+        Ok(page) => {
+            let next = (page.len() as i64 == limit).then(|| page.last().map(|job| job.id)).flatten();
+            Json(json!({ "jobs": page, "next_before": next })).into_response()
+        }
         Err(e) => database_error(e),
     }
 }

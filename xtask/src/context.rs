@@ -147,6 +147,10 @@ pub struct DbArgs {
     pub context: ContextArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
+    /// How lines are written: text for people, or one JSON object a line for a log collector
+    /// (default: PRESTART_LOG_FORMAT from the environment, else text)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::ui::LogFormat>,
 }
 
 /// How long to wait for the database.
@@ -170,6 +174,9 @@ pub enum ContextArg {
 impl DbArgs {
     /// Reads `.env` and the environment once; every later step gets what it needs from here.
     pub fn load(&self) -> anyhow::Result<Loaded> {
+        if let Some(format) = self.log_format {
+            crate::ui::set_format(format);
+        }
         self.settings.load_with(self.context.context, self.wait.wait_timeout)
     }
 }

@@ -80,6 +80,21 @@ pub enum Signal {
 }
 
 impl Failure {
+    /// The class a log collector files the end of a run under.
+    pub fn class(self) -> &'static str {
+        match self {
+            Failure::ChecksFailed => "checks_failed",
+            Failure::Config => "config",
+            Failure::Unreachable => "unreachable",
+            Failure::Refused => "refused",
+            Failure::Migration => "migration",
+            Failure::Seed => "seed",
+            Failure::NotUpToDate => "not_up_to_date",
+            Failure::Drift => "drift",
+            Failure::Interrupted(_) => "interrupted",
+        }
+    }
+
     pub fn exit_code(self) -> u8 {
         match self {
             Failure::ChecksFailed => 1,
@@ -134,14 +149,19 @@ impl std::error::Error for Stopped {}
 /// Prints the error as `error: <kind>: <causes>` on stderr and turns it into the exit code.
 pub fn report(result: anyhow::Result<()>) -> ExitCode {
     let Err(error) = result else {
+        crate::ui::finish(None, 0, "success");
         return ExitCode::SUCCESS;
     };
-    let code = error.downcast_ref::<Failure>().map_or(1, |kind| kind.exit_code());
+    let kind = error.downcast_ref::<Failure>().copied();
+    let code = kind.map_or(1, Failure::exit_code);
+    let class = kind.map_or("bug", Failure::class);
     if error.downcast_ref::<Stopped>().is_some() {
+        // Said already; a log collector still gets the end of the run.
+        crate::ui::finish(None, code, class);
         return ExitCode::from(code);
     }
     let causes: Vec<String> = error.chain().map(ToString::to_string).collect();
-    eprintln!("error: {}", backend::redact::redact(&causes.join(": ")));
+    crate::ui::finish(Some(&causes.join(": ")), code, class);
     ExitCode::from(code)
 }
 
@@ -155,10 +175,10 @@ pub fn report_panics_as_bugs() {
             payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
         // A panic message may quote a value: through the same filter as every other line.
         let line = format!(
-            "error: internal error{location}: {}; this is a bug in prestart, please report it",
+            "internal error{location}: {}; this is a bug in prestart, please report it",
             message.unwrap_or("panic")
         );
-        eprintln!("{}", backend::redact::redact(&line));
+        crate::ui::finish(Some(&line), 1, "bug");
     }));
 }
 

@@ -82,6 +82,7 @@ enum Command {
 fn main() -> ExitCode {
     backend::config::isolate_from_libpq_environment();
     exit::report_panics_as_bugs();
+    ui::set_format(ui::format_from_environment());
     let cli = parse_command_line();
     if let Err(error) = interrupt::start() {
         return exit::report(Err(error));

@@ -85,7 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some((set, settings, _)) => with_drift_note(error, &loaded, set, settings),
         None => error,
     })?;
-    ui::step(format!("database ready in {}", ui::duration(started.elapsed())));
+    let took = started.elapsed();
+    ui::step_with(format!("database ready in {}", ui::duration(took)), &[("duration_ms", ui::ms(took))]);
     Ok(())
 }
 

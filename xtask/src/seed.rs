@@ -186,11 +186,19 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
         0 => String::new(),
         n => format!("; {n} seed {} run", if n == 1 { "file" } else { "files" }),
     };
-    ui::line(format!(
-        "{user}; {} default settings inserted{files} ({})",
-        report.settings_inserted,
-        ui::duration(started.elapsed())
-    ));
+    ui::line_with(
+        format!(
+            "{user}; {} default settings inserted{files} ({})",
+            report.settings_inserted,
+            ui::duration(started.elapsed())
+        ),
+        &[
+            ("superuser_created", report.superuser_created.into()),
+            ("settings_inserted", report.settings_inserted.into()),
+            ("seed_files", report.files_run.into()),
+            ("duration_ms", ui::ms(started.elapsed())),
+        ],
+    );
     Ok(())
 }
 

@@ -86,13 +86,20 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             ui::step(&header);
             announced = true;
         }
-        ui::line(format!(
-            "waiting: {} (attempt {}, {} elapsed, {} s left)",
-            progress.reason,
-            progress.attempts,
-            ui::duration(progress.elapsed),
-            progress.remaining.as_secs()
-        ));
+        ui::line_with(
+            format!(
+                "waiting: {} (attempt {}, {} elapsed, {} s left)",
+                progress.reason,
+                progress.attempts,
+                ui::duration(progress.elapsed),
+                progress.remaining.as_secs()
+            ),
+            &[
+                ("attempts", progress.attempts.into()),
+                ("elapsed_ms", ui::ms(progress.elapsed)),
+                ("left_s", progress.remaining.as_secs().into()),
+            ],
+        );
         let causes = likely_causes(progress.reason.kind, db, context);
         if causes != told {
             for cause in cause_lines(&causes) {
@@ -113,7 +120,8 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
     match backend::db::wait_for_database(db, APPLICATION_NAME, deadline, &mut report).await {
         Ok(ready) => {
             if announced {
-                ui::line(format!("ready in {}", ui::duration(started.elapsed())));
+                let took = started.elapsed();
+                ui::line_with(format!("ready in {}", ui::duration(took)), &[("duration_ms", ui::ms(took))]);
             }
             Ok(ready)
         }

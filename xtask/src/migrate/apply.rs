@@ -93,12 +93,12 @@ pub async fn migrate_step(
         };
         record_release(session, plan, newest).await;
         let total = plan.set.files.len();
-        ui::line(match plan.target {
-            Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(started.elapsed())),
-            None => {
-                format!("up to date: all {total} migrations were already applied ({})", ui::duration(started.elapsed()))
-            }
-        });
+        let took = started.elapsed();
+        let said = match plan.target {
+            Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(took)),
+            None => format!("up to date: all {total} migrations were already applied ({})", ui::duration(took)),
+        };
+        ui::line_with(said, &[("applied", 0.into()), ("duration_ms", ui::ms(took))]);
         return Ok(());
     }
     if applied.is_empty()
@@ -150,7 +150,7 @@ pub async fn migrate_step(
     }
     let applied = applied_here;
     let total = plan.set.files.len();
-    ui::line(match applied {
+    let said = match applied {
         // Another prestart applied them while we waited for the lock.
         0 => format!("up to date: all {total} migrations were applied meanwhile ({})", ui::duration(started.elapsed())),
         n => {
@@ -164,7 +164,8 @@ pub async fn migrate_step(
                 ui::duration(started.elapsed())
             )
         }
-    });
+    };
+    ui::line_with(said, &[("applied", applied.into()), ("duration_ms", ui::ms(started.elapsed()))]);
     Ok(())
 }
 

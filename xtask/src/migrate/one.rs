@@ -129,7 +129,10 @@ pub(super) async fn run_one(
             ),
         ));
     }
-    ui::line(format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)));
+    ui::line_with(
+        format!("{done} {} {} ({})", file.migration.version, file.migration.description, ui::duration(elapsed)),
+        &[("version", file.migration.version.into()), ("duration_ms", ui::ms(elapsed))],
+    );
     Ok(())
 }
 

@@ -113,6 +113,9 @@ pub async fn record(
                  queries jsonb NOT NULL\n\
              );\n\
              COMMENT ON TABLE {table} IS 'The releases prestart migrated this database for, with their queries: the next release''s migrations are checked against them (docs/releases.md)';\n\
+         ELSIF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({quoted_table}) \
+             AND attname = 'fingerprint') THEN\n\
+             ALTER TABLE {table} ADD COLUMN fingerprint text NOT NULL DEFAULT '';\n\
          END IF; END $prestart$;\n\
          INSERT INTO {table} (name, fingerprint, queries) VALUES ({name}, {fingerprint}, {queries}::jsonb) \
          ON CONFLICT (name) DO UPDATE SET last_deployed = pg_catalog.clock_timestamp(), \

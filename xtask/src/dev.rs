@@ -63,12 +63,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(ConnectFailure::Retry(reason)) => {
             if !is_local(db.host()) {
-                bail!(
-                    "the configured database at {} does not answer ({reason}) and is not on this machine: start it, or \
-                     set {}=localhost to use a local cluster",
-                    db.host(),
-                    db.host_variable()
-                );
+                return Err(fail(
+                    Failure::Unreachable,
+                    anyhow::anyhow!(
+                        "the configured database at {} does not answer ({reason}) and is not on this machine: start \
+                         it, or set {}=localhost to use a local cluster ({})",
+                        db.host(),
+                        db.host_variable(),
+                        crate::diagnose::context_note(loaded.context)
+                    ),
+                ));
             }
             ui::line(format!("it does not answer ({reason}): using the local cluster of target/dev-db/"));
             DevCluster::new(&sh)?.start(db, None)?;

@@ -71,13 +71,17 @@ pub fn context_note(context: RuntimeContext) -> String {
         RuntimeContext::Container => "judged from inside a container (the compose project's own, as prestart's): \
                                       `--context host` judges it as this machine's tools"
             .into(),
-        RuntimeContext::Kubernetes => "judged from inside a Kubernetes pod (`--context host|container` to judge otherwise)".into(),
+        RuntimeContext::Kubernetes => {
+            "judged from inside a Kubernetes pod (`--context host|container` to judge otherwise)".into()
+        }
         RuntimeContext::Host if Evidence::gather(false).split() => "judged as a development container: this is a \
             container, but runs from a workspace checkout, so localhost and host.docker.internal are taken as this \
             container, where its tools and their database run (`--context container` judges it as the compose \
             project's own container)"
             .into(),
-        RuntimeContext::Host => "judged as this machine (`--context container` judges it from inside a container)".into(),
+        RuntimeContext::Host => {
+            "judged as this machine (`--context container` judges it from inside a container)".into()
+        }
     }
 }
 

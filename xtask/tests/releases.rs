@@ -265,3 +265,20 @@ fn a_check_that_cannot_run_applies_nothing_and_says_so() {
         .assert_stderr_contains("nothing was applied");
     assert_eq!(cluster.psql("locked", "SELECT count(*) FROM _sqlx_migrations"), "3");
 }
+
+/// The no-op learns the release recorded last from the environment's record it reads anyway (no
+/// relation more to open); a record made before those columns costs one write, then none. A
+/// release's name is a tag, a version or a commit: anything else is a configuration error.
+#[test]
+fn a_no_op_reads_the_release_from_the_environments_record_and_a_name_is_checked() {
+    let cluster = Cluster::started();
+    let (env, migrations) = v1_deployed(&cluster, "older_record");
+    cluster
+        .psql("older_record", "ALTER TABLE _prestart_environment DROP COLUMN release, DROP COLUMN release_fingerprint");
+    prestart("v1", &env, &migrations).assert_code(0).assert_stderr_contains("recorded release v1");
+    prestart("v1", &env, &migrations).assert_code(0).assert_stderr_lacks("recorded release");
+    assert_eq!(cluster.psql("older_record", "SELECT release FROM _prestart_environment"), "v1");
+    prestart("v1; DROP TABLE jobs", &env, &migrations)
+        .assert_code(3)
+        .assert_stderr_contains("a release's name may hold letters, digits and . _ - : / @ + only");
+}

@@ -32,6 +32,15 @@ impl Release {
     pub fn this(given: Option<&str>) -> anyhow::Result<Release> {
         let queries = queries::built_in()?;
         let name = match given.map(str::trim).filter(|n| !n.is_empty()) {
+            Some(name) if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/@+".contains(c)) => {
+                return Err(crate::exit::fail(
+                    crate::exit::Failure::Config,
+                    anyhow::anyhow!(
+                        "PRESTART_RELEASE={name:?}: a release's name may hold letters, digits and . _ - : / @ + only \
+                         (an image tag, a version, a commit)"
+                    ),
+                ));
+            }
             Some(name) => name.to_owned(),
             None => match queries::build_commit() {
                 Some(commit) => commit[..commit.len().min(12)].to_owned(),

@@ -76,30 +76,46 @@ fn settings_file(cluster: &Cluster, shape: &str, secret: &str) -> String {
     )
 }
 
-#[test]
-fn no_secret_reaches_any_output() {
+/// The secrets and settings shapes every case draws from: twelve cases, in two tests that run side
+/// by side (the commands, and doctor's compose checks), each under a minute on a loaded machine.
+fn cases(check: impl Fn(&Cluster, &str, &str) -> Result<(), proptest::test_runner::TestCaseError>) {
     // One server for every case: a wrong password is refused by a real server, not a stub.
     let cluster = Cluster::started();
     let config = ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() };
     let secrets = "[a-zA-Z0-9 !#$%&()*+,./:;<=>?@^_{|}~\"'\\\\-]{10,24}";
     let mut runner = proptest::test_runner::TestRunner::new(config);
-    let result = runner.run(&(secrets, 0..SHAPES.len()), |(secret, shape)| {
+    let result = runner.run(&(secrets, 0..SHAPES.len()), |(secret, shape)| check(&cluster, SHAPES[shape], &secret));
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
+
+#[test]
+fn no_secret_reaches_any_commands_output() {
+    cases(|cluster, shape, secret| {
         let dir = tempfile::tempdir().expect("temp dir");
         let env_file = dir.path().join(".env");
-        std::fs::write(&env_file, settings_file(&cluster, SHAPES[shape], &secret)).expect("write .env");
+        std::fs::write(&env_file, settings_file(cluster, shape, secret)).expect("write .env");
         let env_file = env_file.to_str().expect("utf-8 path");
         for command in COMMANDS {
             let mut args = command.to_vec();
             args.extend(["--env-file", env_file]);
             let outcome = Run::xtask(env!("CARGO_BIN_EXE_xtask"), &args, &[]).output();
-            outcome.assert_lacks_secret(&secret);
+            outcome.assert_lacks_secret(secret);
             let may_succeed = WITHOUT_DATABASE.contains(&command[0]);
             prop_assert!(may_succeed || outcome.code != Some(0), "{command:?} succeeded with a wrong password");
         }
-        // doctor's compose checks, in a project whose `.env` is that file: the compose tool of this
-        // machine, and compose v2's parser, which quotes the file from the line it rejects on.
+        Ok(())
+    });
+}
+
+/// doctor's compose checks, in a project whose `.env` is that file: the compose tool of this
+/// machine, and compose v2's parser, which quotes the file from the line it rejects on.
+#[test]
+fn no_secret_reaches_doctors_output() {
+    cases(|cluster, shape, secret| {
         let project = Project::new(env!("CARGO_BIN_EXE_xtask"));
-        let settings = settings_file(&cluster, SHAPES[shape], &secret);
+        let settings = settings_file(cluster, shape, secret);
         let env_file = project.write(".env", &settings);
         testkit::set_mode(&env_file, 0o600);
         project.write(
@@ -128,15 +144,12 @@ fn no_secret_reaches_any_output() {
         for path in paths {
             for args in [&["doctor"][..], &["doctor", "--json"]] {
                 let outcome = project.run(args, &[("PATH".to_owned(), path.clone())]).output();
-                outcome.assert_lacks_secret(&secret);
+                outcome.assert_lacks_secret(secret);
                 prop_assert!(outcome.code != Some(0), "{args:?} passed with a wrong password");
             }
         }
         Ok(())
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }
 
 /// The folder of the PostgreSQL server binaries, found as xtask finds it.

@@ -409,24 +409,37 @@ fn a_crash_restart_mid_migration_is_not_run_again() {
 }
 
 /// A restart during the seed (a switchover ends every session) leaves another server instance:
-/// the seed, one transaction that inserts what is missing, runs again whole, and once.
+/// the seed, one transaction that inserts what is missing, runs again whole, and once. The row
+/// the seed waits for is held by a prepared transaction, which outlives the restart: with a
+/// session of its own, the fast shutdown ended it too, and the seed, granted its lock in that
+/// moment, could commit before its own session ended.
 #[test]
 fn a_restart_during_the_seed_seeds_again_on_the_new_instance() {
-    let cluster = Cluster::started();
+    let cluster = Cluster::stopped();
+    cluster.write_conf("max_prepared_transactions = 2");
+    cluster.start();
+    cluster.create_database("app");
     let migrations = Migrations::workspace();
     run("migrate", &cluster, &migrations, &[]).output().assert_code(0);
-    let holder =
-        Session::open(&cluster, "BEGIN; INSERT INTO app_settings (key, value) VALUES ('jobs.max_attempts', '5');");
+    cluster.psql(
+        "app",
+        "BEGIN; INSERT INTO app_settings (key, value) VALUES ('jobs.max_attempts', '5'); PREPARE TRANSACTION 'holder'",
+    );
     let running = run("prestart", &cluster, &migrations, &["--wait-timeout", "60"]).spawn();
-    assert!(eventually(Duration::from_secs(15), || {
-        cluster.psql(
-            "app",
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND wait_event_type = 'Lock'",
-        ) == "1"
-    }));
+    let seed_waits = || {
+        eventually(Duration::from_secs(15), || {
+            cluster.psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'prestart' AND wait_event_type = 'Lock'",
+            ) == "1"
+        })
+    };
+    assert!(seed_waits());
     cluster.stop();
-    drop(holder);
     cluster.start();
+    // The seed runs again on the new instance, and waits for the same row until it is let go.
+    assert!(seed_waits());
+    cluster.psql("app", "ROLLBACK PREPARED 'holder'");
     running
         .wait()
         .assert_code(0)

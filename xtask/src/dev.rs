@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The workspace's own cluster takes the password .env names now (see dev_db::password).
         Err(ConnectFailure::Fatal(fatal))
             if fatal.kind == backend::db::FatalKind::BadPassword
-                && is_local(db.host())
+                && crate::diagnose::is_loopback(db.host())
                 && DevCluster::new(&sh)?.serves(db) =>
         {
             ui::line("it is the local cluster of target/dev-db/, with another password: it takes the one .env names");
@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Err(fail(Failure::Refused, anyhow::anyhow!("{db}: {fatal}")));
         }
         Err(ConnectFailure::Retry(reason)) => {
-            if !is_local(db.host()) {
+            if !crate::diagnose::is_loopback(db.host()) {
                 return Err(fail(
                     Failure::Unreachable,
                     anyhow::anyhow!(
@@ -92,12 +92,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     run_services(&sh, &args.db)
-}
-
-fn is_local(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        || host.starts_with('/')
 }
 
 /// How long backend and worker get to stop after SIGTERM before they are killed.

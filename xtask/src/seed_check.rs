@@ -97,15 +97,9 @@ async fn in_cluster(
     superuser: &FirstSuperuser,
     files: &[SeedFile],
 ) -> anyhow::Result<Result<Vec<Changed>, String>> {
-    let connect = async |database: &str| {
-        let db = cluster.settings(database)?;
-        backend::db::connect_once(&db, "prestart-seed-check", backend::db::ATTEMPT_TIMEOUT)
-            .await
-            .map_err(|e| anyhow!("cannot connect to the throwaway cluster: {e}"))
-    };
-    let mut admin = connect("postgres").await?;
+    let mut admin = cluster.connect("postgres", "prestart-seed-check").await?;
     bounded(sqlx::raw_sql("CREATE DATABASE prestart_seed_check").execute(&mut admin.conn)).await?;
-    let mut ready = connect("prestart_seed_check").await?;
+    let mut ready = cluster.connect("prestart_seed_check", "prestart-seed-check").await?;
     let conn = &mut ready.conn;
     for schema in &settings.create_schemas {
         conn.create_schema_if_not_exists(schema).await?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::Context as _;
 use backend::db::bounded;
 use backend::migrations::{MigrationFile, MigrationSettings};
 use sqlx::migrate::Migrate as _;
@@ -64,13 +64,7 @@ async fn run(
     rehearsal: &Rehearsal<'_>,
     releases: &[(&str, &[Query])],
 ) -> anyhow::Result<Vec<Vec<Finding>>> {
-    let connect = async |database: &str| {
-        let settings = cluster.settings(database)?;
-        backend::db::connect_once(&settings, "prestart-release-check", backend::db::ATTEMPT_TIMEOUT)
-            .await
-            .map_err(|e| anyhow!("cannot connect to the throwaway cluster: {e}"))
-    };
-    let mut admin = connect("postgres").await?;
+    let mut admin = cluster.connect("postgres", "prestart-release-check").await?;
     // The roles the migrations may name, made where missing: quoted as identifiers, never
     // spliced into a quoted body.
     let present: Vec<String> =
@@ -81,7 +75,7 @@ async fn run(
     }
     // Alone: CREATE DATABASE refuses the implicit transaction of a message with more.
     bounded(sqlx::raw_sql("CREATE DATABASE prestart_release_check").execute(&mut admin.conn)).await?;
-    let mut ready = connect("prestart_release_check").await?;
+    let mut ready = cluster.connect("prestart_release_check", "prestart-release-check").await?;
     let conn = &mut ready.conn;
     let table = rehearsal.settings.table_name.as_str();
     for schema in &rehearsal.settings.create_schemas {

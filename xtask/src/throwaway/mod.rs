@@ -247,6 +247,14 @@ impl LocalCluster {
         DatabaseSettings::from_env(&env).map_err(|e| anyhow!("the throwaway cluster's settings: {e}"))
     }
 
+    /// A connection to `database` in this cluster, as its superuser, named `application`.
+    pub async fn connect(&self, database: &str, application: &str) -> anyhow::Result<backend::db::Ready> {
+        let settings = self.settings(database)?;
+        backend::db::connect_once(&settings, application, backend::db::ATTEMPT_TIMEOUT)
+            .await
+            .map_err(|e| anyhow!("cannot connect to the throwaway cluster: {e}"))
+    }
+
     /// Stops the server at once (nothing in it is worth a checkpoint) and deletes its folder. The
     /// work runs as a cleanup the process waits for, so it finishes even when this is cancelled.
     pub async fn stop(mut self) {

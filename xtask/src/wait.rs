@@ -128,15 +128,23 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
         // The `Fatal` stays in the chain, for callers that act on its kind.
         Err(WaitError::Fatal(fatal)) => Err(fail(Failure::Refused, anyhow::Error::new(fatal).context(db.to_string()))),
         Err(WaitError::Deadline { last, attempts, waited }) => {
-            let mut message = format!(
-                "{db} did not become ready within {} ({attempts} attempts); last: {last}",
-                ui::duration(waited)
-            );
-            for cause in cause_lines(&likely_causes(last.kind, db, context)) {
-                message.push_str(&format!("\n  {cause}"));
-            }
-            message.push_str("\n  for a full diagnosis: cargo xtask doctor (with the same settings)");
-            Err(fail(Failure::Unreachable, anyhow::anyhow!(message)))
+            Err(deadline_passed(db, context, (&last, attempts, waited)))
         }
     }
+}
+
+/// The wait's end at its deadline: what the last attempt met, its likely causes, and where to
+/// look next.
+fn deadline_passed(
+    db: &DatabaseSettings,
+    context: RuntimeContext,
+    (last, attempts, waited): (&backend::db::Retryable, u32, Duration),
+) -> anyhow::Error {
+    let mut message =
+        format!("{db} did not become ready within {} ({attempts} attempts); last: {last}", ui::duration(waited));
+    for cause in cause_lines(&likely_causes(last.kind, db, context)) {
+        message.push_str(&format!("\n  {cause}"));
+    }
+    message.push_str("\n  for a full diagnosis: cargo xtask doctor (with the same settings)");
+    fail(Failure::Unreachable, anyhow::anyhow!(message))
 }

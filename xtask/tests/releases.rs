@@ -185,6 +185,11 @@ fn lint_migrations_against_a_git_ref_reports_a_rename() {
     std::fs::remove_file(project.path().join("migrations/20990101000000_rename.sql")).expect("remove");
     project.write("migrations/20990101000000_note.sql", "ALTER TABLE jobs ADD COLUMN note text;\n");
     lint("text").assert_code(0);
+    // A ref git does not know is the user's mistake: said, exit 3.
+    Run::program(project.path().join("xtask"), &["lint-migrations", "--against", "no-such-release"], &[])
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("--against no-such-release: not a commit of the git repository");
 }
 
 #[test]
@@ -280,5 +285,6 @@ fn a_no_op_reads_the_release_from_the_environments_record_and_a_name_is_checked(
     assert_eq!(cluster.psql("older_record", "SELECT release FROM _prestart_environment"), "v1");
     prestart("v1; DROP TABLE jobs", &env, &migrations)
         .assert_code(3)
-        .assert_stderr_contains("a release's name may hold letters, digits and . _ - : / @ + only");
+        .assert_stderr_contains("PRESTART_RELEASE holds a character a release's name may not")
+        .assert_stderr_lacks("DROP TABLE");
 }

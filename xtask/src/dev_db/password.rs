@@ -75,7 +75,10 @@ impl DevCluster<'_> {
             .output()
             .context("cannot start the server in single-user mode")?;
         if !output.status.success() {
-            bail!("setting the local cluster's password failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            // The server's own lines, without the one that would quote the statement back.
+            let said = String::from_utf8_lossy(&output.stderr);
+            let lines: Vec<&str> = said.lines().filter(|l| !l.trim_start().starts_with("STATEMENT")).collect();
+            bail!("setting the local cluster's password failed: {}", lines.join("; ").trim());
         }
         Ok(())
     }

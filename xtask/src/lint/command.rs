@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::anyhow;
-use backend::migrations::{MigrationFile, MigrationSet};
+use backend::migrations::{MigrationFile, MigrationSet, MigrationSettings};
 use xshell::{Shell, cmd};
 
 use super::breaks_previous_release::Previous;
@@ -65,11 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // --all checks the files, not a deploy: no database is asked (it may not even be this project's).
     let database =
         if args.all { Err("--all checks every file".to_owned()) } else { ask_database(&args, &settings.table_name) };
-    let previous = match (&args.against, &args.previous_queries) {
-        (Some(reference), _) => Some(Previous::from_git(reference, &dir, args.sqlx_dir.as_deref(), &settings)?),
-        (None, Some(queries)) => Some(Previous::from_dir(queries)?),
-        (None, None) => None,
-    };
+    let previous = previous_release(&args, &dir, &settings)?;
     let (selected, basis): (BTreeSet<i64>, String) = match previous.as_ref().and_then(Previous::versions) {
         Some(theirs) => (
             set.files.iter().map(|f| f.migration.version).filter(|v| !theirs.contains(v)).collect(),
@@ -92,10 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(previous) = &previous
         && config.enabled.contains(&RuleId::Own(Own::BreaksPreviousRelease))
     {
-        let (pending, applied): (Vec<&MigrationFile>, Vec<&MigrationFile>) =
-            set.files.iter().partition(|f| selected.contains(&f.migration.version));
         let roles = facts.map(|f| f.roles.as_slice()).unwrap_or_default();
-        outcome.findings.extend(super::breaks_previous_release::check(previous, &applied, &pending, &settings, roles)?);
+        outcome.findings.extend(against_previous(previous, &set, &selected, &settings, roles)?);
     }
     outcome.rank();
     if outcome.moot_lock_timeout > 0 {
@@ -139,6 +133,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
     Err(fail(Failure::ChecksFailed, anyhow!(summary)))
+}
+
+/// The release `--against` or `--previous-queries` names, if either does.
+fn previous_release(args: &Args, dir: &Path, settings: &MigrationSettings) -> anyhow::Result<Option<Previous>> {
+    Ok(match (&args.against, &args.previous_queries) {
+        (Some(reference), _) => Some(Previous::from_git(reference, dir, args.sqlx_dir.as_deref(), settings)?),
+        (None, Some(queries)) => Some(Previous::from_dir(queries)?),
+        (None, None) => None,
+    })
+}
+
+/// `breaks-previous-release` for the selected files, on the schema the others build.
+fn against_previous(
+    previous: &Previous,
+    set: &MigrationSet,
+    selected: &BTreeSet<i64>,
+    settings: &MigrationSettings,
+    roles: &[String],
+) -> anyhow::Result<Vec<super::Finding>> {
+    let (pending, applied): (Vec<&MigrationFile>, Vec<&MigrationFile>) =
+        set.files.iter().partition(|f| selected.contains(&f.migration.version));
+    super::breaks_previous_release::check(previous, &applied, &pending, settings, roles)
 }
 
 /// Lints the whole set in version order (so later files see what earlier ones did), reporting

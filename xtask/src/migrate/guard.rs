@@ -30,51 +30,16 @@ pub(super) struct Guard {
     told: std::cell::RefCell<Vec<Finding>>,
 }
 
-/// The guard for a run with pending migrations: `None` where prestart is not the caller or no
-/// release before this one is recorded.
+/// The guard for a run with pending migrations: `None` where prestart is not the caller or
+/// nothing is recorded to check against.
 pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow::Result<Option<Guard>> {
     let Some(options) = plan.release else { return Ok(None) };
-    let table = plan.settings.table_name.as_str();
-    let recorded =
-        backend::db::bounded(release::record::all(conn, table)).await.map_err(|e| fail(Failure::Migration, e))?;
-    for name in &options.compatible_with {
-        if !recorded.iter().any(|r| &r.name == name) {
-            let known: Vec<&str> = recorded.iter().map(|r| r.name.as_str()).collect();
-            return Err(fail(
-                Failure::Migration,
-                anyhow!(
-                    "--compatible-with {name}: no release of that name is recorded in {} (recorded: {}); nothing was \
-                     applied",
-                    release::record::table_for(table),
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                ),
-            ));
-        }
-    }
-    let previous = release::record::previous(&recorded, &options.compatible_with);
-    for unreadable in previous.iter().filter(|r| !r.readable) {
-        ui::warn(format!(
-            "release {}'s record in {} cannot be read by this version: its queries are not checked",
-            unreadable.name,
-            release::record::table_for(table)
-        ));
-    }
+    let previous = previous_releases(conn, plan.settings.table_name.as_str(), options).await?;
     let mut sources: Vec<(String, Vec<Query>)> =
         previous.iter().map(|r| (format!("release {}", r.name), r.queries.clone())).collect();
     let known: Vec<&Query> = previous.iter().flat_map(|r| r.queries.iter()).collect();
-    let statements = backend::db::bounded(release::statements::read(conn, &known)).await;
-    match statements.map_err(|e| fail(Failure::Migration, e))? {
-        release::statements::Statements::Read(statements, limited) => {
-            ui::line(format!(
-                "pg_stat_statements: {} statements of this database's clients to check too{}",
-                statements.len(),
-                limited.map(|l| format!(" ({l})")).unwrap_or_default()
-            ));
-            if !statements.is_empty() {
-                sources.push((release::STATEMENTS.to_owned(), statements));
-            }
-        }
-        release::statements::Statements::Unavailable(why) => ui::line(why),
+    if let Some(statements) = other_clients(conn, &known).await? {
+        sources.push((release::STATEMENTS.to_owned(), statements));
     }
     if previous.is_empty() {
         ui::line(format!(
@@ -121,6 +86,71 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
         judged: Default::default(),
         told: Default::default(),
     }))
+}
+
+/// The releases to check against (see `record::previous`), each named one recorded.
+async fn previous_releases(
+    conn: &mut PgConnection,
+    table: &str,
+    options: &release::Options,
+) -> anyhow::Result<Vec<release::record::Recorded>> {
+    let recorded = backend::db::bounded(release::record::all(conn, table)).await.map_err(|e| {
+        fail(
+            Failure::Migration,
+            anyhow!(
+                "the release check cannot read {}: {}",
+                release::record::table_for(table),
+                backend::db::describe_error(&e)
+            ),
+        )
+    })?;
+    if let Some(name) = options.compatible_with.iter().find(|name| !recorded.iter().any(|r| &r.name == *name)) {
+        let known: Vec<&str> = recorded.iter().map(|r| r.name.as_str()).collect();
+        return Err(fail(
+            Failure::Migration,
+            anyhow!(
+                "--compatible-with {name}: no release of that name is recorded in {} (recorded: {}); nothing was \
+                 applied",
+                release::record::table_for(table),
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            ),
+        ));
+    }
+    let previous: Vec<release::record::Recorded> =
+        release::record::previous(&recorded, &options.compatible_with).into_iter().cloned().collect();
+    for unreadable in previous.iter().filter(|r| !r.readable) {
+        ui::warn(format!(
+            "release {}'s record in {} cannot be read by this version: its queries are not checked",
+            unreadable.name,
+            release::record::table_for(table)
+        ));
+    }
+    Ok(previous)
+}
+
+/// The statements of the database's other clients (`pg_stat_statements`), and what the run says
+/// of them; `None` where there are none to check.
+async fn other_clients(conn: &mut PgConnection, known: &[&Query]) -> anyhow::Result<Option<Vec<Query>>> {
+    let read = backend::db::bounded(release::statements::read(conn, known)).await.map_err(|e| {
+        fail(
+            Failure::Migration,
+            anyhow!("the release check cannot read pg_stat_statements: {}", backend::db::describe_error(&e)),
+        )
+    })?;
+    Ok(match read {
+        release::statements::Statements::Read(statements, limited) => {
+            ui::line(format!(
+                "pg_stat_statements: {} statements of this database's clients to check too{}",
+                statements.len(),
+                limited.map(|l| format!(" ({l})")).unwrap_or_default()
+            ));
+            (!statements.is_empty()).then_some(statements)
+        }
+        release::statements::Statements::Unavailable(why) => {
+            ui::line(why);
+            None
+        }
+    })
 }
 
 /// What the judge says of one migration.
@@ -229,25 +259,21 @@ impl Guard {
         if breaking.is_empty() {
             return Verdict::Commit;
         }
-        if release::is_contract(file.migration.sql.as_str()) {
-            ui::warn(format!(
-                "{} is a contract step (`-- prestart: contract`): applied although it breaks {} of the release before: {}",
-                file.name(),
-                count(breaking.len()),
-                release::lines(&breaking).join("; ")
-            ));
-            return Verdict::Commit;
-        }
-        if !self.refuse {
-            ui::warn(format!(
-                "{} breaks {} of the release before (applied: ENVIRONMENT=local; any other environment refuses it): {}",
-                file.name(),
-                count(breaking.len()),
-                release::lines(&breaking).join("; ")
-            ));
-            return Verdict::Commit;
-        }
-        Verdict::Refuse(breaking)
+        // Let through, and said: a contract step, or a local run (no earlier release serves there).
+        let (before, after) = if release::is_contract(file.migration.sql.as_str()) {
+            ("is a contract step (`-- prestart: contract`): applied although it breaks", "")
+        } else if !self.refuse {
+            ("breaks", " (applied: ENVIRONMENT=local; any other environment refuses it)")
+        } else {
+            return Verdict::Refuse(breaking);
+        };
+        ui::warn(format!(
+            "{} {before} {} of the release before{after}: {}",
+            file.name(),
+            count(breaking.len()),
+            release::lines(&breaking).join("; ")
+        ));
+        Verdict::Commit
     }
 }
 

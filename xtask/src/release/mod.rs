@@ -35,15 +35,16 @@ impl Release {
             Some(name) if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/@+".contains(c)) => {
                 return Err(crate::exit::fail(
                     crate::exit::Failure::Config,
+                    // The value is not repeated: a settings value never reaches an error.
                     anyhow::anyhow!(
-                        "PRESTART_RELEASE={name:?}: a release's name may hold letters, digits and . _ - : / @ + only \
-                         (an image tag, a version, a commit)"
+                        "PRESTART_RELEASE holds a character a release's name may not: letters, digits and . _ - : / @ + \
+                         only (an image tag, a version, a commit)"
                     ),
                 ));
             }
             Some(name) => name.to_owned(),
             None => match queries::build_commit() {
-                Some(commit) => commit[..commit.len().min(12)].to_owned(),
+                Some(commit) => commit.get(..12).unwrap_or(commit).to_owned(),
                 None => queries::fingerprint(&queries),
             },
         };

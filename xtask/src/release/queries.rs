@@ -41,7 +41,9 @@ impl Query {
 
     /// The short form of the hash messages name it by.
     pub fn short_hash(&self) -> &str {
-        &self.hash[..self.hash.len().min(12)]
+        // A record may be written by hand: cut at a character, never inside one.
+        let end = self.hash.char_indices().nth(12).map_or(self.hash.len(), |(at, _)| at);
+        &self.hash[..end]
     }
 }
 

@@ -44,7 +44,9 @@ pub fn run(
     files: &[SeedFile],
 ) -> anyhow::Result<()> {
     ui::step("run the seed twice on a throwaway migrated copy of the schema");
-    let changed = crate::interrupt::block_on(rerun_changes(set, settings, superuser, files))?
+    // A signal stops it: the throwaway cluster is stopped and removed as a cleanup.
+    let checked = crate::interrupt::unless_signalled(rerun_changes(set, settings, superuser, files));
+    let changed = crate::interrupt::block_on(checked)?
         .map_err(|why| fail(Failure::Config, anyhow!("the seed cannot be checked: {why}")))?;
     if changed.is_empty() {
         ui::line(format!(

@@ -78,3 +78,31 @@ fn doctor_fails_a_seed_that_a_rerun_changes() {
     assert_eq!(check["status"], "fail", "{check}");
     assert!(check["message"].as_str().unwrap_or_default().contains("public.jobs"), "{check}");
 }
+
+/// Ctrl-C during the check stops it at once (exit 130), and the throwaway cluster goes with it:
+/// no server of it left running, no folder of it left behind.
+#[test]
+fn a_signal_stops_the_seed_check_and_its_throwaway_goes() {
+    let cluster = Cluster::started();
+    let slow = seeds(&[("1_slow.sql", "SELECT pg_sleep(60);\n")]);
+    let args = ["seed", "--check", "--seeds", slow.path().to_str().expect("utf-8")];
+    let running = Run::xtask(XTASK, &args, &cluster.env("app")).spawn();
+    let throwaway_servers = || {
+        let found = std::process::Command::new("pgrep").args(["-f", "prestart-throwaway-"]).output().expect("pgrep");
+        String::from_utf8_lossy(&found.stdout).lines().count()
+    };
+    // The seed sleeps in the throwaway's server: the state to interrupt.
+    let sleeping = || {
+        let found =
+            std::process::Command::new("pgrep").args(["-f", "postgres.*prestart_seed_check"]).output().expect("pgrep");
+        !found.stdout.is_empty()
+    };
+    assert!(testkit::eventually(std::time::Duration::from_secs(60), sleeping), "the check never reached its seed");
+    running.signal("INT");
+    let outcome = running.wait_within(std::time::Duration::from_secs(20));
+    outcome.assert_code(130).assert_stderr_contains("interrupted by SIGINT");
+    assert!(
+        testkit::eventually(std::time::Duration::from_secs(10), || throwaway_servers() == 0),
+        "a throwaway server is left"
+    );
+}

@@ -132,7 +132,9 @@ pub fn check(
     ));
     let rehearsal = Rehearsal { applied: &theirs, pending, settings, roles, major: None };
     let releases = [(previous.name.as_str(), previous.queries.as_slice())];
-    let findings = crate::interrupt::block_on(on_throwaway(&rehearsal, &releases))?
+    // A signal stops it: the throwaway cluster is stopped and removed as a cleanup.
+    let rehearsed = crate::interrupt::unless_signalled(on_throwaway(&rehearsal, &releases));
+    let findings = crate::interrupt::block_on(rehearsed)?
         .map_err(|why| fail(Failure::Config, anyhow!("the check against {} cannot run: {why}", previous.name)))?;
     Ok(pending
         .iter()

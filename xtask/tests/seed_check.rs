@@ -87,8 +87,10 @@ fn a_signal_stops_the_seed_check_and_its_throwaway_goes() {
     let slow = seeds(&[("1_slow.sql", "SELECT pg_sleep(60);\n")]);
     let args = ["seed", "--check", "--seeds", slow.path().to_str().expect("utf-8")];
     let running = Run::xtask(XTASK, &args, &cluster.env("app")).spawn();
+    // This run's throwaway: its folder is named after the process (other tests have their own).
+    let ours = format!("prestart-throwaway-{}-", running.child.id());
     let throwaway_servers = || {
-        let found = std::process::Command::new("pgrep").args(["-f", "prestart-throwaway-"]).output().expect("pgrep");
+        let found = std::process::Command::new("pgrep").args(["-f", &ours]).output().expect("pgrep");
         String::from_utf8_lossy(&found.stdout).lines().count()
     };
     // The seed sleeps in the throwaway's server: the state to interrupt.

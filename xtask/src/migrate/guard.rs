@@ -38,14 +38,19 @@ pub(super) async fn prepare(conn: &mut PgConnection, plan: &Plan<'_>) -> anyhow:
     let mut sources: Vec<(String, Vec<Query>)> =
         previous.iter().map(|r| (format!("release {}", r.name), r.queries.clone())).collect();
     let known: Vec<&Query> = previous.iter().flat_map(|r| r.queries.iter()).collect();
-    if let Some(statements) = other_clients(conn, &known).await? {
+    let (statements, unavailable) = other_clients(conn, &known).await?;
+    if let Some(statements) = statements {
         sources.push((release::STATEMENTS.to_owned(), statements));
     }
-    if previous.is_empty() {
-        ui::line(format!(
-            "release {}: no earlier release is recorded, so no running release's queries to check the migrations against",
+    // Said once: what there is to check against, or why nothing is.
+    match (previous.is_empty(), unavailable) {
+        (true, Some(why)) => ui::line(format!(
+            "release {}: nothing to check the migrations against: no earlier release is recorded, and {why}",
             options.this.name
-        ));
+        )),
+        (true, None) => ui::line(format!("release {}: no earlier release is recorded", options.this.name)),
+        (false, Some(why)) => ui::line(why),
+        (false, None) => {}
     }
     if sources.is_empty() {
         return Ok(None);
@@ -128,9 +133,12 @@ async fn previous_releases(
     Ok(previous)
 }
 
-/// The statements of the database's other clients (`pg_stat_statements`), and what the run says
-/// of them; `None` where there are none to check.
-async fn other_clients(conn: &mut PgConnection, known: &[&Query]) -> anyhow::Result<Option<Vec<Query>>> {
+/// The statements of the database's other clients (`pg_stat_statements`), `None` where there are
+/// none to check; and why they are not read, where they are not.
+async fn other_clients(
+    conn: &mut PgConnection,
+    known: &[&Query],
+) -> anyhow::Result<(Option<Vec<Query>>, Option<String>)> {
     let read = backend::db::bounded(release::statements::read(conn, known)).await.map_err(|e| {
         fail(
             Failure::Migration,
@@ -144,12 +152,9 @@ async fn other_clients(conn: &mut PgConnection, known: &[&Query]) -> anyhow::Res
                 statements.len(),
                 limited.map(|l| format!(" ({l})")).unwrap_or_default()
             ));
-            (!statements.is_empty()).then_some(statements)
+            ((!statements.is_empty()).then_some(statements), None)
         }
-        release::statements::Statements::Unavailable(why) => {
-            ui::line(why);
-            None
-        }
+        release::statements::Statements::Unavailable(why) => (None, Some(why)),
     })
 }
 

@@ -34,7 +34,7 @@ pub async fn read(conn: &mut PgConnection, known: &[&Query]) -> Result<Statement
     let Some(schema) = schema else {
         return Ok(Statements::Unavailable(
             "pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements, with it in \
-             shared_preload_libraries): statements of other clients are not checked"
+             shared_preload_libraries), so statements of other clients are not checked"
                 .into(),
         ));
     };
@@ -51,19 +51,22 @@ pub async fn read(conn: &mut PgConnection, known: &[&Query]) -> Result<Statement
          AND calls > 1 ORDER BY calls DESC LIMIT {LIMIT}",
         quote_identifier(&schema)
     );
-    let rows: Vec<(Option<String>, Option<String>)> =
-        match sqlx::query_as(sqlx::AssertSqlSafe(sql)).persistent(false).fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            // 55000: installed but not loaded (shared_preload_libraries); 42501: not readable.
-            Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("55000" | "42501")) => {
-                return Ok(Statements::Unavailable(format!(
-                    "pg_stat_statements cannot be read ({} (SQLSTATE {})): statements of other clients are not checked",
-                    error.message(),
-                    error.code().unwrap_or_default()
-                )));
-            }
-            Err(error) => return Err(error),
-        };
+    let rows: Vec<(Option<String>, Option<String>)> = match sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => rows,
+        // 55000: installed but not loaded (shared_preload_libraries); 42501: not readable.
+        Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("55000" | "42501")) => {
+            return Ok(Statements::Unavailable(format!(
+                "pg_stat_statements cannot be read ({} (SQLSTATE {})), so statements of other clients are not checked",
+                error.message(),
+                error.code().unwrap_or_default()
+            )));
+        }
+        Err(error) => return Err(error),
+    };
     let mut statements: Vec<Query> = rows
         .into_iter()
         .filter_map(|(id, text)| Some((id?, text?)))

@@ -114,3 +114,16 @@ fn scratch_server(sh: &Shell, loaded: &Loaded) -> anyhow::Result<DatabaseSetting
         )),
     }
 }
+
+/// A fresh session on a throwaway database, brought up to date by prestart's own migrate step
+/// (here, not in `throwaway`, which the migrate path's release check uses: no circle).
+pub async fn migrated_session<'a>(
+    target: &'a Loaded,
+    active: &'a crate::interrupt::ActiveBackend,
+    plan: &crate::migrate::Plan<'_>,
+) -> anyhow::Result<crate::session::Session<'a>> {
+    let mut session = crate::session::Session::open(target, active).await?;
+    session.make_stoppable();
+    crate::migrate::migrate_step(&mut session, plan, None, None).await?;
+    Ok(session)
+}

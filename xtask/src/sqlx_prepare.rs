@@ -14,8 +14,9 @@ use crate::context::{Loaded, SettingsArgs, SourceArgs, Tool, WaitArgs, cargo, on
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
+use crate::scratch::migrated_session;
 use crate::scratch::{BuildArgs, Place};
-use crate::throwaway::{in_throwaway, migrated_session, throwaway_name};
+use crate::throwaway::{in_throwaway, throwaway_name};
 use crate::ui;
 
 #[derive(clap::Args, Debug)]

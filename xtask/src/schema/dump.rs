@@ -14,7 +14,8 @@ use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
 use crate::scratch::Place;
-use crate::throwaway::{in_throwaway, migrated_session, throwaway_name};
+use crate::scratch::migrated_session;
+use crate::throwaway::{in_throwaway, throwaway_name};
 use crate::ui;
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {

@@ -7,12 +7,9 @@ use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
 
 use super::MAINTENANCE_TIMEOUT;
-use crate::context::Loaded;
 use crate::database::{Template, create_database, drop_database, sqlstate};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::migrate_step;
-use crate::session::Session;
 use crate::ui;
 
 /// A database name no other run picks, on this machine or another: init containers of many pods
@@ -91,16 +88,4 @@ async fn drop_throwaway(server: &DatabaseSettings, database: &str) -> anyhow::Re
         .await
         .map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
     drop_database(&mut admin.conn, database, true).await.with_context(|| format!("{server}: drop database {database}"))
-}
-
-/// A fresh session on a throwaway database, brought up to date by prestart's own migrate step.
-pub async fn migrated_session<'a>(
-    target: &'a Loaded,
-    active: &'a ActiveBackend,
-    plan: &crate::migrate::Plan<'_>,
-) -> anyhow::Result<Session<'a>> {
-    let mut session = Session::open(target, active).await?;
-    session.make_stoppable();
-    migrate_step(&mut session, plan, None, None).await?;
-    Ok(session)
 }

@@ -25,7 +25,7 @@ use crate::ui;
 mod database;
 mod files;
 
-pub use database::{in_throwaway, migrated_session, throwaway_name};
+pub use database::{in_throwaway, throwaway_name};
 use files::{kill_processes_in, private_dir, run, template};
 
 /// Each connection to the maintenance database: a server that stops answering costs seconds.

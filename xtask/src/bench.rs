@@ -9,9 +9,9 @@ use anyhow::{Context as _, bail};
 use backend::config::{DatabaseSettings, Env};
 use xshell::Shell;
 
-use crate::context::{cargo, root};
 use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
+use crate::workspace::{cargo, root};
 
 mod peers;
 mod release_check;
@@ -210,8 +210,8 @@ impl Bench {
 
     fn fresh_database(&self, name: &str) -> anyhow::Result<()> {
         self.on_server("postgres", async |conn| {
-            crate::database::drop_database(conn, name, true).await?;
-            crate::database::create_database(conn, name, crate::database::Template::Default).await?;
+            crate::database_ddl::drop_database(conn, name, true).await?;
+            crate::database_ddl::create_database(conn, name, crate::database_ddl::Template::Default).await?;
             Ok(())
         })
     }

@@ -8,20 +8,18 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
 use backend::db::bounded;
-use sqlx::postgres::PgConnection;
 
 use crate::context::{DbArgs, Loaded, SourceArgs};
+use crate::database_ddl::{MAINTENANCE_DATABASE, Template, create_database, database_exists, drop_database, target};
 use crate::exit::{Failure, fail};
 use crate::migrate::{MigrateOptions, migrate_step};
 use crate::session::{self, Session, Use};
+use crate::sql::sqlstate;
 use crate::ui;
 
 /// How long `drop` and `reset` wait for a server's first answer before the usual wait: to tell a
 /// standby, which never takes a drop, at once.
 const STANDBY_PROBE: Duration = Duration::from_secs(5);
-
-/// The database every server has, to create and drop the others from.
-pub const MAINTENANCE_DATABASE: &str = "postgres";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -105,12 +103,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Action::Setup(args) => setup(&args.db.load()?, &args.source, &args.options),
     }
-}
-
-/// The database the commands act on: the one migrations go to (its real name, where the app's
-/// settings may name a pooler's alias).
-pub fn target(loaded: &Loaded) -> DatabaseSettings {
-    loaded.settings.migration_database.clone().unwrap_or_else(|| loaded.settings.database.clone())
 }
 
 /// Creates the database of `loaded` unless it exists; says which happened.
@@ -288,7 +280,7 @@ fn refuse_unless_recorded_local(loaded: &Loaded, db: &DatabaseSettings) -> anyho
     let (name, recorded) = match recorded {
         Ok(read) => read,
         // Nothing to protect: drop says the database does not exist.
-        Err(error) if crate::prestart::database_missing(&error) => return Ok(None),
+        Err(error) if crate::wait::database_missing(&error) => return Ok(None),
         Err(error) => return Err(error),
     };
     let where_ = format!("database {name} on {}:{}", db.host(), db.port());
@@ -315,65 +307,6 @@ async fn exists(session: &mut Session<'_>, name: &str) -> anyhow::Result<bool> {
     database_exists(&mut session.ready.conn, name).await.map_err(|e| fail(Failure::Refused, e))
 }
 
-/// Whether the database `name` exists on the server of `conn`.
-pub async fn database_exists(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
-    let query = sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = $1)").bind(name);
-    bounded(query.fetch_one(conn)).await
-}
-
-/// Which template a new database is copied from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Template {
-    /// The server's default (template1), as `createdb` and sqlx-cli make databases.
-    Default,
-    /// template0, the pristine one: for throwaways, where what was added to template1 is no part
-    /// of what the migrations make.
-    Pristine,
-}
-
-/// `CREATE DATABASE name`: the one place databases are made (the database commands, throwaway
-/// databases, dev-db, the bench).
-pub async fn create_database(conn: &mut PgConnection, name: &str, template: Template) -> Result<(), sqlx::Error> {
-    let template = match template {
-        Template::Default => "",
-        Template::Pristine => " TEMPLATE template0",
-    };
-    ddl(conn, &format!("CREATE DATABASE {}{template}", quote_identifier(name))).await
-}
-
-/// `DROP DATABASE name`: the one place databases are dropped. `end_sessions` first ends the
-/// sessions still connected to it (a throwaway's, the bench's); the `database drop` command
-/// leaves them, and says they are there. `DROP DATABASE ... WITH (FORCE)` would do the same from
-/// PostgreSQL 13 on only.
-pub async fn drop_database(conn: &mut PgConnection, name: &str, end_sessions: bool) -> Result<(), sqlx::Error> {
-    if end_sessions {
-        let end = sqlx::query(
-            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
-        )
-        .bind(name);
-        bounded(end.execute(&mut *conn)).await?;
-    }
-    ddl(conn, &format!("DROP DATABASE IF EXISTS {}", quote_identifier(name))).await
-}
-
-/// `CREATE DATABASE` and `DROP DATABASE` may take longer than a query (they copy or remove files,
-/// and before PostgreSQL 15 a create waits for a checkpoint), but not without end.
-async fn ddl(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
-    let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(conn);
-    match tokio::time::timeout(DATABASE_DDL_TIMEOUT, statement).await {
-        Ok(done) => done.map(|_| ()),
-        Err(_) => Err(backend::db::timed_out(DATABASE_DDL_TIMEOUT)),
-    }
-}
-
-/// The longest a `CREATE` or `DROP DATABASE` may take.
-const DATABASE_DDL_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub fn sqlstate(error: &sqlx::Error) -> String {
-    error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned()).unwrap_or_default()
-}
-
 /// What a refused `CREATE` or `DROP DATABASE` means, and the fix.
 fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings) -> anyhow::Error {
     let code = sqlstate(&error);
@@ -390,14 +323,4 @@ fn explain(error: sqlx::Error, name: &str, verb: &str, server: &DatabaseSettings
     let said =
         error.as_database_error().map_or_else(|| error.to_string(), |e| format!("{} (SQLSTATE {code})", e.message()));
     fail(Failure::Refused, anyhow!("cannot {verb} database {name}: {said}\n  fix: {fix}"))
-}
-
-/// A name as an SQL identifier, whatever it holds.
-/// A string literal (standard_conforming_strings, the default since PostgreSQL 9.1).
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

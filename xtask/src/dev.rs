@@ -11,12 +11,14 @@ use anyhow::{Context as _, bail};
 use backend::db::Failure as ConnectFailure;
 use xshell::{Shell, cmd};
 
-use crate::context::{DbArgs, SourceArgs, cargo, root};
+use crate::context::{DbArgs, SourceArgs};
+
 use crate::dev_db::DevCluster;
 use crate::exit::{Failure, Signal, fail};
 use crate::migrate::MigrateOptions;
 use crate::prestart;
 use crate::ui;
+use crate::workspace::{cargo, root};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -52,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The workspace's own cluster takes the password .env names now (see dev_db::password).
         Err(ConnectFailure::Fatal(fatal))
             if fatal.kind == backend::db::FatalKind::BadPassword
-                && crate::diagnose::is_loopback(db.host())
+                && crate::place::is_loopback(db.host())
                 && DevCluster::new(&sh)?.serves(db) =>
         {
             ui::line("it is the local cluster of target/dev-db/, with another password: it takes the one .env names");
@@ -62,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return Err(fail(Failure::Refused, anyhow::anyhow!("{db}: {fatal}")));
         }
         Err(ConnectFailure::Retry(reason)) => {
-            if !crate::diagnose::is_loopback(db.host()) {
+            if !crate::place::is_loopback(db.host()) {
                 return Err(fail(
                     Failure::Unreachable,
                     anyhow::anyhow!(
@@ -70,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                          it, or set {}=localhost to use a local cluster ({})",
                         db.host(),
                         db.host_variable(),
-                        crate::diagnose::context_note(loaded.context)
+                        crate::place::context_note(loaded.context)
                     ),
                 ));
             }

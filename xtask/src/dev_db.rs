@@ -8,9 +8,12 @@ use anyhow::{Context as _, anyhow, bail};
 use backend::config::DatabaseSettings;
 use xshell::{Shell, cmd};
 
-use crate::context::{SettingsArgs, root};
+use crate::context::SettingsArgs;
+
 use crate::exit::{Failure, fail};
+use crate::place::fallback_dir;
 use crate::ui;
+use crate::workspace::root;
 
 mod password;
 mod server;
@@ -324,13 +327,13 @@ impl<'a> DevCluster<'a> {
 }
 
 async fn create_database(db: &DatabaseSettings) -> anyhow::Result<()> {
-    let maintenance = db.with_database(crate::database::MAINTENANCE_DATABASE);
+    let maintenance = db.with_database(crate::database_ddl::MAINTENANCE_DATABASE);
     let mut ready = backend::db::connect_once(&maintenance, "prestart-dev-db", Duration::from_secs(10))
         .await
         .map_err(|e| fail(Failure::Refused, anyhow!("{e}")))?;
-    if !crate::database::database_exists(&mut ready.conn, db.database()).await? {
-        let template = crate::database::Template::Default;
-        crate::database::create_database(&mut ready.conn, db.database(), template).await?;
+    if !crate::database_ddl::database_exists(&mut ready.conn, db.database()).await? {
+        let template = crate::database_ddl::Template::Default;
+        crate::database_ddl::create_database(&mut ready.conn, db.database(), template).await?;
         ui::line(format!("created database {}", db.database()));
     }
     Ok(())
@@ -343,23 +346,6 @@ fn rewrite(path: &Path, content: &str) -> anyhow::Result<bool> {
     }
     std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(true)
-}
-
-/// Where the cluster of `dir` lives when the server user cannot reach `dir`.
-fn fallback_dir(dir: &Path) -> PathBuf {
-    let name: String = dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    PathBuf::from("/var/tmp").join(format!("prestart{name}"))
-}
-
-/// The port of this workspace's local cluster (running or not), in `target/dev-db/` or its
-/// fallback, as its last start wrote it: a fact that decides which likely cause of a refused
-/// connection comes first. Looks at files only.
-pub fn workspace_cluster_port() -> Option<u16> {
-    let dir = root().join("target").join("dev-db");
-    [dir.join("data"), fallback_dir(&dir).join("data")].iter().find_map(|data| {
-        let conf = std::fs::read_to_string(data.join("postgresql.auto.conf")).ok()?;
-        conf.lines().find_map(|line| line.strip_prefix("port = ")?.trim().parse().ok())
-    })
 }
 
 /// `dir` if `user` can reach it; else (a checkout under /root, say) a folder of its own under

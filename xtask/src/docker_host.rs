@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn the_compose_file_pins_the_same_default_subnet() {
         let compose =
-            std::fs::read_to_string(crate::context::root().join("docker-compose.yml")).expect("docker-compose.yml");
+            std::fs::read_to_string(crate::workspace::root().join("docker-compose.yml")).expect("docker-compose.yml");
         assert!(
             compose.contains(&format!("${{COMPOSE_SUBNET:-{DEFAULT_COMPOSE_SUBNET}}}")),
             "docker-compose.yml must default COMPOSE_SUBNET to {DEFAULT_COMPOSE_SUBNET}"

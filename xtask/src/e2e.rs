@@ -10,9 +10,9 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use backend::config::{DatabaseSettings, Env};
 use xshell::{Shell, cmd};
 
-use crate::context::{cargo, root};
 use crate::dev_db::{Audience, DevCluster};
 use crate::ui;
+use crate::workspace::{cargo, root};
 
 const BASE_IMAGE: &str = "prestart-e2e-base";
 const APP_IMAGE: &str = "prestart-app:e2e";

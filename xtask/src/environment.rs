@@ -49,12 +49,12 @@ pub fn is_local(environment: Option<&str>) -> bool {
 /// local from a run's own say-so, even empty: a laptop whose exported `DATABASE_URL` names
 /// production's empty new database (`db-prod`, found through a search domain, or an address)
 /// must not make it droppable; nor may a Kubernetes pod, where one-label names are services too.
-pub fn may_be_recorded_local(db: &backend::config::DatabaseSettings, context: crate::diagnose::RuntimeContext) -> bool {
+pub fn may_be_recorded_local(db: &backend::config::DatabaseSettings, context: crate::place::RuntimeContext) -> bool {
     let host = db.host();
-    let compose_service = context == crate::diagnose::RuntimeContext::Container
+    let compose_service = context == crate::place::RuntimeContext::Container
         && host.parse::<std::net::IpAddr>().is_err()
         && !host.contains('.');
-    db.socket().is_some() || crate::diagnose::is_loopback(host) || compose_service
+    db.socket().is_some() || crate::place::is_loopback(host) || compose_service
 }
 
 /// The record of the database `conn` is connected to; `None` when it has none.

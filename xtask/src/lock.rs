@@ -16,11 +16,10 @@ use sqlx::Row as _;
 use sqlx::postgres::PgConnection;
 
 use crate::exit::{Failure, fail};
-use crate::session::Session;
 use crate::ui;
 
 /// Between two tries of the lock; cheap for the server.
-const LOCK_POLL: Duration = Duration::from_millis(100);
+pub const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How often to say who holds a lock while we wait for it.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
@@ -136,7 +135,7 @@ pub async fn table_holder(conn: &mut PgConnection, table: &str) -> Result<String
     let sql = format!(
         "{DESCRIBE_HOLDER} WHERE l.locktype = 'relation' AND l.relation = pg_catalog.to_regclass({}) \
          AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid() ORDER BY NOT l.granted LIMIT 1",
-        crate::database::quote_literal(table)
+        crate::sql::quote_literal(table)
     );
     let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_optional(&mut *conn).await?;
     match row {
@@ -202,61 +201,6 @@ pub async fn read_applied_and(
 
 /// What a lost connection interrupted, for the reconnect line.
 pub const BEFORE_MIGRATING: &str = "before migrating";
-
-/// Polls the lock until it is ours or `timeout` passes; a server restart while we wait (which
-/// also ends the holder's session) costs a reconnect.
-pub async fn acquire(session: &mut Session<'_>, timeout: Duration) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut last_report: Option<Instant> = None;
-    loop {
-        let key = key(&session.ready.server.database);
-        // The server ends this session, and frees the lock, if we are cut off mid-migration.
-        let sql = format!("SELECT pg_try_advisory_lock({key}), {}", backend::keepalive::server_side());
-        let tried = Instant::now();
-        let attempt = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut session.ready.conn)).await;
-        let locked = match attempt.and_then(|row| row.try_get::<bool, _>(0)) {
-            Ok(locked) => locked,
-            Err(error) => {
-                session
-                    .reconnect_after(error, BEFORE_MIGRATING, tried)
-                    .await?
-                    .map_err(|e| fail(Failure::Migration, e))?;
-                continue;
-            }
-        };
-        if locked {
-            if last_report.is_some() {
-                ui::line(format!("got the migration lock after {}", ui::duration(started.elapsed())));
-            }
-            return Ok(());
-        }
-        let timed_out = started.elapsed() >= timeout;
-        let report_due = last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
-        if !(timed_out || report_due) {
-            tokio::time::sleep(LOCK_POLL).await;
-            continue;
-        }
-        let holder = bounded(holder(&mut session.ready.conn, key))
-            .await
-            .unwrap_or_else(|e| format!("a session that could not be named ({})", backend::db::describe_error(&e)));
-        if timed_out {
-            return Err(fail(
-                Failure::Migration,
-                anyhow!(
-                    "the migration lock is still held after {} by {holder}: wait for it to finish, or end that session \
-                     (SELECT pg_terminate_backend(pid)) if it is stuck; --migration-lock-timeout SECS waits longer",
-                    ui::duration(started.elapsed())
-                ),
-            ));
-        }
-        last_report = Some(Instant::now());
-        ui::line(format!(
-            "waiting for the migration lock held by {holder} ({} s left)",
-            timeout.saturating_sub(started.elapsed()).as_secs()
-        ));
-        tokio::time::sleep(LOCK_POLL).await;
-    }
-}
 
 /// Releases the lock `key`; if the connection itself is gone, so is the lock.
 pub async fn release(conn: &mut PgConnection, key: i64) {

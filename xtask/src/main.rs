@@ -5,6 +5,7 @@
 mod bench;
 mod context;
 mod database;
+mod database_ddl;
 mod dev;
 mod dev_db;
 mod diagnose;
@@ -20,6 +21,7 @@ mod lock;
 mod migrate;
 mod new_migration;
 mod pgbouncer;
+mod place;
 mod prestart;
 mod release;
 mod replay;
@@ -28,11 +30,14 @@ mod scratch;
 mod seed;
 mod seed_check;
 mod session;
+mod sql;
 mod sqlx_prepare;
 mod test;
 mod throwaway;
 mod ui;
 mod wait;
+mod wait_for_db;
+mod workspace;
 
 use std::process::ExitCode;
 
@@ -52,7 +57,7 @@ enum Command {
     /// Find what keeps prestart from working, and say how to fix it
     Doctor(doctor::Args),
     /// Wait until PostgreSQL accepts connections and answers a query
-    WaitForDb(wait::Args),
+    WaitForDb(wait_for_db::Args),
     /// Apply pending migrations (`migrate status` to compare files and database)
     Migrate(migrate::Args),
     /// Create, drop, reset or set up the database itself (sqlx-cli's `database` commands)
@@ -118,7 +123,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prestart(args) => prestart::run(args),
         Command::Doctor(args) => doctor::run(args),
-        Command::WaitForDb(args) => wait::run(args),
+        Command::WaitForDb(args) => wait_for_db::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Database(args) => database::run(args),
         Command::Schema(args) => schema::run(args),

@@ -9,8 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, anyhow};
 use backend::migrations::MigrationSettings;
 
-use crate::context::{SourceArgs, display_path, root};
+use crate::context::SourceArgs;
+
 use crate::exit::{Failure, fail};
+use crate::workspace::{display_path, root};
 
 /// Longer names make unwieldy file names; sqlx has no limit, file systems do (255 bytes).
 const MAX_NAME_LENGTH: usize = 100;

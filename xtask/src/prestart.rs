@@ -13,6 +13,7 @@ use crate::migrate::{MigrateOptions, first_read, migrate_step};
 use crate::seed::{Ahead, required_superuser, seed_step};
 use crate::session::{self, Use};
 use crate::ui;
+use crate::wait::database_missing;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -88,13 +89,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed();
     ui::step_with(format!("database ready in {}", ui::duration(took)), &[("duration_ms", ui::ms(took))]);
     Ok(())
-}
-
-/// The wait ended on 3D000: the database does not exist.
-pub fn database_missing(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause.downcast_ref::<backend::db::Fatal>().is_some_and(|f| f.kind == backend::db::FatalKind::DatabaseMissing)
-    })
 }
 
 /// A failed migration says whether the database drifted from its migrations: "someone changed

@@ -12,10 +12,10 @@ use backend::migrations::MigrationFile;
 use xshell::Shell;
 
 use crate::context::Loaded;
-use crate::database::{MAINTENANCE_DATABASE, target};
+use crate::database_ddl::{MAINTENANCE_DATABASE, target};
 use crate::dev_db::DevCluster;
-use crate::diagnose::is_loopback;
 use crate::exit::{Failure, fail};
+use crate::place::is_loopback;
 use crate::throwaway::{Binaries, LocalCluster};
 use crate::ui;
 

@@ -46,14 +46,14 @@ impl SeedArgs {
             return Ok(Vec::new());
         }
         let entries = std::fs::read_dir(&dir).map_err(|e| {
-            fail(Failure::Config, anyhow!("cannot read the seed folder {}: {e}", crate::context::display_path(&dir)))
+            fail(Failure::Config, anyhow!("cannot read the seed folder {}: {e}", crate::workspace::display_path(&dir)))
         })?;
         let mut files = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|x| x == "sql") {
                 let sql = std::fs::read_to_string(&path).map_err(|e| {
-                    fail(Failure::Config, anyhow!("cannot read {}: {e}", crate::context::display_path(&path)))
+                    fail(Failure::Config, anyhow!("cannot read {}: {e}", crate::workspace::display_path(&path)))
                 })?;
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 files.push(SeedFile { name, sql });
@@ -163,7 +163,7 @@ pub async fn seed_step(session: &mut Session<'_>, mut ahead: Ahead<'_>) -> anyho
             )
         };
         let lost = match &error {
-            SeedError::Database(e) | SeedError::File(_, e) => crate::migrate::lost_connection(e),
+            SeedError::Database(e) | SeedError::File(_, e) => crate::session::lost_connection(e),
             SeedError::Hash(_) => None,
         };
         let Some(lost) = lost.filter(|_| retries < SEED_RETRIES) else { return Err(failed(String::new())) };

@@ -109,7 +109,7 @@ async fn in_cluster(
     conn.ensure_migrations_table(&settings.table_name).await?;
     for file in &set.files {
         if let Err(error) = conn.apply(&settings.table_name, &file.migration).await {
-            return Ok(Err(format!("the migrations do not build: {}", crate::migrate::describe_failure(&error, file))));
+            return Ok(Err(format!("the migrations do not build: {}", crate::sql::describe_failure(&error, file))));
         }
     }
     let mut after = Vec::new();

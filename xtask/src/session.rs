@@ -15,7 +15,6 @@ use backend::migrations::{AppliedRow, Followed};
 use crate::context::Loaded;
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
-use crate::migrate::Lost;
 use crate::ui;
 use crate::wait::wait_step;
 use backend::pooler::{Pooling, detect_pooling};
@@ -65,7 +64,7 @@ impl<'a> Session<'a> {
 
     /// `ENVIRONMENT` of the settings, which migrations record in the database.
     /// Where this run is: a host, a container, a Kubernetes pod.
-    pub fn context(&self) -> crate::diagnose::RuntimeContext {
+    pub fn context(&self) -> crate::place::RuntimeContext {
         self.loaded.context
     }
 
@@ -277,4 +276,18 @@ fn refuse_shared_sessions(session: &Session<'_>) -> anyhow::Result<()> {
              next, so nothing was migrated\n  fix: {fix}"
         ),
     ))
+}
+
+/// A lost connection, or a server that turned read-only under it; `None` for an error of the
+/// SQL itself, or a bound of ours (a slow server is not a lost one).
+pub fn lost_connection(error: &sqlx::Error) -> Option<Lost> {
+    let how = backend::db::lost_to_failover(error)?;
+    Some(Lost { reason: backend::db::describe_error(error), how })
+}
+
+/// Why a connection was lost to a migration.
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub reason: String,
+    pub how: backend::db::LostHow,
 }

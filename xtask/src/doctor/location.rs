@@ -8,7 +8,8 @@ use backend::db::RetryKind;
 
 use super::compose::{DOCKER_HOST_NAME, Model};
 use super::{Area, Doctor, Inputs, Outcome};
-use crate::diagnose::{RuntimeContext, is_loopback, likely_causes};
+use crate::diagnose::likely_causes;
+use crate::place::{RuntimeContext, is_loopback};
 
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -4,12 +4,12 @@ use backend::migrations::{MigrationSet, State, Status};
 use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Inputs, Outcome};
-use crate::context::display_path;
 use crate::lint::Config;
 use crate::lint::command::{lint_set, read_facts};
 use crate::lint::rules::Severity;
 use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 use crate::schema::drift::Rehearsal;
+use crate::workspace::display_path;
 
 pub async fn run(doctor: &mut Doctor, inputs: &Inputs, conn: Option<PgConnection>) {
     let loaded = inputs.source.load(&inputs.root);

@@ -23,9 +23,11 @@ use backend::config::{ConfigError, Env, Settings};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::context::{ContextArgs, SettingsArgs, SourceArgs, root};
-use crate::diagnose::RuntimeContext;
+use crate::context::{ContextArgs, SettingsArgs, SourceArgs};
+
 use crate::exit::{Failure, fail};
+use crate::place::RuntimeContext;
+use crate::workspace::root;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

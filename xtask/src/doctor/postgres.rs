@@ -7,7 +7,8 @@ use sqlx::postgres::{PgConnection, PgSslMode};
 
 use super::location::{ContainersPath, Target};
 use super::{Area, Doctor, Inputs, Outcome};
-use crate::diagnose::{is_loopback, likely_causes};
+use crate::diagnose::likely_causes;
+use crate::place::is_loopback;
 use backend::db::bounded;
 use backend::pooler::{Pooling, detect_pooling, in_own_transaction};
 

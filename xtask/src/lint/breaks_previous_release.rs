@@ -95,7 +95,7 @@ impl Previous {
     /// Another build's `.sqlx` folder.
     pub fn from_dir(dir: &Path) -> anyhow::Result<Previous> {
         let queries = queries::from_dir(dir).map_err(|e| fail(Failure::Config, e))?;
-        Ok(Previous { name: crate::context::display_path(dir), queries, migrations: None, _checkout: None })
+        Ok(Previous { name: crate::workspace::display_path(dir), queries, migrations: None, _checkout: None })
     }
 
     /// The versions the previous release has, where it says (with `--against`).

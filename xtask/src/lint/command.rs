@@ -13,9 +13,10 @@ use super::facts::Facts;
 use super::report::{self, Format};
 use super::rules::{Own, RuleId};
 use super::{Config, Engine, Outcome};
-use crate::context::{SettingsArgs, SourceArgs, display_path};
+use crate::context::{SettingsArgs, SourceArgs};
 use crate::exit::{Failure, fail};
 use crate::ui;
+use crate::workspace::display_path;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,7 +54,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     args.settings.check_named_file()?;
-    let root = crate::context::root();
+    let root = crate::workspace::root();
     let (set, settings, dir) = args.source.load(&root)?;
     let config = Config::load(&dir, &root).map_err(|e| fail(Failure::Config, e))?;
     if args.list_rules {

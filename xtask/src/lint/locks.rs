@@ -15,9 +15,9 @@ use sqlx::PgConnection;
 use squawk_syntax::SourceFile;
 use squawk_syntax::ast::AstNode;
 
-use crate::context::display_path;
-use crate::database::{Template, create_database};
+use crate::database_ddl::{Template, create_database};
 use crate::throwaway::{Binaries, LocalCluster};
+use crate::workspace::display_path;
 
 /// Building the copy holds no rows, only DDL; the same bound as drift's.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -85,8 +85,7 @@ pub fn measure(
             create_database(&mut admin.conn, COPY, Template::Pristine).await.context("create the copy's database")?;
             for role in roles {
                 // The bootstrap superuser exists already; roles are cluster-wide, so made here once.
-                let _ =
-                    execute(&mut admin.conn, &format!("CREATE ROLE {}", crate::database::quote_identifier(role))).await;
+                let _ = execute(&mut admin.conn, &format!("CREATE ROLE {}", crate::sql::quote_identifier(role))).await;
             }
             let mut ready = connect(&cluster.settings(COPY)?).await?;
             let mut watcher = connect(&cluster.settings(COPY)?).await?;
@@ -118,7 +117,7 @@ async fn run_all(
 ) -> anyhow::Result<usize> {
     let conn = &mut *sessions.conn;
     for schema in &settings.create_schemas {
-        execute(conn, &format!("CREATE SCHEMA IF NOT EXISTS {}", crate::database::quote_identifier(schema))).await?;
+        execute(conn, &format!("CREATE SCHEMA IF NOT EXISTS {}", crate::sql::quote_identifier(schema))).await?;
     }
     let mut existing: Option<HashSet<i64>> = None;
     let mut blocking = 0;

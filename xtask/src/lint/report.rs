@@ -3,7 +3,7 @@
 
 use super::Finding;
 use super::rules::Severity;
-use crate::context::display_path;
+use crate::workspace::display_path;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {

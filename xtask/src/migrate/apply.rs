@@ -9,13 +9,14 @@ use backend::db::{Ready, bounded};
 use backend::migrations::{AppliedRow, Followed, MigrationFile, Status};
 use sqlx::migrate::{Migrate, MigrateError};
 
-use super::one::{Commit, Direction, Lost, Prefix, commits_with_its_row, lost_connection, make_durable, run_one};
+use super::one::{Commit, Direction, Prefix, commits_with_its_row, make_durable, run_one};
 use super::plan::{Plan, refuse_inconsistent, to_revert};
-use crate::context::display_path;
 use crate::exit::{Failure, fail};
 use crate::lock;
+use crate::session::{Lost, lost_connection};
 use crate::session::{Resumed, Session};
 use crate::ui;
+use crate::workspace::display_path;
 
 /// The first read of a migrate step, without the lock (most runs have nothing to apply; the lock
 /// is taken only to apply, and under it the table is read again): the applied rows, and what a
@@ -111,7 +112,7 @@ pub async fn migrate_step(
     // Counted across the passes a failover makes: each applies what the one before did not.
     let mut applied_here = 0;
     loop {
-        lock::acquire(session, plan.lock_timeout).await?;
+        super::lock_wait::acquire(session, plan.lock_timeout).await?;
         // The key of the server this connection reached: after a reconnect during the wait for
         // the lock, the lock was taken on that connection with its database's key.
         let key = lock::key(&session.ready.server.database);
@@ -227,7 +228,7 @@ pub async fn revert_step(session: &mut Session<'_>, plan: &Plan<'_>) -> anyhow::
         ui::line(format!("dry run: {} to revert, nothing was changed", downs.len()));
         return Ok(());
     }
-    lock::acquire(session, plan.lock_timeout).await?;
+    super::lock_wait::acquire(session, plan.lock_timeout).await?;
     let key = lock::key(&session.ready.server.database);
     let db = session.settings();
     let deadline = Instant::now() + session.wait_left();

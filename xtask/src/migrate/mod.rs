@@ -7,6 +7,7 @@ mod blockers;
 mod control;
 mod explain;
 mod guard;
+mod lock_wait;
 mod one;
 mod plan;
 mod status;
@@ -17,14 +18,15 @@ use std::time::Duration;
 use anyhow::anyhow;
 use backend::migrations::{MigrationSet, MigrationSettings};
 
-use crate::context::{DbArgs, SourceArgs, display_path};
+use crate::context::{DbArgs, SourceArgs};
+
 use crate::exit::{Failure, fail};
 use crate::session::{self, Use};
+use crate::workspace::display_path;
 
 use apply::revert_step;
 pub use apply::{first_read, migrate_step};
-pub use explain::{MigrationFailed, describe_failure, drop_invalid_indexes_fix, invalid_indexes, sqlstate_of};
-pub use one::{Lost, lost_connection};
+pub use explain::{MigrationFailed, drop_invalid_indexes_fix, invalid_indexes};
 pub use plan::Plan;
 use status::run_status;
 

@@ -33,6 +33,7 @@ use super::guard::{Guard, Verdict};
 use super::plan::Plan;
 use crate::exit::{Failure, fail};
 use crate::lock::{self, NOT_LOCKED, NOT_LOCKED_FIX};
+use crate::session::{Lost, lost_connection};
 use crate::ui;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,20 +305,6 @@ pub(super) async fn make_durable(conn: &mut PgConnection) -> Result<(), sqlx::Er
 fn connection_lost(error: &MigrateError) -> Option<Lost> {
     let (MigrateError::ExecuteMigration(error, _) | MigrateError::Execute(error)) = error else { return None };
     lost_connection(error)
-}
-
-/// A lost connection, or a server that turned read-only under it; `None` for an error of the
-/// SQL itself, or a bound of ours (a slow server is not a lost one).
-pub fn lost_connection(error: &sqlx::Error) -> Option<Lost> {
-    let how = backend::db::lost_to_failover(error)?;
-    Some(Lost { reason: backend::db::describe_error(error), how })
-}
-
-/// Why a connection was lost to a migration.
-#[derive(Debug, Clone)]
-pub struct Lost {
-    pub reason: String,
-    pub how: backend::db::LostHow,
 }
 
 /// Whether the server session behind `conn` is still `process`, the one that took the lock, and

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use backend::migrations::{AppliedRow, MigrationFile, MigrationSet, MigrationSettings, State, Status};
 
-use crate::context::display_path;
 use crate::exit::{Failure, fail};
 use crate::ui;
+use crate::workspace::display_path;
 
 /// What to apply and how.
 pub struct Plan<'a> {

@@ -105,7 +105,7 @@ async fn run(
             crate::ui::line(format!(
                 "{} fails on the throwaway copy too ({}): judged on what it left there",
                 file.name(),
-                crate::migrate::describe_failure(&error, file)
+                crate::sql::describe_failure(&error, file)
             ));
             let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
         }

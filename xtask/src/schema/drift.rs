@@ -19,10 +19,10 @@ use sqlx::postgres::PgConnection;
 
 use super::DriftArgs;
 use super::catalog::{Difference, EMPTY_SHADOW, SHADOW_OBJECTS, Snapshot, compare, snapshot};
-use crate::database::{quote_identifier, quote_literal};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::session::{self, Use};
+use crate::sql::{quote_identifier, quote_literal};
 use crate::throwaway::{Binaries, LocalCluster, in_throwaway, throwaway_name};
 use crate::ui;
 
@@ -266,9 +266,9 @@ pub async fn find_drift(
 async fn rehearse(conn: &mut PgConnection, pending: &[&MigrationFile], settings: &MigrationSettings) -> Rehearsal {
     for file in pending {
         if let Err(error) = conn.apply(&settings.table_name, &file.migration).await {
-            let needs_this_machine = crate::migrate::sqlstate_of(&error)
+            let needs_this_machine = crate::sql::sqlstate_of(&error)
                 .is_some_and(|code| matches!(code.as_str(), "0A000" | "58P01" | "42883"));
-            return Rehearsal::Failed { message: crate::migrate::describe_failure(&error, file), needs_this_machine };
+            return Rehearsal::Failed { message: crate::sql::describe_failure(&error, file), needs_this_machine };
         }
     }
     Rehearsal::Ran(pending.len())

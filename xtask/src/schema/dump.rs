@@ -9,7 +9,6 @@ use backend::migrations::{MigrationSet, MigrationSettings};
 use xshell::{Shell, cmd};
 
 use super::DumpArgs;
-use crate::context::{Tool, display_path, only_tool_environment, root};
 use crate::exit::{Failure, fail};
 use crate::interrupt::ActiveBackend;
 use crate::migrate::MigrateOptions;
@@ -17,6 +16,7 @@ use crate::scratch::Place;
 use crate::scratch::migrated_session;
 use crate::throwaway::{in_throwaway, throwaway_name};
 use crate::ui;
+use crate::workspace::{Tool, display_path, only_tool_environment, root};
 
 pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     let sh = Shell::new()?;

@@ -7,9 +7,10 @@ use anyhow::{Context as _, anyhow};
 use backend::config::DatabaseSettings;
 
 use super::MAINTENANCE_TIMEOUT;
-use crate::database::{Template, create_database, drop_database, sqlstate};
+use crate::database_ddl::{Template, create_database, drop_database};
 use crate::exit::{Failure, fail};
 use crate::interrupt::{ActiveBackend, interruptible};
+use crate::sql::sqlstate;
 use crate::ui;
 
 /// A database name no other run picks, on this machine or another: init containers of many pods

@@ -318,7 +318,7 @@ impl<'a> SideBySide<'a> {
                 let output = child.wait_with_output()?;
                 let exited = Instant::now();
                 if output.status.success() {
-                    samples[index].1.push(super::signed_ms(ready, exited));
+                    samples[index].1.push(super::figures::signed_ms(ready, exited));
                     continue;
                 }
                 // What it said, wherever it printed it, on one line.

@@ -7,12 +7,17 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::config::ConfigError;
+
+#[cfg(feature = "server")]
+pub mod embedded;
+mod status;
+
+pub use status::{Entry, State, Status};
 
 /// The migration settings of `sqlx.toml` that sqlx 0.9 reads, with sqlx's defaults.
 #[derive(Debug, Clone)]
@@ -442,139 +447,4 @@ pub async fn applied_rows_and(
     // Sorted here rather than by the server, which would cost a fresh server process more.
     applied.sort_unstable_by_key(|row| row.version);
     Ok((applied, followed))
-}
-
-/// Where one migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Applied,
-    Pending,
-    /// Applied, but the file has changed since.
-    Changed,
-    /// A row with `success = false`: never written by sqlx since 0.7; left by an older sqlx or by hand.
-    Failed,
-    /// Applied in the database, unknown to this code: a newer release ran, or this is a rollback.
-    Unknown,
-}
-
-impl State {
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Applied => "applied",
-            State::Pending => "pending",
-            State::Changed => "changed",
-            State::Failed => "failed",
-            State::Unknown => "unknown",
-        }
-    }
-}
-
-/// One line of `migrate status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Entry {
-    pub version: i64,
-    pub description: String,
-    pub state: State,
-    pub installed_on: Option<String>,
-    pub file: Option<String>,
-}
-
-/// The code's migrations against the database's.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub entries: Vec<Entry>,
-}
-
-impl Status {
-    pub fn compare(set: &MigrationSet, applied: &[AppliedRow]) -> Status {
-        let rows: BTreeMap<i64, &AppliedRow> = applied.iter().map(|r| (r.version, r)).collect();
-        let mut entries: Vec<Entry> = set
-            .files
-            .iter()
-            .map(|file| {
-                let m = &file.migration;
-                let row = rows.get(&m.version);
-                let state = match row {
-                    None => State::Pending,
-                    Some(row) if !row.success => State::Failed,
-                    Some(row) if row.checksum != *m.checksum => State::Changed,
-                    Some(_) => State::Applied,
-                };
-                Entry {
-                    version: m.version,
-                    description: m.description.to_string(),
-                    state,
-                    installed_on: row.map(|r| r.installed_on.clone()),
-                    file: file.path.as_ref().map(|_| file.name()),
-                }
-            })
-            .collect();
-        let known: BTreeSet<i64> = set.files.iter().map(|f| f.migration.version).collect();
-        entries.extend(applied.iter().filter(|r| !known.contains(&r.version)).map(|row| Entry {
-            version: row.version,
-            description: row.description.clone(),
-            state: if row.success { State::Unknown } else { State::Failed },
-            installed_on: Some(row.installed_on.clone()),
-            file: None,
-        }));
-        entries.sort_by_key(|e| e.version);
-        Status { entries }
-    }
-
-    pub fn with_state(&self, state: State) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(move |e| e.state == state)
-    }
-
-    /// Every migration the code has is applied with a matching checksum. Newer versions in the
-    /// database do not make it stale: that is a rolling deploy.
-    pub fn is_up_to_date(&self) -> bool {
-        self.entries.iter().all(|e| matches!(e.state, State::Applied | State::Unknown))
-    }
-
-    /// One sentence naming what keeps the schema from being up to date, for errors.
-    pub fn describe_problems(&self) -> String {
-        let list = |state| self.with_state(state).map(|e| e.version.to_string()).collect::<Vec<_>>().join(", ");
-        let mut parts = Vec::new();
-        for (state, what) in
-            [(State::Pending, "not applied"), (State::Changed, "changed since applied"), (State::Failed, "failed")]
-        {
-            let versions = list(state);
-            if !versions.is_empty() {
-                parts.push(format!("{what}: {versions}"));
-            }
-        }
-        parts.join("; ")
-    }
-}
-
-#[cfg(feature = "server")]
-pub mod embedded {
-    //! The migrations this build of backend and worker was compiled against.
-
-    use super::*;
-
-    pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
-
-    /// Refuses a database that lacks migrations this build needs.
-    pub async fn check(conn: &mut PgConnection, settings: &MigrationSettings) -> Result<(), String> {
-        let set = MigrationSet::from_migrator(&MIGRATOR, settings).map_err(|e| e.to_string())?;
-        let applied = applied_rows(conn, &settings.table_name)
-            .await
-            // Its SQLSTATE, not the driver's words: `/ready` answers HTTP clients with this.
-            .map_err(|e| {
-                let code = e.as_database_error().and_then(|d| d.code()).map(|c| format!(" (SQLSTATE {c})"));
-                format!("cannot read {}{}", settings.table_name, code.unwrap_or_default())
-            })?;
-        let status = Status::compare(&set, &applied);
-        if status.is_up_to_date() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the database schema is not the one this build needs ({}): run `cargo xtask prestart` \
-                 (or `docker compose run --rm prestart`) first",
-                status.describe_problems()
-            ))
-        }
-    }
 }

@@ -139,7 +139,7 @@ fn host(at: &Where<'_>) -> anyhow::Result<Outcome> {
     let host_view = &at.host_view;
     let probe = &at.probe;
     let containers = &at.containers;
-    let loopback = is_loopback(&host);
+    let loopback = is_loopback(host);
     Ok(match context {
         RuntimeContext::Container if loopback && probe.accepted() => Outcome::ok(format!(
             "{var}={host}: a server listens inside this container itself (a development container?)"
@@ -215,7 +215,7 @@ fn resolve(at: &Where<'_>) -> anyhow::Result<Outcome> {
         Probe::NotTried => Outcome::skipped("not tried"),
         Probe::Unresolved => Outcome::fail(
             format!("{} does not resolve {}", database.host(), context_name(context)),
-            first_cause(RetryKind::NameNotResolved, &database, context),
+            first_cause(RetryKind::NameNotResolved, database, context),
         ),
         Probe::Resolved { addresses, .. } => {
             let list: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
@@ -234,7 +234,7 @@ fn tcp(at: &Where<'_>) -> anyhow::Result<Outcome> {
     Ok(match connected {
         Ok(address) => Outcome::ok(format!("{address} accepts TCP connections")),
         Err((address, kind, what)) => {
-            Outcome::fail(format!("TCP connection to {address} {what}"), first_cause(*kind, &database, context))
+            Outcome::fail(format!("TCP connection to {address} {what}"), first_cause(*kind, database, context))
         }
     })
 }

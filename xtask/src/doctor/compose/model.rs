@@ -278,8 +278,6 @@ fn depends_on(value: Option<&Value>) -> BTreeMap<String, String> {
     }
 }
 
-/// The compose checks.
-
 #[cfg(test)]
 mod tests {
     use super::without_quoted;

@@ -144,7 +144,6 @@ impl<'a> Engine<'a> {
         no_transaction: bool,
         history: &mut History,
     ) -> (Vec<Finding>, bool) {
-        let on = |rule: Own| self.config.enabled.contains(&RuleId::Own(rule));
         let mut drafts = Vec::new();
         let mut moot = false;
         // squawk takes a table made earlier in the file for one nobody uses; a `CREATE TABLE IF
@@ -163,87 +162,48 @@ impl<'a> Engine<'a> {
             while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.start) {
                 drafts.push(Draft::of(v, None));
             }
-            let table = history::target(&statement.node);
-            let refused = needs_no_transaction::refused_in_transaction(&statement.node);
-            if let Some(what) = refused.filter(|_| !no_transaction && on(Own::NeedsNoTransaction)) {
-                let why = needs_no_transaction::why(what);
-                drafts.push(Draft::own(Own::NeedsNoTransaction, statement, (&why, needs_no_transaction::SAFE), &table));
-            }
-            if no_transaction && index == 1 && on(Own::NoTransactionSingleStatement) {
-                let said = (no_transaction_single_statement::WHY, no_transaction_single_statement::SAFE);
-                drafts.push(Draft::own(Own::NoTransactionSingleStatement, statement, said, &table));
-            }
+            let at = At { statement, index, no_transaction, table: history::target(&statement.node) };
             let tables = history::targets(&statement.node);
             // Nobody uses a table the deploy made yet: its locks block no one, and old code does
             // not know it to break.
             let new = !tables.is_empty() && tables.iter().all(|t| history.new_relations.contains(t));
-            if !new && on(Own::AddingExcludeConstraint) && adding_exclude_constraint::adds_exclude(&statement.node) {
-                let said = (adding_exclude_constraint::WHY, adding_exclude_constraint::SAFE);
-                drafts.push(Draft::own(Own::AddingExcludeConstraint, statement, said, &table));
-            }
+            drafts.extend(self.own_drafts(&at, new));
             while let Some(v) = violations.next_if(|v| offset(v.text_range.start()) < statement.end) {
-                match v.code {
-                    // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
-                    squawk_linter::Rule::RequireLockTimeout if !no_transaction => {
-                        moot = true;
-                        continue;
-                    }
-                    // The statement runs alone, and a timeout would cancel a CONCURRENTLY build
-                    // halfway, leaving an INVALID index: prestart sets none for these files on purpose.
-                    squawk_linter::Rule::RequireLockTimeout | squawk_linter::Rule::RequireStatementTimeout
-                        if refused.is_some() =>
-                    {
-                        continue;
-                    }
-                    _ => {}
-                }
-                if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
-                    continue;
-                }
-                if history.knows_better(v.code, &statement.node) {
-                    continue;
-                }
-                let mut draft = Draft::of(v, table.clone());
-                if draft.rule == RuleId::Squawk(squawk_linter::Rule::RequireLockTimeout) {
-                    // squawk's `SET lock_timeout` would be a second statement, which a
-                    // `-- no-transaction` file cannot have; this statement needs no such file.
-                    draft.help = Some(
-                        "this statement can run in a transaction: drop the `-- no-transaction` line, and prestart \
-                         sets lock_timeout for it"
-                            .into(),
-                    );
-                }
-                drafts.push(draft);
+                drafts.extend(squawk_draft(v, &at, new, history, &mut moot));
             }
             history.learn(&statement.node);
         }
         drafts.extend(violations.map(|v| Draft::of(v, None)));
-        if on(Own::UnparsedStatement) {
-            drafts.extend(unread(parse, statements).into_iter().map(|(at, error)| Draft {
-                at,
-                rule: RuleId::Own(Own::UnparsedStatement),
-                message: format!("the linter cannot parse this statement ({error}), so no rule checked it"),
-                help: Some(format!(
-                    "check it by hand; if it is fine, put `-- lint: allow {}` above it",
-                    Own::UnparsedStatement.name()
-                )),
-                table: None,
-            }));
+        if self.on(Own::UnparsedStatement) {
+            drafts.extend(unparsed_drafts(parse, statements));
         }
         let lines = Lines::new(sql);
-        let mut findings: Vec<Finding> = drafts.into_iter().map(|draft| self.finish(file, &lines, draft)).collect();
-        let allowed = exemptions(parse, &lines);
-        let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
-        findings.retain(|f| {
-            if ignores_ours(f) {
-                return false;
-            }
-            // A comment after the previous statement, up to the end of this one.
-            let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
-            let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
-            !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= last && *rule == f.rule)
-        });
-        (findings, moot)
+        let findings: Vec<Finding> = drafts.into_iter().map(|draft| self.finish(file, &lines, draft)).collect();
+        (without_exempted(findings, parse, &lines, statements), moot)
+    }
+
+    fn on(&self, rule: Own) -> bool {
+        self.config.enabled.contains(&RuleId::Own(rule))
+    }
+
+    /// The findings of our own rules on one statement.
+    fn own_drafts(&self, at: &At<'_>, new: bool) -> Vec<Draft> {
+        let (statement, table) = (at.statement, &at.table);
+        let mut drafts = Vec::new();
+        let refused = needs_no_transaction::refused_in_transaction(&statement.node);
+        if let Some(what) = refused.filter(|_| !at.no_transaction && self.on(Own::NeedsNoTransaction)) {
+            let why = needs_no_transaction::why(what);
+            drafts.push(Draft::own(Own::NeedsNoTransaction, statement, (&why, needs_no_transaction::SAFE), table));
+        }
+        if at.no_transaction && at.index == 1 && self.on(Own::NoTransactionSingleStatement) {
+            let said = (no_transaction_single_statement::WHY, no_transaction_single_statement::SAFE);
+            drafts.push(Draft::own(Own::NoTransactionSingleStatement, statement, said, table));
+        }
+        if !new && self.on(Own::AddingExcludeConstraint) && adding_exclude_constraint::adds_exclude(&statement.node) {
+            let said = (adding_exclude_constraint::WHY, adding_exclude_constraint::SAFE);
+            drafts.push(Draft::own(Own::AddingExcludeConstraint, statement, said, table));
+        }
+        drafts
     }
 
     fn finish(&self, file: &Path, lines: &Lines, draft: Draft) -> Finding {
@@ -316,6 +276,95 @@ impl Outcome {
     pub fn failing(&self) -> usize {
         self.findings.iter().filter(|f| f.severity != Severity::Note).count()
     }
+}
+
+/// One statement of a file, as the rules see it.
+struct At<'a> {
+    statement: &'a Statement,
+    /// Its place in the file, from 0.
+    index: usize,
+    /// The file runs without a transaction (`-- no-transaction`).
+    no_transaction: bool,
+    /// The table it acts on, when it names one.
+    table: Option<String>,
+}
+
+/// squawk's finding `v` on a statement, unless prestart makes it moot (`moot` is then set) or it
+/// does not apply here.
+fn squawk_draft(
+    v: squawk_linter::Violation,
+    at: &At<'_>,
+    new: bool,
+    history: &History,
+    moot: &mut bool,
+) -> Option<Draft> {
+    let refused = needs_no_transaction::refused_in_transaction(&at.statement.node);
+    match v.code {
+        // prestart sends `SET LOCAL lock_timeout` with each transactional migration.
+        squawk_linter::Rule::RequireLockTimeout if !at.no_transaction => {
+            *moot = true;
+            return None;
+        }
+        // The statement runs alone, and a timeout would cancel a CONCURRENTLY build halfway,
+        // leaving an INVALID index: prestart sets none for these files on purpose.
+        squawk_linter::Rule::RequireLockTimeout | squawk_linter::Rule::RequireStatementTimeout if refused.is_some() => {
+            return None;
+        }
+        _ => {}
+    }
+    if new && matches!(RuleId::Squawk(v.code).kind(), Kind::Locking | Kind::Breaking) {
+        return None;
+    }
+    if history.knows_better(v.code, &at.statement.node) {
+        return None;
+    }
+    let mut draft = Draft::of(v, at.table.clone());
+    if draft.rule == RuleId::Squawk(squawk_linter::Rule::RequireLockTimeout) {
+        // squawk's `SET lock_timeout` would be a second statement, which a `-- no-transaction`
+        // file cannot have; this statement needs no such file.
+        draft.help = Some(
+            "this statement can run in a transaction: drop the `-- no-transaction` line, and prestart sets \
+             lock_timeout for it"
+                .into(),
+        );
+    }
+    Some(draft)
+}
+
+/// A finding on each statement the parser could not read.
+fn unparsed_drafts(parse: &Parse<SourceFile>, statements: &[Statement]) -> Vec<Draft> {
+    let drafts = unread(parse, statements).into_iter().map(|(at, error)| Draft {
+        at,
+        rule: RuleId::Own(Own::UnparsedStatement),
+        message: format!("the linter cannot parse this statement ({error}), so no rule checked it"),
+        help: Some(format!(
+            "check it by hand; if it is fine, put `-- lint: allow {}` above it",
+            Own::UnparsedStatement.name()
+        )),
+        table: None,
+    });
+    drafts.collect()
+}
+
+/// `findings` without those a `-- lint: allow` comment exempts: one after the previous
+/// statement, up to the end of the finding's own.
+fn without_exempted(
+    mut findings: Vec<Finding>,
+    parse: &Parse<SourceFile>,
+    lines: &Lines,
+    statements: &[Statement],
+) -> Vec<Finding> {
+    let allowed = exemptions(parse, lines);
+    let ends: Vec<usize> = statements.iter().map(|s| lines.line(s.end.saturating_sub(1))).collect();
+    findings.retain(|f| {
+        if ignores_ours(f) {
+            return false;
+        }
+        let previous_end = ends.iter().copied().filter(|end| *end < f.line).max().unwrap_or(0);
+        let last = ends.iter().copied().filter(|end| *end >= f.line).min().unwrap_or(f.line);
+        !allowed.iter().any(|(line, rule)| *line > previous_end && *line <= last && *rule == f.rule)
+    });
+    findings
 }
 
 fn offset(size: impl Into<u32>) -> usize {

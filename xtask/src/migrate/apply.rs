@@ -65,92 +65,20 @@ pub async fn migrate_step(
         None => first_read(session, table, seed.as_deref()).await?,
     };
     ui::step(format!("migrate from {} ({} migrations)", display_path(plan.dir), plan.set.files.len()));
-    let FirstRead { applied, seed_check, environment, newest_release, started } = first;
-    let status = Status::compare(plan.set, &applied);
+    let status = Status::compare(plan.set, &first.applied);
     let pending = plan.to_apply(&status);
     if pending.is_empty() || plan.dry_run {
-        refuse_inconsistent(&status, plan)?;
-        plan.check_target_not_below(&applied)?;
-        plan.report_skipped(&status);
-        if plan.dry_run {
-            for file in &pending {
-                ui::line(format!("would apply {}", file.name()));
-            }
-            ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
-            return Ok(());
-        }
-        if let (Some(seed), Some(check)) = (seed, &seed_check) {
-            seed.found(check, &session.ready.process);
-        }
-        let recorded = match environment {
-            Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),
-            Followed::Missing => Some(None),
-            Followed::NotRead => None,
-        };
-        record_environment(session, plan, applied.is_empty(), recorded).await;
-        let newest = match newest_release {
-            Followed::Rows(rows) => crate::release::record::newest_from_rows(&rows),
-            Followed::Missing | Followed::NotRead => None,
-        };
-        record_release(session, plan, newest).await;
-        let total = plan.set.files.len();
-        let took = started.elapsed();
-        let said = match plan.target {
-            Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(took)),
-            None => format!("up to date: all {total} migrations were already applied ({})", ui::duration(took)),
-        };
-        ui::line_with(said, &[("applied", 0.into()), ("duration_ms", ui::ms(took))]);
-        return Ok(());
+        return nothing_to_apply(session, plan, seed, first, &status, &pending).await;
     }
-    if applied.is_empty()
+    if first.applied.is_empty()
         && let Some(seed) = seed
     {
         // A fresh database: the seed's account is surely missing.
         seed.hash_in_background();
     }
-    let mut retries = 0;
-    // Counted across the passes a failover makes: each applies what the one before did not.
-    let mut applied_here = 0;
-    loop {
-        super::lock_wait::acquire(session, plan.lock_timeout).await?;
-        // The key of the server this connection reached: after a reconnect during the wait for
-        // the lock, the lock was taken on that connection with its database's key.
-        let key = lock::key(&session.ready.server.database);
-        let db = session.settings();
-        let deadline = Instant::now() + session.wait_left();
-        let mut ran_on = session.ready.server.clone();
-        // What tells a failover from a crash restart after a connection that just broke; one
-        // query per pass that has migrations to apply, none on the no-op path.
-        ran_on.timeline = backend::db::read_timeline(&mut session.ready.conn).await;
-        let result = apply_pending(&mut session.ready, plan, db, deadline, &mut applied_here).await;
-        // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
-        if result.is_ok() {
-            // Read again: another run may have recorded since the read above.
-            record_environment(session, plan, applied.is_empty(), None).await;
-            record_release(session, plan, None).await;
-        }
-        lock::release(&mut session.ready.conn, key).await;
-        let Err(error) = result else { break };
-        let Some((what, lost)) = cut_off(&error).filter(|_| retries < FAILOVER_RETRIES) else {
-            return Err(error);
-        };
-        match session.resume_after(&ran_on, &lost, &what).await {
-            Resumed::Again => retries += 1,
-            // No server came back in time: what the migration left is the news, and the wait's
-            // end a note on it.
-            Resumed::Gone(gone) => {
-                return Err(with_note(
-                    error,
-                    &format!("no server answered again before the deadline: {}", root_cause(&gone)),
-                ));
-            }
-            Resumed::NotAFailover(why) => {
-                return Err(with_note(error, &format!("{why}: it was not run again; rerun once the cause is known")));
-            }
-        }
-    }
-    let applied = applied_here;
+    let applied = apply_under_the_lock(session, plan, first.applied.is_empty()).await?;
     let total = plan.set.files.len();
+    let started = first.started;
     let said = match applied {
         // Another prestart applied them while we waited for the lock.
         0 => format!("up to date: all {total} migrations were applied meanwhile ({})", ui::duration(started.elapsed())),
@@ -168,6 +96,95 @@ pub async fn migrate_step(
     };
     ui::line_with(said, &[("applied", applied.into()), ("duration_ms", ui::ms(started.elapsed()))]);
     Ok(())
+}
+
+/// The no-op run (and the dry run): what the first read found is checked and recorded, without
+/// the lock, and said in one line.
+async fn nothing_to_apply(
+    session: &mut Session<'_>,
+    plan: &Plan<'_>,
+    seed: Option<&mut crate::seed::Ahead<'_>>,
+    first: FirstRead,
+    status: &Status,
+    pending: &[&MigrationFile],
+) -> anyhow::Result<()> {
+    let FirstRead { applied, seed_check, environment, newest_release, started } = first;
+    refuse_inconsistent(status, plan)?;
+    plan.check_target_not_below(&applied)?;
+    plan.report_skipped(status);
+    if plan.dry_run {
+        for file in pending {
+            ui::line(format!("would apply {}", file.name()));
+        }
+        ui::line(format!("dry run: {} to apply, nothing was changed", pending.len()));
+        return Ok(());
+    }
+    if let (Some(seed), Some(check)) = (seed, &seed_check) {
+        seed.found(check, &session.ready.process);
+    }
+    let recorded = match environment {
+        Followed::Rows(rows) => crate::environment::from_rows(&rows).ok(),
+        Followed::Missing => Some(None),
+        Followed::NotRead => None,
+    };
+    record_environment(session, plan, applied.is_empty(), recorded).await;
+    let newest = match newest_release {
+        Followed::Rows(rows) => crate::release::record::newest_from_rows(&rows),
+        Followed::Missing | Followed::NotRead => None,
+    };
+    record_release(session, plan, newest).await;
+    let total = plan.set.files.len();
+    let took = started.elapsed();
+    let said = match plan.target {
+        Some(target) => format!("up to date at --target-version {target} ({})", ui::duration(took)),
+        None => format!("up to date: all {total} migrations were already applied ({})", ui::duration(took)),
+    };
+    ui::line_with(said, &[("applied", 0.into()), ("duration_ms", ui::ms(took))]);
+    Ok(())
+}
+
+/// Applies the pending migrations under the migration lock, released on every path; a failover
+/// that cut a pass off costs a reconnect and another pass, which applies what the one before
+/// did not. How many this run applied, across the passes.
+async fn apply_under_the_lock(session: &mut Session<'_>, plan: &Plan<'_>, was_empty: bool) -> anyhow::Result<usize> {
+    let mut retries = 0;
+    let mut applied_here = 0;
+    loop {
+        super::lock_wait::acquire(session, plan.lock_timeout).await?;
+        // The key of the server this connection reached: after a reconnect during the wait for
+        // the lock, the lock was taken on that connection with its database's key.
+        let key = lock::key(&session.ready.server.database);
+        let db = session.settings();
+        let deadline = Instant::now() + session.wait_left();
+        let mut ran_on = session.ready.server.clone();
+        // What tells a failover from a crash restart after a connection that just broke; one
+        // query per pass that has migrations to apply, none on the no-op path.
+        ran_on.timeline = backend::db::read_timeline(&mut session.ready.conn).await;
+        let result = apply_pending(&mut session.ready, plan, db, deadline, &mut applied_here).await;
+        // After a failed statement sqlx has queued the ROLLBACK, which runs before this.
+        if result.is_ok() {
+            // Read again: another run may have recorded since the read above.
+            record_environment(session, plan, was_empty, None).await;
+            record_release(session, plan, None).await;
+        }
+        lock::release(&mut session.ready.conn, key).await;
+        let Err(error) = result else { return Ok(applied_here) };
+        let Some((what, lost)) = cut_off(&error).filter(|_| retries < FAILOVER_RETRIES) else {
+            return Err(error);
+        };
+        match session.resume_after(&ran_on, &lost, &what).await {
+            Resumed::Again => retries += 1,
+            // No server came back in time: what the migration left is the news, and the wait's
+            // end a note on it.
+            Resumed::Gone(gone) => {
+                let note = format!("no server answered again before the deadline: {}", root_cause(&gone));
+                return Err(with_note(error, &note));
+            }
+            Resumed::NotAFailover(why) => {
+                return Err(with_note(error, &format!("{why}: it was not run again; rerun once the cause is known")));
+            }
+        }
+    }
 }
 
 /// `error` with a note, kept a migration failure (exit 6) when it is one.

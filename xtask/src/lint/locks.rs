@@ -181,64 +181,88 @@ async fn measure_file(
             held.clear();
             (sampled(sessions, text).await?, None)
         };
-        let mut taken: Vec<&Lock> = now.difference(&held).collect();
-        taken.sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
-        if taken.is_empty() {
-            say(if in_transaction { "    no new lock on a table or index" } else { "    no lock seen" }.into());
-        }
-        for lock in taken {
-            let what = match lock.kind.as_str() {
-                "r" | "p" | "m" => "table",
-                "i" | "I" => "index",
-                _ => "relation",
-            };
-            let mode = lock.mode.trim_end_matches("Lock");
-            // A relation this deploy made is used by nobody yet: its locks block no one.
-            let effect = if existing.contains(&lock.oid) {
-                format!("existed before: {}", blocks(mode))
-            } else {
-                "new in this deploy: blocks nobody yet".into()
-            };
-            say(format!("    {} on {what} {}, {effect}", spaced(mode), lock.relation));
-        }
-        // What a lock that stops traffic costs is how long it is held: an instant for a change of
-        // the catalog, the whole table for a scan or a rewrite. The statement's own scans and
-        // rewrites are measured, on each table that existed before and that it holds such a lock on
-        // (its strongest), taken now or earlier.
-        let mut strongest: Vec<&Lock> = Vec::new();
-        for lock in now.iter().filter(|l| existing.contains(&l.oid) && matches!(l.kind.as_str(), "r" | "p" | "m")) {
-            match strongest.iter_mut().find(|s| s.oid == lock.oid) {
-                Some(kept) if strength(&kept.mode) < strength(&lock.mode) => *kept = lock,
-                Some(_) => {}
-                None => strongest.push(lock),
-            }
-        }
-        for lock in strongest.into_iter().filter(|l| strength(&l.mode) >= strength("ShareLock")) {
-            let exclusive = lock.mode == "AccessExclusiveLock";
-            match work.as_ref().map(|w| w.on(lock.oid)) {
-                Some(Some(done)) => {
-                    say(format!(
-                        "    it {done} table {} under {}: every {} waits for the whole of it",
-                        lock.relation,
-                        spaced(lock.mode.trim_end_matches("Lock")),
-                        if exclusive { "read and write" } else { "write" }
-                    ));
-                    blocking += 1;
-                }
-                Some(None) if exclusive && !held.contains(lock) => {
-                    say(format!("    (on {}: for an instant, no scan and no rewrite)", lock.relation));
-                }
-                Some(None) => {}
-                // Autocommit: how long it was held is not measured, so an ACCESS EXCLUSIVE counts.
-                None => blocking += usize::from(exclusive),
-            }
-        }
+        say_taken(&now, &held, existing, in_transaction, say);
+        blocking += say_what_blocks(&now, &held, existing, work.as_ref(), say);
         held = now;
     }
     if in_transaction {
         execute(sessions.conn, "COMMIT").await?;
     }
     Ok(blocking)
+}
+
+/// Says each lock the statement took that was not held before, and whom it blocks.
+fn say_taken(
+    now: &HashSet<Lock>,
+    held: &HashSet<Lock>,
+    existing: &HashSet<i64>,
+    in_transaction: bool,
+    say: &impl Fn(String),
+) {
+    let mut taken: Vec<&Lock> = now.difference(held).collect();
+    taken.sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
+    if taken.is_empty() {
+        say(if in_transaction { "    no new lock on a table or index" } else { "    no lock seen" }.into());
+    }
+    for lock in taken {
+        let what = match lock.kind.as_str() {
+            "r" | "p" | "m" => "table",
+            "i" | "I" => "index",
+            _ => "relation",
+        };
+        let mode = lock.mode.trim_end_matches("Lock");
+        // A relation this deploy made is used by nobody yet: its locks block no one.
+        let effect = if existing.contains(&lock.oid) {
+            format!("existed before: {}", blocks(mode))
+        } else {
+            "new in this deploy: blocks nobody yet".into()
+        };
+        say(format!("    {} on {what} {}, {effect}", spaced(mode), lock.relation));
+    }
+}
+
+/// Says how long each lock that stops traffic is held, on each table that existed before; how
+/// many of them block for more than an instant. What such a lock costs is how long it is held:
+/// an instant for a change of the catalog, the whole table for a scan or a rewrite. The
+/// statement's own scans and rewrites are measured, on each table that existed before and that
+/// it holds such a lock on (its strongest), taken now or earlier.
+fn say_what_blocks(
+    now: &HashSet<Lock>,
+    held: &HashSet<Lock>,
+    existing: &HashSet<i64>,
+    work: Option<&Work>,
+    say: &impl Fn(String),
+) -> usize {
+    let mut blocking = 0;
+    let mut strongest: Vec<&Lock> = Vec::new();
+    for lock in now.iter().filter(|l| existing.contains(&l.oid) && matches!(l.kind.as_str(), "r" | "p" | "m")) {
+        match strongest.iter_mut().find(|s| s.oid == lock.oid) {
+            Some(kept) if strength(&kept.mode) < strength(&lock.mode) => *kept = lock,
+            Some(_) => {}
+            None => strongest.push(lock),
+        }
+    }
+    for lock in strongest.into_iter().filter(|l| strength(&l.mode) >= strength("ShareLock")) {
+        let exclusive = lock.mode == "AccessExclusiveLock";
+        match work.map(|w| w.on(lock.oid)) {
+            Some(Some(done)) => {
+                say(format!(
+                    "    it {done} table {} under {}: every {} waits for the whole of it",
+                    lock.relation,
+                    spaced(lock.mode.trim_end_matches("Lock")),
+                    if exclusive { "read and write" } else { "write" }
+                ));
+                blocking += 1;
+            }
+            Some(None) if exclusive && !held.contains(lock) => {
+                say(format!("    (on {}: for an instant, no scan and no rewrite)", lock.relation));
+            }
+            Some(None) => {}
+            // Autocommit: how long it was held is not measured, so an ACCESS EXCLUSIVE counts.
+            None => blocking += usize::from(exclusive),
+        }
+    }
+    blocking
 }
 
 /// Per relation that existed before: its scans so far in this transaction, and its file (a

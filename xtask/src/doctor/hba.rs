@@ -79,60 +79,11 @@ pub async fn containers_login(
         PgSslMode::Prefer => server_tls,
         _ => true,
     };
-    let broken: Result<Option<(Option<i32>, String)>, _> = sqlx::query_as(
-        "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await;
-    match broken {
-        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
-            return Ok(Verdict::Unreadable);
-        }
-        Err(error) => return Err(error),
-        Ok(Some((line, error))) => {
-            return Ok(Verdict::Broken(format!(
-                "line {}: {error}",
-                line.map_or_else(|| "?".to_owned(), |l| l.to_string())
-            )));
-        }
-        Ok(None) => {}
-    }
-    type Row = (i32, String, Vec<String>, Vec<String>, Option<String>, Option<String>, String);
-    let rules = sqlx::query_as::<_, Row>(
-        "SELECT line_number, type, database, user_name, address, netmask, auth_method \
-         FROM pg_catalog.pg_hba_file_rules",
-    )
-    .fetch_all(&mut *conn)
-    .await;
-    let rules: Vec<Rule> = match rules {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|(line_number, r#type, database, user_name, address, netmask, auth_method)| Rule {
-                line_number,
-                r#type,
-                database,
-                user_name,
-                address,
-                netmask,
-                auth_method,
-            })
-            .collect(),
-        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
-            return Ok(Verdict::Unreadable);
-        }
-        Err(error) => return Err(error),
+    let rules = match read_rules(conn).await? {
+        Ok(rules) => rules,
+        Err(verdict) => return Ok(verdict),
     };
-    // `+group` entries: the roles the user is a member of, directly or not, as the server's
-    // matching counts them (pg_has_role would count every role for a superuser).
-    let groups: Vec<String> = sqlx::query_scalar(
-        "WITH RECURSIVE member_of(oid) AS ( \
-             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
-             UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid) \
-         SELECT r.rolname::text FROM pg_catalog.pg_roles r JOIN member_of USING (oid)",
-    )
-    .bind(user)
-    .fetch_all(&mut *conn)
-    .await?;
+    let groups = groups_of(conn, user).await?;
     let Some(container) = first_container_address(subnet) else { return Ok(Verdict::NoRule) };
     let matching = rules.iter().find(|rule| {
         let type_matches = match rule.r#type.as_str() {
@@ -194,6 +145,69 @@ fn address_matches(address: Option<&str>, netmask: Option<&str>, container: Ipv4
         },
         _ => false,
     }
+}
+
+/// The rules of pg_hba.conf as the server loaded them; a verdict instead where they cannot be
+/// read (it takes a superuser) or a line does not parse.
+async fn read_rules(conn: &mut PgConnection) -> Result<Result<Vec<Rule>, Verdict>, sqlx::Error> {
+    let broken: Result<Option<(Option<i32>, String)>, _> = sqlx::query_as(
+        "SELECT line_number, error FROM pg_catalog.pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await;
+    match broken {
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
+            return Ok(Err(Verdict::Unreadable));
+        }
+        Err(error) => return Err(error),
+        Ok(Some((line, error))) => {
+            return Ok(Err(Verdict::Broken(format!(
+                "line {}: {error}",
+                line.map_or_else(|| "?".to_owned(), |l| l.to_string())
+            ))));
+        }
+        Ok(None) => {}
+    }
+    type Row = (i32, String, Vec<String>, Vec<String>, Option<String>, Option<String>, String);
+    let rules = sqlx::query_as::<_, Row>(
+        "SELECT line_number, type, database, user_name, address, netmask, auth_method \
+         FROM pg_catalog.pg_hba_file_rules",
+    )
+    .fetch_all(&mut *conn)
+    .await;
+    Ok(Ok(match rules {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(line_number, r#type, database, user_name, address, netmask, auth_method)| Rule {
+                line_number,
+                r#type,
+                database,
+                user_name,
+                address,
+                netmask,
+                auth_method,
+            })
+            .collect(),
+        Err(error) if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("42501") => {
+            return Ok(Err(Verdict::Unreadable));
+        }
+        Err(error) => return Err(error),
+    }))
+}
+
+/// The roles `user` is a member of, directly or not: `+group` entries match them.
+async fn groups_of(conn: &mut PgConnection, user: &str) -> Result<Vec<String>, sqlx::Error> {
+    // `+group` entries: the roles the user is a member of, directly or not, as the server's
+    // matching counts them (pg_has_role would count every role for a superuser).
+    sqlx::query_scalar(
+        "WITH RECURSIVE member_of(oid) AS ( \
+             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
+             UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid) \
+         SELECT r.rolname::text FROM pg_catalog.pg_roles r JOIN member_of USING (oid)",
+    )
+    .bind(user)
+    .fetch_all(&mut *conn)
+    .await
 }
 
 #[cfg(test)]

@@ -114,6 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         0
     };
+    verdict(&outcome, selected.len(), measured)
+}
+
+/// The run's end: "no problems", or an error that counts them (exit 2).
+fn verdict(outcome: &Outcome, checked: usize, measured: usize) -> anyhow::Result<()> {
     let failing = outcome.failing();
     if failing == 0 && measured == 0 {
         ui::line("no problems");
@@ -125,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{failing} {} in {} of {} checked migrations",
         if failing == 1 { "problem" } else { "problems" },
         files.len(),
-        selected.len()
+        checked
     );
     if measured > 0 {
         summary.push_str(&format!(

@@ -44,31 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let compose = Compose::find(&sh)?;
     let base = base_image(&sh, &root)?;
-    ui::step("build the release binaries and the runtime image (the Dockerfile's `prebuilt` target)");
-    cargo(
-        &sh,
-        &[
-            "build",
-            "--release",
-            "--quiet",
-            "--locked",
-            "-p",
-            "xtask",
-            "-p",
-            "backend",
-            "--features",
-            "backend/server",
-            "--bins",
-        ],
-    )
-    .run()?;
-    cmd!(
-        sh,
-        "docker build --quiet -f backend/Dockerfile --target prebuilt --build-arg RUNTIME_BASE={base} -t {APP_IMAGE} ."
-    )
-    .quiet()
-    .ignore_stdout()
-    .run()?;
+    build_image(&sh, &base)?;
 
     let work = root.join("target/e2e");
     let cluster = DevCluster::in_dir(&sh, work.join("db"))?;
@@ -112,6 +88,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ui::duration(started.elapsed()),
         size.trim().parse::<f64>().map(|b| format!("{:.1}", b / 1e6)).unwrap_or(size)
     ));
+    Ok(())
+}
+
+/// The release binaries, and the runtime image of the Dockerfile's `prebuilt` target on `base`.
+fn build_image(sh: &Shell, base: &str) -> anyhow::Result<()> {
+    ui::step("build the release binaries and the runtime image (the Dockerfile's `prebuilt` target)");
+    cargo(
+        sh,
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "--locked",
+            "-p",
+            "xtask",
+            "-p",
+            "backend",
+            "--features",
+            "backend/server",
+            "--bins",
+        ],
+    )
+    .run()?;
+    cmd!(
+        sh,
+        "docker build --quiet -f backend/Dockerfile --target prebuilt --build-arg RUNTIME_BASE={base} -t {APP_IMAGE} ."
+    )
+    .quiet()
+    .ignore_stdout()
+    .run()?;
     Ok(())
 }
 

@@ -42,42 +42,14 @@ async fn work() -> ExitCode {
     let mut requeue = tokio::time::interval(REQUEUE_EVERY);
     while !is_ready(shutdown.as_mut()) {
         if is_ready(std::pin::pin!(requeue.tick())) {
-            match db.run(|| async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
-                Ok(jobs::Requeued { queued, given_up }) => {
-                    if queued > 0 {
-                        service::say(format!("worker: put {queued} abandoned jobs back in the queue"));
-                    }
-                    if given_up > 0 {
-                        service::say(format!(
-                            "worker: {given_up} abandoned jobs reached jobs.max_attempts and failed (see their error)"
-                        ));
-                    }
-                }
-                Err(e) => service::say(format!("worker: cannot requeue abandoned jobs: {e}")),
-            }
+            requeue_abandoned(&db).await;
         }
         match db.run(|| async |conn| jobs::claim(conn).await).await {
             Ok(Some(job)) => {
                 let outcome = run(&job).await;
                 let failed = outcome.as_ref().err().cloned();
                 let recorded = record(&db, (job.id, job.attempts), &outcome, shutdown.as_mut()).await;
-                match &recorded.result {
-                    Err(e) => service::say(format!(
-                        "worker: job {} ran, but its outcome could not be recorded ({e}): it runs again once it \
-                         counts as abandoned ({ABANDONED_AFTER_SECS} s)",
-                        job.id
-                    )),
-                    Ok(false) => service::say(format!(
-                        "worker: job {} ran (attempt {}), but a later claim owns it now (this worker took longer \
-                         than {ABANDONED_AFTER_SECS} s): its outcome is left to that claim",
-                        job.id, job.attempts
-                    )),
-                    Ok(true) => {}
-                }
-                match failed {
-                    None => service::say(format!("worker: job {} ({}) done", job.id, job.kind)),
-                    Some(error) => service::say(format!("worker: job {} ({}) failed: {error}", job.id, job.kind)),
-                }
+                say_outcome(&job, &recorded.result, failed);
                 // The signal came while recording: it is spent, and the worker stops.
                 if recorded.stopping {
                     break;
@@ -100,6 +72,44 @@ async fn work() -> ExitCode {
     }
     service::say("worker: stopped");
     ExitCode::SUCCESS
+}
+
+/// Puts jobs whose worker went silent back in the queue, or fails those out of attempts.
+async fn requeue_abandoned(db: &backend::service::Db) {
+    match db.run(|| async |conn| jobs::requeue_abandoned(conn, ABANDONED_AFTER_SECS).await).await {
+        Ok(jobs::Requeued { queued, given_up }) => {
+            if queued > 0 {
+                service::say(format!("worker: put {queued} abandoned jobs back in the queue"));
+            }
+            if given_up > 0 {
+                service::say(format!(
+                    "worker: {given_up} abandoned jobs reached jobs.max_attempts and failed (see their error)"
+                ));
+            }
+        }
+        Err(e) => service::say(format!("worker: cannot requeue abandoned jobs: {e}")),
+    }
+}
+
+/// Says how a job ended, and whether its outcome was recorded.
+fn say_outcome(job: &Job, recorded: &Result<bool, sqlx::Error>, failed: Option<String>) {
+    match recorded {
+        Err(e) => service::say(format!(
+            "worker: job {} ran, but its outcome could not be recorded ({e}): it runs again once it \
+             counts as abandoned ({ABANDONED_AFTER_SECS} s)",
+            job.id
+        )),
+        Ok(false) => service::say(format!(
+            "worker: job {} ran (attempt {}), but a later claim owns it now (this worker took longer \
+             than {ABANDONED_AFTER_SECS} s): its outcome is left to that claim",
+            job.id, job.attempts
+        )),
+        Ok(true) => {}
+    }
+    match failed {
+        None => service::say(format!("worker: job {} ({}) done", job.id, job.kind)),
+        Some(error) => service::say(format!("worker: job {} ({}) failed: {error}", job.id, job.kind)),
+    }
 }
 
 /// How long the outcome of a job that ran is retried: longer than a failover takes, shorter

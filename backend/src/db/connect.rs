@@ -125,35 +125,7 @@ pub async fn connect_once(
         let mut conn = PgConnection::connect_with(&options).await?;
         // The simple protocol answers in one round trip; a prepared statement would take two.
         let row = sqlx::raw_sql(READINESS_SQL).fetch_one(&mut conn).await?;
-        use sqlx::Row as _;
-        // Our socket is the one whose local port the server saw (behind a relay it saw the
-        // relay's, and the peer port alone picks).
-        let client_port: Option<i32> = row.try_get(7)?;
-        let dialled = crate::keepalive::arm(settings.port(), client_port.and_then(|p| u16::try_from(p).ok()));
-        // The two `timestamptz` values as the server prints them (the simple protocol sends
-        // text): compared as text, and handed back to the server as such.
-        let postmaster_started: String = row.try_get_unchecked(8)?;
-        let process = ServerProcess {
-            pid: row.try_get(0)?,
-            client_port,
-            postmaster_started: postmaster_started.clone(),
-            seen_at: row.try_get_unchecked(9)?,
-        };
-        let address: Option<String> = row.try_get(3)?;
-        let port: Option<i32> = row.try_get(4)?;
-        let read_only: String = row.try_get(2)?;
-        let setting_port: String = row.try_get(6)?;
-        let server = ServerState {
-            in_recovery: row.try_get(1)?,
-            read_only: read_only == "on",
-            address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
-            database: row.try_get(5)?,
-            port: setting_port.parse().unwrap_or_default(),
-            postmaster_started,
-            // Read only where a failover must be told apart (see `read_timeline`).
-            timeline: None,
-        };
-        Ok::<_, sqlx::Error>(Ready { conn, process, server, dialled })
+        ready_from(conn, &row, settings)
     };
     let started = Instant::now();
     let no_server_behind = || {
@@ -197,6 +169,44 @@ pub async fn connect_once(
             detail: format!("no answer within {} s", timeout.as_secs_f32()),
         })),
     }
+}
+
+/// The ready connection, from the row of [`READINESS_SQL`] its first query read: the server
+/// process behind it, the server's state, and the keepalive armed on our socket.
+fn ready_from(
+    conn: PgConnection,
+    row: &sqlx::postgres::PgRow,
+    settings: &DatabaseSettings,
+) -> Result<Ready, sqlx::Error> {
+    use sqlx::Row as _;
+    // Our socket is the one whose local port the server saw (behind a relay it saw the
+    // relay's, and the peer port alone picks).
+    let client_port: Option<i32> = row.try_get(7)?;
+    let dialled = crate::keepalive::arm(settings.port(), client_port.and_then(|p| u16::try_from(p).ok()));
+    // The two `timestamptz` values as the server prints them (the simple protocol sends
+    // text): compared as text, and handed back to the server as such.
+    let postmaster_started: String = row.try_get_unchecked(8)?;
+    let process = ServerProcess {
+        pid: row.try_get(0)?,
+        client_port,
+        postmaster_started: postmaster_started.clone(),
+        seen_at: row.try_get_unchecked(9)?,
+    };
+    let address: Option<String> = row.try_get(3)?;
+    let port: Option<i32> = row.try_get(4)?;
+    let read_only: String = row.try_get(2)?;
+    let setting_port: String = row.try_get(6)?;
+    let server = ServerState {
+        in_recovery: row.try_get(1)?,
+        read_only: read_only == "on",
+        address: address.zip(port.and_then(|p| u16::try_from(p).ok())),
+        database: row.try_get(5)?,
+        port: setting_port.parse().unwrap_or_default(),
+        postmaster_started,
+        // Read only where a failover must be told apart (see `read_timeline`).
+        timeline: None,
+    };
+    Ok(Ready { conn, process, server, dialled })
 }
 
 /// sqlx reports a stream that ends before the server's answer to its first message as a

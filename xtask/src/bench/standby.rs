@@ -37,22 +37,10 @@ impl Bench {
                 }
             };
             let primary_port = self.port.to_string();
+            // -R writes primary_conninfo, for the copy to stream from the primary as a hot standby.
             server("pg_basebackup")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &primary_port,
-                    "-U",
-                    "postgres",
-                    "-R",
-                    "-X",
-                    "stream",
-                    "-c",
-                    "fast",
-                    "--no-sync",
-                    "-D",
-                ])
+                .args("-h 127.0.0.1 -U postgres -R -X stream -c fast --no-sync".split(' '))
+                .args(["-p", &primary_port, "-D"])
                 .arg(&replica)
                 .env("PGPASSWORD", PASSWORD)
                 .quiet()

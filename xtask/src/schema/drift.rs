@@ -339,32 +339,7 @@ async fn in_local_cluster(
         built_in.push_str(" (not in a network namespace of its own: a migration that connects out would)");
     }
     let result = tokio::time::timeout(BUILD_TIMEOUT, async {
-        let mut admin = connect_to(&cluster.settings("postgres")?).await?;
-        let mut setup = String::new();
-        for role in &live.roles {
-            setup.push_str(&format!(
-                "DO $r$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {literal}) THEN CREATE ROLE {ident}; \
-                 END IF; END $r$;\n",
-                literal = quote_literal(role),
-                ident = quote_identifier(role)
-            ));
-        }
-        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut admin.conn)).await?;
-        let name = quote_identifier(&live.database);
-        let (encoding, collate, ctype) = &live.locale;
-        let with_locale = format!(
-            "CREATE DATABASE {name} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-            quote_literal(encoding),
-            quote_literal(collate),
-            quote_literal(ctype)
-        );
-        if let Err(error) = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(with_locale)).execute(&mut admin.conn)).await {
-            // The live locale is not installed here: names and definitions do not depend on it.
-            let plain = format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING {}", quote_literal(encoding));
-            bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(plain)).execute(&mut admin.conn))
-                .await
-                .with_context(|| format!("after {}", backend::db::describe_error(&error)))?;
-        }
+        like_the_live_one(&cluster, live).await?;
         let mut ready = connect_to(&cluster.settings(&live.database)?).await?;
         let expected = build(&mut ready.conn, applied, settings).await?;
         // Pending migrations are new code: one that reaches out (a subscription's slot on the real
@@ -388,6 +363,38 @@ async fn in_local_cluster(
         Ok(Err(error)) => Ok(Err(format!("in {built_in}: {error:#}"))),
         Err(_) => Ok(Err(format!("building the expected schema took more than {} s", BUILD_TIMEOUT.as_secs()))),
     }
+}
+
+/// The live server's roles and database (its encoding and, where installed here, its locale) in
+/// the throwaway cluster, for the migrations to find what they name.
+async fn like_the_live_one(cluster: &LocalCluster, live: &Live) -> anyhow::Result<()> {
+    let mut admin = connect_to(&cluster.settings("postgres")?).await?;
+    let mut setup = String::new();
+    for role in &live.roles {
+        setup.push_str(&format!(
+            "DO $r$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {literal}) THEN CREATE ROLE {ident}; \
+             END IF; END $r$;\n",
+            literal = quote_literal(role),
+            ident = quote_identifier(role)
+        ));
+    }
+    bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(setup)).execute(&mut admin.conn)).await?;
+    let name = quote_identifier(&live.database);
+    let (encoding, collate, ctype) = &live.locale;
+    let with_locale = format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        quote_literal(encoding),
+        quote_literal(collate),
+        quote_literal(ctype)
+    );
+    if let Err(error) = bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(with_locale)).execute(&mut admin.conn)).await {
+        // The live locale is not installed here: names and definitions do not depend on it.
+        let plain = format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING {}", quote_literal(encoding));
+        bounded(sqlx::raw_sql(sqlx::AssertSqlSafe(plain)).execute(&mut admin.conn))
+            .await
+            .with_context(|| format!("after {}", backend::db::describe_error(&error)))?;
+    }
+    Ok(())
 }
 
 async fn connect_to(db: &DatabaseSettings) -> anyhow::Result<backend::db::Ready> {

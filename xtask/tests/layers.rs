@@ -286,3 +286,58 @@ fn the_reader_finds_imports_through_groups_and_super() {
     let layers: &[(&str, &[&str])] = &[("low", &["m"]), ("high", &["u", "main"])];
     assert_eq!(upward_imports(&graph, layers), ["m::b (low) uses u (high), a layer above it"]);
 }
+
+/// The functions of a file longer than `limit` lines, as `name (lines)`: from a line that starts
+/// a `fn` to the line that closes it at the same indent.
+fn long_functions(text: &str, limit: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let signature = ["pub(crate) ", "pub(super) ", "pub ", "async ", "const ", "unsafe "]
+            .iter()
+            .fold(code, |rest, word| rest.strip_prefix(word).unwrap_or(rest));
+        let Some(name) = signature.strip_prefix("fn ") else { continue };
+        let name: String = name.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let closing = format!("{indent}}}");
+        let Some(end) = lines[start + 1..].iter().position(|l| *l == closing) else { continue };
+        if end + 2 > limit {
+            found.push(format!("{name} ({} lines)", end + 2));
+        }
+    }
+    found
+}
+
+#[test]
+fn no_source_file_over_500_lines_and_no_function_over_80() {
+    let mut found = Vec::new();
+    for crate_dir in ["xtask", "backend"] {
+        let mut files = Vec::new();
+        rust_files(&source(crate_dir), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("a source file");
+            let shown = file.strip_prefix(source(crate_dir)).expect("under src").display().to_string();
+            let count = text.lines().count();
+            if count > 500 {
+                found.push(format!("{crate_dir}/src/{shown}: {count} lines"));
+            }
+            for function in long_functions(&text, 80) {
+                found.push(format!("{crate_dir}/src/{shown}: fn {function}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "split these (a file fits in a reader's head, a function on a screen):\n  {}",
+        found.join("\n  ")
+    );
+}
+
+#[test]
+fn the_length_reader_measures_functions_from_their_first_line_to_their_last() {
+    let body = "    let x = 1;\n".repeat(79);
+    let text = format!("fn short() {{\n}}\n\nimpl A {{\n    pub async fn long() {{\n{body}    }}\n}}\n");
+    assert_eq!(long_functions(&text, 80), ["long (81 lines)"]);
+    assert!(long_functions(&text, 81).is_empty());
+}

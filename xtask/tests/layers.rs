@@ -22,11 +22,11 @@ const XTASK_LAYERS: &[(&str, &[&str])] = &[
 
 /// The layers of `backend/src`: the core both the tool and the services use, then the services.
 const BACKEND_LAYERS: &[(&str, &[&str])] = &[
-    ("text and time", &["redact", "calendar", "jobs"]),
+    ("text and time", &["redact", "calendar"]),
     ("settings", &["config", "keepalive"]),
     ("the connection", &["db", "pooler"]),
     ("migrations and seed", &["migrations", "seed"]),
-    ("the services", &["service", "bin", "lib"]),
+    ("the services", &["jobs", "service", "bin", "lib"]),
 ];
 
 /// A source file's module path: `migrate/apply.rs` is `["migrate", "apply"]`, `migrate/mod.rs`

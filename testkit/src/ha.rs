@@ -5,11 +5,10 @@
 //! Everything runs on loopback ports of its own, as the `postgres` OS user when we are root, in
 //! one temp folder; dropping the value stops all of it and removes the folder, on every path.
 //!
-//! Standard library only, and everything else it needs comes from its parent module
-//! (`PASSWORD`, `SUPERUSER`, `is_root`, `server_bindir`, `claim_port`, `eventually`, and
-//! xtask's std-only `pgbouncer` module), so that
-//! `cargo xtask bench`, which cannot depend on testkit, includes this same file with `#[path]`
-//! and parents of its own.
+//! Standard library only; everything else it needs comes from testkit's lib (`PASSWORD`,
+//! `SUPERUSER`, `is_root`, `server_bindir`, `claim_port`, `eventually`, and xtask's std-only
+//! `pgbouncer` module). `cargo xtask bench` measures its failover figures on it through testkit's
+//! `switchover_figures` binary, so the harness never enters the tool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -861,7 +861,7 @@ impl Outcome {
     }
 }
 
-#[path = "../../xtask/src/http.rs"]
+#[path = "../../xtask/src/base/http.rs"]
 mod http_client;
 
 mod common;
@@ -873,7 +873,7 @@ pub use common::{eventually, superuser_env};
 /// The first superuser's password in the settings the tests give the binary.
 const FIRST_SUPERUSER_PASSWORD: &str = "first superuser secret";
 
-#[path = "../../xtask/src/pgbouncer.rs"]
+#[path = "../../xtask/src/tooling/pgbouncer.rs"]
 mod pgbouncer;
 
 /// A minimal HTTP/1.1 request over a fresh connection; returns the status code and the body.

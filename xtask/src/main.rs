@@ -2,44 +2,22 @@
 //!
 //! This file only parses the command line and dispatches; each command lives in its own module.
 
-mod bench;
-mod context;
-mod database;
-mod database_ddl;
-mod dev;
-mod dev_db;
-mod diagnose;
-mod docker_host;
+mod base;
+mod commands;
+mod connection;
+mod databases;
 mod doctor;
-mod e2e;
-mod environment;
-mod exit;
-mod http;
-mod interrupt;
-mod lint;
-mod lock;
-mod migrate;
-mod new_migration;
-mod pgbouncer;
-mod place;
-mod prestart;
-mod release;
-mod replay;
-mod schema;
-mod scratch;
-mod seed;
-mod seed_check;
-mod session;
-mod sql;
-mod sqlx_prepare;
-mod test;
-mod throwaway;
-mod ui;
-mod wait;
-mod wait_for_db;
-mod workspace;
+mod machinery;
+mod settings;
+mod tooling;
 
 use std::process::ExitCode;
+
+use base::{exit, interrupt, ui};
+use commands::{database, dev, lint, new_migration, prestart, schema, sqlx_prepare, wait_for_db};
+use databases::dev_db;
+use machinery::{migrate, seed};
+use tooling::{bench, e2e, test};
 
 use clap::{Parser, Subcommand};
 

@@ -181,7 +181,7 @@ fn url_vs_variables(at: &EnvFile<'_>) -> anyhow::Result<Outcome> {
 
 fn default_secrets(at: &EnvFile<'_>) -> anyhow::Result<Outcome> {
     let EnvFile { inputs, .. } = at;
-    // The one rule (crate::environment::is_local): only ENVIRONMENT=local, said, is local.
+    // The one rule (crate::databases::environment::is_local): only ENVIRONMENT=local, said, is local.
     let environment = inputs.env.get("ENVIRONMENT");
     let defaults: Vec<&str> =
         SECRET_VARIABLES.iter().copied().filter(|key| inputs.env.get(key) == Some(PLACEHOLDER_SECRET)).collect();
@@ -189,7 +189,7 @@ fn default_secrets(at: &EnvFile<'_>) -> anyhow::Result<Outcome> {
         || "ENVIRONMENT is not set, which is not local".to_owned(),
         |environment| format!("ENVIRONMENT={environment}"),
     );
-    Ok(match (defaults.is_empty(), crate::environment::is_local(environment)) {
+    Ok(match (defaults.is_empty(), crate::databases::environment::is_local(environment)) {
         (true, _) => Outcome::ok("no secret is left at the example's placeholder"),
         (false, true) => Outcome::ok(format!(
             "{} keep the example's placeholder, which is fine for ENVIRONMENT=local",

@@ -8,8 +8,8 @@ use backend::db::RetryKind;
 
 use super::compose::{DOCKER_HOST_NAME, Model};
 use super::{Area, Doctor, Inputs, Outcome};
-use crate::diagnose::likely_causes;
-use crate::place::{RuntimeContext, is_loopback};
+use crate::connection::diagnose::likely_causes;
+use crate::settings::place::{RuntimeContext, is_loopback};
 
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -89,7 +89,7 @@ async fn judge<'a>(inputs: &Inputs, db: &'a DatabaseSettings, compose: Option<&M
         names_docker_host || container_host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(DOCKER_HOST_NAME));
     // Each path judged from where it starts: host commands take `host.docker.internal` as this
     // machine (loopback), the containers meet Docker's bridge address.
-    let host_view = if context == RuntimeContext::Host { crate::context::host_view(db) } else { None };
+    let host_view = if context == RuntimeContext::Host { crate::settings::context::host_view(db) } else { None };
     let database = host_view.clone().unwrap_or_else(|| db.clone());
     let probe = if database.host().starts_with('/') {
         Probe::NotTried
@@ -118,7 +118,7 @@ async fn judge<'a>(inputs: &Inputs, db: &'a DatabaseSettings, compose: Option<&M
 /// The compose containers' path to a server on this host: a TCP connect to Docker's bridge
 /// address, where `host.docker.internal` leads them.
 async fn containers_path(port: u16) -> ContainersPath {
-    let Some(gateway) = crate::docker_host::bridge_gateway() else { return ContainersPath::NoDocker };
+    let Some(gateway) = crate::settings::docker_host::bridge_gateway() else { return ContainersPath::NoDocker };
     match Probe::run(&gateway, port).await {
         Probe::Resolved { connected: Ok(_), .. } => {
             ContainersPath::Probed { address: gateway, port, accepted: true, what: String::new() }

@@ -23,11 +23,11 @@ use backend::config::{ConfigError, Env, Settings};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::context::{ContextArgs, SettingsArgs, SourceArgs};
+use crate::settings::context::{ContextArgs, SettingsArgs, SourceArgs};
 
-use crate::exit::{Failure, fail};
-use crate::place::RuntimeContext;
-use crate::workspace::root;
+use crate::base::exit::{Failure, fail};
+use crate::base::workspace::root;
+use crate::settings::place::RuntimeContext;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -203,39 +203,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let compose = compose::Model::load(&inputs);
     env::run(&mut doctor, &inputs);
     // A signal ends doctor, not only the check it came during (which would report it as failed).
-    crate::interrupt::block_on(crate::interrupt::unless_signalled(async {
+    crate::base::interrupt::block_on(crate::base::interrupt::unless_signalled(async {
         let target = location::run(&mut doctor, &inputs, compose.as_ref().ok().and_then(Option::as_ref)).await;
         let conn = postgres::run(&mut doctor, &inputs, &target).await;
         migrations::run(&mut doctor, &inputs, conn).await;
         Ok(())
     }))?;
-    if let Some(signal) = crate::interrupt::received() {
-        return Err(crate::interrupt::interrupted(signal));
+    if let Some(signal) = crate::base::interrupt::received() {
+        return Err(crate::base::interrupt::interrupted(signal));
     }
     compose::run(&mut doctor, &inputs, &compose);
     doctor.check(Area::Tools, "tools.sqlx_cli", || {
         let sh = xshell::Shell::new()?;
-        let Some(wanted) = crate::sqlx_prepare::locked_sqlx_version(&inputs.root) else {
+        let Some(wanted) = crate::commands::sqlx_prepare::locked_sqlx_version(&inputs.root) else {
             return Ok(Outcome::skipped("no Cargo.lock here: not a workspace checkout"));
         };
-        Ok(match crate::sqlx_prepare::installed_sqlx_cli(&sh) {
+        Ok(match crate::commands::sqlx_prepare::installed_sqlx_cli(&sh) {
             None => Outcome::skipped("sqlx-cli is not installed; only `cargo xtask sqlx-prepare` needs it"),
             Some(version) if version == wanted => Outcome::ok(format!("sqlx-cli {version} matches Cargo.lock")),
             Some(version) => Outcome::warn(
                 format!("sqlx-cli {version} is installed but Cargo.lock has sqlx {wanted}: the query data it writes may differ"),
-                crate::sqlx_prepare::install_command(&inputs.root),
+                crate::commands::sqlx_prepare::install_command(&inputs.root),
             ),
         })
     });
 
     // The checks after the database's run synchronously: a signal meanwhile ends doctor too.
-    if let Some(signal) = crate::interrupt::received() {
-        return Err(crate::interrupt::interrupted(signal));
+    if let Some(signal) = crate::base::interrupt::received() {
+        return Err(crate::base::interrupt::interrupted(signal));
     }
     if args.json {
-        crate::ui::print(format!("{}\n", render::json(&doctor, inputs.context)));
+        crate::base::ui::print(format!("{}\n", render::json(&doctor, inputs.context)));
     } else {
-        crate::ui::print(render::human(&doctor, render::use_color()));
+        crate::base::ui::print(render::human(&doctor, render::use_color()));
     }
     let failed = doctor.findings().iter().filter(|f| f.status == Status::Fail).count();
     if failed > 0 {

@@ -6,8 +6,8 @@ use backend::migrations::{MigrationFile, MigrationSet, MigrationSettings, State,
 use sqlx::postgres::PgConnection;
 
 use super::{Area, Doctor, Outcome};
-use crate::release::rehearse::{Rehearsal, live_roles_and_major, on_throwaway};
-use crate::release::{self, record};
+use crate::machinery::release::rehearse::{Rehearsal, live_roles_and_major, on_throwaway};
+use crate::machinery::release::{self, record};
 
 pub async fn run(
     doctor: &mut Doctor,

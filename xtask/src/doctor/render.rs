@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use super::{Area, Doctor, Status};
-use crate::place::RuntimeContext;
+use crate::settings::place::RuntimeContext;
 
 /// The `schema_version` of `--json`; bumped only when a field changes meaning or disappears.
 const JSON_SCHEMA_VERSION: u32 = 1;

@@ -12,8 +12,8 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, set: &MigrationSet, setti
             let Some(superuser) = inputs.settings().and_then(|s| s.first_superuser.as_ref()) else {
                 return Ok(Outcome::skipped("FIRST_SUPERUSER is not set: the seed cannot run"));
             };
-            let files = crate::seed::SeedArgs::default().load(&inputs.root)?;
-            let changed = crate::seed_check::rerun_changes(set, settings, superuser, &files).await?;
+            let files = crate::machinery::seed::SeedArgs::default().load(&inputs.root)?;
+            let changed = crate::machinery::seed_check::rerun_changes(set, settings, superuser, &files).await?;
             Ok(match changed {
                 Err(why) => Outcome::skipped(format!("the seed was not tried twice: {why}")),
                 Ok(changed) if changed.is_empty() => Outcome::ok(format!(

@@ -9,12 +9,12 @@ use sqlx::postgres::PgConnection;
 
 use super::super::{Inputs, Outcome};
 use super::{DRIFT_CHECK_BOUND, one_line};
-use crate::lint::Config;
-use crate::lint::command::{lint_set, read_facts};
-use crate::lint::rules::Severity;
-use crate::migrate::{drop_invalid_indexes_fix, invalid_indexes};
-use crate::schema::drift::Rehearsal;
-use crate::workspace::display_path;
+use crate::base::workspace::display_path;
+use crate::commands::lint::Config;
+use crate::commands::lint::command::{lint_set, read_facts};
+use crate::commands::lint::rules::Severity;
+use crate::commands::schema::drift::Rehearsal;
+use crate::machinery::migrate::{drop_invalid_indexes_fix, invalid_indexes};
 
 /// What the checks against the database need besides the connection.
 pub(super) struct Against<'a> {
@@ -74,10 +74,10 @@ pub(super) async fn invalid(conn: &mut PgConnection) -> anyhow::Result<Outcome> 
 /// Whether another session holds the migration lock, and who.
 pub(super) async fn lock(conn: &mut PgConnection) -> anyhow::Result<Outcome> {
     let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut *conn).await?;
-    let key = crate::lock::key(&database);
-    let held = crate::lock::is_held(conn, key).await?;
+    let key = crate::connection::lock::key(&database);
+    let held = crate::connection::lock::is_held(conn, key).await?;
     Ok(if held {
-        let holder = crate::lock::holder(conn, key).await?;
+        let holder = crate::connection::lock::holder(conn, key).await?;
         Outcome::warn(
             format!("the migration lock is held by {holder}"),
             "prestart waits for it (up to --migration-lock-timeout); if that session is stuck, end it: SELECT pg_terminate_backend(pid)",
@@ -92,8 +92,9 @@ pub(super) async fn environment(against: &Against<'_>, conn: &mut PgConnection) 
     // The record `database drop` asks, against these settings: a local .env that reaches
     // another environment's database (an exported DATABASE_URL) shows here first.
     let said = against.inputs.settings.as_ref().ok().and_then(|s| s.environment.clone());
-    let recorded = backend::db::bounded(crate::environment::recorded(conn, &against.settings.table_name)).await?;
-    let table = crate::environment::table_for(&against.settings.table_name);
+    let recorded =
+        backend::db::bounded(crate::databases::environment::recorded(conn, &against.settings.table_name)).await?;
+    let table = crate::databases::environment::table_for(&against.settings.table_name);
     Ok(match recorded {
         None => Outcome::ok(format!("no recorded environment yet ({table}): prestart and migrate write it")),
         Some(recorded) if recorded.environment == said => {
@@ -120,7 +121,13 @@ pub(super) async fn drift(
 ) -> anyhow::Result<Outcome> {
     // Bounded like every check; the throwaway cluster is removed however this ends.
     // Built in a throwaway cluster on this machine: the server diagnosed is only read.
-    let look = crate::schema::find_drift(conn, against.set, against.settings, crate::schema::Build::LocalCluster, true);
+    let look = crate::commands::schema::find_drift(
+        conn,
+        against.set,
+        against.settings,
+        crate::commands::schema::Build::LocalCluster,
+        true,
+    );
     let Ok(found) = tokio::time::timeout(DRIFT_CHECK_BOUND, look).await else {
         *rehearsal =
             Err(format!("the throwaway copy of the schema took more than {} s to build", DRIFT_CHECK_BOUND.as_secs()));
@@ -144,7 +151,7 @@ pub(super) async fn drift(
             "no drift: the schema is what the applied migrations produce (built in {})",
             drift.built_in
         )),
-        Ok(crate::schema::drift::Drift { differences, .. }) => Outcome::warn(
+        Ok(crate::commands::schema::drift::Drift { differences, .. }) => Outcome::warn(
             format!(
                 "the schema differs from what the applied migrations produce: {}",
                 differences.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use backend::migrations::{MigrationSet, MigrationSettings};
 
 use super::super::{Inputs, Outcome};
-use crate::lint::Config;
-use crate::lint::command::lint_set;
-use crate::workspace::display_path;
+use crate::base::workspace::display_path;
+use crate::commands::lint::Config;
+use crate::commands::lint::command::lint_set;
 
 /// What the checks of the files need: the inputs, the folder, and what reading it gave.
 pub(super) struct OnDisk<'a> {

@@ -96,7 +96,8 @@ async fn read_status(
     set: &backend::migrations::MigrationSet,
     table: &str,
 ) -> Result<Status, Outcome> {
-    let applied = crate::lock::read_applied(conn, table, std::time::Instant::now() + TABLE_READ_BOUND).await;
+    let applied =
+        crate::connection::lock::read_applied(conn, table, std::time::Instant::now() + TABLE_READ_BOUND).await;
     match applied {
         Ok(Ok(rows)) => Ok(Status::compare(set, &rows)),
         Err(locked) => {

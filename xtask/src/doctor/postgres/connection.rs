@@ -8,7 +8,7 @@ use sqlx::postgres::PgConnection;
 
 use super::super::{Inputs, Outcome};
 use super::CONNECT_TIMEOUT;
-use crate::diagnose::likely_causes;
+use crate::connection::diagnose::likely_causes;
 
 /// Where the connection checks look.
 pub(super) struct Connecting<'a> {

@@ -7,7 +7,7 @@ use super::super::location::{ContainersPath, Target};
 use super::super::{Inputs, Outcome, hba};
 use super::OLDEST_SUPPORTED_MAJOR;
 use super::connection::migration_schema;
-use crate::place::is_loopback;
+use crate::settings::place::is_loopback;
 use backend::config::DatabaseSettings;
 use backend::db::bounded;
 
@@ -82,7 +82,7 @@ pub(super) async fn containers_hba(at: &Server<'_>, conn: &mut PgConnection) -> 
                 format!("pg_hba.conf {rule} rejects the compose network ({subnet}, COMPOSE_SUBNET){stale}"),
                 format!(
                     "put `{}` above that line and reload (SELECT pg_reload_conf())",
-                    crate::docker_host::hba_rule(&subnet)
+                    crate::settings::docker_host::hba_rule(&subnet)
                 ),
             ),
             hba::Verdict::NoRule => Outcome::fail(
@@ -95,7 +95,7 @@ pub(super) async fn containers_hba(at: &Server<'_>, conn: &mut PgConnection) -> 
                 format!(
                     "for this workspace's cluster: cargo xtask dev-db start --serve-compose; for another server: add \
                  `{}` to pg_hba.conf and reload (SELECT pg_reload_conf())",
-                    crate::docker_host::hba_rule(&subnet)
+                    crate::settings::docker_host::hba_rule(&subnet)
                 ),
             ),
         },
@@ -212,7 +212,7 @@ pub(super) fn listen_addresses(listen: &Listen<'_>) -> anyhow::Result<Outcome> {
             let here = listen.target.database.as_ref().filter(|db| {
                 listen.target.reachable && is_loopback(db.host()) && !db.host().starts_with('/') && db.port() == *port
             });
-            let advice = crate::docker_host::advice(&compose_subnet(listen.inputs));
+            let advice = crate::settings::docker_host::advice(&compose_subnet(listen.inputs));
             match (what.starts_with("refused"), here) {
                 (true, Some(db)) => Outcome::fail(
                     format!(
@@ -241,6 +241,6 @@ pub(super) fn listen_addresses(listen: &Listen<'_>) -> anyhow::Result<Outcome> {
 
 /// The compose network's subnet, as `.env` sets it (or the default).
 pub(super) fn compose_subnet(inputs: &Inputs) -> String {
-    crate::docker_host::compose_subnet(&inputs.env)
-        .unwrap_or_else(|_| crate::docker_host::DEFAULT_COMPOSE_SUBNET.into())
+    crate::settings::docker_host::compose_subnet(&inputs.env)
+        .unwrap_or_else(|_| crate::settings::docker_host::DEFAULT_COMPOSE_SUBNET.into())
 }

@@ -35,8 +35,10 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
     let cluster = Cluster::started();
     let copy = tempfile::Builder::new().prefix("prestart-workspace-").tempdir().expect("temp dir");
     copy_workspace(copy.path());
-    // A target folder kept between runs: the dependencies build once, not on every run.
-    let target = testkit::workspace().join("target/sqlx-prepare-test");
+    // The workspace's own target folder: its dependencies are built already (clippy and CI's own
+    // `sqlx-prepare --check` check them), and the copy's crates, at another path, are units of
+    // their own there.
+    let target = testkit::workspace().join("target");
     let command = |args: &[&str]| {
         let mut env = cluster.env("app");
         env.push(("CARGO_TARGET_DIR".into(), target.to_str().expect("utf-8").into()));

@@ -72,8 +72,16 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
     if check {
         args.push("--check");
     }
+    args.push("--");
+    // Only the packages that hold checked queries are compiled again: the rest of the workspace
+    // (xtask and its tests, most of a run's time) has no query for sqlx to record.
+    let metadata = workspace_metadata(sh, &target.root);
+    let with_queries = metadata.as_ref().map(packages_with_checked_queries).unwrap_or_default();
+    for package in &with_queries {
+        args.extend(["--package", package]);
+    }
     // The macros live behind backend's `server` feature.
-    args.extend(["--", "--all-targets", "--all-features"]);
+    args.extend(["--all-targets", "--all-features"]);
     let url = database_url(&target.settings.database);
     // The one connection it needs, and nothing else of the settings or our environment.
     let command =
@@ -90,7 +98,11 @@ async fn prepare_in(sh: &Shell, target: &Loaded, active: &ActiveBackend, check: 
         ui::line(if check { ".sqlx/ matches every query in the code" } else { "wrote .sqlx/: commit it" });
         return Ok(());
     }
-    let stale = if check { stale_queries(&target.root, &target_dir(sh, &target.root)) } else { Vec::new() };
+    let target_dir = metadata
+        .as_ref()
+        .and_then(|json| json["target_directory"].as_str().map(std::path::PathBuf::from))
+        .unwrap_or_else(|| target.root.join("target"));
+    let stale = if check { stale_queries(&target.root, &target_dir) } else { Vec::new() };
     if !stale.is_empty() {
         return Err(fail(
             Failure::ChecksFailed,
@@ -114,22 +126,41 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// The queries `--check` generated that `.sqlx/` lacks or holds differently (sqlx-cli leaves
-/// them in `target/sqlx-prepare-check`).
-/// Cargo's target folder, wherever CARGO_TARGET_DIR or a config file puts it.
-fn target_dir(sh: &Shell, root: &Path) -> std::path::PathBuf {
+/// `cargo metadata` of the workspace (its packages, and the target folder wherever
+/// CARGO_TARGET_DIR or a config file puts it); `None` when cargo cannot say.
+fn workspace_metadata(sh: &Shell, root: &Path) -> Option<serde_json::Value> {
     let _dir = sh.push_dir(root);
     let metadata = only_tool_environment(cargo(sh, &["metadata", "--format-version", "1", "--no-deps"]), Tool::Cargo)
         .quiet()
         .ignore_stderr()
         .read();
-    metadata
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|json| json["target_directory"].as_str().map(std::path::PathBuf::from))
-        .unwrap_or_else(|| root.join("target"))
+    serde_json::from_str(&metadata.ok()?).ok()
 }
 
+/// The workspace's packages that can hold compile-time checked queries: those that turn on
+/// sqlx's `macros` feature, in a feature of their own or on the dependency. Empty when none is
+/// found, and then the whole workspace is checked.
+fn packages_with_checked_queries(metadata: &serde_json::Value) -> Vec<String> {
+    let names = |value: &serde_json::Value| -> Vec<String> {
+        value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    };
+    let packages = metadata["packages"].as_array().into_iter().flatten();
+    packages
+        .filter(|package| {
+            let in_features = package["features"]
+                .as_object()
+                .is_some_and(|features| features.values().any(|f| names(f).iter().any(|n| n == "sqlx/macros")));
+            let on_the_dependency = package["dependencies"].as_array().into_iter().flatten().any(|dependency| {
+                dependency["name"] == "sqlx" && names(&dependency["features"]).iter().any(|n| n == "macros")
+            });
+            in_features || on_the_dependency
+        })
+        .filter_map(|package| package["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The queries `--check` generated that `.sqlx/` lacks or holds differently (sqlx-cli leaves
+/// them in `target/sqlx-prepare-check`).
 fn stale_queries(root: &Path, target_dir: &Path) -> Vec<String> {
     let read = |dir: &Path| -> BTreeMap<String, serde_json::Value> {
         std::fs::read_dir(dir)

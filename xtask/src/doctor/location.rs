@@ -47,6 +47,8 @@ struct Where<'a> {
     /// The host the compose prestart container will connect to.
     container_host: Option<String>,
     names_docker_host: bool,
+    /// On the host, `host.docker.internal` is used as named: this machine's `/etc/hosts` maps it.
+    kept_as_named: bool,
     /// The settings as host commands take them, where they differ (`host.docker.internal` as
     /// this machine).
     host_view: Option<DatabaseSettings>,
@@ -89,7 +91,13 @@ async fn judge<'a>(inputs: &Inputs, db: &'a DatabaseSettings, compose: Option<&M
         names_docker_host || container_host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(DOCKER_HOST_NAME));
     // Each path judged from where it starts: host commands take `host.docker.internal` as this
     // machine (loopback), the containers meet Docker's bridge address.
-    let host_view = if context == RuntimeContext::Host { crate::settings::context::host_view(db) } else { None };
+    let host_view = if context == RuntimeContext::Host {
+        crate::settings::context::host_view(db, inputs.host_chosen)
+    } else {
+        None
+    };
+    let kept_as_named =
+        context == RuntimeContext::Host && crate::settings::context::kept_as_named(db, inputs.host_chosen);
     let database = host_view.clone().unwrap_or_else(|| db.clone());
     let probe = if database.host().starts_with('/') {
         Probe::NotTried
@@ -108,6 +116,7 @@ async fn judge<'a>(inputs: &Inputs, db: &'a DatabaseSettings, compose: Option<&M
         compose_feeds_env,
         container_host,
         names_docker_host,
+        kept_as_named,
         host_view,
         database,
         probe,
@@ -162,6 +171,11 @@ fn host(at: &Where<'_>) -> anyhow::Result<Outcome> {
                  connect through 127.0.0.1, the containers through Docker's bridge address{bridge}"
             ))
         }
+        RuntimeContext::Host if at.kept_as_named => Outcome::ok(format!(
+            "{var}={DOCKER_HOST_NAME}: this machine's /etc/hosts maps the name (a development container started with \
+             --add-host?), so commands here use it as named, as the compose containers do (`--context host` takes it \
+             as 127.0.0.1)"
+        )),
         RuntimeContext::Host if names_docker_host => {
             // verify-full keeps the name, which the certificate must carry.
             let message = format!(

@@ -23,7 +23,7 @@ use backend::config::{ConfigError, Env, Settings};
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::settings::context::{ContextArgs, SettingsArgs, SourceArgs};
+use crate::settings::context::{ContextArg, ContextArgs, SettingsArgs, SourceArgs};
 
 use crate::base::exit::{Failure, fail};
 use crate::base::workspace::root;
@@ -123,6 +123,8 @@ pub struct Inputs {
     pub env: Env,
     pub settings: Result<Settings, ConfigError>,
     pub context: RuntimeContext,
+    /// `--context host` was given: `host.docker.internal` is this machine, whatever `/etc/hosts` says.
+    pub host_chosen: bool,
     pub source: SourceArgs,
 }
 
@@ -136,7 +138,8 @@ impl Inputs {
         };
         let settings = Settings::from_env(&env);
         let context = args.context.runtime_context(env.get("KUBERNETES_SERVICE_HOST").is_some());
-        Inputs { root: root(), env_file, file_vars, env, settings, context, source: args.source.clone() }
+        let host_chosen = args.context.context == ContextArg::Host;
+        Inputs { root: root(), env_file, file_vars, env, settings, context, host_chosen, source: args.source.clone() }
     }
 
     /// The database settings, when they are valid.

@@ -78,12 +78,12 @@ impl SettingsArgs {
         Ok(env)
     }
 
-    fn load_with(&self, context: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
+    fn load_with(&self, context_arg: ContextArg, wait_timeout: Option<u64>) -> anyhow::Result<Loaded> {
         let env = self.load_env()?;
         let mut settings = Settings::from_env(&env).map_err(|e| fail(Failure::Config, e))?;
-        let context = ContextArgs { context }.runtime_context(settings.in_kubernetes);
+        let context = ContextArgs { context: context_arg }.runtime_context(settings.in_kubernetes);
         if context == RuntimeContext::Host {
-            as_seen_from_the_host(&mut settings);
+            as_seen_from_the_host(&mut settings, context_arg == ContextArg::Host);
         }
         let chosen = wait_timeout.is_some() || env.get("PRESTART_WAIT_TIMEOUT").is_some();
         let wait_timeout = match wait_timeout {
@@ -102,28 +102,49 @@ pub const CONTAINERS_NAME_FOR_THE_HOST: &str = "host.docker.internal";
 
 /// On the host, `host.docker.internal` means this machine, where a Linux host does not resolve
 /// the name: host commands reach the same server through loopback, and say so once. Not for
-/// `verify-full`, whose certificate names the host as configured.
-fn as_seen_from_the_host(settings: &mut Settings) {
+/// `verify-full`, whose certificate names the host as configured; and not where this machine's
+/// `/etc/hosts` maps the name (a development container started with `--add-host`, Docker
+/// Desktop's host), unless `--context host` said so: the name then leads where it says.
+fn as_seen_from_the_host(settings: &mut Settings, host_chosen: bool) {
     let mut said = false;
     for db in std::iter::once(&mut settings.database).chain(settings.migration_database.as_mut()) {
-        let Some(on_the_host) = host_view(db) else { continue };
-        if !said {
-            crate::base::ui::line(format!(
-                "{}={CONTAINERS_NAME_FOR_THE_HOST} is the compose containers' name for this machine: on the host, \
-                 connecting through 127.0.0.1",
-                db.host_variable()
-            ));
-            said = true;
+        let var = db.host_variable();
+        match host_view(db, host_chosen) {
+            Some(on_the_host) => {
+                if !said {
+                    crate::base::ui::line(format!(
+                        "{var}={CONTAINERS_NAME_FOR_THE_HOST} is the compose containers' name for this machine: on \
+                         the host, connecting through 127.0.0.1"
+                    ));
+                }
+                *db = on_the_host;
+            }
+            None if kept_as_named(db, host_chosen) && !said => crate::base::ui::line(format!(
+                "{var}={CONTAINERS_NAME_FOR_THE_HOST}: this machine's /etc/hosts maps the name (a development \
+                 container started with --add-host?), so it is used as named; `--context host` connects through \
+                 127.0.0.1 instead"
+            )),
+            None => continue,
         }
-        *db = on_the_host;
+        said = true;
     }
 }
 
 /// The settings a command on the host connects with when `db` names the containers' name for
-/// this machine: the same server through loopback. `None` when `db` names another host.
-pub fn host_view(db: &DatabaseSettings) -> Option<DatabaseSettings> {
+/// this machine: the same server through loopback. `None` when `db` names another host, or the
+/// name is kept (see [`kept_as_named`]). `host_chosen`: `--context host` was given.
+pub fn host_view(db: &DatabaseSettings, host_chosen: bool) -> Option<DatabaseSettings> {
     let aliased = db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST);
-    (aliased && !matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull)).then(|| db.with_host("127.0.0.1"))
+    let verify_full = matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull);
+    (aliased && !verify_full && !kept_as_named(db, host_chosen)).then(|| db.with_host("127.0.0.1"))
+}
+
+/// The containers' name for this machine, kept on the host because `/etc/hosts` maps it here,
+/// and `--context host` did not say to take it as this machine.
+pub fn kept_as_named(db: &DatabaseSettings, host_chosen: bool) -> bool {
+    db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST)
+        && !host_chosen
+        && crate::settings::place::hosts_file_maps(CONTAINERS_NAME_FOR_THE_HOST)
 }
 
 /// `PRESTART_WAIT_TIMEOUT` from `.env` or the environment, else the default.

@@ -83,6 +83,23 @@ pub fn context_note(context: RuntimeContext) -> String {
     }
 }
 
+/// Whether this machine's `/etc/hosts` maps `name`: what `--add-host` and compose's `extra_hosts`
+/// write in a container (a development container's `runArgs`, say), and Docker Desktop on its
+/// host. Read once a run.
+pub fn hosts_file_maps(name: &str) -> bool {
+    static HOSTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = HOSTS.get_or_init(|| std::fs::read_to_string("/etc/hosts").unwrap_or_default());
+    hosts_text_maps(text, name)
+}
+
+/// Whether the hosts file `text` has an entry for `name` (any of a line's names, comments aside).
+pub fn hosts_text_maps(text: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        let entry = line.split('#').next().unwrap_or_default();
+        entry.split_whitespace().skip(1).any(|listed| listed.eq_ignore_ascii_case(name))
+    })
+}
+
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -109,7 +126,16 @@ pub fn workspace_cluster_port() -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Evidence, RuntimeContext};
+    use super::{Evidence, RuntimeContext, hosts_text_maps};
+
+    #[test]
+    fn a_hosts_file_maps_a_name_on_any_of_its_entries_lines_not_in_comments() {
+        let text = "127.0.0.1 localhost\n# 10.0.0.1 host.docker.internal\n172.17.0.1\tdocker host.docker.internal\n";
+        assert!(hosts_text_maps(text, "host.docker.internal"));
+        assert!(hosts_text_maps(text, "LOCALHOST"));
+        assert!(!hosts_text_maps("# 10.0.0.1 host.docker.internal\n", "host.docker.internal"));
+        assert!(!hosts_text_maps("172.17.0.1 host.docker.internal.example\n", "host.docker.internal"));
+    }
 
     #[test]
     fn a_checkout_in_a_container_is_a_development_container_and_an_image_is_the_compose_container() {

@@ -14,6 +14,7 @@ use crate::base::ui;
 use crate::base::workspace::{cargo, root};
 use crate::databases::dev_db::{Audience, DevCluster};
 
+mod devcontainer;
 mod project;
 mod scenarios;
 

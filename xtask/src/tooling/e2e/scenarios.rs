@@ -44,6 +44,18 @@ pub(super) const SCENARIOS: &[(&str, Scenario)] = &[
     ("7. wrong password: fails fast with the authentication diagnosis", wrong_password),
     ("3. the host server listens only on 127.0.0.1: the diagnosis names listen_addresses", listening_on_loopback_only),
     ("4. the server starts 10 s after `up`: prestart waits, then the stack comes up", server_starts_late),
+    (
+        "10. a development container whose server shares its network: localhost is the container's, prestart runs",
+        super::devcontainer::server_beside,
+    ),
+    (
+        "11. a development container with --add-host and the engine's socket: host.docker.internal leads to the host",
+        super::devcontainer::server_on_the_host,
+    ),
+    (
+        "12. a development container with no server in reach: exit 4, and the advice names --context",
+        super::devcontainer::no_server_here,
+    ),
 ];
 
 /// 1. happy path: prestart exits 0, the API answers, the worker runs a job

@@ -19,7 +19,15 @@ mod project;
 mod scenarios;
 
 use project::Project;
-use scenarios::{SCENARIOS, Stage};
+use scenarios::SCENARIOS;
+
+/// What every scenario works on: the compose project, the host's cluster and its settings.
+struct Stage<'a> {
+    project: &'a Project<'a>,
+    cluster: &'a DevCluster<'a>,
+    db: &'a DatabaseSettings,
+    serving_compose: &'a Audience,
+}
 
 const BASE_IMAGE: &str = "prestart-e2e-base";
 const APP_IMAGE: &str = "prestart-app:e2e";

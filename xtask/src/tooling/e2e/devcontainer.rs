@@ -6,8 +6,7 @@
 use anyhow::{Context as _, ensure};
 use xshell::cmd;
 
-use super::APP_IMAGE;
-use super::scenarios::Stage;
+use super::{APP_IMAGE, Stage};
 use crate::base::workspace::root;
 
 /// The database the development containers migrate: the compose project's own keeps its

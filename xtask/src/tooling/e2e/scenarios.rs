@@ -3,21 +3,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use backend::config::DatabaseSettings;
 use xshell::cmd;
 
-use super::project::Project;
-use super::{APP_IMAGE, MIGRATIONS_TABLE, inspect, query, wait_until};
+use super::{APP_IMAGE, MIGRATIONS_TABLE, Stage, inspect, query, wait_until};
 use crate::base::workspace::root;
-use crate::databases::dev_db::{Audience, DevCluster};
-
-/// What every scenario works on: the compose project, the host's cluster and its settings.
-pub(super) struct Stage<'a> {
-    pub project: &'a Project<'a>,
-    pub cluster: &'a DevCluster<'a>,
-    pub db: &'a DatabaseSettings,
-    pub serving_compose: &'a Audience,
-}
+use crate::databases::dev_db::Audience;
 
 type Scenario = fn(&Stage<'_>) -> anyhow::Result<()>;
 

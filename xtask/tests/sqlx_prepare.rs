@@ -1,6 +1,6 @@
 //! `cargo xtask sqlx-prepare`: a query edited without re-preparing fails `--check`, named;
 //! preparing fixes it; the throwaway database is gone afterwards, also when prepare fails.
-//! Runs in a copy of the workspace with a target folder of its own.
+//! Each test runs in a copy of the workspace, building in the workspace's own target folder.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,50 +30,73 @@ fn throwaway_databases(cluster: &Cluster) -> String {
     cluster.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'sqlx_prepare_%'")
 }
 
-#[test]
-fn a_stale_query_fails_the_check_by_name_until_prepared() {
-    let cluster = Cluster::started();
-    let copy = tempfile::Builder::new().prefix("prestart-workspace-").tempdir().expect("temp dir");
-    copy_workspace(copy.path());
-    // The workspace's own target folder: its dependencies are built already (clippy and CI's own
-    // `sqlx-prepare --check` check them), and the copy's crates, at another path, are units of
-    // their own there.
-    let target = testkit::workspace().join("target");
-    let command = |args: &[&str]| {
+/// A copy of the workspace, and `cargo xtask sqlx-prepare ARGS` run in it against the test's
+/// server, building in the workspace's own target folder: its dependencies are built already
+/// (clippy and CI's own `sqlx-prepare --check` check them), and the copy's crates, at another
+/// path, are units of their own there.
+struct Copy {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Copy {
+    fn new(cluster: &Cluster) -> Copy {
+        let dir = tempfile::Builder::new().prefix("prestart-workspace-").tempdir().expect("temp dir");
+        copy_workspace(dir.path());
         let mut env = cluster.env("app");
-        env.push(("CARGO_TARGET_DIR".into(), target.to_str().expect("utf-8").into()));
+        env.push(("CARGO_TARGET_DIR".into(), target().to_str().expect("utf-8").into()));
         for key in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
             if let Some(value) = std::env::var_os(key) {
                 env.push((key.into(), value.to_string_lossy().into_owned()));
             }
         }
-        // On the test's server, where the throwaway database is made and must be dropped again
-        // (the default, a throwaway cluster, is held by review.rs): the counts below see it.
+        Copy { dir, env }
+    }
+
+    /// On the test's server, where the throwaway database is made and must be dropped again
+    /// (the default, a throwaway cluster, is held by review.rs): the counts below see it.
+    fn command(&self, args: &[&str]) -> Run {
         let mut args = args.to_vec();
         args.push("--build-on-server");
-        Run::program(copy.path().join("xtask-bin"), &args, &env)
-    };
-    let run = |args: &[&str]| command(args).output();
+        Run::program(self.dir.path().join("xtask-bin"), &args, &self.env)
+    }
 
-    run(&["sqlx-prepare", "--check"]).assert_code(0);
-    assert_eq!(throwaway_databases(&cluster), "0");
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Edits backend/src/jobs.rs of the copy: `from` becomes `to`.
+    fn edit_jobs(&self, from: &str, to: &str) {
+        let jobs = self.path().join("backend/src/jobs.rs");
+        let text = std::fs::read_to_string(&jobs).expect("read");
+        assert!(text.contains(from), "jobs.rs holds {from}");
+        std::fs::write(&jobs, text.replace(from, to)).expect("write");
+    }
+}
+
+fn target() -> std::path::PathBuf {
+    testkit::workspace().join("target")
+}
+
+#[test]
+fn a_stale_query_fails_the_check_by_name_until_prepared() {
+    let cluster = Cluster::started();
+    let copy = Copy::new(&cluster);
+    let run = |args: &[&str]| copy.command(args).output();
 
     // The committed .sqlx/ is all a build needs: no DATABASE_URL, SQLX_OFFLINE from .cargo/config.toml.
+    // (That it matches the code, `sqlx-prepare --check` on the workspace itself proves in CI.)
     let offline = Command::new("cargo")
         .args(["check", "--quiet", "-p", "backend", "--features", "server"])
         .current_dir(copy.path())
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target())
         .env_remove("DATABASE_URL")
         .env_remove("SQLX_OFFLINE")
         .output()
         .expect("cargo check");
     assert!(offline.status.success(), "the offline build failed: {}", String::from_utf8_lossy(&offline.stderr));
 
-    let jobs = copy.path().join("backend/src/jobs.rs");
-    let edited = std::fs::read_to_string(&jobs)
-        .expect("read")
-        .replace("FROM jobs WHERE id = $1", "FROM jobs WHERE id = $1 AND attempts >= 0");
-    std::fs::write(&jobs, edited).expect("write");
+    copy.edit_jobs("FROM jobs WHERE id = $1", "FROM jobs WHERE id = $1 AND attempts >= 0");
     run(&["sqlx-prepare", "--check"])
         .assert_code(1)
         .assert_stderr_contains("not prepared: SELECT id, kind, payload")
@@ -83,18 +106,21 @@ fn a_stale_query_fails_the_check_by_name_until_prepared() {
 
     run(&["sqlx-prepare"]).assert_code(0);
     run(&["sqlx-prepare", "--check"]).assert_code(0);
-
-    // A query the database rejects: prepare fails, and the throwaway database is dropped anyway.
-    let broken = std::fs::read_to_string(&jobs).expect("read").replace("AND attempts >= 0", "AND no_such_column >= 0");
-    std::fs::write(&jobs, broken).expect("write");
-    run(&["sqlx-prepare"]).assert_code(1).assert_stderr_contains("no_such_column");
     assert_eq!(throwaway_databases(&cluster), "0");
 
-    // Ctrl-C while cargo compiles for sqlx-cli: exit 130, the throwaway database dropped, no
-    // compiler left running. (.sqlx/ is sqlx-cli's to rewrite: it empties the folder first.)
-    std::fs::write(&jobs, std::fs::read_to_string(&jobs).expect("read").replace(" AND no_such_column >= 0", ""))
-        .expect("write");
-    let running = command(&["sqlx-prepare"]).spawn();
+    // A query the database rejects: prepare fails, and the throwaway database is dropped anyway.
+    copy.edit_jobs("AND attempts >= 0", "AND no_such_column >= 0");
+    run(&["sqlx-prepare"]).assert_code(1).assert_stderr_contains("no_such_column");
+    assert_eq!(throwaway_databases(&cluster), "0");
+}
+
+/// Ctrl-C while cargo compiles for sqlx-cli: exit 130, the throwaway database dropped, no
+/// compiler left running.
+#[test]
+fn a_signal_during_prepare_stops_cargo_and_drops_the_throwaway_database() {
+    let cluster = Cluster::started();
+    let copy = Copy::new(&cluster);
+    let running = copy.command(&["sqlx-prepare"]).spawn();
     running.wait_for_stderr("prepare .sqlx/ (cargo sqlx prepare)", Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(500));
     running.signal("INT");

@@ -58,6 +58,9 @@ fn expand(text: &str) -> Vec<Vec<String>> {
     fn tree(chars: &[char], at: &mut usize, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
         let mut path = prefix;
         let mut word = String::new();
+        while *at < chars.len() && chars[*at].is_whitespace() {
+            *at += 1;
+        }
         while *at < chars.len() {
             let c = chars[*at];
             if c.is_alphanumeric() || c == '_' {
@@ -110,12 +113,13 @@ fn expand(text: &str) -> Vec<Vec<String>> {
 fn imports(src: &Path, file: &Path, modules: &BTreeSet<Vec<String>>) -> BTreeSet<Vec<String>> {
     let here = module_of(src, file);
     let text = std::fs::read_to_string(file).expect("a source file");
+    // The code without its comment lines, as one line: a `use` group that rustfmt spreads over
+    // several lines reads as one path tree.
+    let code: String =
+        text.lines().map(str::trim_start).filter(|line| !line.starts_with("//")).collect::<Vec<_>>().join(" ");
     let mut used = BTreeSet::new();
-    for line in text.lines() {
-        let code = line.trim_start();
-        if code.starts_with("//") {
-            continue;
-        }
+    {
+        let code = code.as_str();
         for (at, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
             // A whole word only: `backend::` paths of another crate start with a name, not these.
             if at > 0 && code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
@@ -269,12 +273,13 @@ fn the_reader_finds_imports_through_groups_and_super() {
         expand("crate::a::{b, c::{d, e}}; x"),
         [vec!["crate", "a", "b"], vec!["crate", "a", "c", "d"], vec!["crate", "a", "c", "e"]]
     );
+    assert_eq!(expand("crate::{ a::b,  c }"), [vec!["crate", "a", "b"], vec!["crate", "c"]]);
     let dir = std::env::temp_dir().join(format!("layers-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("m")).expect("a folder");
     std::fs::write(dir.join("main.rs"), "mod m; mod u;\n").expect("write");
     std::fs::write(dir.join("m/mod.rs"), "mod a; mod b;\nuse self::a::f;\n").expect("write");
     std::fs::write(dir.join("m/a.rs"), "use super::b::g;\n").expect("write");
-    std::fs::write(dir.join("m/b.rs"), "use crate::{u::{h}, m::a};\n// use crate::x\n").expect("write");
+    std::fs::write(dir.join("m/b.rs"), "use crate::{\n    u::{h},\n    m::a,\n};\n// use crate::x\n").expect("write");
     std::fs::write(dir.join("u.rs"), "fn f() { crate::m::f(); }\n").expect("write");
     let graph = graph_of(&dir);
     let _ = std::fs::remove_dir_all(&dir);

@@ -138,20 +138,35 @@ fn workspace_metadata(sh: &Shell, root: &Path) -> Option<serde_json::Value> {
 }
 
 /// The workspace's packages that can hold compile-time checked queries: those that turn on
-/// sqlx's `macros` feature, in a feature of their own or on the dependency. Empty when none is
-/// found, and then the whole workspace is checked.
+/// sqlx's `macros` feature (in a feature of their own, `sqlx/macros` or `sqlx?/macros`, on the
+/// dependency, or through sqlx's default features, which hold it), or depend on `sqlx-macros`
+/// itself; a renamed sqlx counts under its new name. Empty when none is found, and then the whole
+/// workspace is checked.
 fn packages_with_checked_queries(metadata: &serde_json::Value) -> Vec<String> {
-    let names = |value: &serde_json::Value| -> Vec<String> {
+    let strings = |value: &serde_json::Value| -> Vec<String> {
         value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
     };
     let packages = metadata["packages"].as_array().into_iter().flatten();
     packages
         .filter(|package| {
+            let dependencies: Vec<&serde_json::Value> =
+                package["dependencies"].as_array().into_iter().flatten().collect();
+            let sqlx_names: Vec<&str> = dependencies
+                .iter()
+                .filter(|d| d["name"] == "sqlx")
+                .map(|d| d["rename"].as_str().or(d["name"].as_str()).unwrap_or("sqlx"))
+                .collect();
+            let turns_on = |feature: &str| {
+                let feature = feature.replace("?/", "/");
+                sqlx_names.iter().any(|name| feature == format!("{name}/macros"))
+            };
             let in_features = package["features"]
                 .as_object()
-                .is_some_and(|features| features.values().any(|f| names(f).iter().any(|n| n == "sqlx/macros")));
-            let on_the_dependency = package["dependencies"].as_array().into_iter().flatten().any(|dependency| {
-                dependency["name"] == "sqlx" && names(&dependency["features"]).iter().any(|n| n == "macros")
+                .is_some_and(|features| features.values().any(|f| strings(f).iter().any(|n| turns_on(n))));
+            let on_the_dependency = dependencies.iter().any(|d| {
+                (d["name"] == "sqlx"
+                    && (strings(&d["features"]).iter().any(|n| n == "macros") || d["uses_default_features"] == true))
+                    || d["name"] == "sqlx-macros"
             });
             in_features || on_the_dependency
         })
@@ -294,5 +309,30 @@ pub fn ensure_sqlx_cli(sh: &Shell, root: &Path, install: bool) -> anyhow::Result
             Failure::Config,
             anyhow!("`cargo sqlx` (sqlx-cli) is not installed: {command} (or rerun with --install)"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packages_with_checked_queries;
+
+    #[test]
+    fn the_packages_that_turn_on_sqlxs_macros_are_found_in_every_spelling() {
+        let package = |name: &str, features: serde_json::Value, dependency: serde_json::Value| serde_json::json!({"name": name, "features": features, "dependencies": [dependency]});
+        let sqlx = |features: serde_json::Value, defaults: bool| serde_json::json!({"name": "sqlx", "rename": null, "features": features, "uses_default_features": defaults});
+        let metadata = serde_json::json!({"packages": [
+            package("feature", serde_json::json!({"server": ["sqlx/macros"]}), sqlx(serde_json::json!([]), false)),
+            package("optional", serde_json::json!({"server": ["sqlx?/macros"]}), sqlx(serde_json::json!([]), false)),
+            package("dependency", serde_json::json!({}), sqlx(serde_json::json!(["macros"]), false)),
+            package("defaults", serde_json::json!({}), sqlx(serde_json::json!([]), true)),
+            package("renamed", serde_json::json!({"s": ["db/macros"]}),
+                serde_json::json!({"name": "sqlx", "rename": "db", "features": [], "uses_default_features": false})),
+            package("direct", serde_json::json!({}), serde_json::json!({"name": "sqlx-macros", "features": []})),
+            package("none", serde_json::json!({"x": ["sqlx/json"]}), sqlx(serde_json::json!(["postgres"]), false)),
+        ]});
+        assert_eq!(
+            packages_with_checked_queries(&metadata),
+            ["feature", "optional", "dependency", "defaults", "renamed", "direct"]
+        );
     }
 }

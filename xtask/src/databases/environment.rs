@@ -44,7 +44,7 @@ pub fn is_local(environment: Option<&str>) -> bool {
 }
 
 /// Whether a database these settings reach may be recorded `local` at all: a server on this
-/// machine (loopback, a Unix socket), or, from a container of a compose project, a service of
+/// machine (loopback, a Unix socket, `host.docker.internal` judged from a host), or, from a container of a compose project, a service of
 /// that project (a name of one label, as `db`). A database on another machine is never recorded
 /// local from a run's own say-so, even empty: a laptop whose exported `DATABASE_URL` names
 /// production's empty new database (`db-prod`, found through a search domain, or an address)
@@ -57,7 +57,11 @@ pub fn may_be_recorded_local(
     let compose_service = context == crate::settings::place::RuntimeContext::Container
         && host.parse::<std::net::IpAddr>().is_err()
         && !host.contains('.');
-    db.socket().is_some() || crate::settings::place::is_loopback(host) || compose_service
+    // On this machine, the compose containers' name for it names it, whether a command takes it
+    // as 127.0.0.1 or (in a development container) as the Docker host.
+    let this_machine = context == crate::settings::place::RuntimeContext::Host
+        && host.eq_ignore_ascii_case(crate::settings::context::CONTAINERS_NAME_FOR_THE_HOST);
+    db.socket().is_some() || crate::settings::place::is_loopback(host) || compose_service || this_machine
 }
 
 /// The record of the database `conn` is connected to; `None` when it has none.

@@ -172,9 +172,8 @@ fn host(at: &Where<'_>) -> anyhow::Result<Outcome> {
             ))
         }
         RuntimeContext::Host if at.kept_as_named => Outcome::ok(format!(
-            "{var}={DOCKER_HOST_NAME}: this machine's /etc/hosts maps the name (a development container started with \
-             --add-host?), so commands here use it as named, as the compose containers do (`--context host` takes it \
-             as 127.0.0.1)"
+            "{var}={DOCKER_HOST_NAME}: this development container's /etc/hosts maps the name (--add-host), so \
+             commands here use it as named, as the compose containers do (`--context host` takes it as 127.0.0.1)"
         )),
         RuntimeContext::Host if names_docker_host => {
             // verify-full keeps the name, which the certificate must carry.

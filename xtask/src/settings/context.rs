@@ -120,9 +120,9 @@ fn as_seen_from_the_host(settings: &mut Settings, host_chosen: bool) {
                 *db = on_the_host;
             }
             None if kept_as_named(db, host_chosen) && !said => crate::base::ui::line(format!(
-                "{var}={CONTAINERS_NAME_FOR_THE_HOST}: this machine's /etc/hosts maps the name (a development \
-                 container started with --add-host?), so it is used as named; `--context host` connects through \
-                 127.0.0.1 instead"
+                "{var}={CONTAINERS_NAME_FOR_THE_HOST}: this development container's /etc/hosts maps the name \
+                 (--add-host), so it is used as named, as the compose containers use it; for a server in this \
+                 container, set {var}=localhost (or give --context host where the command takes it)"
             )),
             None => continue,
         }
@@ -139,11 +139,16 @@ pub fn host_view(db: &DatabaseSettings, host_chosen: bool) -> Option<DatabaseSet
     (aliased && !verify_full && !kept_as_named(db, host_chosen)).then(|| db.with_host("127.0.0.1"))
 }
 
-/// The containers' name for this machine, kept on the host because `/etc/hosts` maps it here,
-/// and `--context host` did not say to take it as this machine.
+/// The containers' name for this machine, kept because this is a development container (a
+/// container, judged as a host for its checkout) whose `/etc/hosts` maps the name (`--add-host`):
+/// it leads to the Docker host, as for the compose containers. Not on a host itself, whose
+/// `/etc/hosts` may map the name elsewhere (WSL copies Windows' hosts file, where Docker Desktop
+/// writes the LAN address); not for `verify-full` (see [`host_view`]); not after `--context host`.
 pub fn kept_as_named(db: &DatabaseSettings, host_chosen: bool) -> bool {
     db.host().eq_ignore_ascii_case(CONTAINERS_NAME_FOR_THE_HOST)
         && !host_chosen
+        && !matches!(db.ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull)
+        && crate::settings::place::Evidence::gather(false).container
         && crate::settings::place::hosts_file_maps(CONTAINERS_NAME_FOR_THE_HOST)
 }
 

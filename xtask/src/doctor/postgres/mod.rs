@@ -44,7 +44,14 @@ pub async fn run(doctor: &mut Doctor, inputs: &Inputs, target: &Target) -> Optio
     doctor.check_async(Area::Postgres, "postgres.connect", connection::connect(&connecting, &mut ready)).await;
     let Some(mut ready) = ready else { return skip_from(doctor, "postgres.writable", "not connected") };
     let pooling = detect_pooling(database, &mut ready).await;
-    let direct = inputs.settings.as_ref().ok().and_then(|s| s.migration_database.clone());
+    // As prestart connects with it: on a host, `host.docker.internal` as the location check took it.
+    let direct = inputs.settings.as_ref().ok().and_then(|s| s.migration_database.clone()).map(|direct| {
+        let on_the_host = inputs.context == crate::settings::place::RuntimeContext::Host;
+        on_the_host
+            .then(|| crate::settings::context::host_view(&direct, inputs.host_chosen))
+            .flatten()
+            .unwrap_or(direct)
+    });
     let mut at = Connected { inputs, database, ready, pooling, direct };
     doctor.check(Area::Postgres, "postgres.writable", || connection::writable(&at));
     doctor.check(Area::Postgres, "postgres.pooler", || connection::pooler(&at));

@@ -70,6 +70,14 @@ fn refused(db: &DatabaseSettings, context: RuntimeContext) -> Vec<String> {
             ));
             causes.push(format!("it may listen on another port than {port} (POSTGRES_PORT)"));
         }
+        // A development container whose /etc/hosts maps the name: it led to the Docker host.
+        RuntimeContext::Host if crate::settings::context::kept_as_named(db, false) => {
+            causes.push(format!(
+                "{DOCKER_HOST_NAME} leads to the Docker host (this container's /etc/hosts maps it), where nothing \
+                 listens on port {port}: for a server in this container set {var}=localhost (or give --context \
+                 host); for one on the Docker host, start it or fix POSTGRES_PORT"
+            ));
+        }
         RuntimeContext::Host => {
             causes.push(format!(
                 "no PostgreSQL server listens on {host}:{port}: start it (for a local one: cargo xtask dev-db start), \

@@ -21,17 +21,29 @@ fn run_in_devcontainer(
     server: &str,
     xtask_args: &[&str],
 ) -> anyhow::Result<(Option<i32>, String)> {
+    run_in_devcontainer_on_port(stage, docker_args, server, &stage.db.port().to_string(), xtask_args)
+}
+
+/// [`run_in_devcontainer`], with the settings' port `port`.
+fn run_in_devcontainer_on_port(
+    stage: &Stage<'_>,
+    docker_args: &[&str],
+    server: &str,
+    port: &str,
+    xtask_args: &[&str],
+) -> anyhow::Result<(Option<i32>, String)> {
     let root = root();
     let root = root.to_str().context("a non-UTF-8 workspace path")?;
     let mount = format!("{root}:{root}:ro");
     let binary = format!("{root}/target/release/xtask");
-    let port = stage.db.port().to_string();
     let settings = [
         format!("POSTGRES_SERVER={server}"),
         format!("POSTGRES_PORT={port}"),
         format!("POSTGRES_DB={DATABASE}"),
         "POSTGRES_USER=postgres".to_owned(),
-        format!("POSTGRES_PASSWORD={}", stage.project.password),
+        // Named only: docker takes the value from its own environment, so the password is on no
+        // command line (xshell's error for a failed spawn shows the command).
+        "POSTGRES_PASSWORD".to_owned(),
         "POSTGRES_SSLMODE=disable".to_owned(),
         "FIRST_SUPERUSER=admin@example.com".to_owned(),
         "FIRST_SUPERUSER_PASSWORD=devcontainer superuser".to_owned(),
@@ -43,6 +55,7 @@ fn run_in_devcontainer(
         sh,
         "docker run --rm --user 0:0 -v {mount} {docker_args...} {env...} --entrypoint {binary} {APP_IMAGE} {xtask_args...} --env-file /dev/null"
     )
+    .env("POSTGRES_PASSWORD", &stage.project.password)
     .quiet()
     .ignore_status()
     .output()?;
@@ -119,5 +132,13 @@ pub(super) fn no_server_here(stage: &Stage<'_>) -> anyhow::Result<()> {
         ensure!(code == Some(4), "prestart with POSTGRES_SERVER={server} exited {code:?}:\n{said}");
         ensure!(said.contains("--context container"), "no advice names --context:\n{said}");
     }
+    // The name mapped to the Docker host, where nothing listens on the port: the advice names the
+    // other reading (a server in this container), and the settings' port is the one said.
+    let mapped = ["--network", network.as_str(), "--add-host", "host.docker.internal:host-gateway"];
+    let wrong_port = (stage.db.port() + 100).to_string();
+    let args = ["prestart", "--wait-timeout", "3"];
+    let (code, said) = run_in_devcontainer_on_port(stage, &mapped, "host.docker.internal", &wrong_port, &args)?;
+    ensure!(code == Some(4), "prestart towards the Docker host's empty port exited {code:?}:\n{said}");
+    ensure!(said.contains("leads to the Docker host") && said.contains("=localhost"), "no advice:\n{said}");
     Ok(())
 }

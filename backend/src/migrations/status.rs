@@ -36,8 +36,22 @@ pub struct Entry {
     pub version: i64,
     pub description: String,
     pub state: State,
+    /// As the server printed it (see [`AppliedRow::installed_on`]); shown and serialized in RFC
+    /// 3339 (see [`Entry::applied_at`]).
+    #[serde(serialize_with = "rfc3339")]
     pub installed_on: Option<String>,
     pub file: Option<String>,
+}
+
+impl Entry {
+    /// When the migration was applied, in RFC 3339 to the second.
+    pub fn applied_at(&self) -> Option<String> {
+        self.installed_on.as_deref().map(crate::db::rfc3339_seconds)
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(printed: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&printed.as_deref().map(crate::db::rfc3339_seconds), serializer)
 }
 
 /// The code's migrations against the database's.

@@ -37,20 +37,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    // Everything that can be checked without the database is checked before waiting for it.
+    // Everything that can be checked without the database is checked before waiting for it: the
+    // settings here, the rest (see `prepared`) while the login waits on the server.
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
-    let seed_files = args.seeds.load(&loaded.root)?;
-    let release = crate::machinery::release::Options {
-        this: crate::machinery::release::Release::this(loaded.settings.release.as_deref())?,
-        compatible_with: args.compatible_with.clone(),
-        refuse: !crate::databases::environment::is_local(loaded.settings.environment.as_deref()),
-    };
     // What was read, kept past the session for the drift note of a failed migration.
     let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
-    let steps = |listing| {
-        session::run_alongside(&loaded, Use::Write, listing, async |session, listing: Listing| {
+    let steps = || {
+        session::run_alongside(&loaded, Use::Write, prepared(&args, &loaded), async |session, prepared: Prepared| {
+            let Prepared { seed_files, this, listing } = prepared;
+            let release = crate::machinery::release::Options {
+                this,
+                compatible_with: args.compatible_with.clone(),
+                refuse: !crate::databases::environment::is_local(loaded.settings.environment.as_deref()),
+            };
             let table = listing.settings.table_name.clone();
             let mut seed = Ahead::new(superuser, &seed_files);
             let migrating = Instant::now();
@@ -70,15 +71,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seed_step(session, seed).await
         })
     };
-    // The folder is listed (its names checked) while the login waits on the server; its files are
-    // read later.
-    let done = match steps(args.source.list(&loaded.root)) {
+    let done = match steps() {
         Err(error) if args.create_database && database_missing(&error) => {
             // No database is made for a folder that would fail the run afterwards (one whose file
             // cannot be read, say): it is read whole first.
             args.source.load(&loaded.root)?;
             crate::commands::database::create(&loaded)?;
-            steps(args.source.list(&loaded.root))
+            steps()
         }
         done => done,
     };
@@ -89,6 +88,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let took = started.elapsed();
     ui::step_with(format!("database ready in {}", ui::duration(took)), &[("duration_ms", ui::ms(took))]);
     Ok(())
+}
+
+/// What a run needs before its first query and the database does not: the seed's files, this
+/// release (its queries parsed), and the migrations folder listed (its names checked; its files
+/// are read while the server answers the first query).
+struct Prepared {
+    seed_files: Vec<backend::seed::SeedFile>,
+    this: crate::machinery::release::Release,
+    listing: Listing,
+}
+
+/// [`Prepared`], made while the login waits on the server: a third of a millisecond of a no-op
+/// run's that used to come before the connection. The first poll only yields, so that the
+/// connection's first message goes out before this work starts; a failure still ends the run
+/// without waiting for the database.
+async fn prepared(args: &Args, loaded: &crate::settings::context::Loaded) -> anyhow::Result<Prepared> {
+    tokio::task::yield_now().await;
+    let seed_files = args.seeds.load(&loaded.root)?;
+    let this = crate::machinery::release::Release::this(loaded.settings.release.as_deref())?;
+    let listing = args.source.list(&loaded.root).await?;
+    Ok(Prepared { seed_files, this, listing })
 }
 
 /// A failed migration says whether the database drifted from its migrations: "someone changed

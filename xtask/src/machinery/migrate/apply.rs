@@ -21,13 +21,12 @@ use crate::connection::session::{Resumed, Session};
 /// The first read of a migrate step, without the lock (most runs have nothing to apply; the lock
 /// is taken only to apply, and under it the table is read again): the applied rows, and what a
 /// no-op run needs besides in the same round trip, the seed's check and then the environment
-/// record (whose table may be missing).
+/// record (whose table may be missing), which holds the newest recorded release too (see
+/// `crate::machinery::release::record::newest_from_rows`).
 pub struct FirstRead {
     applied: Vec<AppliedRow>,
     seed_check: Option<Followed>,
     environment: Followed,
-    /// The newest recorded release's name, for prestart (see `crate::machinery::release::record`).
-    newest_release: Followed,
     started: Instant,
 }
 
@@ -39,15 +38,10 @@ pub async fn first_read(
     let started = Instant::now();
     let seed_check = seed.map(crate::machinery::seed::Ahead::check_sql);
     let environment = crate::databases::environment::read_sql(table);
-    // prestart (the caller with a seed) records releases; after the environment's record, whose
-    // table is there on every database a run has migrated.
-    let newest_release = seed.map(|_| crate::machinery::release::record::newest_sql(table));
-    let then: Vec<&str> =
-        seed_check.iter().map(String::as_str).chain([environment.as_str()]).chain(newest_release.as_deref()).collect();
+    let then: Vec<&str> = seed_check.iter().map(String::as_str).chain([environment.as_str()]).collect();
     let (applied, mut followed) = session.read_applied_and(table, &then).await?;
-    let newest_release = if newest_release.is_some() { followed.pop() } else { None }.unwrap_or(Followed::NotRead);
     let environment = followed.pop().unwrap_or(Followed::NotRead);
-    Ok(FirstRead { applied, seed_check: followed.pop(), environment, newest_release, started })
+    Ok(FirstRead { applied, seed_check: followed.pop(), environment, started })
 }
 
 /// Applies pending migrations under the migration lock, which is released on every path. `seed`:
@@ -108,7 +102,7 @@ async fn nothing_to_apply(
     status: &Status,
     pending: &[&MigrationFile],
 ) -> anyhow::Result<()> {
-    let FirstRead { applied, seed_check, environment, newest_release, started } = first;
+    let FirstRead { applied, seed_check, environment, started } = first;
     refuse_inconsistent(status, plan)?;
     plan.check_target_not_below(&applied)?;
     plan.report_skipped(status);
@@ -122,16 +116,15 @@ async fn nothing_to_apply(
     if let (Some(seed), Some(check)) = (seed, &seed_check) {
         seed.found(check, &session.ready.process);
     }
-    let recorded = match environment {
-        Followed::Rows(rows) => crate::databases::environment::from_rows(&rows).ok(),
-        Followed::Missing => Some(None),
-        Followed::NotRead => None,
+    let (recorded, newest) = match &environment {
+        Followed::Rows(rows) => (
+            crate::databases::environment::from_rows(rows).ok(),
+            crate::machinery::release::record::newest_from_rows(rows),
+        ),
+        Followed::Missing => (Some(None), None),
+        Followed::NotRead => (None, None),
     };
     record_environment(session, plan, applied.is_empty(), recorded).await;
-    let newest = match newest_release {
-        Followed::Rows(rows) => crate::machinery::release::record::newest_from_rows(&rows),
-        Followed::Missing | Followed::NotRead => None,
-    };
     record_release(session, plan, newest).await;
     let total = plan.set.files.len();
     let took = started.elapsed();

@@ -44,7 +44,7 @@ fn print_table(status: &Status) {
             "{:<16} {:<8} {:<21} {}",
             entry.version,
             state,
-            entry.installed_on.as_deref().unwrap_or("-"),
+            entry.applied_at().as_deref().unwrap_or("-"),
             entry.description
         );
     }

@@ -34,21 +34,16 @@ pub struct Recorded {
     pub readable: bool,
 }
 
-/// The `SELECT` of the release recorded last, name and fingerprint, for the first read's message:
-/// the no-op run learns from it whether this release is recorded already, with these queries, in
-/// no round trip of its own. It reads the environment's record (see `crate::databases::environment`), which
-/// that message reads anyway, and not this table: opening one more relation in a fresh server
-/// process costs a no-op 0.3-0.5 ms (pgbench -C, 2026-12-07). On a record made before these
-/// columns, it fails alone, and the release is recorded again.
-pub fn newest_sql(migrations_table: &str) -> String {
-    format!("SELECT release, release_fingerprint FROM {}", crate::databases::environment::table_for(migrations_table))
-}
-
-/// The name and fingerprint in the rows of [`newest_sql`].
+/// The release recorded last, name and fingerprint, in the rows of the environment's record
+/// (`crate::databases::environment::read_sql`), which the first read's message reads anyway: the
+/// no-op run learns from it whether this release is recorded already, with these queries, in no
+/// round trip of its own, and without opening this table (one more relation costs a fresh server
+/// process 0.3-0.5 ms: pgbench -C, 2026-12-07). A record made before these columns has none, and
+/// the release is recorded again.
 pub fn newest_from_rows(rows: &[sqlx::postgres::PgRow]) -> Option<(String, String)> {
     let row = rows.first()?;
-    let name: Option<String> = sqlx::Row::try_get(row, 0).ok()?;
-    let fingerprint: Option<String> = sqlx::Row::try_get(row, 1).ok()?;
+    let name: Option<String> = sqlx::Row::try_get(row, "release").ok()?;
+    let fingerprint: Option<String> = sqlx::Row::try_get(row, "release_fingerprint").ok()?;
     Some((name?, fingerprint?))
 }
 
@@ -106,7 +101,7 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     let table = table_for(migrations_table);
     let quoted_table = format!("'{}'", table.replace('\'', "''"));
-    // The release recorded last is also written where the first read finds it (`newest_sql`).
+    // The release recorded last is also written where the first read finds it (`newest_from_rows`).
     let environment = crate::databases::environment::table_for(migrations_table);
     let quoted_environment = format!("'{}'", environment.replace('\'', "''"));
     let queries = serde_json::to_string(release_queries).unwrap_or_else(|_| "[]".to_owned());

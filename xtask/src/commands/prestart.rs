@@ -56,7 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut seed = Ahead::new(superuser, &seed_files);
             let migrating = Instant::now();
             // The files are read while the server answers the first read of the migrations table.
-            let (first, read) = tokio::try_join!(first_read(session, &table, Some(&seed)), listing.read())?;
+            let (first, read) =
+                futures_util::future::try_join(first_read(session, &table, Some(&seed)), async { listing.read() })
+                    .await?;
             let (set, settings, dir) = sources.get_or_init(|| read);
             let plan = crate::machinery::migrate::Plan {
                 release: Some(&release),
@@ -99,12 +101,10 @@ struct Prepared {
     listing: Listing,
 }
 
-/// [`Prepared`], made while the login waits on the server: a third of a millisecond of a no-op
-/// run's that used to come before the connection. The first poll only yields, so that the
-/// connection's first message goes out before this work starts; a failure still ends the run
-/// without waiting for the database.
+/// [`Prepared`], made while the server starts our session (see `session::run_alongside`): a third
+/// of a millisecond of a no-op run's that used to come before the connection. A failure still
+/// ends the run without waiting for the database.
 async fn prepared(args: &Args, loaded: &crate::settings::context::Loaded) -> anyhow::Result<Prepared> {
-    tokio::task::yield_now().await;
     let seed_files = args.seeds.load(&loaded.root)?;
     let this = crate::machinery::release::Release::this(loaded.settings.release.as_deref())?;
     let listing = args.source.list(&loaded.root).await?;

@@ -214,6 +214,12 @@ pub fn run<T>(
 /// [`run`], with `ahead` (work that needs no database, such as listing the migrations) going on
 /// while the session opens, in the waits of its login; `body` gets its result. A failure of
 /// `ahead` ends the run at once, without waiting for the database.
+///
+/// `ahead` starts once the connection's first message is out: the server starts our session
+/// (its process is forked at the connect, and then waits for that message) while `ahead` works.
+/// So the connection is polled first, each time ([`futures_util::future::try_join`] keeps the
+/// order, where tokio's `join!` turns it round), and `ahead` yields once before its work. Done
+/// before that message, the same work cost a no-op run 1-1.4 ms more (2026-12-07).
 pub fn run_alongside<A, T>(
     loaded: &Loaded,
     purpose: Use,
@@ -233,7 +239,11 @@ pub fn run_alongside<A, T>(
     }
     let active = ActiveBackend::default();
     crate::base::interrupt::block_on(interruptible(&target.settings.database, &active, async {
-        let (mut session, ahead) = tokio::try_join!(Session::open(target, &active), ahead)?;
+        let ahead = async {
+            tokio::task::yield_now().await;
+            ahead.await
+        };
+        let (mut session, ahead) = futures_util::future::try_join(Session::open(target, &active), ahead).await?;
         if purpose != Use::Wait {
             session.pooling = detect_pooling(session.settings(), &mut session.ready).await;
         }

@@ -154,7 +154,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     session::run_alongside(&loaded, Use::Write, listed, async |session, listing| {
         let table = listing.settings.table_name.clone();
         // The files are read while the server answers the first read of the migrations table.
-        let (first, (set, settings, dir)) = tokio::try_join!(first_read(session, &table, None), listing.read())?;
+        let (first, (set, settings, dir)) =
+            futures_util::future::try_join(first_read(session, &table, None), async { listing.read() }).await?;
         let plan = target.apply_to(options.plan(&set, &settings, &dir, loaded.wait_timeout), false)?;
         migrate_step(session, &plan, None, Some(first)).await
     })

@@ -237,6 +237,29 @@ fn a_migrations_folder_that_cannot_be_used_fails_without_waiting_for_the_server(
     }
 }
 
+/// The seed's files and this release's name are checked while the connection starts (after its
+/// first message, in the server's wait), and a mistake in either still ends the run at once with
+/// exit 3, against a server that is down.
+#[test]
+fn a_seed_folder_or_release_name_that_cannot_be_used_fails_without_waiting_for_the_server() {
+    let cluster = Cluster::stopped();
+    let migrations = Migrations::workspace();
+    let missing = cluster.scratch().join("no-such-seeds");
+    let missing = missing.to_str().expect("utf-8 path");
+    let started = std::time::Instant::now();
+    prestart(&cluster, &migrations, &["--seeds", missing])
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("cannot read the seed folder");
+    let source = migrations.path().to_str().expect("utf-8 path").to_owned();
+    let env = testkit::with(cluster.env("app"), "PRESTART_RELEASE", "v1 two words");
+    xtask(&["prestart", "--source", &source], &env)
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("PRESTART_RELEASE holds a character a release's name may not");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited: {:?}", started.elapsed());
+}
+
 /// A no-op run reads the seed's check with the migrations table; where that check cannot run yet
 /// (a column the seed needs comes with a pending migration), the run migrates, then seeds.
 #[test]

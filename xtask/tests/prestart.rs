@@ -260,6 +260,21 @@ fn a_seed_folder_or_release_name_that_cannot_be_used_fails_without_waiting_for_t
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited: {:?}", started.elapsed());
 }
 
+/// A database whose `bytea_output` is `escape` (a legacy application's setting) is read as
+/// sqlx-cli reads it: the no-op run and `migrate status` see the checksums, not a decoding error.
+#[test]
+fn a_database_that_prints_bytea_escaped_is_read_as_sqlx_cli_reads_it() {
+    let cluster = Cluster::started();
+    let migrations = Migrations::workspace();
+    prestart(&cluster, &migrations, &[]).output().assert_code(0);
+    cluster.psql("postgres", "ALTER DATABASE app SET bytea_output = 'escape'");
+    prestart(&cluster, &migrations, &[]).output().assert_code(0).assert_stderr_contains("up to date");
+    let source = migrations.path().to_str().expect("utf-8 path").to_owned();
+    let status = xtask(&["migrate", "status", "--source", &source], &cluster.env("app")).output();
+    status.assert_code(0);
+    assert_eq!(status.stdout.matches(" applied ").count(), 3, "{}", status.stdout);
+}
+
 /// A no-op run reads the seed's check with the migrations table; where that check cannot run yet
 /// (a column the seed needs comes with a pending migration), the run migrates, then seeds.
 #[test]

@@ -371,10 +371,11 @@ pub enum Followed {
 /// The message of [`applied_rows_and`]. One implicit transaction: the server gives up the read
 /// itself before our bound does (so an abandoned read never stays queued on the server), and a
 /// table another session holds locked answers 55P03 within a second instead of queueing us
-/// behind it.
+/// behind it. The checksums come as hex whatever `bytea_output` the role or database sets
+/// (`escape` would not decode, where sqlx-cli reads them in binary and is not affected).
 pub fn applied_rows_sql(table_name: &str, then: &[&str]) -> String {
     format!(
-        "{}SET LOCAL lock_timeout = {}; \
+        "{}SET LOCAL lock_timeout = {}; SET LOCAL bytea_output = hex; \
          SELECT version, description, installed_on, success, checksum FROM {table_name}{}",
         crate::db::server_side_bound(),
         TABLE_LOCK_WAIT.as_millis(),
@@ -393,9 +394,9 @@ pub async fn applied_rows_and(
 ) -> Result<(Vec<AppliedRow>, Vec<Followed>), sqlx::Error> {
     use futures_util::TryStreamExt as _;
     let sql = applied_rows_sql(table_name, then);
-    // The statements answer in order, each ending with its own completion: the two SETs, the
+    // The statements answer in order, each ending with its own completion: the three SETs, the
     // applied rows, then each of `then`.
-    const APPLIED: usize = 2;
+    const APPLIED: usize = 3;
     let mut statement = 0;
     let mut applied = Vec::new();
     let mut followed: Vec<Vec<sqlx::postgres::PgRow>> = then.iter().map(|_| Vec::new()).collect();

@@ -237,9 +237,9 @@ fn a_migrations_folder_that_cannot_be_used_fails_without_waiting_for_the_server(
     }
 }
 
-/// The seed's files and this release's name are checked while the connection starts (after its
-/// first message, in the server's wait), and a mistake in either still ends the run at once with
-/// exit 3, against a server that is down.
+/// The seed's files and this release's name are checked before the connection, and a mistake in
+/// either ends the run at once with exit 3 and no wait; the migrations folder, listed while the
+/// connection starts, is exit 3 too, even where the connection would have failed first.
 #[test]
 fn a_seed_folder_or_release_name_that_cannot_be_used_fails_without_waiting_for_the_server() {
     let cluster = Cluster::stopped();
@@ -250,13 +250,21 @@ fn a_seed_folder_or_release_name_that_cannot_be_used_fails_without_waiting_for_t
     prestart(&cluster, &migrations, &["--seeds", missing])
         .output()
         .assert_code(3)
-        .assert_stderr_contains("cannot read the seed folder");
+        .assert_stderr_contains("cannot read the seed folder")
+        .assert_stderr_lacks("==> wait");
     let source = migrations.path().to_str().expect("utf-8 path").to_owned();
     let env = testkit::with(cluster.env("app"), "PRESTART_RELEASE", "v1 two words");
     xtask(&["prestart", "--source", &source], &env)
         .output()
         .assert_code(3)
-        .assert_stderr_contains("PRESTART_RELEASE holds a character a release's name may not");
+        .assert_stderr_contains("PRESTART_RELEASE holds a character a release's name may not")
+        .assert_stderr_lacks("==> wait");
+    let migrations = Migrations::workspace();
+    migrations.write("abc_not_a_version.sql", "SELECT 1;\n");
+    prestart(&cluster, &migrations, &["--wait-timeout", "0"])
+        .output()
+        .assert_code(3)
+        .assert_stderr_contains("error parsing migration filename");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited: {:?}", started.elapsed());
 }
 

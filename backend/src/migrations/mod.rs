@@ -326,7 +326,7 @@ pub struct Pairing {
 }
 
 /// A `bytea` as the simple protocol sends it (`\\x` and hex), decoded in one pass: sqlx's
-/// decoding grows its vector a byte pair at a time, five allocations for a checksum.
+/// decoding grows its vector a byte pair at a time, four allocations for a checksum.
 fn bytea_from_text(row: &sqlx::postgres::PgRow, index: usize) -> Result<Vec<u8>, sqlx::Error> {
     let printed: &str = row.try_get_unchecked(index)?;
     let decoded = printed.strip_prefix("\\x").ok_or_else(|| "text does not start with \\x".into()).and_then(|hex| {

@@ -38,15 +38,18 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     // Everything that can be checked without the database is checked before waiting for it: the
-    // settings here, the rest (see `prepared`) while the login waits on the server.
+    // settings and the seed's files here, the rest (see `prepared`) while the login waits on the
+    // server, before its first answer.
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
+    let seed_files = args.seeds.load(&loaded.root)?;
+    crate::machinery::release::Release::check_name(loaded.settings.release.as_deref())?;
     // What was read, kept past the session for the drift note of a failed migration.
     let sources: OnceCell<(MigrationSet, MigrationSettings, PathBuf)> = OnceCell::new();
     // One dedicated connection serves all three steps: no pool, and no second handshake.
     let steps = || {
         session::run_alongside(&loaded, Use::Write, prepared(&args, &loaded), async |session, prepared: Prepared| {
-            let Prepared { seed_files, this, listing } = prepared;
+            let Prepared { this, listing } = prepared;
             let release = crate::machinery::release::Options {
                 this,
                 compatible_with: args.compatible_with.clone(),
@@ -92,23 +95,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a run needs before its first query and the database does not: the seed's files, this
-/// release (its queries parsed), and the migrations folder listed (its names checked; its files
-/// are read while the server answers the first query).
+/// What a run needs before its first query and the database does not: this release (its queries
+/// parsed), and the migrations folder listed (its names checked; its files are read while the
+/// server answers the first query).
 struct Prepared {
-    seed_files: Vec<backend::seed::SeedFile>,
     this: crate::machinery::release::Release,
     listing: Listing,
 }
 
-/// [`Prepared`], made while the server starts our session (see `session::run_alongside`): a third
+/// [`Prepared`], made while the server starts our session (see `session::open_beside`): a third
 /// of a millisecond of a no-op run's that used to come before the connection. A failure still
-/// ends the run without waiting for the database.
+/// ends the run without waiting for the database, and is the one said.
 async fn prepared(args: &Args, loaded: &crate::settings::context::Loaded) -> anyhow::Result<Prepared> {
-    let seed_files = args.seeds.load(&loaded.root)?;
     let this = crate::machinery::release::Release::this(loaded.settings.release.as_deref())?;
     let listing = args.source.list(&loaded.root).await?;
-    Ok(Prepared { seed_files, this, listing })
+    Ok(Prepared { this, listing })
 }
 
 /// A failed migration says whether the database drifted from its migrations: "someone changed

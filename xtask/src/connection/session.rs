@@ -213,13 +213,7 @@ pub fn run<T>(
 
 /// [`run`], with `ahead` (work that needs no database, such as listing the migrations) going on
 /// while the session opens, in the waits of its login; `body` gets its result. A failure of
-/// `ahead` ends the run at once, without waiting for the database.
-///
-/// `ahead` starts once the connection's first message is out: the server starts our session
-/// (its process is forked at the connect, and then waits for that message) while `ahead` works.
-/// So the connection is polled first, each time ([`futures_util::future::try_join`] keeps the
-/// order, where tokio's `join!` turns it round), and `ahead` yields once before its work. Done
-/// before that message, the same work cost a no-op run 1-1.4 ms more (2026-12-07).
+/// `ahead` ends the run at once, without waiting for the database (see [`open_beside`]).
 pub fn run_alongside<A, T>(
     loaded: &Loaded,
     purpose: Use,
@@ -239,11 +233,7 @@ pub fn run_alongside<A, T>(
     }
     let active = ActiveBackend::default();
     crate::base::interrupt::block_on(interruptible(&target.settings.database, &active, async {
-        let ahead = async {
-            tokio::task::yield_now().await;
-            ahead.await
-        };
-        let (mut session, ahead) = futures_util::future::try_join(Session::open(target, &active), ahead).await?;
+        let (mut session, ahead) = open_beside(Session::open(target, &active), ahead).await?;
         if purpose != Use::Wait {
             session.pooling = detect_pooling(session.settings(), &mut session.ready).await;
         }
@@ -253,6 +243,41 @@ pub fn run_alongside<A, T>(
         }
         body(&mut session, ahead).await
     }))
+}
+
+/// The session opened with `ahead` beside it. `ahead` starts once the connection's first message
+/// is out, where the connect completes at once (an address on this machine, a socket): the
+/// server starts our session (its process is forked at the connect, and then waits for that
+/// message) while `ahead` works. So the connection is polled first, each time, and `ahead`
+/// yields once before its work; done before that message, the same work cost a no-op run 1-1.4
+/// ms more (2026-12-07). `ahead` never waits: its failure ends the run at once, and is the one
+/// said when the connection failed too (a folder that cannot be used is exit 3 even with
+/// `--wait-timeout 0`).
+async fn open_beside<S, A>(
+    open: impl Future<Output = anyhow::Result<S>>,
+    ahead: impl Future<Output = anyhow::Result<A>>,
+) -> anyhow::Result<(S, A)> {
+    use futures_util::future::maybe_done;
+    let mut open = std::pin::pin!(maybe_done(open));
+    let mut ahead = std::pin::pin!(maybe_done(async {
+        tokio::task::yield_now().await;
+        ahead.await
+    }));
+    std::future::poll_fn(|cx| {
+        let opened = open.as_mut().poll(cx).is_ready();
+        if ahead.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        let ahead_failed = matches!(ahead.as_mut().output_mut(), Some(Err(_)));
+        if ahead_failed || opened { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    let ahead = ahead
+        .as_mut()
+        .take_output()
+        .unwrap_or_else(|| Err(anyhow::anyhow!("the work beside the login ended early")))?;
+    let open = open.as_mut().take_output().unwrap_or_else(|| Err(anyhow::anyhow!("the login ended early")))?;
+    Ok((open, ahead))
 }
 
 /// Stops before anything changes when the connection goes through a pooler that shares server

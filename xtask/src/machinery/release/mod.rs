@@ -30,18 +30,9 @@ impl Release {
     /// This binary's release: named by `PRESTART_RELEASE` (`given`), else by the commit it was
     /// built from, else by a hash of its queries.
     pub fn this(given: Option<&str>) -> anyhow::Result<Release> {
+        Release::check_name(given)?;
         let queries = queries::built_in()?;
         let name = match given.map(str::trim).filter(|n| !n.is_empty()) {
-            Some(name) if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/@+".contains(c)) => {
-                return Err(crate::base::exit::fail(
-                    crate::base::exit::Failure::Config,
-                    // The value is not repeated: a settings value never reaches an error.
-                    anyhow::anyhow!(
-                        "PRESTART_RELEASE holds a character a release's name may not: letters, digits and . _ - : / @ + \
-                         only (an image tag, a version, a commit)"
-                    ),
-                ));
-            }
             Some(name) => name.to_owned(),
             None => match queries::build_commit() {
                 Some(commit) => commit.get(..12).unwrap_or(commit).to_owned(),
@@ -49,6 +40,26 @@ impl Release {
             },
         };
         Ok(Release { name, queries })
+    }
+}
+
+impl Release {
+    /// A `PRESTART_RELEASE` (`given`) that may name a release; checked before the connection
+    /// (see `crate::commands::prestart`), where [`Release::this`] comes while the login waits.
+    pub fn check_name(given: Option<&str>) -> anyhow::Result<()> {
+        match given.map(str::trim).filter(|n| !n.is_empty()) {
+            Some(name) if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:/@+".contains(c)) => {
+                Err(crate::base::exit::fail(
+                    crate::base::exit::Failure::Config,
+                    // The value is not repeated: a settings value never reaches an error.
+                    anyhow::anyhow!(
+                        "PRESTART_RELEASE holds a character a release's name may not: letters, digits and . _ - : / @ + \
+                         only (an image tag, a version, a commit)"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     // Everything that can be checked without the database is checked before waiting for it: the
     // settings and the seed's files here, the rest (see `prepared`) while the login waits on the
-    // server, before its first answer.
+    // server; a mistake there is still said before any wait ends (see `session::open_beside`).
     let loaded = args.db.load()?;
     let superuser = required_superuser(&loaded.settings)?;
     let seed_files = args.seeds.load(&loaded.root)?;

@@ -121,14 +121,16 @@ fn shared_version(version: i64, first: &str, second: &str) -> ConfigError {
 }
 
 /// A file's text in one `open` and as few `read`s as it takes (the last one finding its end), where
-/// `fs::read_to_string` asks for its size first.
-fn read_text(path: &Path) -> std::io::Result<String> {
+/// `fs::read_to_string` asks for its size first. `folder`: the folder opened once, which the file
+/// is opened relative to (`openat`: no walk of the whole path per file); `chunk`: the reader's
+/// buffer, made once for all the files (16 KiB zeroed per file cost 200 files 40 µs).
+fn read_text(folder: &std::os::fd::OwnedFd, name: &std::ffi::OsStr, chunk: &mut [u8]) -> std::io::Result<String> {
+    use rustix::fs::{Mode, OFlags, openat};
     use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = std::fs::File::from(openat(folder, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?);
     let mut bytes = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
     loop {
-        match file.read(&mut chunk) {
+        match file.read(chunk) {
             Ok(0) => break,
             Ok(read) => bytes.extend_from_slice(&chunk[..read]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -163,6 +165,10 @@ pub struct FolderReader {
     listed: std::vec::IntoIter<Listed>,
     settings: MigrationSettings,
     files: Vec<MigrationFile>,
+    /// The folder, which each file is opened relative to, and what each is read through (see
+    /// `read_text`).
+    folder: std::os::fd::OwnedFd,
+    chunk: Box<[u8]>,
 }
 
 /// A file of the folder whose name says it is a migration.
@@ -184,6 +190,12 @@ impl FolderReader {
         let cannot =
             |e: &dyn std::fmt::Display| ConfigError::new(format!("cannot read migrations in {}: {e}", dir.display()));
         let dir = dir.canonicalize().map_err(|e| cannot(&e))?;
+        let folder = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| cannot(&std::io::Error::from(e)))?;
         let mut listed = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| cannot(&e))? {
             let entry = entry.map_err(|e| cannot(&e))?;
@@ -197,7 +209,14 @@ impl FolderReader {
             let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             return Err(shared_version(pair[0].version, &name(&pair[0].path), &name(&pair[1].path)));
         }
-        Ok(FolderReader { dir, listed: listed.into_iter(), settings: settings.clone(), files: Vec::new() })
+        Ok(FolderReader {
+            dir,
+            listed: listed.into_iter(),
+            settings: settings.clone(),
+            files: Vec::new(),
+            folder,
+            chunk: vec![0; 16 * 1024].into_boxed_slice(),
+        })
     }
 
     /// The versions of the forward migrations listed.
@@ -234,7 +253,7 @@ impl FolderReader {
     /// without the ignored characters); `false` once all are read.
     pub fn read_next(&mut self) -> Result<bool, ConfigError> {
         let Some(Listed { path, version, migration_type, description }) = self.listed.next() else { return Ok(false) };
-        let sql = read_text(&path).map_err(|e| {
+        let sql = read_text(&self.folder, path.file_name().unwrap_or_default(), &mut self.chunk).map_err(|e| {
             ConfigError::new(format!(
                 "cannot read migrations in {}: error reading contents of migration {}: {e}",
                 self.dir.display(),
@@ -336,6 +355,20 @@ fn bytea_from_text(row: &sqlx::postgres::PgRow, index: usize) -> Result<Vec<u8>,
     decoded.map_err(|source| sqlx::Error::ColumnDecode { index: index.to_string(), source })
 }
 
+/// An applied row, by position, in the order of `applied_rows_sql`, and decoded from the text the
+/// simple protocol sends without matching each column's type first: with the checks, two
+/// hundred rows cost the no-op 0.3 ms. A column of another type still fails to decode (a
+/// `version` that is not a number, a `checksum` that is not hex).
+fn applied_row(row: &sqlx::postgres::PgRow) -> Result<AppliedRow, sqlx::Error> {
+    Ok(AppliedRow {
+        version: row.try_get_unchecked(0)?,
+        description: row.try_get_unchecked(1)?,
+        installed_on: row.try_get_unchecked(2)?,
+        success: row.try_get_unchecked(3)?,
+        checksum: bytea_from_text(row, 4)?,
+    })
+}
+
 /// One row of the migrations table.
 #[derive(Debug, Clone)]
 pub struct AppliedRow {
@@ -398,13 +431,22 @@ pub async fn applied_rows_and(
     // applied rows, then each of `then`.
     const APPLIED: usize = 3;
     let mut statement = 0;
-    let mut applied = Vec::new();
+    // Each applied row is decoded as it arrives, while the server still reads what `then` asks.
+    let mut applied: Result<Vec<AppliedRow>, sqlx::Error> = Ok(Vec::new());
     let mut followed: Vec<Vec<sqlx::postgres::PgRow>> = then.iter().map(|_| Vec::new()).collect();
     let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
     let ended = loop {
         match stream.try_next().await {
             Ok(Some(sqlx::Either::Left(_done))) => statement += 1,
-            Ok(Some(sqlx::Either::Right(row))) if statement == APPLIED => applied.push(row),
+            Ok(Some(sqlx::Either::Right(row))) if statement == APPLIED => {
+                if let Ok(rows) = &mut applied {
+                    match applied_row(&row) {
+                        Ok(decoded) => rows.push(decoded),
+                        // Said once the message is read to its end.
+                        Err(error) => applied = Err(error),
+                    }
+                }
+            }
             Ok(Some(sqlx::Either::Right(row))) => {
                 if let Some(rows) = followed.get_mut(statement.saturating_sub(APPLIED + 1)) {
                     rows.push(row);
@@ -441,22 +483,7 @@ pub async fn applied_rows_and(
             std::cmp::Ordering::Greater => Followed::NotRead,
         })
         .collect();
-    let mut applied = applied
-        .iter()
-        .map(|row| {
-            // By position, in the order of `applied_rows_sql`, and decoded from the text the
-            // simple protocol sends without matching each column's type first: with the checks,
-            // two hundred rows cost the no-op 0.3 ms. A column of another type still fails to
-            // decode (a `version` that is not a number, a `checksum` that is not hex).
-            Ok(AppliedRow {
-                version: row.try_get_unchecked(0)?,
-                description: row.try_get_unchecked(1)?,
-                installed_on: row.try_get_unchecked(2)?,
-                success: row.try_get_unchecked(3)?,
-                checksum: bytea_from_text(row, 4)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let mut applied = applied?;
     // Sorted here rather than by the server, which would cost a fresh server process more.
     applied.sort_unstable_by_key(|row| row.version);
     Ok((applied, followed))

@@ -436,6 +436,21 @@ fn session_state_and_deviations() -> Vec<Set> {
         .setup(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', current_database()); END $$;",
         ),
+        around("a database that prints bytea escaped: the applied rows read again by each step", "INSERT INTO t VALUES (2);\n")
+            .steps(&[Step::Run(Some(1)), Step::Run(None), Step::Run(None)])
+            .setup(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET bytea_output = escape', current_database()); END $$;",
+            ),
+        Set::new(
+            "bytea_output = escape set by one file, relied on by the next",
+            &[
+                ("1_create.sql", "CREATE TABLE t (id int);\n"),
+                ("2_escape.sql", "SET bytea_output = escape;\n"),
+                ("3_relies.sql", "CREATE TABLE s AS SELECT 'ab'::bytea::text AS v;\n"),
+                ("4_after.sql", "INSERT INTO t VALUES (4);\n"),
+            ],
+        )
+        .steps(&[Step::Run(Some(3)), Step::Run(None)]),
         two("the last file makes the session read-only", "SET default_transaction_read_only = on;\n").deviation(Deviation {
             why: "sqlx-cli updates execution_time after the COMMIT, in a transaction of its own that the file's \
                   setting makes read-only: it applies and records the migration, then reports a failure",

@@ -1,7 +1,8 @@
 //! The process's one runtime and its one signal listener: SIGINT and SIGTERM end a run within a
 //! second, stop the server-side work too, and a second signal ends the process at once.
 //!
-//! The listener is installed before any work and lives as long as the process: tokio keeps a
+//! The listener is installed before any work a signal must stop (see [`listen`]) and lives as
+//! long as the process: tokio keeps a
 //! handler once registered, and a signal that arrives while no listener of a runtime polls it is
 //! lost, so a runtime per step dropped signals between steps. It runs on a thread of its own
 //! (with a runtime of its own that wakes only for a signal), so it answers during synchronous
@@ -42,19 +43,37 @@ struct Process {
     runtime: Runtime,
     /// The first signal received, if any; later ones end the process.
     received: watch::Receiver<Option<Signal>>,
+    /// What the listener sends on, until [`listen`] starts it.
+    sender: Mutex<Option<watch::Sender<Option<Signal>>>>,
     /// Cleanups spawned where nothing could wait for them (a guard dropped by a cancellation).
     cleanups: Mutex<Vec<JoinHandle<()>>>,
 }
 
 static PROCESS: OnceLock<Process> = OnceLock::new();
 
-/// Builds the runtime and installs the signal listener; call once, before any work. The
-/// runtime lives in a static, never dropped: a name lookup stuck in `getaddrinfo` on its blocking
-/// pool must not hold the exit.
+/// Builds the runtime; call once, before any work. The runtime lives in a static, never dropped:
+/// a name lookup stuck in `getaddrinfo` on its blocking pool must not hold the exit. The signal
+/// listener is started by [`listen`].
 pub fn start() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (sender, received) = watch::channel(None);
+    let process = Process { runtime, received, sender: Mutex::new(Some(sender)), cleanups: Mutex::default() };
+    if PROCESS.set(process).is_err() {
+        anyhow::bail!("the runtime was started twice");
+    }
+    Ok(())
+}
+
+/// Installs the signal listener, once (later calls do nothing): before any work that a signal
+/// must stop or clean up after. The commands a container runs at every start call it once their
+/// connection's first message is out (see `session::open_beside`), where the server starts our
+/// session and this process has nothing else to do: before it, a signal ends the process as the
+/// default action does (143 for SIGTERM, 130 for SIGINT), with nothing begun that needs stopping;
+/// done before the connect, the thread's start cost a no-op run 0.2 ms (2026-12-07).
+pub fn listen() -> anyhow::Result<()> {
+    let Some(process) = PROCESS.get() else { return Ok(()) };
+    let Some(sender) = process.sender.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(()) };
     let register = || Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?));
     // Registered here, before this returns: a signal from then on is the listener's. The
     // listener's runtime is built on this thread and moved to its own, so the start waits for no
@@ -62,20 +81,19 @@ pub fn start() -> anyhow::Result<()> {
     // Signals need the I/O driver alone: no timer wheel for this runtime.
     let signals =
         tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?;
-    let (interrupt, terminate) =
-        signals.block_on(async { register() }).context("cannot listen for SIGINT and SIGTERM")?;
+    // Entered, not blocked on: this may run inside the commands' runtime (`session::open_beside`).
+    let (interrupt, terminate) = {
+        let _entered = signals.enter();
+        register().context("cannot listen for SIGINT and SIGTERM")?
+    };
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || signals.block_on(listen(interrupt, terminate, sender)))
+        .spawn(move || signals.block_on(listen_on(interrupt, terminate, sender)))
         .context("cannot start the signal listener")?;
-    let process = Process { runtime, received, cleanups: Mutex::default() };
-    if PROCESS.set(process).is_err() {
-        anyhow::bail!("the runtime was started twice");
-    }
     Ok(())
 }
 
-async fn listen(
+async fn listen_on(
     mut interrupt: tokio::signal::unix::Signal,
     mut terminate: tokio::signal::unix::Signal,
     sender: watch::Sender<Option<Signal>>,

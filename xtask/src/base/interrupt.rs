@@ -78,9 +78,12 @@ pub fn listen() -> anyhow::Result<()> {
     // Registered here, before this returns: a signal from then on is the listener's. The
     // listener's runtime is built on this thread and moved to its own, so the start waits for no
     // other thread.
-    // Signals need the I/O driver alone: no timer wheel for this runtime.
-    let signals =
-        tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?;
+    // Signals need the I/O driver alone: no timer wheel for this runtime. Never dropped (the
+    // listener runs as long as the process): dropped inside the commands' runtime, where this
+    // may be called, it would panic on the way out of an error.
+    let signals = std::mem::ManuallyDrop::new(
+        tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?,
+    );
     // Entered, not blocked on: this may run inside the commands' runtime (`session::open_beside`).
     let (interrupt, terminate) = {
         let _entered = signals.enter();

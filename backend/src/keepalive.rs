@@ -51,15 +51,8 @@ pub fn arm(port: u16, local_port: Option<u16>) -> Option<std::net::IpAddr> {
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return None };
     // Each descriptor's socket pair, asked once, cheapest question first: most descriptors are
     // no stream socket at all (one system call tells), and a connect runs on every no-op start.
-    // Newest first, and no further than the connection's own pair where it is known: the socket
-    // just connected has one of the highest numbers, and the rest cost a system call each.
-    let mut fds: Vec<i32> = fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()).collect();
-    fds.sort_unstable_by(|a, b| b.cmp(a));
     let mut to_database: Vec<(i32, Option<u16>, std::net::IpAddr)> = Vec::new();
-    for fd in fds {
-        if local_port.is_some() && to_database.last().is_some_and(|(_, local, _)| *local == local_port) {
-            break;
-        }
+    for fd in fds.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok()) {
         with_socket(fd, |socket| {
             if socket.r#type().ok() != Some(socket2::Type::STREAM) {
                 return;

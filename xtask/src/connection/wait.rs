@@ -73,7 +73,7 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             return None;
         }
         last_line = Some(Instant::now());
-        // A wait with something to say may be stopped: the listener is on before its line.
+        // A wait with something to say may be stopped: the listener runs before its line.
         let _ = crate::base::interrupt::listen();
         if !announced {
             ui::step(&header);

@@ -67,9 +67,7 @@ fn main() -> ExitCode {
     exit::report_panics_as_bugs();
     ui::set_format(ui::format_from_environment());
     let cli = parse_command_line();
-    // The commands a container runs at every start listen once their connection is under way.
-    let listen_now = !matches!(cli.command, Command::Prestart(_) | Command::WaitForDb(_) | Command::Migrate(_));
-    if let Err(error) = interrupt::start().and_then(|()| if listen_now { interrupt::listen() } else { Ok(()) }) {
+    if let Err(error) = interrupt::start() {
         return exit::report(Err(error));
     }
     let result = std::panic::catch_unwind(|| dispatch(cli)).unwrap_or_else(|_| Err(exit::bug()));

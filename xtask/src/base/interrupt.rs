@@ -1,8 +1,7 @@
 //! The process's one runtime and its one signal listener: SIGINT and SIGTERM end a run within a
 //! second, stop the server-side work too, and a second signal ends the process at once.
 //!
-//! The listener is registered before any work, on its thread before any work a signal must
-//! stop (see [`listen`]), and lives as long as the process: tokio keeps a
+//! The listener is installed before any work and lives as long as the process: tokio keeps a
 //! handler once registered, and a signal that arrives while no listener of a runtime polls it is
 //! lost, so a runtime per step dropped signals between steps. It runs on a thread of its own
 //! (with a runtime of its own that wakes only for a signal), so it answers during synchronous
@@ -43,88 +42,40 @@ struct Process {
     runtime: Runtime,
     /// The first signal received, if any; later ones end the process.
     received: watch::Receiver<Option<Signal>>,
-    /// The listener, registered but not yet on its thread (see [`listen`]); then the error of
-    /// its start, if it failed.
-    listener: Mutex<Listener>,
     /// Cleanups spawned where nothing could wait for them (a guard dropped by a cancellation).
     cleanups: Mutex<Vec<JoinHandle<()>>>,
 }
 
-enum Listener {
-    Registered(Box<Registered>),
-    Listening,
-    Failed(String),
-}
-
-/// The signals registered, with the runtime whose driver takes them, and where they are sent.
-struct Registered {
-    /// Never dropped (the listener runs as long as the process): [`listen`] may run inside the
-    /// commands' runtime, where dropping a runtime panics.
-    signals: std::mem::ManuallyDrop<Runtime>,
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    sender: watch::Sender<Option<Signal>>,
-}
-
 static PROCESS: OnceLock<Process> = OnceLock::new();
 
-/// Builds the runtime and registers SIGINT and SIGTERM; call once, before any work. The runtime
-/// lives in a static, never dropped: a name lookup stuck in `getaddrinfo` on its blocking pool
-/// must not hold the exit. A signal from then on is kept for the listener, which [`listen`]
-/// starts: a process that runs as PID 1 in a container (prestart does) would lose a signal that
-/// came while no handler was installed.
+/// Builds the runtime and installs the signal listener; call once, before any work. The
+/// runtime lives in a static, never dropped: a name lookup stuck in `getaddrinfo` on its blocking
+/// pool must not hold the exit.
 pub fn start() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let (sender, received) = watch::channel(None);
     let register = || Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?));
+    // Registered here, before this returns: a signal from then on is the listener's. The
+    // listener's runtime is built on this thread and moved to its own, so the start waits for no
+    // other thread.
     // Signals need the I/O driver alone: no timer wheel for this runtime.
-    let signals = std::mem::ManuallyDrop::new(
-        tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?,
-    );
-    let (interrupt, terminate) = {
-        let _entered = signals.enter();
-        register().context("cannot listen for SIGINT and SIGTERM")?
-    };
-    let registered = Registered { signals, interrupt, terminate, sender };
-    let listener = Mutex::new(Listener::Registered(Box::new(registered)));
-    let process = Process { runtime, received, listener, cleanups: Mutex::default() };
+    let signals =
+        tokio::runtime::Builder::new_current_thread().enable_io().build().context("cannot start the async runtime")?;
+    let (interrupt, terminate) =
+        signals.block_on(async { register() }).context("cannot listen for SIGINT and SIGTERM")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || signals.block_on(listen(interrupt, terminate, sender)))
+        .context("cannot start the signal listener")?;
+    let process = Process { runtime, received, cleanups: Mutex::default() };
     if PROCESS.set(process).is_err() {
         anyhow::bail!("the runtime was started twice");
     }
     Ok(())
 }
 
-/// Starts the signal listener's thread, once (later calls say how the first went): before any
-/// work that a signal must stop or clean up after. The commands a container runs at every start
-/// call it once their connection's first message is out (see `session::open_beside`), where
-/// the server starts our session and this process has nothing else to do; a signal before it
-/// waits, registered, and is answered then. Started before the connect, the thread held up a
-/// no-op run by 0.15-0.25 ms (2026-12-07).
-pub fn listen() -> anyhow::Result<()> {
-    let Some(process) = PROCESS.get() else { return Ok(()) };
-    let mut listener = process.listener.lock().unwrap_or_else(|e| e.into_inner());
-    let registered = match std::mem::replace(&mut *listener, Listener::Listening) {
-        Listener::Registered(registered) => registered,
-        Listener::Listening => return Ok(()),
-        Listener::Failed(why) => {
-            *listener = Listener::Failed(why.clone());
-            anyhow::bail!("{why}");
-        }
-    };
-    let Registered { signals, interrupt, terminate, sender } = *registered;
-    let started = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || signals.block_on(listen_on(interrupt, terminate, sender)));
-    if let Err(error) = started {
-        let why = format!("cannot start the signal listener: {error}");
-        *listener = Listener::Failed(why.clone());
-        anyhow::bail!("{why}");
-    }
-    Ok(())
-}
-
-async fn listen_on(
+async fn listen(
     mut interrupt: tokio::signal::unix::Signal,
     mut terminate: tokio::signal::unix::Signal,
     sender: watch::Sender<Option<Signal>>,

@@ -252,7 +252,7 @@ pub fn run_alongside<A, T>(
 /// yields once before its work; done before that message, the same work cost a no-op run 1-1.4
 /// ms more (2026-12-07). `ahead` never waits: its failure ends the run at once, and is the one
 /// said when the connection failed too (a folder that cannot be used is exit 3 even with
-/// `--wait-timeout 0`). The signal listener starts there too, first (see `interrupt::listen`).
+/// `--wait-timeout 0`).
 async fn open_beside<S, A>(
     open: impl Future<Output = anyhow::Result<S>>,
     ahead: impl Future<Output = anyhow::Result<A>>,
@@ -261,7 +261,6 @@ async fn open_beside<S, A>(
     let mut open = std::pin::pin!(maybe_done(open));
     let mut ahead = std::pin::pin!(maybe_done(async {
         tokio::task::yield_now().await;
-        crate::base::interrupt::listen()?;
         ahead.await
     }));
     std::future::poll_fn(|cx| {

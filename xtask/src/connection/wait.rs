@@ -73,8 +73,6 @@ async fn wait_within(loaded: &Loaded, deadline: Duration) -> anyhow::Result<Read
             return None;
         }
         last_line = Some(Instant::now());
-        // A wait with something to say may be stopped: the listener runs before its line.
-        let _ = crate::base::interrupt::listen();
         if !announced {
             ui::step(&header);
             announced = true;

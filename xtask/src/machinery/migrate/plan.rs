@@ -31,7 +31,7 @@ pub struct Plan<'a> {
 impl Plan<'_> {
     /// The pending migrations to apply, in order: those up to the target.
     pub fn to_apply<'s>(&'s self, status: &Status) -> Vec<&'s MigrationFile> {
-        // A set, not a scan of the status per file: two hundred files cost a no-op 40 µs that way.
+        // A set, not a scan of the status per file: two hundred files cost a no-op 0.035 ms that way.
         let pending: std::collections::HashSet<i64> = status.with_state(State::Pending).map(|e| e.version).collect();
         self.set
             .files
